@@ -6,8 +6,8 @@ package kvm
 // Regs mirrors struct kvm_regs (144 bytes).
 type Regs struct {
 	RAX, RBX, RCX, RDX, RSI, RDI, RSP, RBP uint64
-	R8, R9, R10, R11, R12, R13, R14, R15  uint64
-	RIP, RFLAGS                           uint64
+	R8, R9, R10, R11, R12, R13, R14, R15   uint64
+	RIP, RFLAGS                            uint64
 }
 
 // Segment mirrors struct kvm_segment (24 bytes).
