@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# deps.sh installs every prerequisite of the build, the tests and the lab on a
+# Debian bookworm machine, as root. It is idempotent: a second run only checks
+# stamps and returns in seconds.
+#
+#   apt packages      installed with apt-get when missing
+#   Go tools          pinned versions, built into $CACHE/bin (and CNI plugins
+#                     into $CACHE/cni/bin)
+#   guest kernels     Debian's linux-image-*-amd64 (lab, has 9p) and
+#                     -cloud-amd64 (nested guests), downloaded and unpacked
+#                     under $CACHE/kernel/<flavour>, never installed in /boot
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=${STRATOVIRT_CACHE:-$ROOT/.cache}
+BIN=$CACHE/bin
+export PATH=/usr/local/go/bin:$PATH
+export GOBIN=$BIN
+export GOFLAGS=${GOFLAGS:-}
+
+CONTAINERD_VERSION=v2.4.2
+CRI_TOOLS_VERSION=v1.37.0
+CNI_PLUGINS_VERSION=v1.10.0
+PROTOBUF_GO_VERSION=v1.36.12
+TTRPC_VERSION=v1.2.10
+STATICCHECK_VERSION=v0.8.2
+KERNEL_SERIES=6.1
+
+APT_PACKAGES=(qemu-system-x86 qemu-utils cpio kmod lz4 e2fsprogs iproute2 busybox-static
+	protobuf-compiler ca-certificates runc iptables erofs-utils gcc libc6-dev make git)
+
+log() { printf 'deps: %s\n' "$*" >&2; }
+
+need_root() {
+	if [ "$(id -u)" != 0 ]; then
+		log "must run as root to install apt packages: $*"
+		exit 1
+	fi
+}
+
+install_apt() {
+	local missing=()
+	for p in "${APT_PACKAGES[@]}"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+	done
+	[ ${#missing[@]} -eq 0 ] && return 0
+	need_root "${missing[*]}"
+	log "apt-get install ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# go_tool NAME VERSION PKG...: go install PKG@VERSION unless the stamp says so.
+go_tool() {
+	local name=$1 version=$2
+	shift 2
+	local stamp=$CACHE/stamps/$name
+	if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$version" ]; then
+		return 0
+	fi
+	log "go install $name $version"
+	local p
+	for p in "$@"; do
+		go install "$p@$version"
+	done
+	mkdir -p "$CACHE/stamps"
+	echo "$version" >"$stamp"
+}
+
+install_critest() {
+	local stamp=$CACHE/stamps/critest
+	if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$CRI_TOOLS_VERSION" ] && [ -x "$BIN/critest" ]; then
+		return 0
+	fi
+	log "build critest $CRI_TOOLS_VERSION"
+	local src
+	src=$(go mod download -json "sigs.k8s.io/cri-tools@$CRI_TOOLS_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+	local tmp
+	tmp=$(mktemp -d)
+	cp -r "$src/." "$tmp/"
+	chmod -R u+w "$tmp"
+	(cd "$tmp" && go test -c -o "$BIN/critest" ./cmd/critest)
+	rm -rf "$tmp"
+	mkdir -p "$CACHE/stamps"
+	echo "$CRI_TOOLS_VERSION" >"$stamp"
+}
+
+install_cni() {
+	local stamp=$CACHE/stamps/cni
+	if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$CNI_PLUGINS_VERSION" ]; then
+		return 0
+	fi
+	log "go install CNI plugins $CNI_PLUGINS_VERSION"
+	mkdir -p "$CACHE/cni/bin"
+	local m=github.com/containernetworking/plugins/plugins
+	GOBIN=$CACHE/cni/bin go install "$m/main/bridge@$CNI_PLUGINS_VERSION" "$m/ipam/host-local@$CNI_PLUGINS_VERSION" \
+		"$m/main/loopback@$CNI_PLUGINS_VERSION" "$m/meta/portmap@$CNI_PLUGINS_VERSION"
+	mkdir -p "$CACHE/stamps"
+	echo "$CNI_PLUGINS_VERSION" >"$stamp"
+}
+
+# install_kernel FLAVOUR ("" for the standard one, "cloud-" for cloud):
+# resolve the newest linux-image-6.1.0-N-<flavour>amd64 the archive offers
+# through the metapackage, download it, unpack it and run depmod on it.
+install_kernel() {
+	local flavour=$1 dir=$CACHE/kernel/${1}amd64
+	if [ -f "$dir/.complete" ]; then
+		return 0
+	fi
+	local meta=linux-image-${flavour}amd64 pkg
+	pkg=$(apt-cache depends "$meta" 2>/dev/null | sed -n "s/^  Depends: \(linux-image-${KERNEL_SERIES}[^ ]*\)$/\1/p" | head -n1)
+	if [ -z "$pkg" ]; then
+		need_root "apt-get update to find $meta"
+		apt-get update -qq
+		pkg=$(apt-cache depends "$meta" | sed -n "s/^  Depends: \(linux-image-${KERNEL_SERIES}[^ ]*\)$/\1/p" | head -n1)
+	fi
+	[ -n "$pkg" ] || { log "cannot resolve a kernel package for $meta"; exit 1; }
+	log "download and unpack $pkg"
+	local tmp
+	tmp=$(mktemp -d)
+	(cd "$tmp" && apt-get download "$pkg" >/dev/null 2>&1) || {
+		apt-get update -qq
+		(cd "$tmp" && apt-get download "$pkg" >/dev/null)
+	}
+	rm -rf "$dir"
+	mkdir -p "$dir"
+	dpkg-deb -x "$tmp"/*.deb "$dir"
+	rm -rf "$tmp"
+	local kver
+	kver=$(ls "$dir/lib/modules")
+	depmod -b "$dir" "$kver"
+	ln -sf "boot/vmlinuz-$kver" "$dir/vmlinuz"
+	echo "$kver" >"$dir/version"
+	touch "$dir/.complete"
+}
+
+install_apt
+mkdir -p "$BIN"
+go_tool containerd "$CONTAINERD_VERSION" \
+	github.com/containerd/containerd/v2/cmd/containerd \
+	github.com/containerd/containerd/v2/cmd/ctr \
+	github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
+go_tool crictl "$CRI_TOOLS_VERSION" sigs.k8s.io/cri-tools/cmd/crictl
+install_critest
+install_cni
+go_tool protoc-gen-go "$PROTOBUF_GO_VERSION" google.golang.org/protobuf/cmd/protoc-gen-go
+go_tool protoc-gen-go-ttrpc "$TTRPC_VERSION" github.com/containerd/ttrpc/cmd/protoc-gen-go-ttrpc
+go_tool staticcheck "$STATICCHECK_VERSION" honnef.co/go/tools/cmd/staticcheck
+install_kernel ""
+install_kernel "cloud-"
+log "ok: tools in $BIN, kernels in $CACHE/kernel"
