@@ -41,13 +41,13 @@ func TestI8042(t *testing.T) {
 		resets int
 	}{
 		{"idle status", []access{r(st, i8042StatusSys)}, 0},
-		{"self test", []access{w(st, 0xaa), r(st, i8042StatusSys | i8042StatusCmd | i8042StatusOBF), r(data, 0x55), r(st, i8042StatusSys | i8042StatusCmd)}, 0},
+		{"self test", []access{w(st, 0xaa), r(st, i8042StatusSys|i8042StatusCmd|i8042StatusOBF), r(data, 0x55), r(st, i8042StatusSys|i8042StatusCmd)}, 0},
 		{"kbd test", []access{w(st, 0xab), r(data, 0x00)}, 0},
 		{"read ctr", []access{w(st, 0x20), r(data, i8042CTRDefault)}, 0},
 		{"write ctr", []access{w(st, 0x60), w(data, 0x65), r(st, i8042StatusSys), w(st, 0x20), r(data, 0x65)}, 0},
-		{"disable/enable kbd", []access{w(st, 0xad), w(st, 0x20), r(data, i8042CTRDefault | 0x10), w(st, 0xae), w(st, 0x20), r(data, i8042CTRDefault)}, 0},
+		{"disable/enable kbd", []access{w(st, 0xad), w(st, 0x20), r(data, i8042CTRDefault|0x10), w(st, 0xae), w(st, 0x20), r(data, i8042CTRDefault)}, 0},
 		{"enable/disable aux", []access{w(st, 0xa8), w(st, 0x20), r(data, i8042CTRDefault&^0x20), w(st, 0xa7), w(st, 0x20), r(data, i8042CTRDefault)}, 0},
-		{"aux loop without aux bit", []access{w(st, 0xd3), w(data, 0x5a), r(st, i8042StatusSys | i8042StatusOBF), r(data, 0x5a)}, 0},
+		{"aux loop without aux bit", []access{w(st, 0xd3), w(data, 0x5a), r(st, i8042StatusSys|i8042StatusOBF), r(data, 0x5a)}, 0},
 		{"aux test says absent", []access{w(st, 0xa9), r(data, i8042AuxClockLow)}, 0},
 		{"kbd output buffer", []access{w(st, 0xd2), w(data, 0x1c), r(data, 0x1c)}, 0},
 		{"aux write dropped", []access{w(st, 0xd4), w(data, 0xff), r(st, i8042StatusSys)}, 0},
@@ -56,7 +56,7 @@ func TestI8042(t *testing.T) {
 		{"output port reset low", []access{w(st, 0xd1), w(data, 0x02)}, 1},
 		{"reset command", []access{w(st, 0xfe)}, 1},
 		{"keyboard byte ignored", []access{w(data, 0xff), r(st, i8042StatusSys)}, 0},
-		{"unknown command", []access{w(st, 0xc0), r(st, i8042StatusSys | i8042StatusCmd)}, 0},
+		{"unknown command", []access{w(st, 0xc0), r(st, i8042StatusSys|i8042StatusCmd)}, 0},
 		{"ports 0x61-0x63 quiet", []access{r(1, 0), w(1, 0xfe), r(3, 0)}, 0},
 		{"new output replaces unread", []access{w(st, 0xaa), w(st, 0xab), r(data, 0x00)}, 0},
 	}
