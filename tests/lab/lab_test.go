@@ -1,0 +1,165 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestCpioRoundTrip(t *testing.T) {
+	cpio, err := exec.LookPath("cpio")
+	if err != nil {
+		t.Skip("cpio not installed")
+	}
+	var buf bytes.Buffer
+	c := &cpioWriter{w: &buf}
+	c.Dir("bin")
+	c.File("bin/hello", 0o755, []byte("hello\n"))
+	c.File("odd", 0o644, []byte("12345")) // odd size: padding must follow
+	c.Symlink("bin/sh", "hello")
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(cpio, "-id", "--quiet")
+	cmd.Dir = dir
+	cmd.Stdin = &buf
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("cpio -id: %v: %s", err, out)
+	}
+	for name, want := range map[string]string{"bin/hello": "hello\n", "odd": "12345"} {
+		got, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil || string(got) != want {
+			t.Errorf("%s = %q, %v; want %q", name, got, err, want)
+		}
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "bin/hello")); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Errorf("bin/hello mode: %v %v", fi, err)
+	}
+	if target, err := os.Readlink(filepath.Join(dir, "bin/sh")); err != nil || target != "hello" {
+		t.Errorf("bin/sh -> %q, %v", target, err)
+	}
+}
+
+func TestModuleDeps(t *testing.T) {
+	dir := t.TempDir()
+	dep := "kernel/fs/9p/9p.ko: kernel/fs/netfs/netfs.ko kernel/net/9p/9pnet.ko kernel/fs/fscache/fscache.ko\n" +
+		"kernel/fs/netfs/netfs.ko: kernel/fs/fscache/fscache.ko\n" +
+		"kernel/fs/fscache/fscache.ko:\n" +
+		"kernel/net/9p/9pnet.ko:\n" +
+		"kernel/net/9p/9pnet_virtio.ko: kernel/net/9p/9pnet.ko kernel/drivers/virtio/virtio_ring.ko\n" +
+		"kernel/drivers/virtio/virtio_ring.ko:\n" +
+		"kernel/drivers/vhost/vhost-vsock.ko:\n"
+	if err := os.WriteFile(filepath.Join(dir, "modules.dep"), []byte(dep), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := moduleDeps(dir, []string{"9pnet_virtio", "9p", "vhost_vsock"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"kernel/net/9p/9pnet.ko", "kernel/drivers/virtio/virtio_ring.ko", "kernel/net/9p/9pnet_virtio.ko",
+		"kernel/fs/fscache/fscache.ko", "kernel/fs/netfs/netfs.ko", "kernel/fs/9p/9p.ko",
+		"kernel/drivers/vhost/vhost-vsock.ko",
+	}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("order:\n got %v\nwant %v", got, want)
+	}
+	if _, err := moduleDeps(dir, []string{"nosuch"}); err == nil {
+		t.Fatal("missing module accepted")
+	}
+}
+
+func TestShellQuote(t *testing.T) {
+	for _, s := range []string{"", "plain", "it's", `a "b" $c \d`, "new\nline"} {
+		out, err := exec.Command("/bin/sh", "-c", "printf %s "+shellQuote(s)).Output()
+		if err != nil || string(out) != s {
+			t.Errorf("quote %q: got %q, %v", s, out, err)
+		}
+	}
+	for s, want := range map[string]bool{"PATH": true, "_x1": true, "1x": false, "A-B": false, "": false} {
+		if validEnvName(s) != want {
+			t.Errorf("validEnvName(%q) = %v", s, !want)
+		}
+	}
+}
+
+func TestMissingQEMU(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	_, err := Run(context.Background(), Options{Cmd: "true"})
+	if err == nil || !strings.Contains(err.Error(), "qemu-system-x86_64 not found") || !strings.Contains(err.Error(), "make deps") {
+		t.Fatalf("want a clear missing-QEMU error, got %v", err)
+	}
+}
+
+func TestMissingKernel(t *testing.T) {
+	t.Setenv("STRATOVIRT_CACHE", t.TempDir())
+	_, err := FindKernel("amd64")
+	if err == nil || !strings.Contains(err.Error(), "make deps") {
+		t.Fatalf("want a clear missing-kernel error, got %v", err)
+	}
+}
+
+// needLab skips tests that boot the lab where it is not installed, and
+// inside the lab itself.
+func needLab(t *testing.T) {
+	t.Helper()
+	if InLab() {
+		t.Skip("already inside the lab")
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("qemu-system-x86_64 not installed (make deps)")
+	}
+	if _, err := FindKernel("amd64"); err != nil {
+		t.Skip(err)
+	}
+}
+
+func TestRun(t *testing.T) {
+	needLab(t)
+	out := t.TempDir()
+	wd, _ := os.Getwd()
+	res := RunT(t, Options{
+		Cmd: `printf 'out\n'; printf 'err\n' >&2; pwd; echo "$LAB_TEST_VAR"; ` +
+			`test -c /dev/kvm && test -c /dev/vhost-vsock && test -c /dev/net/tun && echo devices-ok; ` +
+			`grep -qw svm /proc/cpuinfo && echo svm-ok; test -f /sys/fs/cgroup/cgroup.controllers && echo cgroup2-ok; ` +
+			`echo data > "$OUT/result.txt"; touch /should-not-leak; exit 7`,
+		Env:    []string{"LAB_TEST_VAR=it's here", "OUT=" + out},
+		OutDir: out,
+	})
+	if res.ExitCode != 7 {
+		t.Errorf("exit code %d, want 7", res.ExitCode)
+	}
+	want := "out\n" + wd + "\nit's here\ndevices-ok\nsvm-ok\ncgroup2-ok\n"
+	if string(res.Stdout) != want {
+		t.Errorf("stdout %q, want %q", res.Stdout, want)
+	}
+	if string(res.Stderr) != "err\n" {
+		t.Errorf("stderr %q, want %q (kernel messages must not mix in)", res.Stderr, "err\n")
+	}
+	if b, err := os.ReadFile(filepath.Join(out, "result.txt")); err != nil || string(b) != "data\n" {
+		t.Errorf("output dir file: %q, %v", b, err)
+	}
+	if _, err := os.Stat("/should-not-leak"); err == nil {
+		os.Remove("/should-not-leak")
+		t.Error("a write outside the output directory reached the host")
+	}
+}
+
+func TestTimeout(t *testing.T) {
+	needLab(t)
+	start := time.Now()
+	_, err := Run(context.Background(), Options{Cmd: "sleep 600", Timeout: 3 * time.Second})
+	if !errors.Is(err, ErrTimeout) {
+		t.Fatalf("want ErrTimeout, got %v", err)
+	}
+	if d := time.Since(start); d > 15*time.Second {
+		t.Fatalf("timeout took %v", d)
+	}
+}

@@ -1,0 +1,97 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stratovirt-go/stratovirt/vmm/kvmprobe"
+)
+
+// InLab reports whether this process runs inside the lab VM.
+func InLab() bool { return os.Getenv("STRATOVIRT_IN_LAB") == "1" }
+
+// Where says where Linux guests boot from this process: "host" when the
+// host's /dev/kvm can run them, "lab" when already inside the lab, or
+// "needs-lab" with the probe's reason.
+func Where() (string, string) {
+	if InLab() {
+		return "lab", "inside the nested-KVM lab VM"
+	}
+	r := kvmprobe.Host()
+	if r.CanBootLinux {
+		return "host", r.Detail
+	}
+	return "needs-lab", r.Detail
+}
+
+// Main is the TestMain of test packages that boot Linux guests. Where the
+// host's KVM can run Linux (or inside the lab) it runs the tests directly;
+// otherwise it runs this same test binary, with the same flags, inside
+// one lab VM and exits with its status.
+func Main(m *testing.M) {
+	where, why := Where()
+	if where != "needs-lab" {
+		fmt.Fprintf(os.Stderr, "lab: tests boot guests on this machine's KVM (%s: %s)\n", where, why)
+		os.Exit(m.Run())
+	}
+	fmt.Fprintf(os.Stderr, "lab: host KVM cannot boot Linux (%s); running %s inside the lab\n", why, filepath.Base(os.Args[0]))
+	os.Exit(reexec(os.Args))
+}
+
+func reexec(args []string) int {
+	exe, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "lab:", err)
+		return 1
+	}
+	quoted := []string{shellQuote(exe)}
+	opts := Options{Stdout: os.Stdout, Stderr: os.Stderr, Timeout: 30 * time.Minute}
+	for _, a := range args[1:] {
+		quoted = append(quoted, shellQuote(a))
+		// Files go test asks the binary to write must come back.
+		for _, f := range []string{"-test.testlogfile=", "-test.coverprofile=", "-test.outputdir=", "-test.cpuprofile="} {
+			if v, ok := strings.CutPrefix(a, f); ok && opts.OutDir == "" {
+				if f == "-test.outputdir=" {
+					opts.OutDir = v
+				} else {
+					opts.OutDir = filepath.Dir(v)
+				}
+			}
+		}
+		if v, ok := strings.CutPrefix(a, "-test.timeout="); ok {
+			if d, err := time.ParseDuration(v); err == nil && d > 0 {
+				opts.Timeout = d
+			}
+		}
+	}
+	if v, err := strconv.Atoi(os.Getenv("LAB_MEMORY")); err == nil && v > 0 {
+		opts.Memory = v
+	}
+	res, err := Run(context.Background(), opts.with(strings.Join(quoted, " ")))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Fprintf(os.Stderr, "lab: test binary started %.1fs after lab launch, lab run took %.1fs\n", res.Boot.Seconds(), res.Duration.Seconds())
+	return res.ExitCode
+}
+
+func (o Options) with(cmd string) Options { o.Cmd = cmd; return o }
+
+// RunT runs cmd in the lab from a host test and fails the test when the
+// lab cannot run it. The exit status is in the Result.
+func RunT(t testing.TB, opts Options) *Result {
+	t.Helper()
+	res, err := Run(context.Background(), opts)
+	if err != nil {
+		t.Fatalf("lab run of %q: %v", opts.Cmd, err)
+	}
+	t.Logf("lab: command started %.1fs after launch, run took %.1fs, exit %d", res.Boot.Seconds(), res.Duration.Seconds(), res.ExitCode)
+	return res
+}

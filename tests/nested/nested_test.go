@@ -1,0 +1,45 @@
+// Package nested checks, inside the lab (or on a host whose KVM boots
+// Linux), that KVM works the way the VMM needs: a payload runs natively
+// and the devices the VMM and the runtime use exist.
+package nested
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stratovirt-go/stratovirt/tests/lab"
+	"github.com/stratovirt-go/stratovirt/vmm/kvmprobe"
+)
+
+func TestMain(m *testing.M) { lab.Main(m) }
+
+// TestKVMPayload creates a VM on /dev/kvm, runs the probe's long-mode
+// payload (port I/O, int3 through an IDT, cmpxchg16b) and reads its output.
+func TestKVMPayload(t *testing.T) {
+	r, err := kvmprobe.Probe("/dev/kvm", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.CanBootLinux || r.Output != "ABCD" {
+		t.Fatalf("payload on nested KVM: %+v", r)
+	}
+}
+
+func TestDevices(t *testing.T) {
+	for _, p := range []string{"/dev/kvm", "/dev/vhost-vsock", "/dev/net/tun", "/dev/loop-control", "/sys/fs/cgroup/cgroup.controllers"} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+	}
+	fs, err := os.ReadFile("/proc/filesystems")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"overlay", "ext4", "cgroup2"} {
+		if !strings.Contains(string(fs), "\t"+f+"\n") {
+			t.Errorf("filesystem %s not available", f)
+		}
+	}
+}
