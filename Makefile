@@ -7,7 +7,7 @@ LAB := $(BIN)/lab
 MEM ?= 4096
 CPUS ?= 2
 
-.PHONY: all build deps test lint lab lab-run bench clean
+.PHONY: all build deps test lint lab lab-run bench clean demo
 
 all: build
 
@@ -55,3 +55,7 @@ lint:
 
 clean:
 	rm -rf $(BIN)
+
+# The main job. For now: the lab boots and runs a payload on nested KVM.
+demo: deps $(LAB)
+	$(GO) test -count=1 -v ./tests/nested
