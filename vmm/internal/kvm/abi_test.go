@@ -176,3 +176,32 @@ func TestDecodeExits(t *testing.T) {
 		t.Fatalf("SystemEvent = %d %v", typ, data)
 	}
 }
+
+// FuzzDecodeExits feeds arbitrary exit unions to the decoders: they must
+// never panic, and any data slice they return must lie inside kvm_run.
+func FuzzDecodeExits(f *testing.F) {
+	f.Add([]byte{IODirOut, 1, 0xf8, 0x03, 1, 0, 0, 0, 0, 0x10})
+	f.Add([]byte{0, 0, 0, 0xd0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 4, 0, 0, 0, 1})
+	f.Add([]byte{1, 0, 0, 0, 16, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 15})
+	f.Fuzz(func(t *testing.T, union []byte) {
+		run := make([]byte, 4096)
+		copy(run[unionOff:unionOff+unionSize], union)
+		v := &VCPU{fd: -1, run: run, hdr: overlayRun(run)}
+		if io, err := v.IO(); err == nil {
+			if len(io.Data) != int(io.Size)*int(io.Count) || len(io.Data) == 0 {
+				t.Fatalf("IO data length %d for size %d count %d", len(io.Data), io.Size, io.Count)
+			}
+		}
+		if m, err := v.MMIO(); err == nil && (len(m.Data) == 0 || len(m.Data) > 8) {
+			t.Fatalf("MMIO data length %d", len(m.Data))
+		}
+		if ie := v.InternalError(); len(ie.Data) > internalMaxData || len(ie.Insn) > emulationInsnMax {
+			t.Fatalf("internal error decode too long: %d data, %d insn", len(ie.Data), len(ie.Insn))
+		}
+		if _, data := v.SystemEvent(); len(data) > systemEventMaxData {
+			t.Fatalf("system event data %d", len(data))
+		}
+		v.FailEntry()
+		v.HardwareExitReason()
+	})
+}
