@@ -28,6 +28,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/stratovirt-go/stratovirt/tests/initramfs"
 )
 
 //go:embed stage1.sh
@@ -382,7 +384,7 @@ func buildInitramfs(path, busybox string, k Kernel) error {
 		return fmt.Errorf("lab: create initramfs: %w", err)
 	}
 	defer f.Close()
-	c := &cpioWriter{w: f}
+	c := initramfs.NewWriter(f)
 	for _, d := range []string{"bin", "dev", "proc", "sys", "modules"} {
 		c.Dir(d)
 	}

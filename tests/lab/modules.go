@@ -18,7 +18,7 @@ func moduleDeps(modDir string, names []string) ([]string, error) {
 	}
 	defer f.Close()
 	deps := map[string][]string{} // file -> dependency files
-	byName := map[string]string{}  // module name -> file
+	byName := map[string]string{} // module name -> file
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
 	for sc.Scan() {

@@ -34,14 +34,18 @@ func Where() (string, string) {
 // host's KVM can run Linux (or inside the lab) it runs the tests directly;
 // otherwise it runs this same test binary, with the same flags, inside
 // one lab VM and exits with its status.
-func Main(m *testing.M) {
+func Main(m *testing.M) { os.Exit(Exec(m)) }
+
+// Exec is Main without the exit, for a TestMain that prepares files on
+// the host before and cleans up after.
+func Exec(m *testing.M) int {
 	where, why := Where()
 	if where != "needs-lab" {
 		fmt.Fprintf(os.Stderr, "lab: tests boot guests on this machine's KVM (%s: %s)\n", where, why)
-		os.Exit(m.Run())
+		return m.Run()
 	}
 	fmt.Fprintf(os.Stderr, "lab: host KVM cannot boot Linux (%s); running %s inside the lab\n", why, filepath.Base(os.Args[0]))
-	os.Exit(reexec(os.Args))
+	return reexec(os.Args)
 }
 
 func reexec(args []string) int {

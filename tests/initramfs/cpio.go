@@ -1,21 +1,23 @@
-package lab
+// Package initramfs writes "newc" cpio archives, the format the kernel
+// unpacks as an initramfs, and builds the small busybox images the lab and
+// the boot tests use.
+package initramfs
 
 import (
 	"fmt"
 	"io"
 )
 
-// cpioWriter writes a "newc" cpio archive, the format the kernel unpacks
-// as an initramfs. Only what the lab needs: directories, regular files and
+// Writer writes a "newc" cpio archive: directories, regular files and
 // symlinks, all owned by root.
-type cpioWriter struct {
+type Writer struct {
 	w    io.Writer
 	ino  uint32
 	err  error
 	size int64
 }
 
-func (c *cpioWriter) header(name string, mode uint32, size int) {
+func (c *Writer) header(name string, mode uint32, size int) {
 	if c.err != nil {
 		return
 	}
@@ -28,7 +30,7 @@ func (c *cpioWriter) header(name string, mode uint32, size int) {
 	c.pad()
 }
 
-func (c *cpioWriter) write(p []byte) {
+func (c *Writer) write(p []byte) {
 	if c.err != nil {
 		return
 	}
@@ -37,31 +39,34 @@ func (c *cpioWriter) write(p []byte) {
 	c.err = err
 }
 
-func (c *cpioWriter) pad() {
+func (c *Writer) pad() {
 	if r := c.size % 4; r != 0 {
 		c.write(make([]byte, 4-r))
 	}
 }
 
 // Dir adds a directory.
-func (c *cpioWriter) Dir(name string) { c.header(name, 0o040755, 0) }
+func (c *Writer) Dir(name string) { c.header(name, 0o040755, 0) }
 
 // File adds a regular file with the given permission bits.
-func (c *cpioWriter) File(name string, perm uint32, data []byte) {
+func (c *Writer) File(name string, perm uint32, data []byte) {
 	c.header(name, 0o100000|perm, len(data))
 	c.write(data)
 	c.pad()
 }
 
 // Symlink adds a symbolic link.
-func (c *cpioWriter) Symlink(name, target string) {
+func (c *Writer) Symlink(name, target string) {
 	c.header(name, 0o120777, len(target))
 	c.write([]byte(target))
 	c.pad()
 }
 
-// Close writes the trailer.
-func (c *cpioWriter) Close() error {
+// NewWriter returns a Writer that writes to w.
+func NewWriter(w io.Writer) *Writer { return &Writer{w: w} }
+
+// Close writes the trailer. It does not close the underlying writer.
+func (c *Writer) Close() error {
 	c.header("TRAILER!!!", 0, 0)
 	return c.err
 }
