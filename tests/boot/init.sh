@@ -1,0 +1,26 @@
+#!/bin/sh
+# Init of the boot tests' busybox initramfs: marks boot complete, reports
+# what the guest sees and ends the VM the way the command line asks.
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+# Boot marker: value 123 on port 0x3f0 (1008), timed by the VMM.
+printf '\173' | dd of=/dev/port bs=1 seek=1008 count=1 2>/dev/null
+echo "NPROC=$(nproc)"
+echo "ONLINE=$(cat /sys/devices/system/cpu/online)"
+grep MemTotal /proc/meminfo
+for d in /sys/firmware/memmap/*; do
+	echo "E820 $(cat "$d/start") $(cat "$d/end") $(cat "$d/type")"
+done
+dmesg | grep -E 'BIOS-e820|ACPI: (RSDP|XSDT|FACP|APIC|DSDT)' | sed 's/^\[[^]]*\] //'
+action=poweroff
+for arg in $(cat /proc/cmdline); do
+	case "$arg" in test.action=*) action=${arg#test.action=} ;; esac
+done
+echo "ACTION=$action"
+case "$action" in
+reboot) reboot -f ;;
+panic) echo c >/proc/sysrq-trigger ;;
+*) poweroff -f ;;
+esac
+sleep 30
