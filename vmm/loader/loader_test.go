@@ -2,7 +2,9 @@ package loader
 
 import (
 	"bytes"
+	"debug/elf"
 	"encoding/binary"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -482,23 +484,48 @@ func TestLoadFiles(t *testing.T) {
 	}
 }
 
-// realKernels lists distro kernels available on this machine.
-func realKernels() []string {
+// realKernels lists distro kernel images available on this machine:
+// /boot/vmlinuz-* and whatever the lab cached under .cache/kernel
+// (bzImages named vmlinuz*, extracted ELF images named vmlinux).
+func realKernels(prefix string) []string {
 	var out []string
-	for _, pat := range []string{"/boot/vmlinuz-*", "/work/main/.cache/*vmlinuz*", "/work/main/.cache/*/vmlinuz*", "/work/main/.cache/*/*/vmlinuz*"} {
-		m, _ := filepath.Glob(pat)
+	if prefix == "vmlinuz" {
+		m, _ := filepath.Glob("/boot/vmlinuz-*")
 		out = append(out, m...)
 	}
+	root := "/work/main/.cache/kernel"
+	_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if d.IsDir() && strings.Count(strings.TrimPrefix(p, root), "/") > 2 {
+			return filepath.SkipDir
+		}
+		if d.Type().IsRegular() && strings.HasPrefix(d.Name(), prefix) {
+			out = append(out, p)
+		}
+		return nil
+	})
 	return out
 }
 
+func bigMem(t *testing.T) *guestmem.Memory {
+	t.Helper()
+	mem, err := guestmem.New([]guestmem.Range{{GPA: 0, Size: 512 * MiB}}, guestmem.Options{})
+	if err != nil {
+		t.Skipf("cannot map 512 MiB: %v", err)
+	}
+	t.Cleanup(func() { mem.Close() })
+	return mem
+}
+
 func TestRealBzImage(t *testing.T) {
-	paths := realKernels()
+	paths := realKernels("vmlinuz")
 	if len(paths) == 0 {
 		t.Skip("no /boot/vmlinuz-* or cached Debian kernel")
 	}
 	for _, p := range paths {
-		t.Run(filepath.Base(p), func(t *testing.T) {
+		t.Run(strings.ReplaceAll(p, "/", "_"), func(t *testing.T) {
 			f, err := os.Open(p)
 			if err != nil {
 				t.Skipf("cannot read %s: %v", p, err)
@@ -515,21 +542,80 @@ func TestRealBzImage(t *testing.T) {
 			if h.Version < 0x020c || h.XLoadFlags&1 == 0 || h.LoadFlags&1 == 0 || h.InitSize == 0 || h.CmdlineSize < 255 {
 				t.Fatalf("unexpected header %+v", h)
 			}
-			mem, err := guestmem.New([]guestmem.Range{{GPA: 0, Size: 512 * MiB}}, guestmem.Options{})
+			mem := bigMem(t)
+			initrd := bytes.Repeat([]byte{0x5a}, 3*MiB)
+			b, err := Load(mem, f, mustSize(t, f), Options{Cmdline: "console=ttyS0", Initrd: bytes.NewReader(initrd), InitrdSize: int64(len(initrd))})
 			if err != nil {
-				t.Skipf("cannot map 512 MiB: %v", err)
+				t.Fatal(err)
 			}
-			defer mem.Close()
+			if b.Format != FormatBzImage || b.Entry != 0x100200 || b.KernelEnd < uint64(h.PrefAddress)+uint64(h.InitSize) ||
+				b.InitrdAddr < b.KernelEnd || b.InitrdAddr+b.InitrdSize > uint64(h.InitrdAddrMax)+1 {
+				t.Fatalf("Boot %+v", b)
+			}
+			payload := make([]byte, 4096)
+			if _, err := f.ReadAt(payload, h.SetupOffset()); err != nil {
+				t.Fatal(err)
+			}
+			if got := readMem(t, mem, MiB, 4096); !bytes.Equal(got, payload) {
+				t.Error("protected-mode code not at 1 MiB")
+			}
+			t.Logf("protocol %#x init_size %#x pref %#x kernel end %#x initrd %#x", h.Version, h.InitSize, h.PrefAddress, b.KernelEnd, b.InitrdAddr)
+		})
+	}
+}
+
+func TestRealVmlinux(t *testing.T) {
+	paths := realKernels("vmlinux")
+	if len(paths) == 0 {
+		t.Skip("no cached vmlinux")
+	}
+	for _, p := range paths {
+		t.Run(strings.ReplaceAll(p, "/", "_"), func(t *testing.T) {
+			ef, err := elf.Open(p)
+			if err != nil {
+				t.Skipf("%s is not an ELF file: %v", p, err)
+			}
+			defer ef.Close()
+			mem := bigMem(t)
 			b, err := LoadFiles(mem, p, "", Options{Cmdline: "console=ttyS0"})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if b.Format != FormatBzImage || b.Entry != 0x100200 || b.KernelEnd <= MiB {
-				t.Fatalf("Boot %+v", b)
+			// Cross-check placement with the standard library's parser.
+			for _, prog := range ef.Progs {
+				if prog.Type != elf.PT_LOAD || prog.Filesz == 0 {
+					continue
+				}
+				want := make([]byte, min(prog.Filesz, 4096))
+				if _, err := prog.ReadAt(want, 0); err != nil {
+					t.Fatal(err)
+				}
+				if got := readMem(t, mem, prog.Paddr, uint64(len(want))); !bytes.Equal(got, want) {
+					t.Errorf("segment at %#x not loaded", prog.Paddr)
+				}
+				if prog.Paddr+prog.Memsz > b.KernelEnd {
+					t.Errorf("kernel end %#x before segment end %#x", b.KernelEnd, prog.Paddr+prog.Memsz)
+				}
 			}
-			t.Logf("%s: protocol %#x init_size %#x pref %#x kernel end %#x", p, h.Version, h.InitSize, h.PrefAddress, b.KernelEnd)
+			if b.Mode == PVH {
+				if b.Entry < b.KernelStart || b.Entry >= b.KernelEnd {
+					t.Errorf("PVH entry %#x outside kernel [%#x, %#x)", b.Entry, b.KernelStart, b.KernelEnd)
+				}
+			} else if b.Entry != ef.Entry {
+				t.Errorf("entry %#x, ELF says %#x", b.Entry, ef.Entry)
+			}
+			t.Logf("%s: mode %s entry %#x kernel [%#x, %#x)", p, b.Mode, b.Entry, b.KernelStart, b.KernelEnd)
 		})
 	}
+}
+
+func mustSize(t *testing.T, f *os.File) int64 {
+	t.Helper()
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Size()
 }
 
 func FuzzLoadBzImage(f *testing.F) {
