@@ -14,6 +14,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -200,4 +202,88 @@ func TestReboot(t *testing.T) {
 	if r.exitCode != 0 || !strings.Contains(r.stdout, "ACTION=reboot") {
 		t.Fatalf("reboot: exit %d (%v)\nstdout:\n%s\nstderr:\n%s", r.exitCode, r.err, r.stdout, r.stderr)
 	}
+}
+
+// TestSerialInput types a line into the VMM's stdin once the guest waits
+// for it and expects the guest to echo it back.
+func TestSerialInput(t *testing.T) {
+	cmd := exec.Command(os.Getenv(envVMM), "-kernel", os.Getenv(envBz), "-initrd", os.Getenv(envInitrd),
+		"-m", "256M", "-serial", "stdio", "-append", "console=ttyS0 quiet panic=1 test.action=read")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(out.String(), "READY") {
+		if time.Now().After(deadline) {
+			t.Fatalf("guest never became ready:\n%s", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := stdin.Write([]byte("hello from the host\n")); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil || !strings.Contains(out.String(), "GOT=hello from the host") {
+			t.Fatalf("exit %v, output:\n%s", err, out.String())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("guest did not echo the line:\n%s", out.String())
+	}
+}
+
+// TestSIGTERM stops a running Linux guest from the host.
+func TestSIGTERM(t *testing.T) {
+	cmd := exec.Command(os.Getenv(envVMM), "-kernel", os.Getenv(envBz), "-initrd", os.Getenv(envInitrd),
+		"-smp", "2", "-m", "256M", "-serial", "stdio", "-append", "console=ttyS0 quiet panic=1 test.action=sleep")
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(out.String(), "ACTION=sleep") {
+		if time.Now().After(deadline) {
+			t.Fatalf("guest never booted:\n%s", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("after SIGTERM: %v\n%s", err, out.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("VMM still running 10s after SIGTERM")
+	}
+}
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -20,6 +20,13 @@ done
 echo "ACTION=$action"
 case "$action" in
 reboot) reboot -f ;;
+read)
+	echo READY
+	read -r line
+	echo "GOT=$line"
+	poweroff -f
+	;;
+sleep) sleep 600 ;;
 panic) echo c >/proc/sysrq-trigger ;;
 *) poweroff -f ;;
 esac

@@ -1,0 +1,109 @@
+// Package payload makes tiny x86_64 "kernels" for tests that need a guest
+// but not Linux: an ELF64 executable with one PT_LOAD segment, loaded at
+// 1 MiB and entered in long mode by the VMM's 64-bit Linux boot path (no
+// PVH note). They run on any KVM, including hosts whose KVM emulates guest
+// kernel mode, so VMM plumbing is tested without the lab.
+package payload
+
+import (
+	"encoding/binary"
+)
+
+// LoadAddr is where the payload's code is loaded and entered.
+const LoadAddr = 0x100000
+
+// DebugPort is the port the payloads report values on, 4 bytes at a time.
+const DebugPort = 0xe9
+
+// ELF wraps code as a minimal ELF64 x86_64 executable whose entry point
+// and only PT_LOAD segment are at LoadAddr.
+func ELF(code []byte) []byte {
+	const ehdr, phdr = 64, 56
+	b := make([]byte, ehdr+phdr, ehdr+phdr+len(code))
+	le := binary.LittleEndian
+	copy(b, "\x7fELF")
+	b[4], b[5], b[6] = 2, 1, 1 // ELF64, little-endian, version 1
+	le.PutUint16(b[16:], 2)    // ET_EXEC
+	le.PutUint16(b[18:], 62)   // EM_X86_64
+	le.PutUint32(b[20:], 1)
+	le.PutUint64(b[24:], LoadAddr) // e_entry
+	le.PutUint64(b[32:], ehdr)     // e_phoff
+	le.PutUint16(b[52:], ehdr)
+	le.PutUint16(b[54:], phdr)
+	le.PutUint16(b[56:], 1)
+	p := b[ehdr:]
+	le.PutUint32(p[0:], 1) // PT_LOAD
+	le.PutUint32(p[4:], 7) // RWX
+	le.PutUint64(p[8:], ehdr+phdr)
+	le.PutUint64(p[16:], LoadAddr)
+	le.PutUint64(p[24:], LoadAddr)
+	le.PutUint64(p[32:], uint64(len(code)))
+	le.PutUint64(p[40:], uint64(len(code)))
+	le.PutUint64(p[48:], 0x1000)
+	return append(b, code...)
+}
+
+// Instruction bytes the payloads are made of.
+var (
+	movEDXDebug = []byte{0xba, DebugPort, 0, 0, 0} // mov edx, DebugPort
+	outEAX      = []byte{0xef}                     // out dx, eax
+	powerOff    = []byte{
+		0x66, 0xba, 0x00, 0x06, // mov dx, 0x600 (ACPI sleep control)
+		0xb0, 0x34, // mov al, SLP_EN | S5
+		0xee,       // out dx, al
+		0xf4,       // hlt
+		0xeb, 0xfd, // jmp back to hlt
+	}
+)
+
+// BootState reports, as 4-byte writes to DebugPort in this order: RSI
+// (zero page), the zero page's e820 entry count, CR0, CR3, CR4, EFER, CS,
+// RSP, the GDT base, cmd_line_ptr and the first 4 bytes of the command
+// line; then powers off through the ACPI sleep-control port.
+func BootState() []byte {
+	var c []byte
+	add := func(b ...byte) { c = append(c, b...) }
+	report := func(b ...byte) { add(b...); add(outEAX...) }
+	add(movEDXDebug...)
+	report(0x48, 0x89, 0xf0)                         // mov rax, rsi
+	report(0x0f, 0xb6, 0x86, 0xe8, 0x01, 0x00, 0x00) // movzx eax, byte [rsi+0x1e8]
+	report(0x0f, 0x20, 0xc0)                         // mov rax, cr0
+	report(0x0f, 0x20, 0xd8)                         // mov rax, cr3
+	report(0x0f, 0x20, 0xe0)                         // mov rax, cr4
+	add(0xb9, 0x80, 0x00, 0x00, 0xc0)                // mov ecx, IA32_EFER
+	add(0x52)                                        // push rdx (rdmsr clobbers edx)
+	add(0x0f, 0x32)                                  // rdmsr
+	add(0x5a)                                        // pop rdx
+	add(outEAX...)
+	report(0x8c, 0xc8)                         // mov eax, cs
+	report(0x48, 0x89, 0xe0)                   // mov rax, rsp
+	add(0x48, 0x83, 0xec, 0x10)                // sub rsp, 16
+	add(0x0f, 0x01, 0x04, 0x24)                // sgdt [rsp]
+	report(0x8b, 0x44, 0x24, 0x02)             // mov eax, [rsp+2]
+	report(0x8b, 0x86, 0x28, 0x02, 0x00, 0x00) // mov eax, [rsi+0x228]
+	report(0x8b, 0x00)                         // mov eax, [rax]
+	add(powerOff...)
+	return c
+}
+
+// Spin loops forever without exiting to the VMM.
+func Spin() []byte { return []byte{0xeb, 0xfe} }
+
+// TripleFault jumps to an address beyond the identity map: the page fault
+// cannot be delivered (no usable IDT), which becomes a triple fault.
+func TripleFault() []byte {
+	return []byte{
+		0x48, 0xb8, 0, 0, 0, 0, 0, 0x40, 0, 0, // mov rax, 0x400000000000
+		0xff, 0xe0, // jmp rax
+	}
+}
+
+// Output writes "ok\n" to the serial port (COM1, 0x3f8) and powers off.
+func Output() []byte {
+	var c []byte
+	c = append(c, 0x66, 0xba, 0xf8, 0x03) // mov dx, 0x3f8
+	for _, ch := range []byte("ok\n") {
+		c = append(c, 0xb0, ch, 0xee) // mov al, ch; out dx, al
+	}
+	return append(c, powerOff...)
+}
