@@ -49,6 +49,10 @@ type VMConfig struct {
 	Machine Machine `json:"machine-config"`
 	Boot    Boot    `json:"boot-source"`
 	Serial  Serial  `json:"serial"`
+	// Drives are the virtio-blk disks in attach order (the first is
+	// /dev/vda); IOThreads the named I/O threads they may use (drive.go).
+	Drives    []Drive    `json:"drive,omitempty"`
+	IOThreads []IOThread `json:"iothread,omitempty"`
 }
 
 // Machine is the machine type, CPUs and memory (-machine, -smp, -m).
@@ -156,6 +160,7 @@ func (c *VMConfig) Validate() error {
 			add(e)
 		}
 	}
+	errs = append(errs, c.validateDrives()...)
 	return errors.Join(errs...)
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -133,7 +134,7 @@ func TestJSONFieldNames(t *testing.T) {
 		Boot:    Boot{Kernel: "/k", Initrd: "/i", Cmdline: "console=ttyS0 rw"},
 		Serial:  Serial{Stdio: true},
 	}
-	if c != want {
+	if !reflect.DeepEqual(c, want) {
 		t.Errorf("decoded %+v\nwant    %+v", c, want)
 	}
 }

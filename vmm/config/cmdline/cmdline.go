@@ -33,6 +33,7 @@ type kind int
 const (
 	single      kind = iota // exactly one value, at most once
 	multi                   // one or more values; repeats accumulate
+	repeated                // exactly one value per occurrence, any number of occurrences
 	unsupported             // a StratoVirt option this build does not implement yet
 )
 
@@ -47,7 +48,7 @@ var options = map[string]kind{
 	"-smp":             single,
 	"-m":               single,
 	"-serial":          single,
-	"-drive":           unsupported,
+	"-drive":           repeated,
 	"-netdev":          unsupported,
 	"-chardev":         unsupported,
 	"-device":          unsupported,
@@ -57,7 +58,7 @@ var options = map[string]kind{
 	"-pidfile":         unsupported,
 	"-disable-seccomp": unsupported,
 	"-daemonize":       unsupported,
-	"-iothread":        unsupported,
+	"-iothread":        repeated,
 	"-balloon":         unsupported,
 	"-mem-path":        unsupported,
 	"-rng":             unsupported,
@@ -135,6 +136,15 @@ func Apply(c *config.VMConfig, args []string) (Action, error) {
 		if k == multi {
 			appendSet = true
 			appendVals = append(appendVals, o.values...)
+			continue
+		}
+		if k == repeated {
+			if len(o.values) > 1 {
+				return Run, fmt.Errorf("%s: only one value expected, got %d: %q", o.opt, len(o.values), o.values)
+			}
+			if err := applyRepeated(c, o.opt, o.values[0]); err != nil {
+				return Run, err
+			}
 			continue
 		}
 		if seen[o.opt] {
@@ -302,7 +312,7 @@ func parseSubOptions(opt, s, positional string, keys ...string) (map[string]stri
 		}
 		key, val, hasEq := strings.Cut(item, "=")
 		if !hasEq {
-			if i != 0 {
+			if i != 0 || positional == "" {
 				return nil, fmt.Errorf("%s: invalid parameter '%s'", opt, item)
 			}
 			key, val = positional, item
@@ -342,6 +352,12 @@ OPTIONS:
   -m [size=]<n>[M|G]       memory size: bytes, or MiB with M, GiB with G;
                            256M to 512G, a multiple of 1 MiB (default 256M)
   -serial stdio            add a 16550 UART (ttyS0) on standard input/output
+  -drive id=<id>,file=<path>[,readonly=on|off][,direct=on|off][,serial=<s>]
+         [,iothread=<iothread_id>][,iops=<n>]
+                           add a virtio-blk disk (repeatable, at most 6; the
+                           first is /dev/vda); direct defaults to on, iops 0
+                           (unlimited) to 1000000, serial up to 20 characters
+  -iothread id=<id>        add an I/O thread named <id> (repeatable, at most 8)
   -h, -help                print this help
   -V, -version             print the version
 `

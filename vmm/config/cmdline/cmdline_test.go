@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -72,7 +73,7 @@ func TestParseOptions(t *testing.T) {
 			}
 			want := def
 			tt.mod(&want)
-			if got != want {
+			if !reflect.DeepEqual(got, want) {
 				t.Errorf("Parse(%q)\n got  %+v\n want %+v", tt.args, got, want)
 			}
 		})
@@ -90,7 +91,7 @@ func TestParseErrors(t *testing.T) {
 		{"unknown ends append", []string{"-append", "a", "-x"}, "-x: unknown option (use -h or -help for usage)"},
 		{"negative smp is an option", []string{"-smp", "-1"}, "-1: unknown option (use -h or -help for usage)"},
 		{"stray value", []string{"vmlinux"}, `unexpected argument "vmlinux" before any option (use -h or -help for usage)`},
-		{"not implemented yet", []string{"-drive", "id=rootfs,file=/r"}, "-drive: option not supported yet"},
+		{"not implemented yet", []string{"-balloon", "deflate-on-oom=true"}, "-balloon: option not supported yet"},
 		{"flag not implemented", []string{"-daemonize"}, "-daemonize: option not supported yet"},
 		{"missing value", []string{"-kernel"}, "-kernel: requires a value, but none was supplied"},
 		{"missing append value", []string{"-append", "-smp", "1"}, "-append: requires a value, but none was supplied"},
