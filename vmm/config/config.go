@@ -53,6 +53,9 @@ type VMConfig struct {
 	// /dev/vda); IOThreads the named I/O threads they may use (drive.go).
 	Drives    []Drive    `json:"drive,omitempty"`
 	IOThreads []IOThread `json:"iothread,omitempty"`
+	// Process holds VMM process settings (QMP socket, daemonize, pid
+	// file, log, seccomp); command line only (process.go).
+	Process Process `json:"-"`
 }
 
 // Machine is the machine type, CPUs and memory (-machine, -smp, -m).
@@ -62,6 +65,9 @@ type Machine struct {
 	MemSize       uint64 `json:"mem_size"` // bytes
 	DumpGuestCore bool   `json:"dump_guest_core"`
 	MemShare      bool   `json:"mem_share"`
+	// MemPath backs RAM with a file: a new unlinked file in a directory
+	// (hugetlbfs typically) or the named file (-mem-path); process.go.
+	MemPath string `json:"mem_path,omitempty"`
 }
 
 // Boot is the kernel, initrd and kernel command line (-kernel, -initrd,
@@ -161,6 +167,7 @@ func (c *VMConfig) Validate() error {
 		}
 	}
 	errs = append(errs, c.validateDrives()...)
+	errs = append(errs, c.validateProcess()...)
 	return errors.Join(errs...)
 }
 

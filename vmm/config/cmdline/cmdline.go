@@ -34,6 +34,8 @@ const (
 	single      kind = iota // exactly one value, at most once
 	multi                   // one or more values; repeats accumulate
 	repeated                // exactly one value per occurrence, any number of occurrences
+	flag                    // no value, at most once (process.go)
+	optional                // zero or one value, at most once (process.go)
 	unsupported             // a StratoVirt option this build does not implement yet
 )
 
@@ -52,15 +54,15 @@ var options = map[string]kind{
 	"-netdev":          unsupported,
 	"-chardev":         unsupported,
 	"-device":          unsupported,
-	"-api-channel":     unsupported,
-	"-config":          unsupported,
-	"-D":               unsupported,
-	"-pidfile":         unsupported,
-	"-disable-seccomp": unsupported,
-	"-daemonize":       unsupported,
+	"-api-channel":     single,
+	"-config":          single,
+	"-D":               optional,
+	"-pidfile":         single,
+	"-disable-seccomp": flag,
+	"-daemonize":       flag,
 	"-iothread":        repeated,
 	"-balloon":         unsupported,
-	"-mem-path":        unsupported,
+	"-mem-path":        single,
 	"-rng":             unsupported,
 	"-S":               unsupported,
 	"-freeze":          unsupported,
@@ -102,10 +104,6 @@ func Apply(c *config.VMConfig, args []string) (Action, error) {
 		}
 	}
 
-	type occurrence struct {
-		opt    string
-		values []string
-	}
 	var occs []occurrence
 	for _, a := range args {
 		if strings.HasPrefix(a, "-") {
@@ -122,6 +120,9 @@ func Apply(c *config.VMConfig, args []string) (Action, error) {
 		last.values = append(last.values, a)
 	}
 
+	if err := applyConfigFile(c, occs); err != nil { // the file first: options override it
+		return Run, err
+	}
 	seen := make(map[string]bool)
 	var appendVals []string
 	appendSet := false
@@ -129,6 +130,12 @@ func Apply(c *config.VMConfig, args []string) (Action, error) {
 		k := options[o.opt]
 		if k == unsupported {
 			return Run, fmt.Errorf("%s: option not supported yet", o.opt)
+		}
+		if k == flag || k == optional || o.opt == "-config" {
+			if err := applyProcess(c, o.opt, k, o.values, seen); err != nil {
+				return Run, err
+			}
+			continue
 		}
 		if len(o.values) == 0 {
 			return Run, fmt.Errorf("%s: requires a value, but none was supplied", o.opt)
@@ -184,6 +191,12 @@ func apply(c *config.VMConfig, opt, v string) error {
 		return parseMem(c, v)
 	case "-machine":
 		return parseMachine(c, v)
+	case "-api-channel":
+		return parseAPIChannel(c, v)
+	case "-pidfile":
+		c.Process.PidFile = v
+	case "-mem-path":
+		c.Machine.MemPath = v
 	}
 	return nil
 }
@@ -358,6 +371,19 @@ OPTIONS:
                            first is /dev/vda); direct defaults to on, iops 0
                            (unlimited) to 1000000, serial up to 20 characters
   -iothread id=<id>        add an I/O thread named <id> (repeatable, at most 8)
+  -mem-path <path>         back guest RAM with a file: a hugetlbfs mount or
+                           other directory (a new unlinked file is made there)
+                           or a file; absolute path; with hugetlbfs the memory
+                           size must be a multiple of the huge page size
+  -config <file>           read the VM configuration from a JSON file; options
+                           given on the command line override it
+  -api-channel unix:<path> QMP control socket; the file must not exist
+  -D [<logfile>]           write the log to <logfile> (default stderr); level
+                           from STRATOVIRT_LOG_LEVEL (default info with -D)
+  -daemonize               run in the background, detached from the terminal
+  -pidfile <path>          write the pid here (with -daemonize only; must not
+                           exist); removed at exit
+  -disable-seccomp         do not install the seccomp system call filters
   -h, -help                print this help
   -V, -version             print the version
 `
