@@ -1,0 +1,262 @@
+package blk
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// backend is the host file or block device behind a disk.
+type backend struct {
+	f        *os.File
+	fd       int
+	size     uint64 // bytes
+	direct   bool
+	memAlign uint64 // O_DIRECT buffer alignment
+	offAlign uint64 // O_DIRECT offset and length alignment
+	blockDev bool
+	discard  bool // fallocate(PUNCH_HOLE) works
+	bounce   []byte
+}
+
+// maxBounce is the largest bounce buffer kept between requests.
+const maxBounce = 4 << 20
+
+func openBackend(path string, readOnly, direct bool) (*backend, error) {
+	flag := unix.O_RDWR
+	if readOnly {
+		flag = unix.O_RDONLY
+	}
+	if direct {
+		flag |= unix.O_DIRECT
+	}
+	f, err := os.OpenFile(path, flag|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open disk %q: %w", path, err)
+	}
+	b := &backend{f: f, fd: int(f.Fd()), direct: direct, memAlign: 512, offAlign: 512}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("stat disk %q: %w", path, err)
+	}
+	b.blockDev = fi.Mode()&os.ModeDevice != 0 && fi.Mode()&os.ModeCharDevice == 0
+	if !fi.Mode().IsRegular() && !b.blockDev {
+		f.Close()
+		return nil, fmt.Errorf("disk %q is neither a regular file nor a block device", path)
+	}
+	end, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("size of disk %q: %w", path, err)
+	}
+	b.size = uint64(end)
+	if direct {
+		b.probeDirectAlign()
+	}
+	if !readOnly && !b.blockDev {
+		// Punching a hole past the end with KEEP_SIZE changes nothing and
+		// fails only where the file system cannot punch holes.
+		err := unix.Fallocate(b.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, int64(b.size), 4096)
+		b.discard = err == nil
+	}
+	if b.blockDev {
+		b.discard = !readOnly
+	}
+	return b, nil
+}
+
+// probeDirectAlign finds O_DIRECT's alignment needs: statx DIOALIGN
+// (Linux 6.1+) or the block device's logical sector size.
+func (b *backend) probeDirectAlign() {
+	var st unix.Statx_t
+	if err := unix.Statx(b.fd, "", unix.AT_EMPTY_PATH, unix.STATX_DIOALIGN, &st); err == nil &&
+		st.Mask&unix.STATX_DIOALIGN != 0 && st.Dio_offset_align != 0 {
+		b.memAlign = max(uint64(st.Dio_mem_align), 1)
+		b.offAlign = uint64(st.Dio_offset_align)
+		return
+	}
+	if b.blockDev {
+		if n, err := unix.IoctlGetInt(b.fd, unix.BLKSSZGET); err == nil && n >= 512 && n&(n-1) == 0 {
+			b.memAlign, b.offAlign = uint64(n), uint64(n)
+		}
+	}
+}
+
+// blockSize is the logical block size offered to the guest.
+func (b *backend) blockSize() uint64 {
+	if b.direct {
+		return max(b.offAlign, SectorSize)
+	}
+	return SectorSize
+}
+
+func (b *backend) close() error {
+	if b.bounce != nil {
+		_ = unix.Munmap(b.bounce)
+		b.bounce = nil
+	}
+	return b.f.Close()
+}
+
+// aligned reports whether bufs can go to an O_DIRECT file as they are.
+func (b *backend) aligned(bufs [][]byte) bool {
+	for _, s := range bufs {
+		if uint64(len(s))%b.offAlign != 0 || addrOf(s)%b.memAlign != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// buffer returns an aligned scratch buffer of n bytes (mmap'd, so page
+// aligned); release must be called when done.
+func (b *backend) buffer(n uint64) ([]byte, func(), error) {
+	if n <= maxBounce {
+		if b.bounce == nil {
+			m, err := unix.Mmap(-1, 0, maxBounce, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+			if err != nil {
+				return nil, nil, fmt.Errorf("bounce buffer: %w", err)
+			}
+			b.bounce = m
+		}
+		return b.bounce[:n], func() {}, nil
+	}
+	m, err := unix.Mmap(-1, 0, int(n), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return nil, nil, fmt.Errorf("bounce buffer: %w", err)
+	}
+	return m, func() { _ = unix.Munmap(m) }, nil
+}
+
+// readAt fills bufs from offset off; bytes past the end of the file read
+// as zero.
+func (b *backend) readAt(bufs [][]byte, off uint64, total uint64) error {
+	if !b.direct || b.aligned(bufs) {
+		return rwFull(b.fd, bufs, off, false)
+	}
+	tmp, release, err := b.buffer(total)
+	if err != nil {
+		return err
+	}
+	defer release()
+	if err := rwFull(b.fd, [][]byte{tmp}, off, false); err != nil {
+		return err
+	}
+	for _, s := range bufs {
+		tmp = tmp[copy(s, tmp):]
+	}
+	return nil
+}
+
+// writeAt writes bufs at offset off.
+func (b *backend) writeAt(bufs [][]byte, off uint64, total uint64) error {
+	if !b.direct || b.aligned(bufs) {
+		return rwFull(b.fd, bufs, off, true)
+	}
+	tmp, release, err := b.buffer(total)
+	if err != nil {
+		return err
+	}
+	defer release()
+	p := tmp
+	for _, s := range bufs {
+		p = p[copy(p, s):]
+	}
+	return rwFull(b.fd, [][]byte{tmp}, off, true)
+}
+
+// iovMax bounds the buffers per preadv/pwritev call (UIO_MAXIOV).
+const iovMax = 1024
+
+// rwFull transfers all of bufs at off, retrying short transfers. A read
+// that reaches end of file zero-fills the rest.
+func rwFull(fd int, bufs [][]byte, off uint64, write bool) error {
+	for len(bufs) > 0 {
+		batch := bufs[:min(len(bufs), iovMax)]
+		var n int
+		var err error
+		if write {
+			n, err = unix.Pwritev(fd, batch, int64(off))
+		} else {
+			n, err = unix.Preadv(fd, batch, int64(off))
+		}
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			if write {
+				return io.ErrShortWrite
+			}
+			for _, s := range bufs {
+				clear(s)
+			}
+			return nil
+		}
+		off += uint64(n)
+		for n > 0 && len(bufs) > 0 {
+			if n >= len(bufs[0]) {
+				n -= len(bufs[0])
+				bufs = bufs[1:]
+				continue
+			}
+			bufs = append([][]byte{bufs[0][n:]}, bufs[1:]...)
+			n = 0
+		}
+		for len(bufs) > 0 && len(bufs[0]) == 0 {
+			bufs = bufs[1:]
+		}
+	}
+	return nil
+}
+
+func (b *backend) flush() error { return unix.Fdatasync(b.fd) }
+
+// discardRange deallocates [off, off+n); it reads back as zeroes. Discard
+// is advisory, so a backend that cannot do it still succeeds.
+func (b *backend) discardRange(off, n uint64) error {
+	if !b.discard {
+		return nil
+	}
+	err := unix.Fallocate(b.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, int64(off), int64(n))
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) {
+		return nil
+	}
+	return err
+}
+
+// zeroRange makes [off, off+n) read as zeroes: fallocate where the backend
+// supports it, else by writing zeroes.
+func (b *backend) zeroRange(off, n uint64, unmap bool) error {
+	modes := []uint32{unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_KEEP_SIZE}
+	if unmap {
+		modes = append([]uint32{unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE}, modes...)
+	}
+	for _, m := range modes {
+		if err := unix.Fallocate(b.fd, m, int64(off), int64(n)); err == nil {
+			return nil
+		}
+	}
+	const chunk = 1 << 20
+	buf, release, err := b.buffer(min(n, chunk))
+	if err != nil {
+		return err
+	}
+	defer release()
+	clear(buf)
+	for n > 0 {
+		k := min(n, uint64(len(buf)))
+		if err := rwFull(b.fd, [][]byte{buf[:k]}, off, true); err != nil {
+			return err
+		}
+		off += k
+		n -= k
+	}
+	return nil
+}
