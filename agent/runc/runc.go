@@ -1,0 +1,302 @@
+// Package runc drives the runc binary for the agent: create, start, exec,
+// kill, pause, resume, update, ps and delete, with runc's error from its
+// JSON log. Every runc process is started and waited on through the
+// agent's reaper (never exec.Cmd.Wait), because the agent reaps all of its
+// children. A Runc is safe for concurrent use; it holds no lock.
+package runc
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/stratovirt-go/stratovirt/agent/reaper"
+)
+
+// Runc runs one runc binary with one state root.
+type Runc struct {
+	// Binary is the runc executable (default "runc" from PATH).
+	Binary string
+	// Root is runc's state directory (--root).
+	Root string
+	// Reaper waits on every runc process.
+	Reaper *reaper.Reaper
+}
+
+// Stdio is what a detached process gets as standard streams (nil: /dev/null).
+type Stdio struct {
+	Stdin, Stdout, Stderr *os.File
+}
+
+// Error is a failed runc command.
+type Error struct {
+	Args   []string
+	Status int
+	// Msg is runc's error message (from its log), when it gave one.
+	Msg string
+}
+
+func (e *Error) Error() string {
+	msg := e.Msg
+	if msg == "" {
+		msg = fmt.Sprintf("exit status %d", e.Status)
+	}
+	return fmt.Sprintf("runc %s: %s", strings.Join(e.Args, " "), msg)
+}
+
+func (r *Runc) binary() string {
+	if r.Binary == "" {
+		return "runc"
+	}
+	return r.Binary
+}
+
+// run runs runc with args. stdout, when non-nil, receives runc's standard
+// output; stdio, when non-nil, is handed to runc (and so to a detached
+// container process). logDir holds runc's JSON log for the error message.
+func (r *Runc) run(ctx context.Context, stdio *Stdio, stdout io.Writer, logDir string, args ...string) error {
+	if logDir == "" {
+		var err error
+		if logDir, err = os.MkdirTemp(r.Root, ".log-"); err != nil {
+			return fmt.Errorf("runc log dir: %w", err)
+		}
+		defer os.RemoveAll(logDir)
+	}
+	logPath := filepath.Join(logDir, "runc.log")
+	os.Remove(logPath)
+	full := append([]string{"--root", r.Root, "--log", logPath, "--log-format", "json"}, args...)
+	cmd := exec.Command(r.binary(), full...)
+	if stdio != nil {
+		// A detached process keeps what runc had: never one of our pipes.
+		devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+		if err != nil {
+			return err
+		}
+		defer devnull.Close()
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = orNull(stdio.Stdin, devnull), orNull(stdio.Stdout, devnull), orNull(stdio.Stderr, devnull)
+	}
+	// runc's own stderr, when it is not a container's, is kept for the
+	// message (bounded, so a chatty runc cannot grow the agent).
+	var errDone, outDone chan []byte
+	if cmd.Stderr == nil {
+		errR, errW, err := os.Pipe()
+		if err != nil {
+			return err
+		}
+		defer errR.Close()
+		defer errW.Close()
+		cmd.Stderr = errW
+		errDone = make(chan []byte, 1)
+		go func() {
+			b, _ := io.ReadAll(io.LimitReader(errR, 64<<10))
+			io.Copy(io.Discard, errR)
+			errDone <- b
+		}()
+	}
+	if stdout != nil {
+		outR, outW, err := os.Pipe()
+		if err != nil {
+			return err
+		}
+		defer outR.Close()
+		defer outW.Close()
+		cmd.Stdout = outW
+		outDone = make(chan []byte, 1)
+		go func() { b, _ := io.ReadAll(outR); outDone <- b }()
+	}
+	exitc, err := r.Reaper.Start(cmd)
+	// Our copies of the write ends go now, so EOF comes with runc's exit.
+	if errDone != nil {
+		cmd.Stderr.(*os.File).Close()
+	}
+	if outDone != nil {
+		cmd.Stdout.(*os.File).Close()
+	}
+	if err != nil {
+		return fmt.Errorf("start runc: %w", err)
+	}
+	var e reaper.Exit
+	select {
+	case e = <-exitc:
+	case <-ctx.Done():
+		cmd.Process.Kill()
+		e = <-exitc
+	}
+	if outDone != nil {
+		stdout.Write(<-outDone)
+	}
+	var stderr []byte
+	if errDone != nil {
+		stderr = <-errDone
+	}
+	if e.Status != 0 {
+		msg := logError(logPath)
+		if msg == "" {
+			msg = strings.TrimSpace(string(stderr))
+		}
+		return &Error{Args: args, Status: e.Status, Msg: msg}
+	}
+	return nil
+}
+
+func orNull(f, devnull *os.File) *os.File {
+	if f == nil {
+		return devnull
+	}
+	return f
+}
+
+// logError returns the last error-level message of runc's JSON log.
+func logError(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	var last string
+	sc := bufio.NewScanner(io.LimitReader(f, 1<<20))
+	for sc.Scan() {
+		var l struct{ Level, Msg string }
+		if json.Unmarshal(sc.Bytes(), &l) == nil && (l.Level == "error" || l.Level == "fatal") {
+			last = l.Msg
+		}
+	}
+	return last
+}
+
+// CreateOpts are the options of Create and Exec.
+type CreateOpts struct {
+	// PidFile receives the pid of the process.
+	PidFile string
+	// ConsoleSocket, when set, receives the pty master (terminal processes).
+	ConsoleSocket string
+	Stdio         *Stdio
+}
+
+func (o CreateOpts) args() []string {
+	a := []string{"--pid-file", o.PidFile}
+	if o.ConsoleSocket != "" {
+		a = append(a, "--console-socket", o.ConsoleSocket)
+	}
+	return a
+}
+
+// Create creates container id from bundle; its init waits for Start.
+func (r *Runc) Create(ctx context.Context, id, bundle string, o CreateOpts) error {
+	args := append([]string{"create", "--bundle", bundle}, o.args()...)
+	return r.run(ctx, o.Stdio, nil, bundle, append(args, id)...)
+}
+
+// Start starts a created container's init.
+func (r *Runc) Start(ctx context.Context, id string) error {
+	return r.run(ctx, nil, nil, "", "start", id)
+}
+
+// Exec starts a detached process (OCI process JSON in processPath).
+func (r *Runc) Exec(ctx context.Context, id, processPath, logDir string, o CreateOpts) error {
+	args := append([]string{"exec", "--detach", "--process", processPath}, o.args()...)
+	return r.run(ctx, o.Stdio, nil, logDir, append(args, id)...)
+}
+
+// Kill sends sig to the init process, or to every process with all.
+func (r *Runc) Kill(ctx context.Context, id string, sig int, all bool) error {
+	args := []string{"kill"}
+	if all {
+		args = append(args, "--all")
+	}
+	return r.run(ctx, nil, nil, "", append(args, id, strconv.Itoa(sig))...)
+}
+
+// Pause freezes the container.
+func (r *Runc) Pause(ctx context.Context, id string) error {
+	return r.run(ctx, nil, nil, "", "pause", id)
+}
+
+// Resume thaws the container.
+func (r *Runc) Resume(ctx context.Context, id string) error {
+	return r.run(ctx, nil, nil, "", "resume", id)
+}
+
+// Update applies OCI linux.resources JSON to the container.
+func (r *Runc) Update(ctx context.Context, id string, resources []byte) error {
+	f, err := os.CreateTemp(r.Root, ".resources-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	_, err = f.Write(resources)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return r.run(ctx, nil, nil, "", "update", "--resources", f.Name(), id)
+}
+
+// Delete removes the container's runc state (force: kill it first).
+func (r *Runc) Delete(ctx context.Context, id string, force bool) error {
+	args := []string{"delete"}
+	if force {
+		args = append(args, "--force")
+	}
+	return r.run(ctx, nil, nil, "", append(args, id)...)
+}
+
+// State is the part of `runc state` the agent uses.
+type State struct {
+	ID     string `json:"id"`
+	Pid    int    `json:"pid"`
+	Status string `json:"status"`
+}
+
+// State returns the container's runc state.
+func (r *Runc) State(ctx context.Context, id string) (State, error) {
+	var out bytes.Buffer
+	var s State
+	if err := r.run(ctx, nil, &out, "", "state", id); err != nil {
+		return s, err
+	}
+	if err := json.Unmarshal(out.Bytes(), &s); err != nil {
+		return s, fmt.Errorf("runc state %s: %w", id, err)
+	}
+	return s, nil
+}
+
+// Version returns the first line of `runc --version`.
+func (r *Runc) Version(ctx context.Context) (string, error) {
+	var out bytes.Buffer
+	if err := r.run(ctx, nil, &out, "", "--version"); err != nil {
+		return "", err
+	}
+	line, _, _ := strings.Cut(out.String(), "\n")
+	return line, nil
+}
+
+// ReadPidFile reads a pid file runc wrote.
+func ReadPidFile(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("pid file %s: bad content %q", path, b)
+	}
+	return pid, nil
+}
+
+// IsNotExist reports whether err is runc saying the container does not exist.
+func IsNotExist(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && strings.Contains(e.Msg, "does not exist")
+}
