@@ -7,13 +7,14 @@ LAB := $(BIN)/lab
 MEM ?= 4096
 CPUS ?= 2
 
-.PHONY: all build deps test lint lab lab-run bench clean demo
+.PHONY: all build deps test lint lab lab-run bench clean demo proto proto-check guest
 
 all: build
 
 build:
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./cmd/stratovirt ./tests/lab/cmd/lab
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/ ./cmd/stratovirt-agent
 
 # Idempotent install of every prerequisite (apt packages, pinned Go tools,
 # Debian kernels); seconds when everything is present.
@@ -52,6 +53,33 @@ lint:
 	$(GO) vet ./...
 	@command -v staticcheck >/dev/null || ./tests/deps.sh
 	staticcheck ./...
+	@$(MAKE) --no-print-directory proto-check
+
+# Agent API: regenerate the Go code from agent-proto/*.proto (protoc from
+# Debian, protoc-gen-go and protoc-gen-go-ttrpc from `make deps`).
+PROTOS := $(shell cd agent-proto 2>/dev/null && ls */*.proto)
+PROTOC = (cd $(1) && protoc -I $(CURDIR)/agent-proto --go_out=. --go_opt=paths=source_relative \
+	--go-ttrpc_out=. --go-ttrpc_opt=paths=source_relative $(PROTOS))
+proto:
+	$(call PROTOC,agent-proto)
+
+# Fails when the committed generated code is not what `make proto` makes.
+proto-check:
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
+	for p in $(PROTOS); do mkdir -p $$tmp/$$(dirname $$p); done && \
+	$(call PROTOC,$$tmp) && \
+	for f in $$(cd $$tmp && find . -name '*.pb.go'); do \
+		diff -u agent-proto/$$f $$tmp/$$f >/dev/null || { echo "stale generated code: agent-proto/$$f (run make proto)"; exit 1; }; \
+	done && for f in $$(cd agent-proto && find . -name '*.pb.go'); do \
+		test -e $$tmp/$$f || { echo "generated file without a .proto: agent-proto/$$f"; exit 1; }; done
+
+# Guest image: the Debian cloud kernel and an initramfs with the agent as
+# /init, its kernel modules and runc, under $(GUEST_DIR) (see docs/guest.md).
+GUEST_DIR ?= $(CURDIR)/build/guest
+guest:
+	@mkdir -p $(GUEST_DIR)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(GUEST_DIR)/stratovirt-agent ./cmd/stratovirt-agent
+	$(GO) run ./agent/guestimage -agent $(GUEST_DIR)/stratovirt-agent -out $(GUEST_DIR)
 
 clean:
 	rm -rf $(BIN)

@@ -1,0 +1,150 @@
+// Package initsys does the agent's PID 1 duties in the guest: the base
+// mounts (/proc, /sys, /dev, /run, cgroup2), the console as standard
+// streams, the kernel modules the image lists (finit_module), cgroup
+// controllers, and power-off. It holds no state.
+package initsys
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+)
+
+type mnt struct {
+	source, target, fstype string
+	flags                  uintptr
+	data                   string
+}
+
+var baseMounts = []mnt{
+	{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+	{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+	{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
+	{"devpts", "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"},
+	{"shm", "/dev/shm", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+	{"run", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
+	{"tmp", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+	{"cgroup2", "/sys/fs/cgroup", "cgroup2", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, "nsdelegate"},
+}
+
+// MountBase mounts the base filesystems; already mounted ones are kept.
+func MountBase() error {
+	for _, m := range baseMounts {
+		if err := os.MkdirAll(m.target, 0o755); err != nil {
+			return err
+		}
+		err := unix.Mount(m.source, m.target, m.fstype, m.flags, m.data)
+		if err != nil && !errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.target, err)
+		}
+	}
+	// /dev/ptmx must be the new devpts instance's.
+	os.Remove("/dev/ptmx")
+	if err := os.Symlink("pts/ptmx", "/dev/ptmx"); err != nil {
+		return fmt.Errorf("/dev/ptmx: %w", err)
+	}
+	for _, l := range [][2]string{{"/proc/self/fd", "/dev/fd"}, {"/proc/self/fd/0", "/dev/stdin"}, {"/proc/self/fd/1", "/dev/stdout"}, {"/proc/self/fd/2", "/dev/stderr"}} {
+		os.Symlink(l[0], l[1])
+	}
+	return nil
+}
+
+// ConsoleStdio makes /dev/console the standard streams when the kernel
+// could not (an initramfs without /dev/console).
+func ConsoleStdio() error {
+	if _, err := unix.FcntlInt(2, unix.F_GETFD, 0); err == nil {
+		return nil
+	}
+	fd, err := unix.Open("/dev/console", unix.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		return fmt.Errorf("open console: %w", err)
+	}
+	for i := 0; i < 3; i++ {
+		if i != fd {
+			unix.Dup2(fd, i)
+		}
+	}
+	if fd > 2 {
+		unix.Close(fd)
+	}
+	return nil
+}
+
+// EnableControllers delegates every available controller to children of
+// the cgroup v2 root.
+func EnableControllers(root string) error {
+	b, err := os.ReadFile(root + "/cgroup.controllers")
+	if err != nil {
+		return err
+	}
+	for _, c := range strings.Fields(string(b)) {
+		if err := os.WriteFile(root+"/cgroup.subtree_control", []byte("+"+c), 0); err != nil {
+			log.L.Warnf("enable cgroup controller %s: %v", c, err)
+		}
+	}
+	return nil
+}
+
+// ModuleList parses the image's module list: one module file per line in
+// load order, optional parameters after the first space; '#' comments.
+func ModuleList(b []byte) [][2]string {
+	var out [][2]string
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		path, params, _ := strings.Cut(line, " ")
+		out = append(out, [2]string{path, strings.TrimSpace(params)})
+	}
+	return out
+}
+
+// LoadModules loads the modules listed in the file at list, in order;
+// a module already loaded (or built in) is fine.
+func LoadModules(list string) error {
+	b, err := os.ReadFile(list)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, m := range ModuleList(b) {
+		if err := loadModule(m[0], m[1]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func loadModule(path, params string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("module %s: %w", path, err)
+	}
+	defer f.Close()
+	err = unix.FinitModule(int(f.Fd()), params, 0)
+	if err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("load module %s: %w", path, err)
+	}
+	log.L.Debugf("module %s loaded", path)
+	return nil
+}
+
+// PowerOff syncs and powers the machine off.
+func PowerOff() {
+	unix.Sync()
+	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
+		log.L.Errorf("power off: %v", err)
+	}
+	select {}
+}

@@ -1,0 +1,191 @@
+// Command stratovirt-agent is the guest agent: PID 1 of the stratovirt
+// guest image. It serves the agent API (agent-proto, ttrpc) on vsock port
+// 1024 and stdio/log streams on port 1025, and runs containers with runc.
+// On a host (for tests) it listens on unix sockets instead:
+//
+//	stratovirt-agent -listen unix:///tmp/a.sock -stream-listen unix:///tmp/a.streams -state-dir /tmp/state
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	"github.com/mdlayher/vsock"
+	"github.com/sirupsen/logrus"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/stratovirt-go/stratovirt/agent-proto/stream"
+	"github.com/stratovirt-go/stratovirt/agent/container"
+	"github.com/stratovirt-go/stratovirt/agent/initsys"
+	"github.com/stratovirt-go/stratovirt/agent/network"
+	"github.com/stratovirt-go/stratovirt/agent/reaper"
+	"github.com/stratovirt-go/stratovirt/agent/runc"
+	"github.com/stratovirt-go/stratovirt/agent/server"
+	"github.com/stratovirt-go/stratovirt/agent/stdio"
+)
+
+type options struct {
+	listen, streamListen string
+	stateDir, runcPath   string
+	modules              string
+	logLevel             string
+	guest                bool
+	network              bool
+}
+
+func main() {
+	pid1 := os.Getpid() == 1
+	var o options
+	flag.StringVar(&o.listen, "listen", "vsock://"+strconv.Itoa(stream.ControlPort), "ttrpc address: vsock://PORT or unix:///path")
+	flag.StringVar(&o.streamListen, "stream-listen", "vsock://"+strconv.Itoa(stream.StreamPort), "stream address: vsock://PORT or unix:///path")
+	flag.StringVar(&o.stateDir, "state-dir", "/run/stratovirt", "bundles, mount points and runc state")
+	flag.StringVar(&o.runcPath, "runc", "runc", "runc binary")
+	flag.StringVar(&o.modules, "modules", "/etc/stratovirt/modules", "kernel modules to load at start (PID 1)")
+	flag.StringVar(&o.logLevel, "log-level", "info", "log level")
+	flag.BoolVar(&o.guest, "guest", pid1, "apply machine-wide settings (hostname, sysctls, resolv.conf)")
+	flag.BoolVar(&o.network, "network", pid1, "serve network configuration RPCs")
+	flag.Parse()
+
+	logs := stdio.NewLogHub(256 << 10)
+	if err := run(o, pid1, logs); err != nil {
+		log.L.Errorf("stratovirt-agent: %v", err)
+		if pid1 {
+			time.Sleep(time.Second)
+			initsys.PowerOff()
+		}
+		os.Exit(1)
+	}
+}
+
+func run(o options, pid1 bool, logs *stdio.LogHub) error {
+	if pid1 {
+		os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+		if err := initsys.MountBase(); err != nil {
+			return err
+		}
+		initsys.ConsoleStdio()
+	}
+	logrus.SetOutput(io.MultiWriter(os.Stderr, logs))
+	logrus.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: time.RFC3339Nano})
+	if err := log.SetLevel(o.logLevel); err != nil {
+		return err
+	}
+	if pid1 {
+		if err := initsys.LoadModules(o.modules); err != nil {
+			log.L.Warnf("modules: %v", err)
+		}
+		if err := initsys.EnableControllers("/sys/fs/cgroup"); err != nil {
+			log.L.Warnf("cgroup controllers: %v", err)
+		}
+		if err := netlinkUp("lo"); err != nil {
+			log.L.Warnf("loopback: %v", err)
+		}
+	}
+	rp, err := reaper.New()
+	if err != nil {
+		return err
+	}
+	rc := &runc.Runc{Binary: o.runcPath, Root: filepath.Join(o.stateDir, "runc"), Reaper: rp}
+	mgr, err := container.NewManager(container.Config{
+		StateDir: o.stateDir, Runc: rc, Reaper: rp, Guest: o.guest,
+	})
+	if err != nil {
+		return err
+	}
+	svc := &server.Service{Containers: mgr, Runc: rc}
+	if o.network {
+		h, err := netlink.NewHandle()
+		if err != nil {
+			return fmt.Errorf("netlink: %w", err)
+		}
+		svc.Network = network.Config{H: h}
+	}
+	ctl, err := listen(o.listen)
+	if err != nil {
+		return err
+	}
+	str, err := listen(o.streamListen)
+	if err != nil {
+		return err
+	}
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		return err
+	}
+	svc.Register(srv)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ss := &stdio.Server{Lookup: mgr.Lookup, Logs: logs}
+	errc := make(chan error, 2)
+	go func() { errc <- ss.Serve(ctx, str) }()
+	go func() { errc <- srv.Serve(ctx, ctl) }()
+	log.L.Infof("stratovirt-agent %s serving on %s and %s (pid %d)", server.Version, o.listen, o.streamListen, os.Getpid())
+
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, unix.SIGTERM, unix.SIGINT)
+	select {
+	case err = <-errc:
+		err = fmt.Errorf("serve: %w", err)
+	case s := <-sigc:
+		if pid1 {
+			// PID 1 in the guest: only the host ends the VM.
+			log.L.Warnf("ignoring %v", s)
+			select {}
+		}
+		log.L.Infof("%v: shutting down", s)
+	}
+	cancel()
+	str.Close()
+	srv.Close()
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer scancel()
+	if rerr := mgr.DestroySandbox(sctx); rerr != nil {
+		log.L.Warnf("cleanup: %v", rerr)
+	}
+	mgr.Close()
+	return err
+}
+
+// listen opens vsock://PORT or unix:///path.
+func listen(addr string) (net.Listener, error) {
+	if p, ok := strings.CutPrefix(addr, "vsock://"); ok {
+		port, err := strconv.ParseUint(p, 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("vsock port %q: %w", p, err)
+		}
+		l, err := vsock.Listen(uint32(port), nil)
+		if err != nil {
+			return nil, fmt.Errorf("listen on vsock port %d: %w", port, err)
+		}
+		return l, nil
+	}
+	if p, ok := strings.CutPrefix(addr, "unix://"); ok {
+		os.Remove(p)
+		l, err := net.Listen("unix", p)
+		if err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", p, err)
+		}
+		return l, nil
+	}
+	return nil, fmt.Errorf("address %q: want vsock://PORT or unix:///path", addr)
+}
+
+func netlinkUp(name string) error {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	return netlink.LinkSetUp(l)
+}
