@@ -61,6 +61,11 @@ type Options struct {
 	Created time.Time
 	// KVMDevice is the KVM device path; "" is /dev/kvm.
 	KVMDevice string
+	// OnVCPUThread runs on each vCPU's own locked thread after its
+	// set-up, right before it first enters the guest (process.go); an
+	// error fails Start. cmd/stratovirt installs the vCPU seccomp
+	// filter here.
+	OnVCPUThread func(id int) error
 }
 
 // VM is one microVM.
@@ -77,7 +82,10 @@ type VM struct {
 	mmio   bus.Bus
 	serial *legacy.Serial
 	marker *legacy.BootMarker
+	// threads are the vCPU thread ids (process.go).
+	threads vcpuThreads
 	irqfds []int
+	virtio virtioDevices // virtio.go
 
 	mu       sync.Mutex
 	group    *vcpu.Group
@@ -131,6 +139,9 @@ func New(cfg *config.VMConfig, opts Options) (_ *VM, err error) {
 	if err := v.setupDevices(); err != nil {
 		return nil, err
 	}
+	if err := v.setupVirtio(); err != nil {
+		return nil, err
+	}
 	if err := v.setupPlatform(); err != nil {
 		return nil, err
 	}
@@ -143,7 +154,18 @@ func (v *VM) setupMemory() error {
 	if err != nil {
 		return fmt.Errorf("guest memory: %w", err)
 	}
-	v.mem, err = guestmem.New(ranges, guestmem.Options{Shared: m.MemShare, DumpGuestCore: m.DumpGuestCore})
+	var total uint64
+	for _, r := range ranges {
+		total += r.Size
+	}
+	mopts, err := memoryOptions(m, total) // process.go
+	if err != nil {
+		return err
+	}
+	v.mem, err = guestmem.New(ranges, mopts)
+	if mopts.UseFD {
+		unix.Close(mopts.FD) // the mappings keep the file
+	}
 	if err != nil {
 		return err
 	}
@@ -157,7 +179,7 @@ func (v *VM) setupMemory() error {
 // and command line, the zero page or PVH start info, ACPI and MP tables.
 func (v *VM) setupPlatform() error {
 	n := v.cfg.Machine.VCPUs
-	tables, err := acpi.Build(acpi.Config{VCPUs: n, PowerPort: legacy.PortPower})
+	tables, err := acpi.Build(acpi.Config{VCPUs: n, PowerPort: legacy.PortPower, MMIODevices: v.virtio.acpiDevices()})
 	if err != nil {
 		return fmt.Errorf("build ACPI tables: %w", err)
 	}
@@ -170,7 +192,7 @@ func (v *VM) setupPlatform() error {
 	b := v.cfg.Boot
 	v.boot, err = loader.LoadFiles(v.mem, b.Kernel, b.Initrd, loader.Options{
 		KernelName: b.Kernel,
-		Cmdline:    b.Cmdline,
+		Cmdline:    b.Cmdline + v.virtio.cmdline(),
 		RSDPAddr:   amd64.RSDPAddr,
 	})
 	if err != nil {
@@ -294,7 +316,7 @@ func (v *VM) Start() error {
 		return errors.New("vm already started")
 	}
 	g, err := vcpu.Start(vcpu.Config{
-		VM: v.vm, Count: v.cfg.Machine.VCPUs, PIO: &v.pio, MMIO: &v.mmio, Setup: v.setupVCPU,
+		VM: v.vm, Count: v.cfg.Machine.VCPUs, PIO: &v.pio, MMIO: &v.mmio, Setup: v.setupVCPUThread,
 	})
 	if err != nil {
 		return err
@@ -385,6 +407,8 @@ func (v *VM) Close() error {
 	if v.serial != nil {
 		errs = append(errs, v.serial.Close())
 	}
+	// Devices stop touching guest memory before it is unmapped.
+	errs = append(errs, v.closeVirtio())
 	if v.vm != nil {
 		errs = append(errs, v.vm.Close())
 	}
