@@ -98,7 +98,11 @@ func memoryOptions(m config.Machine, total uint64) (guestmem.Options, error) {
 
 // openMemPath opens the -mem-path backing file and makes it total bytes.
 func openMemPath(path string, total uint64) (*os.File, error) {
-	page, huge, err := config.PageSizeAt(path)
+	statPath := path
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		statPath = filepath.Dir(path)
+	}
+	page, huge, err := config.PageSizeAt(statPath)
 	if err != nil {
 		return nil, fmt.Errorf("mem-path %q: %w", path, err)
 	}
