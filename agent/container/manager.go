@@ -329,15 +329,19 @@ func (m *Manager) Stats(id string) (*agentv1.StatsContainerResponse, error) {
 }
 
 // Pids lists the processes in the container's cgroup.
-func (m *Manager) Pids(id string) ([]uint32, error) {
-	c, err := m.get(id)
+func (m *Manager) Pids(ctx context.Context, id string) ([]uint32, error) {
+	if _, err := m.get(id); err != nil {
+		return nil, err
+	}
+	pids, err := m.cfg.Runc.Ps(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
-	dir := c.cgroupDir
-	c.mu.Unlock()
-	return cgroups.Pids(dir)
+	out := make([]uint32, 0, len(pids))
+	for _, p := range pids {
+		out = append(out, uint32(p))
+	}
+	return out, nil
 }
 
 // Remove deletes a stopped container (force: kills it first), closes its

@@ -272,6 +272,19 @@ func (r *Runc) State(ctx context.Context, id string) (State, error) {
 	return s, nil
 }
 
+// Ps lists the pids of the container's processes.
+func (r *Runc) Ps(ctx context.Context, id string) ([]int, error) {
+	var out bytes.Buffer
+	if err := r.run(ctx, nil, &out, "", "ps", "--format", "json", id); err != nil {
+		return nil, err
+	}
+	var pids []int
+	if err := json.Unmarshal(out.Bytes(), &pids); err != nil {
+		return nil, fmt.Errorf("runc ps %s: %w", id, err)
+	}
+	return pids, nil
+}
+
 // Version returns the first line of `runc --version`.
 func (r *Runc) Version(ctx context.Context) (string, error) {
 	var out bytes.Buffer

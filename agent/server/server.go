@@ -186,7 +186,7 @@ func (s *Service) RemoveContainer(ctx context.Context, req *agentv1.RemoveContai
 
 // ListProcesses lists a container's pids.
 func (s *Service) ListProcesses(ctx context.Context, req *agentv1.ListProcessesRequest) (*agentv1.ListProcessesResponse, error) {
-	pids, err := s.Containers.Pids(req.GetContainerId())
+	pids, err := s.Containers.Pids(ctx, req.GetContainerId())
 	if err != nil {
 		return nil, toStatus(ctx, "ListProcesses", err)
 	}

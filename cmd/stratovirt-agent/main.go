@@ -42,6 +42,7 @@ type options struct {
 	modules              string
 	logLevel             string
 	guest                bool
+	attachWait           time.Duration
 	network              bool
 }
 
@@ -55,6 +56,7 @@ func main() {
 	flag.StringVar(&o.modules, "modules", "/etc/stratovirt/modules", "kernel modules to load at start (PID 1)")
 	flag.StringVar(&o.logLevel, "log-level", "info", "log level")
 	flag.BoolVar(&o.guest, "guest", pid1, "apply machine-wide settings (hostname, sysctls, resolv.conf)")
+	flag.DurationVar(&o.attachWait, "stream-attach-wait", 30*time.Second, "how long a stream waits for its process to be created")
 	flag.BoolVar(&o.network, "network", pid1, "serve network configuration RPCs")
 	flag.Parse()
 
@@ -127,7 +129,7 @@ func run(o options, pid1 bool, logs *stdio.LogHub) error {
 	svc.Register(srv)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ss := &stdio.Server{Lookup: mgr.Lookup, Logs: logs}
+	ss := &stdio.Server{Lookup: mgr.Lookup, Logs: logs, AttachWait: o.attachWait}
 	errc := make(chan error, 2)
 	go func() { errc <- ss.Serve(ctx, str) }()
 	go func() { errc <- srv.Serve(ctx, ctl) }()
