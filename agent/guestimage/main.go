@@ -1,0 +1,336 @@
+// Command guestimage builds the stratovirt guest image (`make guest`): the
+// Debian cloud kernel as shipped, and a gzip'd initramfs holding the agent
+// as /init, runc with the shared libraries it needs, and the kernel
+// modules the agent loads at start (with their dependencies, in load
+// order, listed in /etc/stratovirt/modules). The output is reproducible:
+// entries are sorted, owned by root, with zero mtimes, and gzip carries no
+// name or time.
+package main
+
+import (
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"debug/elf"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/stratovirt-go/stratovirt/tests/initramfs"
+	"github.com/stratovirt-go/stratovirt/tests/lab"
+)
+
+// Modules the guest needs: virtio-mmio transport, block, network, vsock,
+// entropy, and the filesystems container images use (ext4 is built in).
+var defaultModules = []string{
+	"virtio_mmio", "virtio_pci", "virtio_blk", "virtio_net", "vmw_vsock_virtio_transport",
+	"virtio_rng", "overlay", "erofs", "squashfs",
+}
+
+// Library directories searched for runc's DT_NEEDED entries.
+var libDirs = []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"}
+
+func main() {
+	agent := flag.String("agent", "", "static stratovirt-agent binary (/init)")
+	out := flag.String("out", "build/guest", "output directory")
+	runcPath := flag.String("runc", "/usr/sbin/runc", "runc binary to include")
+	kernelDir := flag.String("kernel-dir", "", "unpacked kernel package (boot/ and lib/modules/); default: the cloud-amd64 kernel from `make deps`")
+	mods := flag.String("modules", strings.Join(defaultModules, ","), "kernel modules to load at boot (comma separated)")
+	flag.Parse()
+	if err := build(*agent, *out, *runcPath, *kernelDir, strings.Split(*mods, ",")); err != nil {
+		fmt.Fprintln(os.Stderr, "guestimage:", err)
+		os.Exit(1)
+	}
+}
+
+// image collects initramfs entries by path.
+type image struct {
+	files    map[string][]byte
+	modes    map[string]uint32
+	symlinks map[string]string
+}
+
+func newImage() *image {
+	return &image{files: map[string][]byte{}, modes: map[string]uint32{}, symlinks: map[string]string{}}
+}
+
+func (im *image) file(name string, mode uint32, data []byte) {
+	im.files[strings.TrimPrefix(name, "/")] = data
+	im.modes[strings.TrimPrefix(name, "/")] = mode
+}
+
+// write emits the archive: every parent directory, then entries sorted.
+func (im *image) write() ([]byte, error) {
+	dirs := map[string]bool{}
+	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "etc", "root", "usr/bin", "usr/sbin", "bin", "sbin"} {
+		dirs[d] = true
+	}
+	addParents := func(p string) {
+		for d := path.Dir(p); d != "." && d != "/"; d = path.Dir(d) {
+			dirs[d] = true
+		}
+	}
+	var names []string
+	for n := range im.files {
+		names = append(names, n)
+		addParents(n)
+	}
+	for n := range im.symlinks {
+		names = append(names, n)
+		addParents(n)
+	}
+	for d := range dirs {
+		addParents(d + "/x")
+	}
+	var dl []string
+	for d := range dirs {
+		dl = append(dl, d)
+	}
+	sort.Strings(dl)
+	sort.Strings(names)
+	var buf bytes.Buffer
+	w := initramfs.NewWriter(&buf)
+	for _, d := range dl {
+		w.Dir(d)
+	}
+	for _, n := range names {
+		if t, ok := im.symlinks[n]; ok {
+			w.Symlink(n, t)
+		} else {
+			w.File(n, im.modes[n], im.files[n])
+		}
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+func build(agent, out, runcPath, kernelDir string, modules []string) error {
+	if agent == "" {
+		return errors.New("-agent is required")
+	}
+	k, err := findKernel(kernelDir)
+	if err != nil {
+		return err
+	}
+	im := newImage()
+	a, err := os.ReadFile(agent)
+	if err != nil {
+		return err
+	}
+	im.file("init", 0o755, a)
+	if err := addELF(im, runcPath, "/usr/bin/runc"); err != nil {
+		return fmt.Errorf("runc: %w", err)
+	}
+	modDir := k.ModulesDir()
+	files, err := ModuleDeps(modDir, modules)
+	if err != nil {
+		return err
+	}
+	var list strings.Builder
+	list.WriteString("# Loaded in order by stratovirt-agent (finit_module).\n")
+	for _, f := range files {
+		b, err := os.ReadFile(filepath.Join(modDir, f))
+		if err != nil {
+			return err
+		}
+		p := path.Join("/lib/modules", k.Version, f)
+		im.file(p, 0o644, b)
+		list.WriteString(p + "\n")
+	}
+	im.file("etc/stratovirt/modules", 0o644, []byte(list.String()))
+	im.file("etc/stratovirt/kernel-version", 0o644, []byte(k.Version+"\n"))
+	raw, err := im.write()
+	if err != nil {
+		return err
+	}
+	var gz bytes.Buffer
+	zw, err := gzip.NewWriterLevel(&gz, gzip.BestCompression)
+	if err != nil {
+		return err
+	}
+	zw.Write(raw)
+	if err := zw.Close(); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	kernel, err := os.ReadFile(k.Image)
+	if err != nil {
+		return err
+	}
+	outputs := []struct {
+		name string
+		data []byte
+	}{{"vmlinuz", kernel}, {"initramfs.cpio.gz", gz.Bytes()}}
+	for _, o := range outputs {
+		if err := os.WriteFile(filepath.Join(out, o.name), o.data, 0o644); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("guest image in %s (kernel %s, %d modules):\n", out, k.Version, len(files))
+	for _, o := range outputs {
+		fmt.Printf("  %-18s %9d bytes (%.1f MiB)  sha256 %x\n", o.name, len(o.data), float64(len(o.data))/(1<<20), sha256.Sum256(o.data))
+	}
+	fmt.Printf("  initramfs unpacked %d bytes (%.1f MiB): agent %d, runc and libraries, modules\n", len(raw), float64(len(raw))/(1<<20), len(a))
+	return nil
+}
+
+func findKernel(dir string) (lab.Kernel, error) {
+	if dir == "" {
+		return lab.GuestKernel()
+	}
+	ents, err := os.ReadDir(filepath.Join(dir, "lib/modules"))
+	if err != nil || len(ents) != 1 {
+		return lab.Kernel{}, fmt.Errorf("kernel dir %s: want exactly one lib/modules/<version>", dir)
+	}
+	v := ents[0].Name()
+	img := filepath.Join(dir, "boot", "vmlinuz-"+v)
+	if _, err := os.Stat(img); err != nil {
+		return lab.Kernel{}, err
+	}
+	return lab.Kernel{Dir: dir, Version: v, Image: img}, nil
+}
+
+// addELF adds a dynamically linked executable at dst with its interpreter
+// and every shared library it needs (recursively), at their host paths.
+func addELF(im *image, src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	im.file(dst, 0o755, b)
+	seen := map[string]bool{}
+	var walk func(data []byte) error
+	walk = func(data []byte) error {
+		f, err := elf.NewFile(bytes.NewReader(data))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		for _, p := range f.Progs {
+			if p.Type == elf.PT_INTERP {
+				ib := make([]byte, p.Filesz)
+				if _, err := p.ReadAt(ib, 0); err != nil {
+					return err
+				}
+				interp := strings.TrimRight(string(ib), "\x00")
+				if !seen[interp] {
+					seen[interp] = true
+					d, err := os.ReadFile(interp)
+					if err != nil {
+						return err
+					}
+					im.file(interp, 0o755, d)
+				}
+			}
+		}
+		libs, err := f.ImportedLibraries()
+		if err != nil {
+			return err
+		}
+		for _, l := range libs {
+			if seen[l] {
+				continue
+			}
+			seen[l] = true
+			var found string
+			for _, d := range libDirs {
+				if _, err := os.Stat(filepath.Join(d, l)); err == nil {
+					found = filepath.Join(d, l)
+					break
+				}
+			}
+			if found == "" {
+				return fmt.Errorf("shared library %s not found", l)
+			}
+			d, err := os.ReadFile(found)
+			if err != nil {
+				return err
+			}
+			im.file(found, 0o755, d)
+			if err := walk(d); err != nil {
+				return fmt.Errorf("%s: %w", l, err)
+			}
+		}
+		return nil
+	}
+	return walk(b)
+}
+
+// ModuleDeps returns the module files (relative to modDir) needed to load
+// names, dependencies first, each once, from modDir/modules.dep. A name
+// that is built into the kernel (modules.builtin) is skipped.
+func ModuleDeps(modDir string, names []string) ([]string, error) {
+	dep, err := os.ReadFile(filepath.Join(modDir, "modules.dep"))
+	if err != nil {
+		return nil, err
+	}
+	builtin, _ := os.ReadFile(filepath.Join(modDir, "modules.builtin"))
+	return resolveDeps(string(dep), string(builtin), names)
+}
+
+func modName(file string) string {
+	b := path.Base(file)
+	if i := strings.Index(b, ".ko"); i >= 0 {
+		b = b[:i]
+	}
+	return strings.ReplaceAll(b, "-", "_")
+}
+
+func resolveDeps(dep, builtin string, names []string) ([]string, error) {
+	byName := map[string][]string{} // module -> [file, deps...]
+	for _, line := range strings.Split(dep, "\n") {
+		file, rest, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		byName[modName(file)] = append([]string{file}, strings.Fields(rest)...)
+	}
+	isBuiltin := map[string]bool{}
+	for _, l := range strings.Fields(builtin) {
+		isBuiltin[modName(l)] = true
+	}
+	var out []string
+	done := map[string]bool{}
+	var visit func(name string, depth int) error
+	visit = func(name string, depth int) error {
+		if done[name] || isBuiltin[name] {
+			return nil
+		}
+		if depth > 64 {
+			return fmt.Errorf("module %s: dependency loop", name)
+		}
+		e, ok := byName[name]
+		if !ok {
+			return fmt.Errorf("module %s not in modules.dep", name)
+		}
+		// modules.dep lists dependencies so that loading them from the
+		// last to the first works.
+		for i := len(e) - 1; i >= 1; i-- {
+			if err := visit(modName(e[i]), depth+1); err != nil {
+				return err
+			}
+		}
+		done[name] = true
+		out = append(out, e[0])
+		return nil
+	}
+	for _, n := range names {
+		n = strings.TrimSpace(n)
+		if n == "" {
+			continue
+		}
+		if err := visit(strings.ReplaceAll(n, "-", "_"), 0); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
