@@ -108,11 +108,11 @@ func run(o options, pid1 bool, logs *stdio.LogHub) error {
 	}
 	svc := &server.Service{Containers: mgr, Runc: rc}
 	if o.network {
-		h, err := netlink.NewHandle()
-		if err != nil {
-			return fmt.Errorf("netlink: %w", err)
+		if h, err := netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
+			log.L.Warnf("netlink: %v; network RPCs disabled", err)
+		} else {
+			svc.Network = network.Config{H: h}
 		}
-		svc.Network = network.Config{H: h}
 	}
 	ctl, err := listen(o.listen)
 	if err != nil {
