@@ -1,0 +1,198 @@
+// Package blk benchmarks our virtio-blk against QEMU microvm's
+// virtio-blk-device on the same backing file, inside one lab run (or on
+// the host when its KVM boots Linux): sequential and random 4 KiB
+// read/write throughput and IOPS at queue depth 1, and random-read IOPS
+// at queue depth 4, measured in the guest by guestio with O_DIRECT. It
+// prints a Markdown ratio table (ours / QEMU).
+//
+// It runs only when BLK_BENCH=1 (it takes a few minutes):
+//
+//	BLK_BENCH=1 go test ./tests/bench/blk/ -v -count=1 -timeout 30m
+package blk
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stratovirt-go/stratovirt/tests/blk/blktest"
+	"github.com/stratovirt-go/stratovirt/tests/lab"
+)
+
+var files blktest.Files
+
+func TestMain(m *testing.M) {
+	if os.Getenv("BLK_BENCH") == "" {
+		fmt.Println("blk benchmark: set BLK_BENCH=1 to run it")
+		os.Exit(0)
+	}
+	if f, ok := blktest.FromEnv(); ok {
+		files = f
+		os.Exit(m.Run())
+	}
+	dir, err := os.MkdirTemp("", "blk-bench-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	f, err := blktest.Prepare(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "blk bench:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	f.SetEnv()
+	files = f
+	code := lab.Exec(m)
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const (
+	seqMiB  = 32
+	randSec = 4
+	steps   = "bench:/dev/vda:32:4;iops:/dev/vda:4:4"
+	append_ = "console=ttyS0 reboot=k panic=1 quiet loglevel=4 test.run=" + steps
+)
+
+// run boots one VMM and returns the metrics (name → IOPS) it printed.
+func run(t *testing.T, name string, args []string) map[string]float64 {
+	t.Helper()
+	cmd := exec.Command(args[0], args[1:]...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	// QEMU may not power off from our init: stop it once the guest is done.
+	deadline := time.After(10 * time.Minute)
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+loop:
+	for {
+		select {
+		case <-done:
+			break loop
+		case <-tick.C:
+			if strings.Contains(out.String(), "GUEST DONE") {
+				time.Sleep(500 * time.Millisecond)
+				cmd.Process.Kill()
+				<-done
+				break loop
+			}
+		case <-deadline:
+			cmd.Process.Kill()
+			<-done
+			t.Fatalf("%s did not finish:\n%s", name, out.String())
+		}
+	}
+	s := out.String()
+	if !strings.Contains(s, "GUESTIO OK") {
+		t.Fatalf("%s: guest failed:\n%s", name, s)
+	}
+	m := map[string]float64{}
+	for _, x := range regexp.MustCompile(`BENCH (\w+) MiBps=[0-9.]+ IOPS=([0-9.]+)`).FindAllStringSubmatch(s, -1) {
+		m[x[1]], _ = strconv.ParseFloat(x[2], 64)
+	}
+	if x := regexp.MustCompile(`IOPS /dev/vda ([0-9.]+)`).FindStringSubmatch(s); x != nil {
+		m["randread-qd4"], _ = strconv.ParseFloat(x[1], 64)
+	}
+	t.Logf("%s: %v in %v", name, m, time.Since(start).Round(time.Millisecond))
+	return m
+}
+
+func ours(disk string, direct bool) []string {
+	d := "off"
+	if direct {
+		d = "on"
+	}
+	return []string{files.VMM, "-name", "bench", "-kernel", files.Kernel, "-initrd", files.Initrd, "-m", "512M", "-smp", "2",
+		"-serial", "stdio", "-drive", "id=d0,file=" + disk + ",direct=" + d, "-append", append_}
+}
+
+func qemu(disk string, direct bool) []string {
+	cache := "writeback"
+	if direct {
+		cache = "none"
+	}
+	return []string{"qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "512M", "-smp", "2",
+		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
+		"-kernel", files.Kernel, "-initrd", files.Initrd, "-append", append_,
+		"-drive", "id=d0,file=" + disk + ",format=raw,if=none,cache=" + cache,
+		"-device", "virtio-blk-device,drive=d0"}
+}
+
+var metrics = []struct{ key, label string }{
+	{"seqread", "sequential read 4 KiB, QD1"},
+	{"seqwrite", "sequential write 4 KiB, QD1"},
+	{"randread", "random read 4 KiB, QD1"},
+	{"randwrite", "random write 4 KiB, QD1"},
+	{"randread-qd4", "random read 4 KiB, QD4"},
+}
+
+func TestBlkBench(t *testing.T) {
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("qemu-system-x86_64 not installed")
+	}
+	dir := t.TempDir()
+	disk := filepath.Join(dir, "bench.img")
+	if err := os.WriteFile(disk, make([]byte, 256<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	type mode struct {
+		name   string
+		disk   string
+		direct bool
+	}
+	modes := []mode{{"file, host page cache (direct=off / cache=writeback)", disk, false}}
+	if out, err := exec.Command("losetup", "-f", "--show", disk).CombinedOutput(); err == nil {
+		loop := strings.TrimSpace(string(out))
+		defer exec.Command("losetup", "-d", loop).Run()
+		modes = append(modes, mode{"loop block device, O_DIRECT (direct=on / cache=none)", loop, true})
+	} else {
+		t.Logf("no loop device: %v %s", err, out)
+	}
+	where, _ := lab.Where()
+	var table strings.Builder
+	fmt.Fprintf(&table, "\nvirtio-blk, stratovirt-go vs QEMU %s microvm (guest: Debian cloud kernel, 2 vCPUs, 512 MiB; measured on: %s)\n", qemuVersion(), where)
+	for _, md := range modes {
+		// Alternate the order so neither VMM always runs on a warm cache.
+		o := run(t, "stratovirt "+md.name, ours(md.disk, md.direct))
+		q := run(t, "qemu "+md.name, qemu(md.disk, md.direct))
+		o2 := run(t, "stratovirt (2nd) "+md.name, ours(md.disk, md.direct))
+		q2 := run(t, "qemu (2nd) "+md.name, qemu(md.disk, md.direct))
+		fmt.Fprintf(&table, "\n%s (mean of 2 runs each)\n\n| workload | stratovirt-go IOPS | QEMU IOPS | ratio |\n|---|---:|---:|---:|\n", md.name)
+		for _, m := range metrics {
+			a, b := (o[m.key]+o2[m.key])/2, (q[m.key]+q2[m.key])/2
+			ratio := 0.0
+			if b > 0 {
+				ratio = a / b
+			}
+			fmt.Fprintf(&table, "| %s | %.0f (%.2f MiB/s) | %.0f (%.2f MiB/s) | %.2f |\n", m.label, a, a*4096/(1<<20), b, b*4096/(1<<20), ratio)
+		}
+	}
+	fmt.Println(table.String())
+	t.Log(table.String())
+}
+
+func qemuVersion() string {
+	out, err := exec.Command("qemu-system-x86_64", "--version").Output()
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(strings.SplitN(string(out), "\n", 2)[0])
+	if len(f) >= 4 {
+		return f[3]
+	}
+	return "?"
+}
