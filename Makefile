@@ -87,3 +87,12 @@ clean:
 # The main job. For now: the lab boots and runs a payload on nested KVM.
 demo: deps $(LAB)
 	$(GO) test -count=1 -v ./tests/nested
+
+# Benchmarks against their peers in one run (in the lab where the host's
+# KVM cannot boot Linux): results.{md,json,svg} under BENCH_OUT.
+BENCH_OUT ?= bench/results
+BENCH_RUNS ?= 10
+bench: deps
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./cmd/stratovirt ./tests/bench/cmd/bench
+	$(BIN)/bench -runs $(BENCH_RUNS) -out $(BENCH_OUT) -vmm $(BIN)/stratovirt

@@ -333,6 +333,7 @@ func (v *VM) Start() error {
 // Stop ends the VM with reason r. Safe from any goroutine, device code on
 // a vCPU thread included.
 func (v *VM) Stop(r Reason) {
+	log.L.Debugf("vm stop requested: %s", r)
 	v.mu.Lock()
 	g := v.group
 	if g == nil && v.stopWant == vcpu.Running {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/stratovirt-go/stratovirt/tests/initramfs"
 	"github.com/stratovirt-go/stratovirt/tests/lab"
+	"github.com/stratovirt-go/stratovirt/tests/payload"
 )
 
 //go:embed init.sh
@@ -66,7 +67,8 @@ func prepare() (string, error) {
 		return dir, fmt.Errorf("build stratovirt: %v\n%s", err, out)
 	}
 	initrd := filepath.Join(dir, "initramfs.cpio")
-	if err := initramfs.Busybox(initrd, initScript, nil); err != nil {
+	marker := map[string][]byte{"bin/boot-marker": payload.UserPortWrite(0x3f0, 123)}
+	if err := initramfs.Busybox(initrd, initScript, marker); err != nil {
 		return dir, err
 	}
 	k, err := lab.GuestKernel()
@@ -99,6 +101,7 @@ func boot(t *testing.T, kernel string, smp int, mem, action string) bootResult {
 		"-append", "console=ttyS0 reboot=k panic=1 quiet loglevel=4 test.action=" + action,
 	}
 	cmd := exec.Command(os.Getenv(envVMM), args...)
+	cmd.Env = append(os.Environ(), "STRATOVIRT_LOG_LEVEL=info")
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
@@ -189,6 +192,9 @@ func TestBoot(t *testing.T) {
 			}
 			if want > 3<<30 && !high {
 				t.Errorf("no RAM above 4 GiB in the e820 map for %s:\n%s", tc.mem, out)
+			}
+			if !regexp.MustCompile(`guest boot marker 123 after [0-9.]+m?s`).MatchString(r.stderr) {
+				t.Errorf("VMM did not log the guest's boot marker:\n%s", r.stderr)
 			}
 			if !strings.Contains(out, "ACPI: FACP") || !strings.Contains(out, "ACPI: APIC") {
 				t.Errorf("guest did not find the ACPI tables:\n%s", out)

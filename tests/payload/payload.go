@@ -43,6 +43,73 @@ func ELF(code []byte) []byte {
 	return append(b, code...)
 }
 
+// PVHELF is ELF with a Xen PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY =
+// LoadAddr), so VMMs that support PVH (ours, QEMU) enter code at LoadAddr
+// in 32-bit protected mode with paging off.
+func PVHELF(code []byte) []byte {
+	const ehdr, phdr = 64, 56
+	// name "Xen\0", desc: the 64-bit entry as Linux writes it.
+	note := make([]byte, 12+4+8)
+	le := binary.LittleEndian
+	le.PutUint32(note[0:], 4)
+	le.PutUint32(note[4:], 8)
+	le.PutUint32(note[8:], 18)
+	copy(note[12:], "Xen\x00")
+	le.PutUint64(note[16:], LoadAddr)
+	b := ELF(code)
+	// Grow the program header table to two entries: move the code after
+	// the note and point the PT_LOAD at its new offset.
+	out := make([]byte, 0, len(b)+phdr+len(note))
+	out = append(out, b[:ehdr+phdr]...)
+	out = append(out, make([]byte, phdr)...)
+	le.PutUint16(out[56:], 2)
+	codeOff := uint64(ehdr + 2*phdr + len(note))
+	le.PutUint64(out[ehdr+8:], codeOff)
+	n := out[ehdr+phdr:]
+	le.PutUint32(n[0:], 4) // PT_NOTE
+	le.PutUint32(n[4:], 4)
+	le.PutUint64(n[8:], ehdr+2*phdr)
+	le.PutUint64(n[32:], uint64(len(note)))
+	le.PutUint64(n[40:], uint64(len(note)))
+	le.PutUint64(n[48:], 4)
+	out = append(out, note...)
+	return append(out, code...)
+}
+
+// DebugExit32 is 32-bit code that writes 1 to the 0xf4 debug-exit port at
+// once: with PVHELF it times a VMM from start to its first guest
+// instructions (ours and QEMU's isa-debug-exit both exit with status 3).
+func DebugExit32() []byte {
+	return []byte{0xb0, 0x01, 0xe6, 0xf4, 0xf4, 0xeb, 0xfd} // mov al,1; out 0xf4,al; hlt; jmp hlt
+}
+
+// UserPortWrite is a static Linux x86_64 executable (no libc) that
+// writes value to an I/O port with iopl(3) and exits 0: how a guest's
+// init reaches the VMM's boot-marker and debug-exit ports on kernels
+// without /dev/port. It must run as root.
+func UserPortWrite(port uint16, value byte) []byte {
+	code := []byte{
+		0xb8, 172, 0, 0, 0, // mov eax, SYS_iopl
+		0xbf, 3, 0, 0, 0, // mov edi, 3
+		0x0f, 0x05, // syscall
+		0x66, 0xba, byte(port), byte(port >> 8), // mov dx, port
+		0xb0, value, // mov al, value
+		0xee,              // out dx, al
+		0xb8, 60, 0, 0, 0, // mov eax, SYS_exit
+		0x31, 0xff, // xor edi, edi
+		0x0f, 0x05, // syscall
+	}
+	const ehdr, phdr, base = 64, 56, 0x400000
+	b := ELF(code)
+	le := binary.LittleEndian
+	// User space maps segments by page: the virtual address must have the
+	// same page offset as the file offset.
+	le.PutUint64(b[24:], base+ehdr+phdr)
+	le.PutUint64(b[ehdr+16:], base+ehdr+phdr)
+	le.PutUint64(b[ehdr+24:], base+ehdr+phdr)
+	return b
+}
+
 // Instruction bytes the payloads are made of.
 var (
 	movEDXDebug = []byte{0xba, DebugPort, 0, 0, 0} // mov edx, DebugPort

@@ -8,8 +8,16 @@ import (
 
 // CPUID leaves touched by ShapeCPUID.
 const (
-	cpuidVendor      = 0x0
-	cpuidFeatures    = 0x1
+	cpuidVendor   = 0x0
+	cpuidFeatures = 0x1
+	// Guests get no nested virtualization: VMX (leaf 1) and SVM (leaf
+	// 0x80000001, details in 0x8000000A) are hidden. A container guest
+	// has no use for a hypervisor of its own, and it keeps the attack
+	// surface of nested virtualization out of reach.
+	cpuidExtFeatures = 0x80000001
+	cpuidSVMFeatures = 0x8000000a
+	extECXSVM        = 1 << 2
+	leaf1ECXVMX      = 1 << 5
 	cpuidCacheParams = 0x4
 	cpuidPMU         = 0xa
 	cpuidTopology    = 0xb
@@ -116,8 +124,10 @@ func ShapeCPUID(supported []kvm.CPUIDEntry, vcpuIndex, vcpuCount int) []kvm.CPUI
 			if vendor == VendorIntel {
 				shapeLeaf4(&e, t)
 			}
-		case cpuidPMU:
+		case cpuidPMU, cpuidSVMFeatures:
 			e.EAX, e.EBX, e.ECX, e.EDX = 0, 0, 0, 0
+		case cpuidExtFeatures:
+			e.ECX &^= extECXSVM
 		case cpuidTopology, cpuidTopologyV2:
 			present[e.Function] = true
 			if e.Index == 1 {
@@ -153,7 +163,7 @@ func shapeLeaf1(e *kvm.CPUIDEntry, t topology) {
 	// Next power of two >= count, saturated to the 8-bit field (256 -> 255).
 	logical := min(uint32(1)<<t.coreShift, 0xff)
 	e.EBX = e.EBX&0xff | (clflushLineSize8B << 8) | (logical&0xff)<<16 | (t.index&0xff)<<24
-	e.ECX = e.ECX&^leaf1ECXPDCM | leaf1ECXTSCDeadline | leaf1ECXHypervisor
+	e.ECX = e.ECX&^(leaf1ECXPDCM|leaf1ECXVMX) | leaf1ECXTSCDeadline | leaf1ECXHypervisor
 	if t.count > 1 {
 		e.EDX |= leaf1EDXHTT
 	} else {

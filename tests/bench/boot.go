@@ -1,0 +1,226 @@
+package bench
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// BootEnv names what the boot and memory benchmarks run.
+type BootEnv struct {
+	VMM        string // our cmd/stratovirt binary
+	QEMU       string // qemu-system-x86_64
+	BzImage    string // Debian cloud kernel
+	Vmlinux    string // its ELF vmlinux (PVH)
+	ExitInitrd string // initramfs whose init writes 1 to port 0xf4 at once
+	IdleInitrd string // initramfs whose init prints READY and sleeps
+	PVHPayload string // PVH ELF that writes 1 to port 0xf4 as its first instructions
+	Runs       int
+}
+
+// Cmdline is the kernel command line both VMMs boot with.
+const Cmdline = "console=ttyS0 quiet panic=1 reboot=k"
+
+// debugExitStatus is how both VMMs exit when the guest writes 1 to 0xf4.
+const debugExitStatus = 3
+
+func (e BootEnv) ours(kernel, initrd, mem string) *exec.Cmd {
+	args := []string{"-name", "bench", "-kernel", kernel, "-m", mem, "-smp", "1", "-serial", "stdio", "-append", Cmdline}
+	if initrd != "" {
+		args = append(args, "-initrd", initrd)
+	}
+	return exec.Command(e.VMM, args...)
+}
+
+func (e BootEnv) qemu(kernel, initrd, mem string) *exec.Cmd {
+	args := []string{"-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", mem, "-smp", "1",
+		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
+		"-kernel", kernel, "-append", Cmdline, "-device", "isa-debug-exit,iobase=0xf4"}
+	if initrd != "" {
+		args = append(args, "-initrd", initrd)
+	}
+	return exec.Command(e.QEMU, args...)
+}
+
+// timed runs cmd to completion and returns its wall time and CPU time
+// (user+system) in milliseconds; the exit status must be want.
+func timed(cmd *exec.Cmd, want int) (wall, cpu float64, err error) {
+	var stderr strings.Builder
+	cmd.Stdout = io.Discard
+	cmd.Stderr = &stderr
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return 0, 0, err
+	}
+	timer := time.AfterFunc(2*time.Minute, func() { cmd.Process.Kill() })
+	cmd.Wait()
+	timer.Stop()
+	w := time.Since(start)
+	if code := cmd.ProcessState.ExitCode(); code != want {
+		return 0, 0, fmt.Errorf("%s exited %d, want %d: %s", cmd.Path, code, want, strings.TrimSpace(stderr.String()))
+	}
+	c := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	return float64(w.Microseconds()) / 1000, float64(c.Microseconds()) / 1000, nil
+}
+
+// BootRows measures boot to guest init (spawn to the init's write to the
+// debug-exit port) for the bzImage and the vmlinux, VMM start to the first
+// guest instructions, and VMM CPU time, ours against QEMU microvm, runs
+// interleaved.
+func BootRows(e BootEnv) ([]Row, error) {
+	var rows []Row
+	type sample struct{ wall, cpu []float64 }
+	for _, k := range []struct{ name, path string }{{"bzImage", e.BzImage}, {"vmlinux (PVH)", e.Vmlinux}} {
+		var ours, peer sample
+		for i := 0; i < e.Runs; i++ {
+			w, c, err := timed(e.ours(k.path, e.ExitInitrd, "256M"), debugExitStatus)
+			if err != nil {
+				return rows, fmt.Errorf("ours, %s: %w", k.name, err)
+			}
+			ours.wall, ours.cpu = append(ours.wall, w), append(ours.cpu, c)
+			w, c, err = timed(e.qemu(k.path, e.ExitInitrd, "256M"), debugExitStatus)
+			if err != nil {
+				return rows, fmt.Errorf("qemu, %s: %w", k.name, err)
+			}
+			peer.wall, peer.cpu = append(peer.wall, w), append(peer.cpu, c)
+		}
+		rows = append(rows,
+			NewRow("boot to init, "+k.name+", 1 vCPU, 256 MiB", "ms", ours.wall, "qemu microvm", peer.wall),
+			NewRow("VMM CPU time, boot to init, "+k.name, "ms", ours.cpu, "qemu microvm", peer.cpu))
+	}
+	var ours, peer sample
+	for i := 0; i < e.Runs; i++ {
+		w, c, err := timed(e.ours(e.PVHPayload, "", "256M"), debugExitStatus)
+		if err != nil {
+			return rows, fmt.Errorf("ours, payload: %w", err)
+		}
+		ours.wall, ours.cpu = append(ours.wall, w), append(ours.cpu, c)
+		w, c, err = timed(e.qemu(e.PVHPayload, "", "256M"), debugExitStatus)
+		if err != nil {
+			return rows, fmt.Errorf("qemu, payload: %w", err)
+		}
+		peer.wall, peer.cpu = append(peer.wall, w), append(peer.cpu, c)
+	}
+	rows = append(rows,
+		NewRow("VMM start to first guest instruction", "ms", ours.wall, "qemu microvm", peer.wall),
+		NewRow("VMM CPU time, start to first guest instruction", "ms", ours.cpu, "qemu microvm", peer.cpu))
+	return rows, nil
+}
+
+// MemRows measures the host memory a VMM process uses besides guest RAM
+// (StratoVirt's method: the sum over the process's mappings other than
+// guest RAM), RSS and PSS, with the guest idle in its init.
+func MemRows(e BootEnv, runs int) ([]Row, error) {
+	var rows []Row
+	for _, mem := range []struct {
+		arg   string
+		bytes uint64
+	}{{"256M", 256 << 20}, {"1G", 1 << 30}} {
+		var oursRSS, oursPSS, peerRSS, peerPSS []float64
+		for i := 0; i < runs; i++ {
+			rss, pss, err := idleOverhead(e.ours(e.BzImage, e.IdleInitrd, mem.arg), mem.bytes)
+			if err != nil {
+				return rows, fmt.Errorf("ours, %s: %w", mem.arg, err)
+			}
+			oursRSS, oursPSS = append(oursRSS, rss), append(oursPSS, pss)
+			rss, pss, err = idleOverhead(e.qemu(e.BzImage, e.IdleInitrd, mem.arg), mem.bytes)
+			if err != nil {
+				return rows, fmt.Errorf("qemu, %s: %w", mem.arg, err)
+			}
+			peerRSS, peerPSS = append(peerRSS, rss), append(peerPSS, pss)
+		}
+		rows = append(rows,
+			NewRow("VMM memory overhead RSS, "+mem.arg+" guest", "MiB", oursRSS, "qemu microvm", peerRSS),
+			NewRow("VMM memory overhead PSS, "+mem.arg+" guest", "MiB", oursPSS, "qemu microvm", peerPSS))
+	}
+	return rows, nil
+}
+
+// idleOverhead boots cmd's guest to "READY" on its console, then sums RSS
+// and PSS over the process's mappings except guest RAM (anonymous
+// mappings the size of guest memory, up to 8 MiB larger for alignment).
+func idleOverhead(cmd *exec.Cmd, guestBytes uint64) (rss, pss float64, err error) {
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return 0, 0, err
+	}
+	cmd.Stderr = io.Discard
+	if err := cmd.Start(); err != nil {
+		return 0, 0, err
+	}
+	defer func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	}()
+	ready := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		found := false
+		for sc.Scan() {
+			if !found && strings.Contains(sc.Text(), "READY") {
+				found = true
+				ready <- true
+			}
+		}
+		if !found {
+			ready <- false
+		}
+	}()
+	select {
+	case ok := <-ready:
+		if !ok {
+			return 0, 0, errors.New("guest ended before READY")
+		}
+	case <-time.After(2 * time.Minute):
+		return 0, 0, errors.New("guest not READY within 2 minutes")
+	}
+	time.Sleep(500 * time.Millisecond) // let the VMM settle
+	return smapsOverhead(cmd.Process.Pid, guestBytes)
+}
+
+func smapsOverhead(pid int, guestBytes uint64) (rssMiB, pssMiB float64, err error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	defer f.Close()
+	var rss, pss, sizeKB uint64
+	guest := false
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) == 0 {
+			continue
+		}
+		if !strings.HasSuffix(fields[0], ":") { // mapping header
+			guest = false
+			if len(fields) == 5 { // anonymous: no path
+				var lo, hi uint64
+				if _, err := fmt.Sscanf(fields[0], "%x-%x", &lo, &hi); err == nil {
+					sz := hi - lo
+					guest = sz >= guestBytes && sz <= guestBytes+8<<20
+				}
+			}
+			continue
+		}
+		if guest || len(fields) < 2 {
+			continue
+		}
+		v, _ := strconv.ParseUint(fields[1], 10, 64)
+		switch fields[0] {
+		case "Size:":
+			sizeKB += v
+		case "Rss:":
+			rss += v
+		case "Pss:":
+			pss += v
+		}
+	}
+	return float64(rss) / 1024, float64(pss) / 1024, sc.Err()
+}

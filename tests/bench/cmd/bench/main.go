@@ -1,0 +1,136 @@
+// Command bench runs the benchmark suite, each row against its peer in the
+// same run, and writes results.md, results.json and results.svg. On a host
+// whose KVM cannot boot Linux it runs itself inside the lab.
+//
+//	bench [-runs N] [-out DIR] [-rows boot,mem]
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/stratovirt-go/stratovirt/tests/bench"
+	"github.com/stratovirt-go/stratovirt/tests/initramfs"
+	"github.com/stratovirt-go/stratovirt/tests/lab"
+	"github.com/stratovirt-go/stratovirt/tests/payload"
+)
+
+const (
+	// The cloud kernel has no /dev/port: a tiny static program writes 1
+	// to the debug-exit port 0xf4, which ends both VMMs with status 3.
+	exitInit = "#!/bin/sh\n/bin/debug-exit\nsleep 10\n"
+	idleInit = "#!/bin/sh\nmount -t proc proc /proc\necho READY\nexec sleep 3600\n"
+)
+
+func main() {
+	runs := flag.Int("runs", 10, "runs per side for time rows")
+	memRuns := flag.Int("mem-runs", 3, "runs per side for memory rows")
+	out := flag.String("out", "bench/results", "directory for results.{md,json,svg}")
+	rows := flag.String("rows", "boot,mem", "comma-separated row groups: boot, mem")
+	vmm := flag.String("vmm", "bin/stratovirt", "our VMM binary")
+	flag.Parse()
+	if err := run(*runs, *memRuns, *out, *rows, *vmm); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(runs, memRuns int, out, rows, vmm string) error {
+	out, err := filepath.Abs(out)
+	if err != nil {
+		return err
+	}
+	if vmm, err = filepath.Abs(vmm); err != nil {
+		return err
+	}
+	where, why := lab.Where()
+	if where == "needs-lab" {
+		// Prepare on the host, measure in the lab.
+		fmt.Fprintf(os.Stderr, "bench: host KVM cannot boot Linux (%s); running in the lab\n", why)
+		self, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		cmd := fmt.Sprintf("%s -runs %d -mem-runs %d -out %s -rows %s -vmm %s", self, runs, memRuns, out, rows, vmm)
+		res, err := lab.Run(context.Background(), lab.Options{Cmd: cmd, OutDir: out, Stdout: os.Stdout, Stderr: os.Stderr, Timeout: 50 * time.Minute})
+		if err != nil {
+			return err
+		}
+		if res.ExitCode != 0 {
+			return fmt.Errorf("benchmark in the lab exited %d", res.ExitCode)
+		}
+		return nil
+	}
+	env, cleanup, err := prepare(vmm, runs)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	rep := &bench.Report{Generated: time.Now(), Where: fmt.Sprintf("%s KVM (%s)", where, why)}
+	if lab.InLab() {
+		rep.Where = "nested KVM in the lab (QEMU TCG, qemu64+svm+npt)"
+	}
+	for _, group := range strings.Split(rows, ",") {
+		var r []bench.Row
+		switch group {
+		case "boot":
+			r, err = bench.BootRows(env)
+		case "mem":
+			r, err = bench.MemRows(env, memRuns)
+		default:
+			return fmt.Errorf("unknown row group %q", group)
+		}
+		rep.Rows = append(rep.Rows, r...)
+		if err != nil {
+			return err
+		}
+	}
+	if err := rep.Write(out); err != nil {
+		return err
+	}
+	return rep.Markdown(os.Stdout)
+}
+
+func prepare(vmm string, runs int) (bench.BootEnv, func(), error) {
+	env := bench.BootEnv{VMM: vmm, Runs: runs}
+	dir, err := os.MkdirTemp("", "bench-")
+	if err != nil {
+		return env, nil, err
+	}
+	cleanup := func() { os.RemoveAll(dir) }
+	fail := func(err error) (bench.BootEnv, func(), error) { cleanup(); return env, nil, err }
+	if env.QEMU, err = exec.LookPath("qemu-system-x86_64"); err != nil {
+		return fail(fmt.Errorf("qemu-system-x86_64 not found (make deps)"))
+	}
+	if _, err := os.Stat(vmm); err != nil {
+		return fail(fmt.Errorf("%s: %w (make build)", vmm, err))
+	}
+	k, err := lab.GuestKernel()
+	if err != nil {
+		return fail(err)
+	}
+	env.BzImage = k.Image
+	if env.Vmlinux, err = lab.Vmlinux(); err != nil {
+		return fail(err)
+	}
+	env.ExitInitrd = filepath.Join(dir, "exit.cpio")
+	env.IdleInitrd = filepath.Join(dir, "idle.cpio")
+	env.PVHPayload = filepath.Join(dir, "pvh.elf")
+	exit := map[string][]byte{"bin/debug-exit": payload.UserPortWrite(0xf4, 1)}
+	if err := initramfs.Busybox(env.ExitInitrd, exitInit, exit); err != nil {
+		return fail(err)
+	}
+	if err := initramfs.Busybox(env.IdleInitrd, idleInit, nil); err != nil {
+		return fail(err)
+	}
+	if err := os.WriteFile(env.PVHPayload, payload.PVHELF(payload.DebugExit32()), 0o644); err != nil {
+		return fail(err)
+	}
+	return env, cleanup, nil
+}

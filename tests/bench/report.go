@@ -1,0 +1,182 @@
+// Package bench measures this project against its peers (QEMU microvm,
+// runc) in the same run, and reports each row as our median, the peer's
+// median, their ratio, the run count and min/max, as Markdown, JSON and an
+// SVG chart.
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"html"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Series is one side of a row: its samples and their summary.
+type Series struct {
+	Name    string    `json:"name"`
+	Samples []float64 `json:"samples"`
+	Median  float64   `json:"median"`
+	Min     float64   `json:"min"`
+	Max     float64   `json:"max"`
+	Runs    int       `json:"runs"`
+}
+
+// Row compares us with a peer on one metric; lower is better unless
+// HigherIsBetter. Peer is nil when there is no comparable peer number.
+type Row struct {
+	Name           string  `json:"name"`
+	Unit           string  `json:"unit"`
+	HigherIsBetter bool    `json:"higher_is_better"`
+	Ours           Series  `json:"ours"`
+	Peer           *Series `json:"peer,omitempty"`
+	// Ratio is ours/peer of the medians (0 without a peer).
+	Ratio float64 `json:"ratio"`
+	Note  string  `json:"note,omitempty"`
+}
+
+// Summarize fills the summary fields of s from its samples.
+func Summarize(name string, samples []float64) Series {
+	s := Series{Name: name, Samples: samples, Runs: len(samples)}
+	if len(samples) == 0 {
+		return s
+	}
+	sorted := append([]float64(nil), samples...)
+	sort.Float64s(sorted)
+	s.Min, s.Max = sorted[0], sorted[len(sorted)-1]
+	if n := len(sorted); n%2 == 1 {
+		s.Median = sorted[n/2]
+	} else {
+		s.Median = (sorted[n/2-1] + sorted[n/2]) / 2
+	}
+	return s
+}
+
+// NewRow builds a row from our samples and the peer's (nil: no peer).
+func NewRow(name, unit string, ours []float64, peerName string, peer []float64) Row {
+	r := Row{Name: name, Unit: unit, Ours: Summarize("stratovirt-go", ours)}
+	if peer != nil {
+		p := Summarize(peerName, peer)
+		r.Peer = &p
+		if p.Median != 0 {
+			r.Ratio = r.Ours.Median / p.Median
+		}
+	}
+	return r
+}
+
+// Report is a whole benchmark run.
+type Report struct {
+	Generated time.Time `json:"generated"`
+	Where     string    `json:"where"`
+	Rows      []Row     `json:"rows"`
+}
+
+func num(v float64) string {
+	switch {
+	case v == 0:
+		return "0"
+	case math.Abs(v) >= 100:
+		return fmt.Sprintf("%.0f", v)
+	case math.Abs(v) >= 10:
+		return fmt.Sprintf("%.1f", v)
+	default:
+		return fmt.Sprintf("%.2f", v)
+	}
+}
+
+// Markdown writes the report as a table.
+func (r *Report) Markdown(w io.Writer) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Benchmarks, %s, %s\n\n", r.Where, r.Generated.UTC().Format(time.RFC3339))
+	b.WriteString("| benchmark | unit | ours (median) | peer | peer (median) | ratio | runs | ours min/max | peer min/max |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
+	for _, row := range r.Rows {
+		peer, pm, ratio, pmm := "—", "—", "—", "—"
+		if row.Peer != nil {
+			peer, pm = row.Peer.Name, num(row.Peer.Median)
+			ratio = fmt.Sprintf("%.2f×", row.Ratio)
+			pmm = num(row.Peer.Min) + " / " + num(row.Peer.Max)
+		}
+		runs := fmt.Sprint(row.Ours.Runs)
+		if row.Peer != nil {
+			runs += " / " + fmt.Sprint(row.Peer.Runs)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", row.Name, row.Unit, num(row.Ours.Median),
+			peer, pm, ratio, runs, num(row.Ours.Min)+" / "+num(row.Ours.Max), pmm)
+	}
+	for _, row := range r.Rows {
+		if row.Note != "" {
+			fmt.Fprintf(&b, "\n- %s: %s", row.Name, row.Note)
+		}
+	}
+	b.WriteString("\n")
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// SVG writes a bar chart: per row, our median and the peer's, scaled to
+// the larger of the two.
+func (r *Report) SVG(w io.Writer) error {
+	const rowH, barH, left, width = 46, 16, 330, 420
+	h := 40 + rowH*len(r.Rows)
+	var b strings.Builder
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">`, left+width+120, h)
+	fmt.Fprintf(&b, `<text x="10" y="20" font-size="14">stratovirt-go (blue) vs peer (grey), medians; %s</text>`, html.EscapeString(r.Where))
+	for i, row := range r.Rows {
+		y := 36 + i*rowH
+		max := row.Ours.Median
+		if row.Peer != nil && row.Peer.Median > max {
+			max = row.Peer.Median
+		}
+		if max == 0 {
+			max = 1
+		}
+		fmt.Fprintf(&b, `<text x="10" y="%d">%s (%s)</text>`, y+barH, html.EscapeString(row.Name), html.EscapeString(row.Unit))
+		bw := int(float64(width) * row.Ours.Median / max)
+		fmt.Fprintf(&b, `<rect x="%d" y="%d" width="%d" height="%d" fill="#2f6fdb"/><text x="%d" y="%d">%s</text>`,
+			left, y+4, bw, barH, left+bw+4, y+barH, num(row.Ours.Median))
+		if row.Peer != nil {
+			pw := int(float64(width) * row.Peer.Median / max)
+			fmt.Fprintf(&b, `<rect x="%d" y="%d" width="%d" height="%d" fill="#999"/><text x="%d" y="%d">%s %s</text>`,
+				left, y+4+barH+2, pw, barH, left+pw+4, y+2*barH+2, num(row.Peer.Median), html.EscapeString(row.Peer.Name))
+		}
+	}
+	b.WriteString("</svg>\n")
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// Write stores results.md, results.json and results.svg in dir.
+func (r *Report) Write(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for name, fn := range map[string]func(io.Writer) error{
+		"results.md":  r.Markdown,
+		"results.svg": r.SVG,
+		"results.json": func(w io.Writer) error {
+			e := json.NewEncoder(w)
+			e.SetIndent("", "  ")
+			return e.Encode(r)
+		},
+	} {
+		f, err := os.Create(filepath.Join(dir, name))
+		if err != nil {
+			return err
+		}
+		if err := fn(f); err != nil {
+			f.Close()
+			return err
+		}
+		if err := f.Close(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
