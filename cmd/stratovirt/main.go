@@ -53,11 +53,18 @@ func run(args []string, created time.Time) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	// Daemon, log, pid file, then QMP and seccomp around Start (process.go).
+	proc, exit, code := newProcess(&cfg)
+	if exit {
+		return code
+	}
+	defer proc.cleanup()
 
 	exitCode := 0
 	opts := vmm.Options{
-		Created:     created,
-		OnDebugExit: func(value uint8) { exitCode = int(value)<<1 | 1 },
+		Created:      created,
+		OnDebugExit:  func(value uint8) { exitCode = int(value)<<1 | 1 },
+		OnVCPUThread: proc.vcpuHook(),
 	}
 	var restoreTTY func()
 	if cfg.Serial.Stdio {
@@ -71,6 +78,10 @@ func run(args []string, created time.Time) int {
 		return 1
 	}
 	defer vm.Close()
+	if err := proc.beforeStart(vm); err != nil {
+		fmt.Fprintf(os.Stderr, "stratovirt: %v\n", err)
+		return 1
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer stop()
@@ -79,10 +90,12 @@ func run(args []string, created time.Time) int {
 		return 1
 	}
 	context.AfterFunc(ctx, func() { vm.Stop(vmm.Stopped) })
+	proc.afterStart()
 	if cfg.Serial.Stdio {
 		go feedSerial(vm, os.Stdin)
 	}
 	reason, err := vm.Wait()
+	proc.finish(reason, ctx.Err() != nil)
 	log.L.Debugf("vm ended: %s", reason)
 	if err != nil || reason == vmm.Error {
 		fmt.Fprintf(os.Stderr, "stratovirt: vm failed: %v\n", err)

@@ -4,7 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"net"
+	"os"
 	"reflect"
 	"strings"
 	"sync"
@@ -18,7 +18,7 @@ import (
 // commands; writes (replies and events from other goroutines) take wmu.
 type conn struct {
 	s     *Server
-	uc    *net.UnixConn
+	uc    *sockConn
 	split *splitter
 
 	wmu        sync.Mutex
@@ -29,7 +29,7 @@ type conn struct {
 	pending []int // SCM_RIGHTS descriptors not yet consumed, oldest first
 }
 
-func newConn(s *Server, uc *net.UnixConn) *conn {
+func newConn(s *Server, uc *sockConn) *conn {
 	return &conn{s: s, uc: uc, split: newSplitter(s.opts.MaxMessage)}
 }
 
@@ -59,18 +59,18 @@ func (c *conn) write(v any) {
 	if c.dead {
 		return
 	}
-	_ = c.uc.SetWriteDeadline(time.Now().Add(c.s.opts.WriteTimeout))
-	if _, err := c.uc.Write(b); err != nil {
+	_ = c.uc.f.SetWriteDeadline(time.Now().Add(c.s.opts.WriteTimeout))
+	if _, err := c.uc.f.Write(b); err != nil {
 		c.dead = true
 		log.L.WithError(err).Debug("qmp: client write failed, disconnecting")
-		c.uc.Close()
+		c.uc.f.Close()
 	}
 }
 
 // serve greets the client and executes its commands until it hangs up.
 func (c *conn) serve() {
 	defer func() {
-		c.uc.Close()
+		c.uc.f.Close()
 		c.fmu.Lock()
 		for _, fd := range c.pending {
 			unix.Close(fd)
@@ -85,8 +85,7 @@ func (c *conn) serve() {
 	buf := make([]byte, 4096)
 	oob := make([]byte, unix.CmsgSpace(maxPendingFDs*4))
 	for {
-		n, oobn, flags, _, err := c.uc.ReadMsgUnix(buf, oob)
-		n, oobn = max(n, 0), max(oobn, 0)
+		n, oobn, flags, err := c.uc.recvmsg(buf, oob)
 		if oobn > 0 {
 			c.addFDs(oob[:oobn], flags&unix.MSG_CTRUNC != 0)
 		}
@@ -98,12 +97,9 @@ func (c *conn) serve() {
 			c.write(c.s.execute(c, it.value))
 		}
 		if err != nil {
-			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrClosed) {
 				log.L.WithError(err).Debug("qmp: client read")
 			}
-			return
-		}
-		if n == 0 && oobn == 0 {
 			return
 		}
 	}

@@ -33,7 +33,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"sort"
 	"sync"
@@ -119,7 +118,7 @@ const (
 type Server struct {
 	opts Options
 	path string
-	ln   *net.UnixListener
+	ln   *listener
 
 	cmdMu sync.Mutex // serializes command execution
 
@@ -147,12 +146,13 @@ func Listen(path string, opts Options) (*Server, error) {
 	if _, err := os.Lstat(path); err == nil {
 		return nil, fmt.Errorf("api-channel socket %q already exists", path)
 	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	ln, err := listenUnix(path)
 	if err != nil {
 		return nil, fmt.Errorf("bind api-channel socket %q: %w", path, err)
 	}
 	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
+		ln.close()
+		os.Remove(path)
 		return nil, fmt.Errorf("chmod api-channel socket %q: %w", path, err)
 	}
 	s := &Server{
@@ -189,9 +189,12 @@ func (s *Server) Serve() {
 
 func (s *Server) acceptLoop() {
 	for {
-		uc, err := s.ln.AcceptUnix()
+		uc, err := s.ln.accept()
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed || errors.Is(err, os.ErrClosed) {
 				return
 			}
 			log.L.WithError(err).Warn("qmp: accept")
@@ -207,12 +210,12 @@ func (s *Server) acceptLoop() {
 		}
 		s.mu.Unlock()
 		if closed {
-			uc.Close()
+			uc.f.Close()
 			return
 		}
 		if full {
 			c.write(map[string]any{"error": Errorf(ClassGeneric, "too many QMP clients (at most %d)", s.opts.MaxClients)})
-			uc.Close()
+			uc.f.Close()
 			continue
 		}
 		s.wg.Add(1)
@@ -281,9 +284,9 @@ func (s *Server) Close() error {
 	}
 	s.fds = nil
 	s.mu.Unlock()
-	err := s.ln.Close() // also unlinks the socket file
+	err := s.ln.close()
 	for _, c := range conns {
-		c.uc.Close()
+		c.uc.f.Close()
 	}
 	s.wg.Wait()
 	if _, serr := os.Lstat(s.path); serr == nil {

@@ -93,6 +93,13 @@ func Process(def Action) Filter {
 		// processes: clone must carry CLONE_THREAD. clone3 is refused
 		// (Go's runtime does not use it).
 		Rule{Name: "clone", Nr: unix.SYS_CLONE, Cond: &Cond{Arg: 0, Mask: unix.CLONE_THREAD, Values: []uint32{unix.CLONE_THREAD}}},
+		// A cgo-linked build creates threads through glibc, which tries
+		// clone3 first (its flags live in memory where BPF cannot check
+		// them, so it fails with ENOSYS and glibc falls back to clone)
+		// and registers rseq (ENOSYS: glibc runs without it).
+		Rule{Name: "clone3", Nr: unix.SYS_CLONE3, Errno: uint16(unix.ENOSYS)},
+		Rule{Name: "rseq", Nr: unix.SYS_RSEQ, Errno: uint16(unix.ENOSYS)},
+		allow("set_robust_list", unix.SYS_SET_ROBUST_LIST),
 		allow("sched_getaffinity", unix.SYS_SCHED_GETAFFINITY),
 		allow("getrandom", unix.SYS_GETRANDOM),
 		// The network poller (QMP socket, event loops, os.File I/O).

@@ -69,11 +69,14 @@ type Cond struct {
 	Values []uint32
 }
 
-// Rule allows one syscall, optionally only with a matching argument.
+// Rule allows one syscall, optionally only with a matching argument. A
+// rule with Errno set instead makes the syscall fail with that errno (for
+// calls whose callers have a fallback, such as clone3 → clone).
 type Rule struct {
-	Name string // for documentation and error messages
-	Nr   uint32
-	Cond *Cond
+	Name  string // for documentation and error messages
+	Nr    uint32
+	Cond  *Cond
+	Errno uint16
 }
 
 // Filter is an allow-list with a default action for everything else.
@@ -117,6 +120,10 @@ func (f Filter) Assemble() ([]unix.SockFilter, error) {
 			return nil, fmt.Errorf("seccomp: syscall %d (%s) listed twice (also as %s)", r.Nr, r.Name, prev)
 		}
 		seen[r.Nr] = r.Name
+		if r.Errno != 0 {
+			prog = append(prog, ins(bpfJeqK, 0, 1, r.Nr), ins(bpfRetK, 0, 0, unix.SECCOMP_RET_ERRNO|uint32(r.Errno)))
+			continue
+		}
 		if r.Cond == nil {
 			prog = append(prog, ins(bpfJeqK, 0, 1, r.Nr), allow)
 			continue
