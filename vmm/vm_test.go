@@ -195,4 +195,3 @@ func TestNewErrors(t *testing.T) {
 		t.Error("missing kernel accepted")
 	}
 }
-
