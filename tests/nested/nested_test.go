@@ -5,6 +5,7 @@ package nested
 
 import (
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -40,6 +41,25 @@ func TestDevices(t *testing.T) {
 	for _, f := range []string{"overlay", "ext4", "cgroup2"} {
 		if !strings.Contains(string(fs), "\t"+f+"\n") {
 			t.Errorf("filesystem %s not available", f)
+		}
+	}
+}
+
+// TestNetworkModules creates what CNI and the shim's networking need: a
+// bridge, a veth pair, a tap, and an nftables/iptables NAT rule.
+func TestNetworkModules(t *testing.T) {
+	if !lab.InLab() {
+		t.Skip("changes host networking; runs inside the lab only")
+	}
+	for _, args := range [][]string{
+		{"ip", "link", "add", "labbr0", "type", "bridge"},
+		{"ip", "link", "add", "labveth0", "type", "veth", "peer", "name", "labveth1"},
+		{"ip", "link", "set", "labveth0", "master", "labbr0"},
+		{"ip", "tuntap", "add", "dev", "labtap0", "mode", "tap"},
+		{"iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "10.88.0.0/16", "-j", "MASQUERADE"},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Errorf("%s: %v: %s", strings.Join(args, " "), err, out)
 		}
 	}
 }
