@@ -114,7 +114,7 @@ func daemonize() (exit bool, code int) {
 }
 
 // newProcess sets up the process before the VM is built: daemonizing
-// (which returns exit=true in the parent), the log, the pid file.
+// (which returns exit=true in the parent) and the log.
 func newProcess(cfg *config.VMConfig) (p *process, exit bool, code int) {
 	p = &process{cfg: cfg}
 	pc := cfg.Process
@@ -134,13 +134,6 @@ func newProcess(cfg *config.VMConfig) (p *process, exit bool, code int) {
 		return nil, true, 1
 	}
 	p.action = action
-	if pc.PidFile != "" {
-		if err := writePidFile(pc.PidFile, os.Getpid()); err != nil {
-			fmt.Fprintf(os.Stderr, "stratovirt: %v\n", err)
-			return nil, true, 1
-		}
-		p.pidfile = pc.PidFile
-	}
 	return p, false, 0
 }
 
@@ -217,11 +210,18 @@ func (p *process) vcpuHook() func(id int) error {
 	}
 }
 
-// beforeStart binds the QMP socket and installs the process-wide seccomp
-// filter. The process filter must come before the vCPU threads get their
+// beforeStart writes the pid file (after vmm.New, whose validation
+// requires that it does not exist yet), binds the QMP socket and installs
+// the process-wide seccomp filter. The process filter must come before the vCPU threads get their
 // own: TSYNC fails when another thread already has a filter that is not
 // an ancestor of the caller's.
 func (p *process) beforeStart(vm *vmm.VM) error {
+	if path := p.cfg.Process.PidFile; path != "" {
+		if err := writePidFile(path, os.Getpid()); err != nil {
+			return err
+		}
+		p.pidfile = path
+	}
 	if path := p.cfg.Process.APIChannel; path != "" {
 		srv, err := qmp.Listen(path, qmp.Options{Package: "StratoVirt-" + version})
 		if err != nil {
