@@ -1,0 +1,325 @@
+// Package translate maps an OCI spec, the runtime options and the shim
+// configuration onto what the shim hands on: the VM configuration
+// (vmm/config.VMConfig) and the guest agent's requests. It does no I/O
+// beyond what vmm/config's validation does and owns no state.
+//
+// Annotations under AnnotationPrefix override [hypervisor] options by name
+// (io.stratovirt.hypervisor.default_vcpus=2), only when the name matches
+// the configuration's enable_annotations and, for kernel and initrd, the
+// path matches valid_kernel_paths / valid_initrd_paths. Any other
+// io.stratovirt. key is an error, never ignored.
+package translate
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/stratovirt-go/stratovirt/agent-proto/agentv1"
+	shimconfig "github.com/stratovirt-go/stratovirt/runtime/config"
+	"github.com/stratovirt-go/stratovirt/runtime/oci"
+	vmconfig "github.com/stratovirt-go/stratovirt/vmm/config"
+)
+
+// AnnotationPrefix is the documented prefix of the shim's annotations.
+const AnnotationPrefix = "io.stratovirt."
+
+// HypervisorPrefix selects [hypervisor] options.
+const HypervisorPrefix = AnnotationPrefix + "hypervisor."
+
+// BaseCmdline is what every guest kernel command line starts with: the
+// agent logs to ttyS0, and nothing probes hardware a microVM lacks.
+const BaseCmdline = "console=ttyS0 reboot=k panic=1 quiet"
+
+// Drive is a disk for the VM: a block device or an image file.
+type Drive struct {
+	// ID is the drive id in the VM config; Serial what the guest sees in
+	// /sys/block/*/serial (at most 20 bytes).
+	ID, Serial string
+	Path       string
+	ReadOnly   bool
+	// Direct opens with O_DIRECT (block devices); image files in the
+	// page cache are faster without.
+	Direct bool
+}
+
+// VMConfig builds the VM for a sandbox or standalone container: the
+// configured defaults, plus the CRI sandbox resources (pod sandbox) or
+// the container's own limits (standalone), then allowed annotation
+// overrides, capped by the configured maxima.
+func VMConfig(cfg *shimconfig.Config, spec *specs.Spec, name string, drives []Drive) (*vmconfig.VMConfig, error) {
+	h := cfg.Hypervisor
+	if err := applyAnnotations(cfg, &h, spec.Annotations); err != nil {
+		return nil, err
+	}
+	vcpus, memMiB := h.DefaultVCPUs, h.DefaultMemoryMiB
+	typ, err := oci.TypeOf(spec)
+	if err != nil {
+		return nil, err
+	}
+	var addCPU float64
+	var addMem uint64
+	switch typ {
+	case oci.PodSandbox:
+		addCPU, addMem, err = sandboxResources(spec.Annotations)
+		if err != nil {
+			return nil, err
+		}
+	case oci.Single:
+		addCPU, addMem = containerResources(spec)
+	}
+	vcpus += int(math.Ceil(addCPU))
+	memMiB += (addMem + (1<<20 - 1)) >> 20
+	maxCPU := h.MaxVCPUs
+	if maxCPU == 0 {
+		maxCPU = min(runtime.NumCPU(), vmconfig.MaxVCPUs)
+	}
+	vcpus = max(min(vcpus, maxCPU), 1)
+	maxMem := h.MaxMemoryMiB
+	if maxMem == 0 {
+		maxMem = vmconfig.MaxMemSize >> 20
+	}
+	memMiB = min(memMiB, maxMem)
+
+	c := vmconfig.Default()
+	c.Name = name
+	if len(c.Name) > vmconfig.MaxNameLen {
+		c.Name = c.Name[:vmconfig.MaxNameLen]
+	}
+	c.Machine.VCPUs = vcpus
+	c.Machine.MemSize = memMiB << 20
+	c.Machine.DumpGuestCore = false
+	c.Boot.Kernel = h.Kernel
+	c.Boot.Initrd = h.Initrd
+	c.Boot.Cmdline = strings.TrimSpace(BaseCmdline + " " + h.KernelParams)
+	c.Serial.Stdio = true
+	for i := 0; i < h.IOThreads; i++ {
+		c.IOThreads = append(c.IOThreads, vmconfig.IOThread{ID: "iothread" + strconv.Itoa(i)})
+	}
+	for i, d := range drives {
+		vd := vmconfig.DefaultDrive(d.ID, d.Path)
+		vd.ReadOnly, vd.Direct, vd.Serial, vd.IOPS = d.ReadOnly, d.Direct, d.Serial, h.DiskIOPS
+		if h.IOThreads > 0 {
+			vd.IOThread = c.IOThreads[i%h.IOThreads].ID
+		}
+		c.Drives = append(c.Drives, vd)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("vm config: %w", err)
+	}
+	return &c, nil
+}
+
+// applyAnnotations applies io.stratovirt.hypervisor.* overrides to h.
+func applyAnnotations(cfg *shimconfig.Config, h *shimconfig.Hypervisor, ann map[string]string) error {
+	keys := make([]string, 0, len(ann))
+	for k := range ann {
+		if strings.HasPrefix(k, AnnotationPrefix) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	var errs []error
+	for _, k := range keys {
+		v := ann[k]
+		name, ok := strings.CutPrefix(k, HypervisorPrefix)
+		if !ok {
+			errs = append(errs, fmt.Errorf("annotation %s: unknown (supported: %s<option>)", k, HypervisorPrefix))
+			continue
+		}
+		if !cfg.AnnotationEnabled(name) {
+			errs = append(errs, fmt.Errorf("annotation %s: not allowed by hypervisor.enable_annotations", k))
+			continue
+		}
+		bad := func(what string) { errs = append(errs, fmt.Errorf("annotation %s=%q: %s", k, v, what)) }
+		switch name {
+		case "default_vcpus":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > vmconfig.MaxVCPUs {
+				bad("not a CPU count in [1, 254]")
+				continue
+			}
+			h.DefaultVCPUs = n
+		case "default_memory":
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil || n < vmconfig.MinMemSize>>20 || n > vmconfig.MaxMemSize>>20 {
+				bad("not a size in MiB in [256, 524288]")
+				continue
+			}
+			h.DefaultMemoryMiB = n
+		case "kernel":
+			if !shimconfig.PathAllowed(v, cfg.Hypervisor.ValidKernelPaths) {
+				bad("path not allowed by hypervisor.valid_kernel_paths")
+				continue
+			}
+			h.Kernel = v
+		case "initrd":
+			if !shimconfig.PathAllowed(v, cfg.Hypervisor.ValidInitrdPaths) {
+				bad("path not allowed by hypervisor.valid_initrd_paths")
+				continue
+			}
+			h.Initrd = v
+		case "kernel_params":
+			if len(v) > 1024 || strings.ContainsAny(v, "\x00\n") {
+				bad("longer than 1024 bytes or has control characters")
+				continue
+			}
+			h.KernelParams = strings.TrimSpace(h.KernelParams + " " + v)
+		case "disk_iops":
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil || n > vmconfig.MaxIOPS {
+				bad("not an IOPS limit in [0, 1000000]")
+				continue
+			}
+			h.DiskIOPS = n
+		case "iothreads":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 || n > vmconfig.MaxIOThreads {
+				bad("not an iothread count in [0, 8]")
+				continue
+			}
+			h.IOThreads = n
+		default:
+			bad("unknown hypervisor option (default_vcpus, default_memory, kernel, initrd, kernel_params, disk_iops, iothreads)")
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// sandboxResources reads the CRI sandbox CPU and memory annotations:
+// CPUs = quota/period (0 without a quota), memory in bytes.
+func sandboxResources(ann map[string]string) (cpus float64, mem uint64, err error) {
+	num := func(k string) (int64, error) {
+		v, ok := ann[k]
+		if !ok || v == "" {
+			return 0, nil
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("annotation %s=%q: %w", k, v, err)
+		}
+		return n, nil
+	}
+	quota, err1 := num(oci.SandboxCPUQuota)
+	period, err2 := num(oci.SandboxCPUPeriod)
+	m, err3 := num(oci.SandboxMemory)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return 0, 0, err
+	}
+	if quota > 0 && period > 0 {
+		cpus = float64(quota) / float64(period)
+	}
+	if m > 0 {
+		mem = uint64(m)
+	}
+	return cpus, mem, nil
+}
+
+// containerResources reads a standalone container's CPU quota and memory
+// limit from its spec.
+func containerResources(spec *specs.Spec) (cpus float64, mem uint64) {
+	if spec.Linux == nil || spec.Linux.Resources == nil {
+		return 0, 0
+	}
+	r := spec.Linux.Resources
+	if r.CPU != nil && r.CPU.Quota != nil && r.CPU.Period != nil && *r.CPU.Quota > 0 && *r.CPU.Period > 0 {
+		cpus = float64(*r.CPU.Quota) / float64(*r.CPU.Period)
+	}
+	if r.Memory != nil && r.Memory.Limit != nil && *r.Memory.Limit > 0 {
+		mem = uint64(*r.Memory.Limit)
+	}
+	return cpus, mem
+}
+
+// guestMountTypes are filesystems the guest kernel provides itself.
+var guestMountTypes = map[string]bool{
+	"proc": true, "sysfs": true, "tmpfs": true, "devpts": true, "mqueue": true,
+	"cgroup": true, "cgroup2": true, "shm": true,
+}
+
+// GuestSpec returns the spec the agent receives, as JSON: host-only
+// parts are removed (root path, host cgroup path, namespace paths, the
+// AppArmor profile), and what cannot work inside the VM is refused with
+// one error per item: host bind mounts and block volumes, host devices,
+// and OCI hooks (which would run host binaries in the guest).
+func GuestSpec(spec *specs.Spec) ([]byte, error) {
+	b, err := json.Marshal(spec)
+	if err != nil {
+		return nil, err
+	}
+	var s specs.Spec
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, err
+	}
+	var errs []error
+	if s.Hooks != nil && (len(s.Hooks.Prestart)+len(s.Hooks.CreateRuntime)+len(s.Hooks.CreateContainer)+
+		len(s.Hooks.StartContainer)+len(s.Hooks.Poststart)+len(s.Hooks.Poststop) > 0) {
+		errs = append(errs, errors.New("OCI hooks are not supported (they name host binaries; the VM cannot run them)"))
+	}
+	s.Hooks = nil
+	var mounts []specs.Mount
+	for _, m := range s.Mounts {
+		if guestMountTypes[m.Type] {
+			mounts = append(mounts, m)
+			continue
+		}
+		errs = append(errs, fmt.Errorf("mount %s (type %q, source %q): host filesystems are not shared with the microVM", m.Destination, m.Type, m.Source))
+	}
+	s.Mounts = mounts
+	s.Root = &specs.Root{Path: "rootfs", Readonly: spec.Root != nil && spec.Root.Readonly}
+	if s.Linux != nil {
+		s.Linux.CgroupsPath = ""
+		if len(s.Linux.Devices) > 0 {
+			errs = append(errs, fmt.Errorf("linux.devices: %d host device(s) requested; device passthrough is not supported", len(s.Linux.Devices)))
+		}
+		var ns []specs.LinuxNamespace
+		for _, n := range s.Linux.Namespaces {
+			if n.Path != "" {
+				// A host namespace (CNI's netns, a pod's shared ipc/uts) is
+				// the VM itself: share the guest's.
+				continue
+			}
+			ns = append(ns, n)
+		}
+		s.Linux.Namespaces = ns
+	}
+	if s.Process != nil {
+		s.Process.ApparmorProfile = ""
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return json.Marshal(&s)
+}
+
+// StdioOf says which streams the host attaches for the given containerd
+// stdio paths; with a terminal there is no stderr.
+func StdioOf(stdin, stdout, stderr string, terminal bool) *agentv1.Stdio {
+	return &agentv1.Stdio{Stdin: stdin != "", Stdout: stdout != "", Stderr: stderr != "" && !terminal}
+}
+
+// CreateContainer is the agent request for a container whose rootfs is
+// the drive with the given serial.
+func CreateContainer(id string, spec *specs.Spec, rootSerial, fstype string, readOnly bool, stdio *agentv1.Stdio) (*agentv1.CreateContainerRequest, error) {
+	js, err := GuestSpec(spec)
+	if err != nil {
+		return nil, err
+	}
+	var opts []string
+	if readOnly {
+		opts = append(opts, "ro")
+	}
+	return &agentv1.CreateContainerRequest{
+		ContainerId: id,
+		OciSpec:     js,
+		Rootfs:      &agentv1.Storage{Name: "rootfs", Serial: rootSerial, Fstype: fstype, Options: opts},
+		Stdio:       stdio,
+	}, nil
+}
