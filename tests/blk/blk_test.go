@@ -256,3 +256,11 @@ func TestGuestClock(t *testing.T) {
 	runVM(t, "256M", []string{"-drive", "id=a,file=" + path + ",direct=off"}, "cat:/proc/uptime;sleep:20;cat:/proc/uptime")
 	t.Logf("host: %v", time.Since(start))
 }
+
+// TestSmallIO runs the benchmark's 4 KiB queue-depth-1 workload (O_DIRECT
+// sequential and random reads and writes) on a small disk.
+func TestSmallIO(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "small.img")
+	patternFile(t, path, 0, 16<<20)
+	runVM(t, "256M", []string{"-drive", "id=s,file=" + path + ",direct=off"}, "bench:/dev/vda:8:2")
+}
