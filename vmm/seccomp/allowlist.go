@@ -121,6 +121,10 @@ func Process(def Action) Filter {
 		allow("getsockopt", unix.SYS_GETSOCKOPT),
 		allow("getsockname", unix.SYS_GETSOCKNAME),
 		allow("getpeername", unix.SYS_GETPEERNAME),
+		// Hybrid vsock connects guest-initiated streams to host unix
+		// sockets: AF_UNIX sockets only.
+		Rule{Name: "socket", Nr: unix.SYS_SOCKET, Cond: &Cond{Arg: 0, Mask: 0xffffffff, Values: []uint32{unix.AF_UNIX}}},
+		allow("connect", unix.SYS_CONNECT),
 		// Hot-plug (blockdev-add, netdev_add) opens and inspects backing
 		// files and tap devices; exit removes the socket and pid files.
 		allow("openat", unix.SYS_OPENAT),
