@@ -84,8 +84,8 @@ type VM struct {
 	marker *legacy.BootMarker
 	// threads are the vCPU thread ids (process.go).
 	threads vcpuThreads
-	irqfds []int
-	virtio virtioDevices // virtio.go
+	irqfds  []int
+	virtio  virtioDevices // virtio.go
 
 	mu       sync.Mutex
 	group    *vcpu.Group
@@ -439,4 +439,3 @@ func Run(ctx context.Context, cfg *config.VMConfig, opts Options) (Reason, error
 	defer stop()
 	return v.Wait()
 }
-
