@@ -1,0 +1,414 @@
+package vsock
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/stratovirt-go/stratovirt/vmm/guestmem"
+	"github.com/stratovirt-go/stratovirt/vmm/virtio"
+	"github.com/stratovirt-go/stratovirt/vmm/virtio/eventloop"
+	vt "github.com/stratovirt-go/stratovirt/vmm/virtio/virtiotest"
+)
+
+const (
+	testCID   = 42
+	memSize   = 16 << 20
+	rxBufSize = HeaderSize + 4096
+)
+
+type irqs struct {
+	mu     sync.Mutex
+	n      int
+	broken []error
+}
+
+func (r *irqs) Signal(uint32) error { r.mu.Lock(); r.n++; r.mu.Unlock(); return nil }
+
+// guest is a fake vsock driver over the three queues.
+type guest struct {
+	t       *testing.T
+	mem     *guestmem.Memory
+	rx, tx  *vt.Driver
+	kicks   []int
+	rxBufs  map[uint32]uint64 // head -> buffer address
+	pending []Header          // packets received, not yet taken
+	data    map[uint32][]byte // RW payloads by guest port, in order
+	dev     *Unix
+	irq     *irqs
+}
+
+func newGuest(t *testing.T) (*guest, string) {
+	t.Helper()
+	dir := t.TempDir()
+	uds := filepath.Join(dir, "v.sock")
+	loop, err := eventloop.New("test-vsock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { loop.Close() })
+	dev, err := NewUnix(Config{ID: "vsock0", GuestCID: testCID, UDSPath: uds}, loop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dev.Close() })
+	mem := vt.NewMemory(memSize)
+	g := &guest{t: t, mem: mem, dev: dev, irq: &irqs{}, rxBufs: map[uint32]uint64{}, data: map[uint32][]byte{}}
+	g.rx = vt.NewDriver(mem, 0x10000, QueueSize, 8<<20)
+	g.tx = vt.NewDriver(mem, 8<<20, QueueSize, 15<<20)
+	ev := vt.NewDriver(mem, 15<<20, EventQSize, memSize)
+	qs := []*virtio.Queue{virtio.NewQueue(QueueSize), virtio.NewQueue(QueueSize), virtio.NewQueue(EventQSize)}
+	features := dev.Features() | 1<<virtio.FVersion1
+	for i, d := range []*vt.Driver{g.rx, g.tx, ev} {
+		d.Configure(qs[i])
+		if err := qs[i].Activate(mem, features); err != nil {
+			t.Fatal(err)
+		}
+		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+		g.kicks = append(g.kicks, fd)
+	}
+	err = dev.Activate(virtio.Activation{Mem: mem, Features: features, Queues: qs, Kicks: g.kicks, Interrupt: g.irq,
+		Broken: func(err error) { g.irq.mu.Lock(); g.irq.broken = append(g.irq.broken, err); g.irq.mu.Unlock() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(dev.Reset)
+	g.postRx(64)
+	return g, uds
+}
+
+func (g *guest) kick(q int) {
+	if _, err := unix.Write(g.kicks[q], []byte{1, 0, 0, 0, 0, 0, 0, 0}); err != nil {
+		g.t.Fatal(err)
+	}
+}
+
+func (g *guest) postRx(n int) {
+	for range n {
+		a := g.rx.Alloc(rxBufSize, 8)
+		head := g.rx.AddChain(vt.Buf{Addr: a, Len: rxBufSize, Write: true})
+		g.rxBufs[uint32(head)] = a
+	}
+	g.kick(rxQueue)
+}
+
+// send posts one packet (header and payload in separate descriptors).
+func (g *guest) send(h Header, payload []byte) {
+	h.SrcCID, h.DstCID, h.Type, h.Len = testCID, HostCID, TypeStream, uint32(len(payload))
+	if h.BufAlloc == 0 {
+		h.BufAlloc = 1 << 20
+	}
+	ha := g.tx.Alloc(HeaderSize, 8)
+	var b [HeaderSize]byte
+	h.Encode(b[:])
+	g.mem.WriteAt(b[:], ha)
+	bufs := []vt.Buf{{Addr: ha, Len: HeaderSize}}
+	if len(payload) > 0 {
+		pa := g.tx.Alloc(uint64(len(payload)), 8)
+		g.mem.WriteAt(payload, pa)
+		bufs = append(bufs, vt.Buf{Addr: pa, Len: uint32(len(payload))})
+	}
+	g.tx.AddChain(bufs...)
+	g.kick(txQueue)
+}
+
+// collect takes the completed rx buffers and reposts as many.
+func (g *guest) collect() {
+	used := g.rx.TakeUsed()
+	for _, u := range used {
+		a := g.rxBufs[u.ID]
+		delete(g.rxBufs, u.ID)
+		if u.Len < HeaderSize {
+			g.t.Fatalf("rx buffer completed with %d bytes", u.Len)
+		}
+		b := make([]byte, u.Len)
+		g.mem.ReadAt(b, a)
+		h, err := ParseHeader(b)
+		if err != nil {
+			g.t.Fatalf("device sent a bad header: %v", err)
+		}
+		if h.SrcCID != HostCID || h.DstCID != testCID || uint32(len(b)-HeaderSize) != h.Len {
+			g.t.Fatalf("bad packet %+v (%d bytes)", h, len(b))
+		}
+		if h.Op == OpRW {
+			g.data[h.DstPort] = append(g.data[h.DstPort], b[HeaderSize:]...)
+		}
+		g.pending = append(g.pending, h)
+	}
+	if len(used) > 0 {
+		g.postRx(len(used))
+	}
+}
+
+// expect waits for a packet with op to guest port and returns it; other
+// packets stay pending.
+func (g *guest) expect(port uint32, op uint16) Header {
+	g.t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		g.collect()
+		for i, h := range g.pending {
+			if h.DstPort == port && h.Op == op {
+				g.pending = append(g.pending[:i], g.pending[i+1:]...)
+				return h
+			}
+		}
+		time.Sleep(time.Millisecond)
+	}
+	g.t.Fatalf("no %s for guest port %d; pending %+v", OpName(op), port, g.pending)
+	return Header{}
+}
+
+// waitData waits until n bytes arrived for guest port.
+func (g *guest) waitData(port uint32, n int) []byte {
+	g.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		g.collect()
+		if len(g.data[port]) >= n {
+			return g.data[port]
+		}
+		time.Sleep(time.Millisecond)
+	}
+	g.t.Fatalf("guest port %d got %d bytes, want %d", port, len(g.data[port]), n)
+	return nil
+}
+
+func (g *guest) noBroken() {
+	g.t.Helper()
+	g.irq.mu.Lock()
+	defer g.irq.mu.Unlock()
+	if len(g.irq.broken) > 0 {
+		g.t.Fatalf("device broken: %v", g.irq.broken)
+	}
+}
+
+// hostConnect dials the device socket and runs the CONNECT handshake.
+func hostConnect(t *testing.T, g *guest, uds string, port uint32) (net.Conn, *bufio.Reader, Header) {
+	t.Helper()
+	c, err := net.Dial("unix", uds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	fmt.Fprintf(c, "connect %d\n", port)
+	req := g.expect(port, OpRequest)
+	if req.SrcPort < firstHostPort || req.SrcPort > lastHostPort || req.BufAlloc != ConnBufSize {
+		t.Fatalf("REQUEST %+v", req)
+	}
+	g.send(Header{SrcPort: port, DstPort: req.SrcPort, Op: OpResponse}, nil)
+	r := bufio.NewReader(c)
+	line, err := r.ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("OK %d\n", req.SrcPort); line != want {
+		t.Fatalf("handshake reply %q, want %q", line, want)
+	}
+	return c, r, req
+}
+
+func TestHostToGuest(t *testing.T) {
+	g, uds := newGuest(t)
+	c, r, req := hostConnect(t, g, uds, 1024)
+	host := req.SrcPort
+	msg := bytes.Repeat([]byte("host->guest "), 1000) // 12000 bytes: several rx buffers
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	if got := g.waitData(1024, len(msg)); !bytes.Equal(got, msg) {
+		t.Fatalf("guest got %d bytes, mismatch", len(got))
+	}
+	g.send(Header{SrcPort: 1024, DstPort: host, Op: OpRW}, []byte("guest->host"))
+	buf := make([]byte, 11)
+	if _, err := io.ReadFull(r, buf); err != nil || string(buf) != "guest->host" {
+		t.Fatalf("host read %q, %v", buf, err)
+	}
+	// The guest closes: SHUTDOWN both, the device answers RST and the
+	// host sees EOF.
+	g.send(Header{SrcPort: 1024, DstPort: host, Op: OpShutdown, Flags: ShutdownRcv | ShutdownSend}, nil)
+	g.expect(1024, OpRst)
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if n, err := r.Read(buf); err != io.EOF {
+		t.Fatalf("host read after guest close: %d, %v (want EOF)", n, err)
+	}
+	g.noBroken()
+}
+
+func TestGuestToHost(t *testing.T) {
+	g, uds := newGuest(t)
+	l, err := net.Listen("unix", uds+"_1025")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	g.send(Header{SrcPort: 5000, DstPort: 1025, Op: OpRequest}, nil)
+	g.expect(5000, OpResponse)
+	l.(*net.UnixListener).SetDeadline(time.Now().Add(3 * time.Second))
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	g.send(Header{SrcPort: 5000, DstPort: 1025, Op: OpRW}, []byte("ping"))
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("host read %q %v", buf, err)
+	}
+	c.Write([]byte("pong"))
+	if got := g.waitData(5000, 4); string(got) != "pong" {
+		t.Fatalf("guest got %q", got)
+	}
+	// Guest half-close: the host reads EOF but can still write.
+	g.send(Header{SrcPort: 5000, DstPort: 1025, Op: OpShutdown, Flags: ShutdownSend}, nil)
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Read(buf); err != io.EOF {
+		t.Fatalf("host read after guest SHUTDOWN(send): %v, want EOF", err)
+	}
+	c.Write([]byte("more"))
+	if got := g.waitData(5000, 8); string(got) != "pongmore" {
+		t.Fatalf("guest got %q after half-close", got)
+	}
+	// The host closes: SHUTDOWN with both flags, the guest answers RST.
+	c.Close()
+	sh := g.expect(5000, OpShutdown)
+	if sh.Flags != ShutdownRcv|ShutdownSend {
+		t.Errorf("SHUTDOWN flags %d, want 3", sh.Flags)
+	}
+	g.send(Header{SrcPort: 5000, DstPort: 1025, Op: OpRst}, nil)
+	g.noBroken()
+}
+
+func TestNoListenerGetsRst(t *testing.T) {
+	g, _ := newGuest(t)
+	g.send(Header{SrcPort: 6000, DstPort: 9999, Op: OpRequest}, nil)
+	g.expect(6000, OpRst)
+	// A packet for an unknown connection is answered with RST too.
+	g.send(Header{SrcPort: 6001, DstPort: 9999, Op: OpRW}, []byte("x"))
+	g.expect(6001, OpRst)
+	g.noBroken()
+}
+
+func TestCredit(t *testing.T) {
+	g, uds := newGuest(t)
+	c, err := net.Dial("unix", uds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "CONNECT 77\n")
+	req := g.expect(77, OpRequest)
+	// The guest has room for 10000 bytes only.
+	g.send(Header{SrcPort: 77, DstPort: req.SrcPort, Op: OpResponse, BufAlloc: 10000}, nil)
+	go c.Write(make([]byte, 100000))
+	g.waitData(77, 10000)
+	time.Sleep(50 * time.Millisecond)
+	g.collect()
+	if n := len(g.data[77]); n != 10000 {
+		t.Fatalf("guest got %d bytes with 10000 bytes of credit", n)
+	}
+	// Consuming 6000 bytes allows 6000 more.
+	g.send(Header{SrcPort: 77, DstPort: req.SrcPort, Op: OpCreditUpdate, BufAlloc: 10000, FwdCnt: 6000}, nil)
+	g.waitData(77, 16000)
+	time.Sleep(50 * time.Millisecond)
+	g.collect()
+	if n := len(g.data[77]); n != 16000 {
+		t.Fatalf("guest got %d bytes, want 16000", n)
+	}
+	// CREDIT_REQUEST is answered with our counters.
+	g.send(Header{SrcPort: 77, DstPort: req.SrcPort, Op: OpCreditRequest, BufAlloc: 10000, FwdCnt: 6000}, nil)
+	if u := g.expect(77, OpCreditUpdate); u.BufAlloc != ConnBufSize {
+		t.Errorf("CREDIT_UPDATE buf_alloc %d", u.BufAlloc)
+	}
+	g.noBroken()
+}
+
+func TestGuestOverrunsCredit(t *testing.T) {
+	g, uds := newGuest(t)
+	l, err := net.Listen("unix", uds+"_2000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	g.send(Header{SrcPort: 7000, DstPort: 2000, Op: OpRequest}, nil)
+	g.expect(7000, OpResponse)
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// The host does not read; the guest sends 64 KiB packets until the
+	// device's buffer (ConnBufSize) plus the socket buffer overflow.
+	chunk := make([]byte, MaxPayload)
+	for range 60 { // 60 x 64 KiB fits the tx heap
+		g.send(Header{SrcPort: 7000, DstPort: 2000, Op: OpRW}, chunk)
+		g.collect()
+		for _, h := range g.pending {
+			if h.Op == OpRst && h.DstPort == 7000 {
+				g.noBroken()
+				return
+			}
+		}
+	}
+	g.expect(7000, OpRst) // fails the test if the device never resets
+	g.noBroken()
+}
+
+func TestManyConnections(t *testing.T) {
+	g, uds := newGuest(t)
+	const n = 32
+	var conns []net.Conn
+	var hosts []uint32
+	for i := range n {
+		c, _, req := hostConnect(t, g, uds, uint32(3000+i))
+		conns = append(conns, c)
+		hosts = append(hosts, req.SrcPort)
+	}
+	for i, c := range conns {
+		fmt.Fprintf(c, "conn %d", i)
+	}
+	for i := range n {
+		want := fmt.Sprintf("conn %d", i)
+		if got := g.waitData(uint32(3000+i), len(want)); string(got) != want {
+			t.Errorf("guest port %d got %q", 3000+i, got)
+		}
+	}
+	seen := map[uint32]bool{}
+	for _, p := range hosts {
+		if seen[p] {
+			t.Fatalf("host port %d used twice", p)
+		}
+		seen[p] = true
+	}
+	g.noBroken()
+}
+
+func TestHandshakeErrors(t *testing.T) {
+	_, uds := newGuest(t)
+	for _, line := range []string{"HELLO 1\n", "CONNECT x\n", "CONNECT 99999999999\n", strings.Repeat("A", 40)} {
+		c, err := net.Dial("unix", uds)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte(line))
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		if n, err := c.Read(make([]byte, 8)); err != io.EOF && !errors.Is(err, unix.ECONNRESET) {
+			t.Errorf("handshake %q: read %d, %v; want EOF", line, n, err)
+		}
+		c.Close()
+	}
+}
