@@ -41,9 +41,9 @@ type conn struct {
 
 	// Control packets owed to the guest.
 	needRequest, needResponse, needCredit, needRst bool
-	shutdownOwed                                 uint32 // SHUTDOWN flags not yet sent
-	shutdownSent                                 uint32
-	inRx                                         bool // in Unix.rxList
+	shutdownOwed                                   uint32 // SHUTDOWN flags not yet sent
+	shutdownSent                                   uint32
+	inRx                                           bool // in Unix.rxList
 
 	// Host socket state.
 	readable bool // EPOLLIN seen, not yet drained to EAGAIN

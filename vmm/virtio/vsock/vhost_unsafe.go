@@ -71,7 +71,9 @@ func setVringState(fd int, req uintptr, index, num uint32) error {
 	return ioctlPtr(fd, req, unsafe.Pointer(&s))
 }
 
-func setVringAddr(fd int, a *vringAddr) error { return ioctlPtr(fd, vhostSetVringAddr, unsafe.Pointer(a)) }
+func setVringAddr(fd int, a *vringAddr) error {
+	return ioctlPtr(fd, vhostSetVringAddr, unsafe.Pointer(a))
+}
 
 // hostAddr returns the host virtual address of guest range gpa+n.
 func hostAddr(mem *guestmem.Memory, gpa, n uint64) (uint64, error) {
