@@ -53,6 +53,11 @@ type VMConfig struct {
 	// /dev/vda); IOThreads the named I/O threads they may use (drive.go).
 	Drives    []Drive    `json:"drive,omitempty"`
 	IOThreads []IOThread `json:"iothread,omitempty"`
+	// Nets are the virtio-net NICs, Consoles the virtio-consoles and RNG
+	// the optional entropy device (net.go).
+	Nets     []Net     `json:"net,omitempty"`
+	Consoles []Console `json:"console,omitempty"`
+	RNG      *RNG      `json:"rng,omitempty"`
 	// Process holds VMM process settings (QMP socket, daemonize, pid
 	// file, log, seccomp); command line only (process.go).
 	Process Process `json:"-"`
@@ -167,6 +172,7 @@ func (c *VMConfig) Validate() error {
 		}
 	}
 	errs = append(errs, c.validateDrives()...)
+	errs = append(errs, c.validateNets()...)
 	errs = append(errs, c.validateProcess()...)
 	return errors.Join(errs...)
 }

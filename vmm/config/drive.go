@@ -63,7 +63,11 @@ type IOThread struct {
 // mmioDeviceCount is how many virtio-mmio devices the config asks for.
 // Other device kinds (net, vsock, console, balloon, rng) add theirs here.
 func (c *VMConfig) mmioDeviceCount() int {
-	return len(c.Drives)
+	n := len(c.Drives) + len(c.Nets) + len(c.Consoles)
+	if c.RNG != nil {
+		n++
+	}
+	return n
 }
 
 // validateDrives checks the drives and iothreads; it is called by

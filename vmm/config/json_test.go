@@ -142,8 +142,21 @@ func TestDecodeJSON(t *testing.T) {
 		{"unknown serial key", `{"serial":{"stdio":true,"pty":true}}`, nil, `"serial"."pty": unknown key`},
 		{"name has no key", `{"name":"vm"}`, nil, `"name": unknown key`},
 		{"process keys are command line only", `{"Process":{}}`, nil, `"Process": unknown key`},
-		{"net pending", `{"net":[]}`, nil, `"net": not supported yet`},
-		{"console pending", `{"console":[]}`, nil, `"console": not supported yet`},
+		{"net", `{"net":[{"iface_id":"net0","host_dev_name":"tap0","mac":"0e:90:df:9f:a8:88","iothread":"iothread1"},{"iface_id":"n1","tap_fd":5}]}`,
+			func(c *VMConfig) bool {
+				return len(c.Nets) == 2 && c.Nets[0] == Net{ID: "net0", TapName: "tap0", MAC: "0e:90:df:9f:a8:88", IOThread: "iothread1"} &&
+					c.Nets[1] == Net{ID: "n1", TapFD: 5}
+			}, ""},
+		{"net unknown key", `{"net":[{"iface_id":"n","host_dev_name":"t","vhost_type":"vhost-kernel"}]}`, nil, `"net"[0]."vhost_type": unknown key`},
+		{"console", `{"console":[{"console_id":"charconsole0","socket_path":"/path/to/console.socket"}]}`,
+			func(c *VMConfig) bool {
+				return len(c.Consoles) == 1 && c.Consoles[0] == Console{ID: "charconsole0", SocketPath: "/path/to/console.socket"}
+			}, ""},
+		{"rng", `{"rng":{"random_file":"/dev/urandom","bytes_per_sec":1000}}`,
+			func(c *VMConfig) bool {
+				return c.RNG != nil && *c.RNG == RNG{RandomFile: "/dev/urandom", BytesPerSec: 1000}
+			}, ""},
+		{"rng getrandom", `{"rng":{}}`, func(c *VMConfig) bool { return c.RNG != nil && *c.RNG == RNG{} }, ""},
 		{"vsock pending", `{"vsock":{"vsock_id":"v","guest_cid":3}}`, nil, `"vsock": not supported yet`},
 		{"balloon pending", `{"balloon":{"deflate_on_oom":true}}`, nil, `"balloon": not supported yet`},
 		{"duplicate top key", `{"serial":{"stdio":true},"serial":{"stdio":false}}`, nil, `"serial": key given more than once`},

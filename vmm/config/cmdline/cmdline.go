@@ -51,8 +51,8 @@ var options = map[string]kind{
 	"-m":               single,
 	"-serial":          single,
 	"-drive":           repeated,
-	"-netdev":          unsupported,
-	"-chardev":         unsupported,
+	"-netdev":          repeated,
+	"-chardev":         repeated,
 	"-device":          unsupported,
 	"-api-channel":     single,
 	"-config":          single,
@@ -63,7 +63,7 @@ var options = map[string]kind{
 	"-iothread":        repeated,
 	"-balloon":         unsupported,
 	"-mem-path":        single,
-	"-rng":             unsupported,
+	"-rng":             single,
 	"-S":               unsupported,
 	"-freeze":          unsupported,
 }
@@ -197,6 +197,8 @@ func apply(c *config.VMConfig, opt, v string) error {
 		c.Process.PidFile = v
 	case "-mem-path":
 		c.Machine.MemPath = v
+	case "-rng":
+		return parseRNG(c, v)
 	}
 	return nil
 }
@@ -371,6 +373,18 @@ OPTIONS:
                            first is /dev/vda); direct defaults to on, iops 0
                            (unlimited) to 1000000, serial up to 20 characters
   -iothread id=<id>        add an I/O thread named <id> (repeatable, at most 8)
+  -netdev id=<id>,netdev=<tap>[,mac=<xx:xx:xx:xx:xx:xx>][,iothread=<id>][,fds=<fd>]
+                           add a virtio-net NIC on host tap <tap> (attached, or
+                           created) or on the inherited tap descriptor <fd>
+                           (repeatable, at most 2); without mac= a random
+                           locally administered address
+  -chardev id=<id>,path=<socket>
+                           add a virtio-console (guest /dev/hvc0) on a unix
+                           socket created at <socket> (must not exist); one
+                           client at a time
+  -rng random_file=<path>|getrandom[,bytes_per_sec=<n>]
+                           add a virtio-rng entropy device fed from <path> or
+                           the host's getrandom; rate 64 to 1000000000 bytes/s
   -mem-path <path>         back guest RAM with a file: a hugetlbfs mount or
                            other directory (a new unlinked file is made there)
                            or a file; absolute path; with hugetlbfs the memory

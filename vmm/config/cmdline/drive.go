@@ -25,6 +25,18 @@ func applyRepeated(c *config.VMConfig, opt, v string) error {
 			return err
 		}
 		c.IOThreads = append(c.IOThreads, t)
+	case "-netdev":
+		n, err := parseNetdev(v)
+		if err != nil {
+			return err
+		}
+		c.Nets = append(c.Nets, n)
+	case "-chardev":
+		k, err := parseChardev(v)
+		if err != nil {
+			return err
+		}
+		c.Consoles = append(c.Consoles, k)
 	}
 	return nil
 }
