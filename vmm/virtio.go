@@ -16,6 +16,7 @@ import (
 	"github.com/stratovirt-go/stratovirt/vmm/virtio/blk"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio/eventloop"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio/mmio"
+	vnet "github.com/stratovirt-go/stratovirt/vmm/virtio/net"
 )
 
 // DefaultLoopName names the event-loop thread that serves devices without
@@ -32,6 +33,7 @@ const DefaultLoopName = "vmm-io"
 type virtioDevices struct {
 	loops map[string]*eventloop.Loop // by iothread id; "" is the default loop
 	slots []*virtioSlot
+	nets  []*vnet.Net // virtio_net.go
 }
 
 // virtioSlot is one virtio-mmio window with its device.
@@ -76,6 +78,9 @@ func (v *VM) setupVirtio() error {
 			dev.Close()
 			return fmt.Errorf("drive %q: %w", d.ID, err)
 		}
+	}
+	if err := v.setupNetConsoleRNG(); err != nil {
+		return err
 	}
 	return nil
 }
