@@ -58,6 +58,10 @@ type VMConfig struct {
 	Nets     []Net     `json:"net,omitempty"`
 	Consoles []Console `json:"console,omitempty"`
 	RNG      *RNG      `json:"rng,omitempty"`
+	// Vsock is the vsock device and Balloon the memory balloon
+	// (vsock.go, balloon.go).
+	Vsock   *Vsock   `json:"vsock,omitempty"`
+	Balloon *Balloon `json:"balloon,omitempty"`
 	// Process holds VMM process settings (QMP socket, daemonize, pid
 	// file, log, seccomp); command line only (process.go).
 	Process Process `json:"-"`
@@ -173,6 +177,8 @@ func (c *VMConfig) Validate() error {
 	}
 	errs = append(errs, c.validateDrives()...)
 	errs = append(errs, c.validateNets()...)
+	errs = append(errs, c.validateVsock()...)
+	errs = append(errs, c.validateBalloon()...)
 	errs = append(errs, c.validateProcess()...)
 	return errors.Join(errs...)
 }

@@ -67,6 +67,12 @@ func (c *VMConfig) mmioDeviceCount() int {
 	if c.RNG != nil {
 		n++
 	}
+	if c.Vsock != nil {
+		n++
+	}
+	if c.Balloon != nil {
+		n++
+	}
 	return n
 }
 

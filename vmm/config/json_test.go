@@ -79,11 +79,13 @@ outer:
 }
 
 func TestDecodeJSONSeedExample(t *testing.T) {
-	// Verbatim, the first section this build has no device for is named.
+	// Verbatim, every section has a device now.
 	c := Default()
-	err := DecodeJSON([]byte(seedJSON), &c)
-	if err == nil || !strings.Contains(err.Error(), "not supported yet") {
-		t.Fatalf("seed example: err = %v, want a 'not supported yet' error", err)
+	if err := DecodeJSON([]byte(seedJSON), &c); err != nil {
+		t.Fatalf("seed example: %v", err)
+	}
+	if c.Vsock == nil || *c.Vsock != (Vsock{ID: "vsock-123321132", GuestCID: 4}) {
+		t.Errorf("seed vsock = %+v", c.Vsock)
 	}
 	// Without the sections of devices not built yet it decodes fully.
 	c = Default()
@@ -157,8 +159,15 @@ func TestDecodeJSON(t *testing.T) {
 				return c.RNG != nil && *c.RNG == RNG{RandomFile: "/dev/urandom", BytesPerSec: 1000}
 			}, ""},
 		{"rng getrandom", `{"rng":{}}`, func(c *VMConfig) bool { return c.RNG != nil && *c.RNG == RNG{} }, ""},
-		{"vsock pending", `{"vsock":{"vsock_id":"v","guest_cid":3}}`, nil, `"vsock": not supported yet`},
-		{"balloon pending", `{"balloon":{"deflate_on_oom":true}}`, nil, `"balloon": not supported yet`},
+		{"vsock", `{"vsock":{"vsock_id":"v","guest_cid":3}}`, func(c *VMConfig) bool {
+			return c.Vsock != nil && *c.Vsock == Vsock{ID: "v", GuestCID: 3}
+		}, ""},
+		{"vsock unix backend", `{"vsock":{"vsock_id":"v","guest_cid":4,"backend":"unix","uds_path":"/run/v.sock"}}`, func(c *VMConfig) bool {
+			return c.Vsock != nil && *c.Vsock == Vsock{ID: "v", GuestCID: 4, Backend: "unix", UDSPath: "/run/v.sock"}
+		}, ""},
+		{"vsock cid as string", `{"vsock":{"vsock_id":"v","guest_cid":"3"}}`, nil, `"guest_cid": want a JSON uint64, not string`},
+		{"vsock unknown key", `{"vsock":{"vsock_id":"v","guest_cid":3,"cid":3}}`, nil, `"cid": unknown key`},
+		{"balloon", `{"balloon":{"deflate_on_oom":true}}`, func(c *VMConfig) bool { return c.Balloon != nil && c.Balloon.DeflateOnOOM }, ""},
 		{"duplicate top key", `{"serial":{"stdio":true},"serial":{"stdio":false}}`, nil, `"serial": key given more than once`},
 		{"not an object", `[1,2]`, nil, "the configuration: must be a JSON object"},
 		{"section not an object", `{"serial":true}`, nil, `"serial": must be a JSON object`},

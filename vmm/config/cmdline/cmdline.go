@@ -53,7 +53,7 @@ var options = map[string]kind{
 	"-drive":           repeated,
 	"-netdev":          repeated,
 	"-chardev":         repeated,
-	"-device":          unsupported,
+	"-device":          single,
 	"-api-channel":     single,
 	"-config":          single,
 	"-D":               optional,
@@ -61,7 +61,7 @@ var options = map[string]kind{
 	"-disable-seccomp": flag,
 	"-daemonize":       flag,
 	"-iothread":        repeated,
-	"-balloon":         unsupported,
+	"-balloon":         single,
 	"-mem-path":        single,
 	"-rng":             single,
 	"-S":               unsupported,
@@ -199,6 +199,10 @@ func apply(c *config.VMConfig, opt, v string) error {
 		c.Machine.MemPath = v
 	case "-rng":
 		return parseRNG(c, v)
+	case "-device":
+		return parseDevice(c, v)
+	case "-balloon":
+		return parseBalloon(c, v)
 	}
 	return nil
 }
@@ -385,6 +389,15 @@ OPTIONS:
   -rng random_file=<path>|getrandom[,bytes_per_sec=<n>]
                            add a virtio-rng entropy device fed from <path> or
                            the host's getrandom; rate 64 to 1000000000 bytes/s
+  -device vsock,id=<id>,guest-cid=<n>[,backend=vhost|unix][,uds-path=<path>]
+                           add the vsock device (one); guest CID 3 to
+                           4294967294; backend vhost uses /dev/vhost-vsock
+                           (host connects with AF_VSOCK), unix listens on
+                           <path> (host writes "CONNECT <port>\n"; guest
+                           connections to the host's port P go to <path>_P);
+                           default: vhost if /dev/vhost-vsock opens, else unix
+  -balloon deflate-on-oom=true|false
+                           add a memory balloon (not with hugetlbfs -mem-path)
   -mem-path <path>         back guest RAM with a file: a hugetlbfs mount or
                            other directory (a new unlinked file is made there)
                            or a file; absolute path; with hugetlbfs the memory

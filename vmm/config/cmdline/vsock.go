@@ -1,0 +1,65 @@
+package cmdline
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/stratovirt-go/stratovirt/vmm/config"
+)
+
+// parseDevice handles -device vsock,id=ID,guest-cid=N[,backend=vhost|unix]
+// [,uds-path=PATH]. vsock is the only device type, and there may be one
+// (also counting a "vsock" section of the -config file). The CID range is
+// checked by Validate.
+func parseDevice(c *config.VMConfig, v string) error {
+	kv, err := parseSubOptions("-device", v, "type", "type", "id", "guest-cid", "backend", "uds-path")
+	if err != nil {
+		return err
+	}
+	t, ok := kv["type"]
+	if !ok {
+		return errors.New("-device: the device type is missing (vsock,id=ID,guest-cid=N)")
+	}
+	if t != "vsock" {
+		return fmt.Errorf("-device: unknown device type '%s' (supported: vsock)", t)
+	}
+	if c.Vsock != nil {
+		return config.VsockOnce()
+	}
+	id, ok := kv["id"]
+	if !ok {
+		return errors.New("-device: 'id' is missing for 'vsock' device")
+	}
+	s, ok := kv["guest-cid"]
+	if !ok {
+		return errors.New("-device: 'guest-cid' is missing for 'vsock' device")
+	}
+	cid, err := strconv.ParseUint(s, 10, 64)
+	if errors.Is(err, strconv.ErrRange) {
+		return fmt.Errorf("-device: vsock guest-cid %s out of range: must be >= %d and < %d", s, config.MinGuestCID, uint64(config.MaxGuestCID))
+	}
+	if err != nil {
+		return fmt.Errorf("-device: unable to parse '%s' for 'guest-cid'", s)
+	}
+	c.Vsock = &config.Vsock{ID: id, GuestCID: cid, Backend: kv["backend"], UDSPath: kv["uds-path"]}
+	return nil
+}
+
+// parseBalloon handles -balloon deflate-on-oom=true|false (on|off and
+// yes|no are accepted too). A later -balloon or the command line over the
+// -config file's "balloon" replaces the setting.
+func parseBalloon(c *config.VMConfig, v string) error {
+	kv, err := parseSubOptions("-balloon", v, "", "deflate-on-oom")
+	if err != nil {
+		return err
+	}
+	b := &config.Balloon{}
+	if s, ok := kv["deflate-on-oom"]; ok {
+		if b.DeflateOnOOM, err = parseBool(s); err != nil {
+			return fmt.Errorf("-balloon: unable to parse '%s' for 'deflate-on-oom' (true|false)", s)
+		}
+	}
+	c.Balloon = b
+	return nil
+}

@@ -1,0 +1,52 @@
+package cmdline
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/stratovirt-go/stratovirt/vmm/config"
+)
+
+func TestDeviceAndBalloon(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		vsock   *config.Vsock
+		balloon *config.Balloon
+		err     string
+	}{
+		{"seed vsock", []string{"-device", "vsock,id=vsock_id,guest-cid=3"}, &config.Vsock{ID: "vsock_id", GuestCID: 3}, nil, ""},
+		{"unix backend", []string{"-device", "vsock,id=v,guest-cid=7,backend=unix,uds-path=/run/v.sock"},
+			&config.Vsock{ID: "v", GuestCID: 7, Backend: "unix", UDSPath: "/run/v.sock"}, nil, ""},
+		{"cid too large to parse", []string{"-device", "vsock,id=v,guest-cid=99999999999999999999"}, nil, nil, "out of range"},
+		{"cid not a number", []string{"-device", "vsock,id=v,guest-cid=x"}, nil, nil, "-device: unable to parse 'x' for 'guest-cid'"},
+		{"unknown type", []string{"-device", "virtio-net,id=v"}, nil, nil, "-device: unknown device type 'virtio-net'"},
+		{"missing type", []string{"-device", "id=v,guest-cid=3"}, nil, nil, "device type is missing"},
+		{"missing cid", []string{"-device", "vsock,id=v"}, nil, nil, "'guest-cid' is missing"},
+		{"missing id", []string{"-device", "vsock,guest-cid=3"}, nil, nil, "'id' is missing"},
+		{"twice", []string{"-device", "vsock,id=a,guest-cid=3", "-device", "vsock,id=b,guest-cid=4"}, nil, nil, "-device: provided more than once"},
+		{"unknown key", []string{"-device", "vsock,id=a,guest-cid=3,cid=3"}, nil, nil, "-device: invalid parameter 'cid'"},
+		{"balloon on", []string{"-balloon", "deflate-on-oom=true"}, nil, &config.Balloon{DeflateOnOOM: true}, ""},
+		{"balloon off", []string{"-balloon", "deflate-on-oom=false"}, nil, &config.Balloon{}, ""},
+		{"balloon bad bool", []string{"-balloon", "deflate-on-oom=maybe"}, nil, nil, "unable to parse 'maybe' for 'deflate-on-oom'"},
+		{"balloon bad key", []string{"-balloon", "size=1"}, nil, nil, "-balloon: invalid parameter 'size'"},
+	} {
+		c, _, err := Parse(tc.args)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%s: err = %v, want %q", tc.name, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		if (tc.vsock == nil) != (c.Vsock == nil) || (tc.vsock != nil && *tc.vsock != *c.Vsock) {
+			t.Errorf("%s: vsock %+v, want %+v", tc.name, c.Vsock, tc.vsock)
+		}
+		if (tc.balloon == nil) != (c.Balloon == nil) || (tc.balloon != nil && *tc.balloon != *c.Balloon) {
+			t.Errorf("%s: balloon %+v, want %+v", tc.name, c.Balloon, tc.balloon)
+		}
+	}
+}
