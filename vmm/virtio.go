@@ -17,6 +17,7 @@ import (
 	"github.com/stratovirt-go/stratovirt/vmm/virtio/eventloop"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio/mmio"
 	vnet "github.com/stratovirt-go/stratovirt/vmm/virtio/net"
+	"github.com/stratovirt-go/stratovirt/vmm/virtio/vsock"
 )
 
 // DefaultLoopName names the event-loop thread that serves devices without
@@ -34,6 +35,10 @@ type virtioDevices struct {
 	loops map[string]*eventloop.Loop // by iothread id; "" is the default loop
 	slots []*virtioSlot
 	nets  []*vnet.Net // virtio_net.go
+	// vsock and balloon are the optional devices (virtio_vsock.go,
+	// virtio_balloon.go).
+	vsock   vsock.Device
+	balloon *virtioBalloon
 }
 
 // virtioSlot is one virtio-mmio window with its device.
@@ -82,7 +87,10 @@ func (v *VM) setupVirtio() error {
 	if err := v.setupNetConsoleRNG(); err != nil {
 		return err
 	}
-	return nil
+	if err := v.setupVsock(); err != nil {
+		return err
+	}
+	return v.setupBalloon()
 }
 
 // eventLoop returns the loop of iothread id, or the default loop for "".
