@@ -13,7 +13,7 @@ all: build
 
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./cmd/stratovirt ./tests/lab/cmd/lab
+	$(GO) build -o $(BIN)/ ./cmd/stratovirt ./tests/lab/cmd/lab ./cmd/containerd-shim-stratovirt-v2
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/ ./cmd/stratovirt-agent
 
 # Idempotent install of every prerequisite (apt packages, pinned Go tools,

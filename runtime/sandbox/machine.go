@@ -1,0 +1,131 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+
+	"github.com/stratovirt-go/stratovirt/agent-proto/stream"
+	"github.com/stratovirt-go/stratovirt/vmm"
+	vmconfig "github.com/stratovirt-go/stratovirt/vmm/config"
+)
+
+// Dialer connects to a guest vsock port.
+type Dialer func(ctx context.Context, port uint32) (net.Conn, error)
+
+// VM is the in-process microVM as a Machine.
+type VM struct {
+	vm   *vmm.VM
+	dial Dialer
+	stop sync.Once
+}
+
+// NewVM builds (but does not start) the VM described by cfg; dial reaches
+// its vsock device.
+func NewVM(cfg *vmconfig.VMConfig, opts vmm.Options, dial Dialer) (*VM, error) {
+	v, err := vmm.New(cfg, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &VM{vm: v, dial: dial}, nil
+}
+
+// VMM returns the library VM (thread ids, boot marks).
+func (v *VM) VMM() *vmm.VM { return v.vm }
+
+func (v *VM) Start() error { return v.vm.Start() }
+
+func (v *VM) Wait() error {
+	r, err := v.vm.Wait()
+	if err != nil {
+		return err
+	}
+	switch r {
+	case vmm.PowerOff, vmm.Stopped:
+		return nil
+	}
+	return fmt.Errorf("VM ended: %v", r)
+}
+
+func (v *VM) Stop()         { v.stop.Do(func() { v.vm.Stop(vmm.Stopped) }) }
+func (v *VM) Pause() error  { return v.vm.Pause() }
+func (v *VM) Resume() error { return v.vm.Resume() }
+func (v *VM) Close() error  { return v.vm.Close() }
+
+func (v *VM) Dial(ctx context.Context, port uint32) (net.Conn, error) { return v.dial(ctx, port) }
+
+// HostAgent runs the guest agent as a host process serving unix sockets
+// instead of vsock ports: the test double of a VM (no isolation; the
+// agent sees the host's filesystem).
+type HostAgent struct {
+	cmd  *exec.Cmd
+	dir  string
+	stop sync.Once
+	done chan struct{}
+	err  error
+}
+
+// NewHostAgent prepares agent (the stratovirt-agent binary) with its
+// sockets and state under dir; extra arguments are appended.
+func NewHostAgent(agent, dir string, extra ...string) *HostAgent {
+	args := []string{
+		"-listen", "unix://" + filepath.Join(dir, "agent.sock"),
+		"-stream-listen", "unix://" + filepath.Join(dir, "stream.sock"),
+		"-state-dir", filepath.Join(dir, "state"), "-guest=false", "-network=false",
+	}
+	cmd := exec.Command(agent, append(args, extra...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	return &HostAgent{cmd: cmd, dir: dir, done: make(chan struct{})}
+}
+
+// Cmd exposes the process (to set its output before Start).
+func (h *HostAgent) Cmd() *exec.Cmd { return h.cmd }
+
+func (h *HostAgent) Start() error {
+	if err := os.MkdirAll(h.dir, 0o700); err != nil {
+		return err
+	}
+	if err := h.cmd.Start(); err != nil {
+		return err
+	}
+	go func() { h.err = h.cmd.Wait(); close(h.done) }()
+	return nil
+}
+
+func (h *HostAgent) Wait() error {
+	<-h.done
+	var ee *exec.ExitError
+	if errors.As(h.err, &ee) && !ee.Exited() {
+		return nil // killed by Stop
+	}
+	return h.err
+}
+
+func (h *HostAgent) Stop() {
+	h.stop.Do(func() {
+		if h.cmd.Process != nil {
+			syscall.Kill(-h.cmd.Process.Pid, syscall.SIGKILL)
+		}
+	})
+}
+
+func (h *HostAgent) Pause() error  { return h.cmd.Process.Signal(syscall.SIGSTOP) }
+func (h *HostAgent) Resume() error { return h.cmd.Process.Signal(syscall.SIGCONT) }
+func (h *HostAgent) Close() error  { return nil }
+
+func (h *HostAgent) Dial(ctx context.Context, port uint32) (net.Conn, error) {
+	name := "agent.sock"
+	if port == stream.StreamPort {
+		name = "stream.sock"
+	} else if port != stream.ControlPort {
+		return nil, fmt.Errorf("host agent: no port %d", port)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "unix", filepath.Join(h.dir, name))
+}

@@ -1,0 +1,635 @@
+// Package shim is containerd-shim-stratovirt-v2: the pkg/shim manager
+// (start, delete, -info, with a plain-address start for containerd 1.6)
+// and the TTRPC task service (task API v3, and v2 for older containerd)
+// that runs each container in a microVM through runtime/sandbox. Errors
+// leave the service through errgrpc, here and nowhere else.
+//
+// Concurrency: Service.mu guards the container table and the sandbox;
+// each process has its own lock for its state. One goroutine per started
+// process waits for its exit; one goroutine publishes events in order.
+package shim
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"time"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/v2/core/runtime"
+	"github.com/containerd/containerd/v2/pkg/protobuf"
+	"github.com/containerd/containerd/v2/pkg/shutdown"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/stratovirt-go/stratovirt/agent-proto/agentv1"
+	"github.com/stratovirt-go/stratovirt/agent-proto/stream"
+	shimconfig "github.com/stratovirt-go/stratovirt/runtime/config"
+	"github.com/stratovirt-go/stratovirt/runtime/oci"
+	"github.com/stratovirt-go/stratovirt/runtime/rootfs"
+	"github.com/stratovirt-go/stratovirt/runtime/sandbox"
+	"github.com/stratovirt-go/stratovirt/runtime/translate"
+	vmconfig "github.com/stratovirt-go/stratovirt/vmm/config"
+)
+
+// MachineFactory builds the VM for a sandbox: NewVMMachine in the shim,
+// a host agent in tests. stateDir is private to this VM.
+type MachineFactory func(ctx context.Context, cfg *shimconfig.Config, vmc *vmconfig.VMConfig, stateDir string) (sandbox.Machine, error)
+
+// Service is the task service of one shim (one VM).
+type Service struct {
+	ctx        context.Context
+	events     *eventQueue
+	sd         shutdown.Service
+	newMachine MachineFactory
+	namespace  string
+
+	mu         sync.Mutex
+	cfg        *shimconfig.Config
+	sb         *sandbox.Sandbox
+	vmOwner    string
+	stateDir   string
+	cgroup     *hostCgroup
+	containers map[string]*container
+}
+
+type container struct {
+	id, bundle string
+	spec       *specs.Spec
+	rootfs     []*types.Mount // for the TaskCreate event
+	disk       *rootfs.Disk
+	init       *process
+	execs      map[string]*process
+	hostBind   bool
+}
+
+type process struct {
+	cid, eid string
+	pid      uint32 // reported to containerd: the shim's (VMM's) pid
+	guestPid uint32
+	paths    stdioPaths
+	spec     []byte // exec: OCI process JSON
+	io       *processIO
+
+	mu         sync.Mutex
+	status     task.Status
+	exitStatus uint32
+	exitedAt   time.Time
+	exited     chan struct{}
+}
+
+func (p *process) state() (task.Status, uint32, time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.status, p.exitStatus, p.exitedAt
+}
+
+// NewService returns the task service; pub may be nil (tests).
+func NewService(ctx context.Context, pub interface {
+	Publish(context.Context, string, any) error
+}, sd shutdown.Service, ns string, f MachineFactory) *Service {
+	s := &Service{
+		ctx: ctx, sd: sd, newMachine: f, namespace: ns,
+		containers: map[string]*container{},
+	}
+	s.events = newEventQueue(ctx, publisherFunc(pub))
+	if sd != nil {
+		sd.RegisterCallback(func(context.Context) error {
+			s.stopVM()
+			s.events.close(5 * time.Second)
+			return nil
+		})
+	}
+	return s
+}
+
+func (s *Service) send(topic string, ev any) { s.events.send(topic, ev) }
+
+func (s *Service) get(id string) (*container, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.containers[id]
+	if !ok {
+		return nil, fmt.Errorf("container %q: %w", id, errdefs.ErrNotFound)
+	}
+	return c, nil
+}
+
+func (s *Service) getProcess(id, eid string) (*container, *process, error) {
+	c, err := s.get(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if eid == "" {
+		return c, c.init, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := c.execs[eid]
+	if !ok {
+		return nil, nil, fmt.Errorf("process %q of container %q: %w", eid, id, errdefs.ErrNotFound)
+	}
+	return c, p, nil
+}
+
+func (s *Service) sandbox() (*sandbox.Sandbox, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sb == nil {
+		return nil, fmt.Errorf("no VM: %w", errdefs.ErrFailedPrecondition)
+	}
+	return s.sb, nil
+}
+
+// serial names a container's rootfs disk inside the guest (virtio serial,
+// at most 20 bytes).
+func serial(id string) string {
+	h := sha256.Sum256([]byte(id))
+	return "r" + hex.EncodeToString(h[:])[:19]
+}
+
+// loadConfig reads the configuration named by the runtime options.
+func loadConfig(req *taskAPI.CreateTaskRequest) (*shimconfig.Config, error) {
+	path, err := configPathFromOptions(req.Options)
+	if err != nil {
+		return nil, err
+	}
+	return shimconfig.Load(shimconfig.Path(path))
+}
+
+// rootfsFormat resolves "auto": erofs is read-only, so only a read-only
+// root can use it; ext4 otherwise.
+func rootfsFormat(cfg *shimconfig.Config, readOnly bool) string {
+	switch cfg.Runtime.RootfsFormat {
+	case shimconfig.FormatExt4:
+		return rootfs.Ext4
+	case shimconfig.FormatErofs:
+		return rootfs.Erofs
+	}
+	if readOnly {
+		if _, err := exec.LookPath("mkfs.erofs"); err == nil {
+			return rootfs.Erofs
+		}
+	}
+	return rootfs.Ext4
+}
+
+// Create boots the VM (for a standalone container or a pod sandbox) and
+// creates the container in it.
+func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_ *taskAPI.CreateTaskResponse, err error) {
+	if req.Checkpoint != "" || req.ParentCheckpoint != "" {
+		return nil, fmt.Errorf("checkpoint/restore: %w", errdefs.ErrNotImplemented)
+	}
+	spec, err := oci.Load(req.Bundle)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
+	}
+	typ, _ := oci.TypeOf(spec)
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.containers[req.ID]; ok {
+		return nil, fmt.Errorf("container %q: %w", req.ID, errdefs.ErrAlreadyExists)
+	}
+	if s.sb != nil {
+		if typ != oci.PodContainer {
+			return nil, fmt.Errorf("this shim's VM already runs %q; a %s container needs its own VM: %w", s.vmOwner, typ, errdefs.ErrFailedPrecondition)
+		}
+		return nil, fmt.Errorf("adding container %q to the running pod VM needs disk hot-plug, which is not supported yet: %w", req.ID, errdefs.ErrNotImplemented)
+	}
+	if typ == oci.PodContainer {
+		return nil, fmt.Errorf("pod container %q arrived before its sandbox: %w", req.ID, errdefs.ErrFailedPrecondition)
+	}
+	cfg, err := loadConfig(req)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
+	}
+	if err := log.SetLevel(cfg.Runtime.LogLevel); err != nil {
+		log.G(ctx).WithError(err).Warn("log level")
+	}
+	t0 := time.Now()
+
+	stateDir := filepath.Join(cfg.Runtime.WorkDir, s.namespace, req.ID)
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(stateDir)
+		}
+	}()
+	if err := os.WriteFile(filepath.Join(req.Bundle, stateFile), []byte(stateDir), 0o600); err != nil {
+		return nil, fmt.Errorf("bundle: %w", err)
+	}
+
+	c := &container{id: req.ID, bundle: req.Bundle, spec: spec, rootfs: req.Rootfs, execs: map[string]*process{}}
+	mounts := make([]rootfs.Mount, len(req.Rootfs))
+	for i, m := range req.Rootfs {
+		mounts[i] = rootfs.Mount{Type: m.Type, Source: m.Source, Options: m.Options}
+	}
+	imageDir := filepath.Join(req.Bundle, "work")
+	if fi, err := os.Stat(imageDir); err != nil || !fi.IsDir() {
+		imageDir = stateDir
+	}
+	readOnly := spec.Root != nil && spec.Root.Readonly
+	disk, err := rootfs.Prepare(ctx, mounts, rootfs.Options{
+		Target: filepath.Join(req.Bundle, "rootfs"), ImageDir: imageDir, Name: "rootfs-" + req.ID,
+		Format: rootfsFormat(cfg, readOnly), ReadOnly: readOnly,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rootfs: %w", err)
+	}
+	c.disk = disk
+	defer func() {
+		if err != nil {
+			disk.Remove()
+		}
+	}()
+	tDisk := time.Since(t0)
+
+	vmc, err := translate.VMConfig(cfg, spec, "stratovirt-"+req.ID, []translate.Drive{{
+		ID: "rootfs", Serial: serial(req.ID), Path: disk.Path, ReadOnly: disk.ReadOnly, Direct: disk.Direct,
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
+	}
+	if cfg.Runtime.SandboxCgroupOnly && spec.Linux != nil && spec.Linux.CgroupsPath != "" {
+		cg, cerr := joinCgroup(spec.Linux.CgroupsPath, stateDir)
+		if cerr != nil {
+			log.G(ctx).WithError(cerr).Warnf("host cgroup %s: staying in the shim's cgroup", spec.Linux.CgroupsPath)
+		}
+		s.cgroup = cg
+	}
+	m, err := s.newMachine(s.ctx, cfg, vmc, stateDir)
+	if err != nil {
+		return nil, fmt.Errorf("build VM: %w", err)
+	}
+	boot, _ := cfg.BootTimeout()
+	sb, err := sandbox.Start(s.ctx, m, boot)
+	if err != nil {
+		return nil, fmt.Errorf("boot VM: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			sb.Stop()
+		}
+	}()
+	if hb, ok := m.(interface{ HostRootfs() bool }); ok && hb.HostRootfs() {
+		c.hostBind = true
+	}
+	if _, err := sb.Agent().CreateSandbox(ctx, &agentv1.CreateSandboxRequest{SandboxId: oci.GroupID(spec.Annotations, req.ID), Hostname: spec.Hostname}); err != nil {
+		return nil, fmt.Errorf("agent create sandbox: %w", err)
+	}
+
+	paths := stdioPaths{stdin: req.Stdin, stdout: req.Stdout, stderr: req.Stderr, terminal: req.Terminal}
+	p, err := s.createInit(ctx, sb, c, paths)
+	if err != nil {
+		return nil, err
+	}
+	c.init = p
+	s.cfg, s.sb, s.vmOwner, s.stateDir = cfg, sb, req.ID, stateDir
+	s.containers[req.ID] = c
+	go s.watchOOM(sb)
+	log.G(ctx).Infof("create %s: rootfs %s in %v, VM with agent in %v, total %v",
+		req.ID, disk.How, tDisk.Round(time.Millisecond), sb.BootTime.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
+
+	s.send(runtime.TaskCreateEventTopic, &eventstypes.TaskCreate{
+		ContainerID: req.ID, Bundle: req.Bundle, Rootfs: req.Rootfs,
+		IO:  &eventstypes.TaskIO{Stdin: req.Stdin, Stdout: req.Stdout, Stderr: req.Stderr, Terminal: req.Terminal},
+		Pid: p.pid,
+	})
+	return &taskAPI.CreateTaskResponse{Pid: p.pid}, nil
+}
+
+// createInit creates the container's init process in the guest and
+// connects its stdio.
+func (s *Service) createInit(ctx context.Context, sb *sandbox.Sandbox, c *container, paths stdioPaths) (_ *process, err error) {
+	stdio := translate.StdioOf(paths.stdin, paths.stdout, paths.stderr, paths.terminal)
+	fstype := c.disk.FSType
+	r, err := translate.CreateContainer(c.id, c.spec, serial(c.id), fstype, c.disk.ReadOnly, stdio)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
+	}
+	if c.hostBind {
+		r.Rootfs = &agentv1.Storage{Name: "rootfs", Source: filepath.Join(c.bundle, "rootfs"), Fstype: "bind"}
+	}
+	pio, err := openHostIO(ctx, c.id, s.namespace, paths)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			pio.closeHost()
+		}
+	}()
+	resp, err := sb.Agent().CreateContainer(ctx, r)
+	if err != nil {
+		return nil, fmt.Errorf("agent create container: %w", err)
+	}
+	conns, err := s.openStreams(ctx, sb, c.id, "", stdio)
+	if err != nil {
+		sb.Agent().RemoveContainer(ctx, &agentv1.RemoveContainerRequest{ContainerId: c.id, Force: true})
+		return nil, err
+	}
+	pio.attach(conns[0], conns[1], conns[2])
+	return &process{
+		cid: c.id, pid: uint32(os.Getpid()), guestPid: resp.Pid, paths: paths, io: pio,
+		status: task.Status_CREATED, exited: make(chan struct{}),
+	}, nil
+}
+
+// openStreams dials the requested streams of a process concurrently.
+func (s *Service) openStreams(ctx context.Context, sb *sandbox.Sandbox, cid, eid string, stdio *agentv1.Stdio) ([3]netConn, error) {
+	var conns [3]netConn
+	want := [3]bool{stdio.Stdin, stdio.Stdout, stdio.Stderr}
+	errs := make([]error, 3)
+	var wg sync.WaitGroup
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for i := range 3 {
+		if !want[i] {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conns[i], errs[i] = sb.OpenStream(dctx, stream.Kind(i), cid, eid)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+		return conns, err
+	}
+	return conns, nil
+}
+
+// Start starts the init process or an exec process.
+func (s *Service) Start(ctx context.Context, req *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
+	c, p, err := s.getProcess(req.ID, req.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	sb, err := s.sandbox()
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	if p.status != task.Status_CREATED {
+		p.mu.Unlock()
+		return nil, fmt.Errorf("process %s/%s is %v: %w", req.ID, req.ExecID, p.status, errdefs.ErrFailedPrecondition)
+	}
+	p.mu.Unlock()
+	if req.ExecID == "" {
+		if _, err := sb.Agent().StartContainer(ctx, &agentv1.StartContainerRequest{ContainerId: c.id}); err != nil {
+			return nil, fmt.Errorf("agent start container: %w", err)
+		}
+		p.mu.Lock()
+		p.status = task.Status_RUNNING
+		p.mu.Unlock()
+		s.send(runtime.TaskStartEventTopic, &eventstypes.TaskStart{ContainerID: c.id, Pid: p.pid})
+		go s.wait(sb, c, p)
+		return &taskAPI.StartResponse{Pid: p.pid}, nil
+	}
+
+	stdio := translate.StdioOf(p.paths.stdin, p.paths.stdout, p.paths.stderr, p.paths.terminal)
+	type streams struct {
+		c   [3]netConn
+		err error
+	}
+	ch := make(chan streams, 1)
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		c, err := s.openStreams(sctx, sb, c.id, p.eid, stdio)
+		ch <- streams{c, err}
+	}()
+	resp, err := sb.Agent().ExecProcess(ctx, &agentv1.ExecProcessRequest{ContainerId: c.id, ExecId: p.eid, Process: p.spec, Stdio: stdio})
+	if err != nil {
+		cancel()
+		if st := <-ch; st.err == nil {
+			for _, c := range st.c {
+				if c != nil {
+					c.Close()
+				}
+			}
+		}
+		return nil, fmt.Errorf("agent exec: %w", err)
+	}
+	st := <-ch
+	if st.err != nil {
+		sb.Agent().SignalProcess(ctx, &agentv1.SignalProcessRequest{ContainerId: c.id, ExecId: p.eid, Signal: 9})
+		return nil, st.err
+	}
+	p.io.attach(st.c[0], st.c[1], st.c[2])
+	p.mu.Lock()
+	p.status = task.Status_RUNNING
+	p.guestPid = resp.Pid
+	p.mu.Unlock()
+	s.send(runtime.TaskExecStartedEventTopic, &eventstypes.TaskExecStarted{ContainerID: c.id, ExecID: p.eid, Pid: p.pid})
+	go s.wait(sb, c, p)
+	return &taskAPI.StartResponse{Pid: p.pid}, nil
+}
+
+// wait waits for a process to exit in the guest, then for its output to
+// reach containerd, then (for an init) for the container's execs, and
+// only then reports the exit.
+func (s *Service) wait(sb *sandbox.Sandbox, c *container, p *process) {
+	status := uint32(255)
+	at := time.Now()
+	r, err := sb.Agent().WaitProcess(s.ctx, &agentv1.WaitProcessRequest{ContainerId: c.id, ExecId: p.eid})
+	if err != nil {
+		log.G(s.ctx).WithError(err).Warnf("wait %s/%s: reporting exit 255", c.id, p.eid)
+	} else {
+		if r.ExitStatus >= 0 && r.ExitStatus <= 255 {
+			status = uint32(r.ExitStatus)
+		}
+		if r.ExitedAtUnixNano > 0 {
+			if t := time.Unix(0, r.ExitedAtUnixNano); t.Before(time.Now().Add(time.Minute)) {
+				at = t
+			}
+		}
+	}
+	if !p.io.wait(10 * time.Second) {
+		log.G(s.ctx).Warnf("%s/%s: output still open 10s after exit; cutting it", c.id, p.eid)
+		p.io.closeHost()
+	}
+	if p.eid == "" {
+		s.mu.Lock()
+		var execs []*process
+		for _, e := range c.execs {
+			execs = append(execs, e)
+		}
+		s.mu.Unlock()
+		deadline := time.After(10 * time.Second)
+		for _, e := range execs {
+			if st, _, _ := e.state(); st != task.Status_RUNNING {
+				continue
+			}
+			select {
+			case <-e.exited:
+			case <-deadline:
+			}
+		}
+	}
+	p.mu.Lock()
+	p.status, p.exitStatus, p.exitedAt = task.Status_STOPPED, status, at
+	close(p.exited)
+	p.mu.Unlock()
+	id := p.eid
+	if id == "" {
+		id = c.id
+	}
+	s.send(runtime.TaskExitEventTopic, &eventstypes.TaskExit{
+		ContainerID: c.id, ID: id, Pid: p.pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at),
+	})
+}
+
+// watchOOM republishes the guest's OOM kills until the agent is gone.
+func (s *Service) watchOOM(sb *sandbox.Sandbox) {
+	for {
+		ev, err := sb.Agent().GetOOMEvent(s.ctx, &agentv1.GetOOMEventRequest{})
+		if err != nil {
+			select {
+			case <-sb.Done():
+				return
+			case <-s.ctx.Done():
+				return
+			case <-time.After(time.Second):
+				continue
+			}
+		}
+		if _, err := s.get(ev.ContainerId); err != nil {
+			log.G(s.ctx).Warnf("OOM event for unknown container %q", ev.ContainerId)
+			continue
+		}
+		s.send(runtime.TaskOOMEventTopic, &eventstypes.TaskOOM{ContainerID: ev.ContainerId})
+	}
+}
+
+// Delete deletes an exited process, or the container with its VM.
+func (s *Service) Delete(ctx context.Context, req *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
+	c, p, err := s.getProcess(req.ID, req.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	st, status, at := p.state()
+	if st == task.Status_RUNNING || st == task.Status_PAUSED {
+		return nil, fmt.Errorf("process %s/%s is %v: %w", req.ID, req.ExecID, st, errdefs.ErrFailedPrecondition)
+	}
+	if req.ExecID != "" {
+		s.mu.Lock()
+		delete(c.execs, req.ExecID)
+		s.mu.Unlock()
+		p.io.closeHost()
+		return &taskAPI.DeleteResponse{Pid: p.pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
+	}
+	if st == task.Status_CREATED {
+		// Never started: the exit is now.
+		status, at = 255, time.Now()
+		if sb, err := s.sandbox(); err == nil {
+			sb.Agent().RemoveContainer(ctx, &agentv1.RemoveContainerRequest{ContainerId: c.id, Force: true})
+		}
+	} else if sb, err := s.sandbox(); err == nil {
+		select {
+		case <-sb.Done():
+		default:
+			if _, err := sb.Agent().RemoveContainer(ctx, &agentv1.RemoveContainerRequest{ContainerId: c.id, Force: true}); err != nil {
+				log.G(ctx).WithError(err).Warnf("agent remove %s", c.id)
+			}
+		}
+	}
+	p.io.closeHost()
+	s.mu.Lock()
+	delete(s.containers, c.id)
+	owner := s.vmOwner == c.id
+	s.mu.Unlock()
+	if owner {
+		s.stopVM()
+	}
+	if err := c.disk.Remove(); err != nil {
+		log.G(ctx).WithError(err).Warn("remove rootfs image")
+	}
+	if err := rootfs.Unmount(filepath.Join(c.bundle, "rootfs")); err != nil {
+		log.G(ctx).WithError(err).Warn("unmount rootfs")
+	}
+	s.send(runtime.TaskDeleteEventTopic, &eventstypes.TaskDelete{
+		ContainerID: c.id, ID: c.id, Pid: p.pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at),
+	})
+	return &taskAPI.DeleteResponse{Pid: p.pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
+}
+
+// stopVM stops the VM and releases what the shim set up for it.
+func (s *Service) stopVM() {
+	s.mu.Lock()
+	sb, cg, dir := s.sb, s.cgroup, s.stateDir
+	s.sb, s.cgroup = nil, nil
+	s.mu.Unlock()
+	if sb != nil {
+		sb.Stop()
+	}
+	if cg != nil {
+		cg.leave()
+	}
+	if dir != "" && sb != nil {
+		os.RemoveAll(dir)
+	}
+}
+
+// Exec records an exec process; Start runs it.
+func (s *Service) Exec(ctx context.Context, req *taskAPI.ExecProcessRequest) error {
+	c, err := s.get(req.ID)
+	if err != nil {
+		return err
+	}
+	if st, _, _ := c.init.state(); st != task.Status_RUNNING {
+		return fmt.Errorf("container %s is %v: %w", req.ID, st, errdefs.ErrFailedPrecondition)
+	}
+	if req.Spec == nil {
+		return fmt.Errorf("exec %s: no process spec: %w", req.ExecID, errdefs.ErrInvalidArgument)
+	}
+	var ps specs.Process
+	if err := json.Unmarshal(req.Spec.Value, &ps); err != nil || len(ps.Args) == 0 {
+		return fmt.Errorf("exec %s: process spec: %v: %w", req.ExecID, err, errdefs.ErrInvalidArgument)
+	}
+	ps.ApparmorProfile = ""
+	js, _ := json.Marshal(&ps)
+	paths := stdioPaths{stdin: req.Stdin, stdout: req.Stdout, stderr: req.Stderr, terminal: req.Terminal}
+	s.mu.Lock()
+	_, dup := c.execs[req.ExecID]
+	s.mu.Unlock()
+	if dup {
+		return fmt.Errorf("exec %s: %w", req.ExecID, errdefs.ErrAlreadyExists)
+	}
+	pio, err := openHostIO(ctx, c.id, s.namespace, paths)
+	if err != nil {
+		return err
+	}
+	p := &process{cid: c.id, eid: req.ExecID, pid: uint32(os.Getpid()), spec: js, status: task.Status_CREATED,
+		exited: make(chan struct{}), paths: paths, io: pio}
+	s.mu.Lock()
+	if _, dup := c.execs[req.ExecID]; dup {
+		s.mu.Unlock()
+		pio.closeHost()
+		return fmt.Errorf("exec %s: %w", req.ExecID, errdefs.ErrAlreadyExists)
+	}
+	c.execs[req.ExecID] = p
+	s.mu.Unlock()
+	s.send(runtime.TaskExecAddedEventTopic, &eventstypes.TaskExecAdded{ContainerID: c.id, ExecID: req.ExecID})
+	return nil
+}
