@@ -230,6 +230,9 @@ func (p *process) beforeStart(vm *vmm.VM) error {
 		p.srv = srv
 		qmp.RegisterPlaceholders(srv)
 		p.state = qmp.RegisterMachine(srv, &qmpMachine{vm: vm, quit: &p.quit})
+		if _, err := vm.BalloonInfo(); err == nil {
+			qmp.RegisterBalloon(srv, qmpBalloon{vm})
+		}
 	}
 	if p.cfg.Process.DisableSeccomp {
 		log.L.Info("seccomp disabled (-disable-seccomp)")
@@ -294,6 +297,15 @@ func (p *process) cleanup() {
 		os.Remove(p.pidfile)
 		p.pidfile = ""
 	}
+}
+
+// qmpBalloon adapts *vmm.VM to qmp.Balloon.
+type qmpBalloon struct{ vm *vmm.VM }
+
+func (b qmpBalloon) SetBalloonTarget(v uint64) error { return b.vm.SetBalloonTarget(v) }
+func (b qmpBalloon) BalloonActual() (uint64, error) {
+	info, err := b.vm.BalloonInfo()
+	return info.Actual, err
 }
 
 // qmpMachine adapts *vmm.VM to qmp.Machine.
