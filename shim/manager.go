@@ -250,4 +250,3 @@ func IsBootstrap(input []byte, id, ns string) bool {
 	}
 	return p.InstanceID == id && p.Namespace == ns
 }
-

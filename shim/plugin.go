@@ -86,7 +86,7 @@ func NewVMMachine(ctx context.Context, cfg *shimconfig.Config, vmc *vmconfig.VMC
 		}
 		c := *vmc
 		c.Vsock = vs
-		m, err := sandbox.NewVM(&c, vmm.Options{SerialOut: console}, sandbox.VsockDialer(vs))
+		m, err := sandbox.NewVM(&c, vmm.Options{SerialOut: console})
 		if err == nil {
 			return m, nil
 		}

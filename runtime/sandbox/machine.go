@@ -14,6 +14,7 @@ import (
 	"github.com/stratovirt-go/stratovirt/agent-proto/stream"
 	"github.com/stratovirt-go/stratovirt/vmm"
 	vmconfig "github.com/stratovirt-go/stratovirt/vmm/config"
+	"github.com/stratovirt-go/stratovirt/vmm/vsockdial"
 )
 
 // Dialer connects to a guest vsock port.
@@ -26,14 +27,23 @@ type VM struct {
 	stop sync.Once
 }
 
-// NewVM builds (but does not start) the VM described by cfg; dial reaches
-// its vsock device.
-func NewVM(cfg *vmconfig.VMConfig, opts vmm.Options, dial Dialer) (*VM, error) {
+// NewVM builds (but does not start) the VM described by cfg, which must
+// have a vsock device; connections to the guest go through vmm/vsockdial
+// (either backend).
+func NewVM(cfg *vmconfig.VMConfig, opts vmm.Options) (*VM, error) {
 	v, err := vmm.New(cfg, opts)
 	if err != nil {
 		return nil, err
 	}
-	return &VM{vm: v, dial: dial}, nil
+	info, err := v.Vsock()
+	if err != nil {
+		v.Close()
+		return nil, fmt.Errorf("VM vsock: %w", err)
+	}
+	t := vsockdial.TargetOf(info)
+	return &VM{vm: v, dial: func(ctx context.Context, port uint32) (net.Conn, error) {
+		return vsockdial.DialOnce(ctx, t, port)
+	}}, nil
 }
 
 // VMM returns the library VM (thread ids, boot marks).
