@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,12 +21,9 @@ import (
 
 const memSize = 4 << 20
 
-type irq struct {
-	mu     sync.Mutex
-	broken []error
-}
+type irq struct{}
 
-func (r *irq) Signal(uint32) error { return nil }
+func (irq) Signal(uint32) error { return nil }
 
 type rig struct {
 	t      *testing.T
@@ -68,7 +64,7 @@ func newRig(t *testing.T) *rig {
 		fd := r.kicks[i]
 		t.Cleanup(func() { unix.Close(fd) })
 	}
-	ir := &irq{}
+	ir := irq{}
 	err = dev.Activate(virtio.Activation{Mem: mem, Features: features, Queues: qs, Kicks: r.kicks[:], Interrupt: ir,
 		Broken: func(err error) { t.Errorf("broken: %v", err) }})
 	if err != nil {
