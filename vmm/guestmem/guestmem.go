@@ -12,8 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"sync/atomic"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -199,44 +197,3 @@ func (m *Memory) WriteAt(p []byte, gpa uint64) error {
 	copy(s, p)
 	return nil
 }
-
-// LoadUint16 atomically reads a little-endian, 2-byte aligned u16 at gpa
-// (virtqueue ring indices). x86 is little-endian, so the host load is the
-// guest's value.
-func (m *Memory) LoadUint16(gpa uint64) (uint16, error) {
-	if gpa%2 != 0 {
-		return 0, fmt.Errorf("%w: unaligned u16 at %#x", ErrOutOfRange, gpa)
-	}
-	s, err := m.Slice(gpa, 2)
-	if err != nil {
-		return 0, err
-	}
-	// Go has no 16-bit atomics; an aligned 16-bit load is single-copy
-	// atomic on amd64, and the fence below orders it against later loads.
-	v := *(*uint16)(unsafe.Pointer(&s[0]))
-	fence()
-	return v, nil
-}
-
-// StoreUint16 writes an aligned u16 at gpa after a full fence, so prior
-// writes to guest memory (used elements) are visible before the index.
-func (m *Memory) StoreUint16(gpa uint64, v uint16) error {
-	if gpa%2 != 0 {
-		return fmt.Errorf("%w: unaligned u16 at %#x", ErrOutOfRange, gpa)
-	}
-	s, err := m.Slice(gpa, 2)
-	if err != nil {
-		return err
-	}
-	fence()
-	*(*uint16)(unsafe.Pointer(&s[0])) = v
-	fence()
-	return nil
-}
-
-var fenceWord atomic.Uint64
-
-// fence is a full memory barrier: sequentially consistent atomics on
-// amd64 compile to a locked instruction, which orders all loads and
-// stores around it.
-func fence() { fenceWord.Add(1) }
