@@ -1,0 +1,170 @@
+package e2e
+
+import (
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stratovirt-go/stratovirt/tests/lab"
+)
+
+func containerd24(t *testing.T) *daemon {
+	root, _ := lab.RepoRoot()
+	return startContainerd(t, filepath.Join(root, ".cache/bin/containerd"), 3)
+}
+
+func TestCtrRun(t *testing.T) {
+	d := containerd24(t)
+	suite(t, d)
+}
+
+func suite(t *testing.T, d *daemon) {
+	t.Run("hello", func(t *testing.T) {
+		out, code := d.ctrRun(t, "", image, "hello", "echo", "hello")
+		if code != 0 || out != "hello\n" {
+			t.Fatalf("exit %d output %q", code, out)
+		}
+	})
+	t.Run("exit3", func(t *testing.T) {
+		if out, code := d.ctrRun(t, "", image, "exit3", "sh", "-c", "echo out; echo err >&2; exit 3"); code != 3 || out != "out\nerr\n" {
+			t.Fatalf("exit %d output %q", code, out)
+		}
+	})
+	t.Run("stdin", func(t *testing.T) {
+		if out, code := d.ctrRun(t, "one\ntwo\n", "-i", image, "stdin", "wc", "-l"); code != 0 || strings.TrimSpace(out) != "2" {
+			t.Fatalf("exit %d output %q", code, out)
+		}
+	})
+	t.Run("tty", func(t *testing.T) {
+		cmd := exec.Command("script", "-qec", fmt.Sprintf("stty cols 91 rows 17; %s -a %s -n e2e run --rm -t --runtime %s %s tty stty size", d.ctr, d.sock, runtimeV2, image), "/dev/null")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "17 91") {
+			t.Fatalf("%v: %q", err, out)
+		}
+	})
+	t.Run("kill137", func(t *testing.T) {
+		done := make(chan int, 1)
+		go func() { _, code := d.ctrRun(t, "", image, "killme", "sleep", "1000"); done <- code }()
+		waitRunning(t, d, "killme")
+		if out, err := d.run(30*time.Second, "", "t", "kill", "-s", "SIGKILL", "killme"); err != nil {
+			t.Fatalf("kill: %v %s", err, out)
+		}
+		select {
+		case code := <-done:
+			if code != 137 {
+				t.Fatalf("exit %d, want 137", code)
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatal("ctr run did not return after SIGKILL")
+		}
+	})
+	t.Run("detached", func(t *testing.T) {
+		if out, err := d.run(120*time.Second, "", "run", "-d", "--runtime", runtimeV2, image, "det", "sleep", "1000"); err != nil {
+			t.Fatalf("run -d: %v %s", err, out)
+		}
+		waitRunning(t, d, "det")
+		out, err := d.run(60*time.Second, "", "t", "exec", "--exec-id", "e1", "det", "sh", "-c", "echo exec-out; exit 4")
+		if exitCode(err) != 4 || out != "exec-out\n" {
+			t.Errorf("exec: exit %d %q", exitCode(err), out)
+		}
+		if out, err := d.run(60*time.Second, "in\n", "t", "exec", "-i", "--exec-id", "e2", "det", "cat"); err != nil || out != "in\n" {
+			t.Errorf("exec stdin: %v %q", err, out)
+		}
+		out, err = d.run(30*time.Second, "", "t", "ps", "det")
+		if err != nil || len(strings.Split(strings.TrimSpace(out), "\n")) < 2 {
+			t.Errorf("ps: %v %q", err, out)
+		}
+		out, err = d.run(30*time.Second, "", "t", "metrics", "det")
+		if err != nil || !strings.Contains(out, "memory") {
+			t.Errorf("metrics: %v %q", err, out)
+		}
+		t.Logf("metrics:\n%s", out)
+		if out, err := d.run(30*time.Second, "", "t", "pause", "det"); err != nil {
+			t.Errorf("pause: %v %s", err, out)
+		}
+		if out, _ := d.run(30*time.Second, "", "t", "ls"); !strings.Contains(out, "PAUSED") {
+			t.Errorf("after pause: %s", out)
+		}
+		if out, err := d.run(30*time.Second, "", "t", "resume", "det"); err != nil {
+			t.Errorf("resume: %v %s", err, out)
+		}
+		if out, _ := d.run(30*time.Second, "", "t", "ls"); !strings.Contains(out, "RUNNING") {
+			t.Errorf("after resume: %s", out)
+		}
+		d.run(30*time.Second, "", "t", "kill", "-s", "SIGKILL", "det")
+		time.Sleep(time.Second)
+		if out, err := d.run(60*time.Second, "", "t", "rm", "-f", "det"); err != nil {
+			t.Errorf("t rm: %v %s", err, out)
+		}
+		if out, err := d.run(30*time.Second, "", "c", "rm", "det"); err != nil {
+			t.Errorf("c rm: %v %s", err, out)
+		}
+		d.checkClean(t)
+	})
+	t.Run("loop10", func(t *testing.T) {
+		var total time.Duration
+		for i := range 10 {
+			t0 := time.Now()
+			out, code := d.ctrRun(t, "", image, fmt.Sprintf("loop%d", i), "true")
+			total += time.Since(t0)
+			if code != 0 {
+				t.Fatalf("run %d: exit %d %q", i, code, out)
+			}
+		}
+		t.Logf("stratovirt: ctr run --rm true: mean %v over 10", (total / 10).Round(time.Millisecond))
+		d.checkClean(t)
+		var rt time.Duration
+		for i := range 5 {
+			t0 := time.Now()
+			out, err := d.run(60*time.Second, "", "run", "--rm", "--runtime", "io.containerd.runc.v2", image, fmt.Sprintf("runc%d", i), "true")
+			rt += time.Since(t0)
+			if err != nil {
+				t.Logf("runc run: %v %s", err, out)
+			}
+		}
+		t.Logf("runc: ctr run --rm true: mean %v over 5", (rt / 5).Round(time.Millisecond))
+	})
+	t.Run("shimkill", func(t *testing.T) {
+		if out, err := d.run(120*time.Second, "", "run", "-d", "--runtime", runtimeV2, image, "victim", "sleep", "1000"); err != nil {
+			t.Fatalf("run -d: %v %s", err, out)
+		}
+		pid := waitRunning(t, d, "victim")
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatalf("kill shim %d: %v", pid, err)
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			out, _ := d.run(10*time.Second, "", "t", "ls")
+			if !strings.Contains(out, "RUNNING") || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		d.run(30*time.Second, "", "t", "rm", "-f", "victim")
+		d.run(30*time.Second, "", "c", "rm", "victim")
+		d.checkClean(t)
+	})
+}
+
+// waitRunning waits until a task runs and returns its pid (the shim's).
+func waitRunning(t *testing.T, d *daemon, id string) int {
+	t.Helper()
+	for range 600 {
+		out, _ := d.run(10*time.Second, "", "t", "ls")
+		for _, l := range strings.Split(out, "\n") {
+			f := strings.Fields(l)
+			if len(f) >= 3 && f[0] == id && f[2] == "RUNNING" {
+				var pid int
+				fmt.Sscan(f[1], &pid)
+				return pid
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s not running", id)
+	return 0
+}

@@ -1,0 +1,91 @@
+package e2e
+
+import (
+	"archive/tar"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+)
+
+// ociImage writes an OCI image layout tarball holding one layer: busybox
+// (static) with its applets as symlinks under /bin, and /etc, /tmp, /proc,
+// /sys, /dev, /root. ref is the image name annotation ctr imports it as.
+func ociImage(path, ref string) error {
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		return fmt.Errorf("busybox-static: %w", err)
+	}
+	var layer bytes.Buffer
+	lt := tar.NewWriter(&layer)
+	mt := time.Unix(0, 0)
+	for _, d := range []string{"bin/", "etc/", "tmp/", "proc/", "sys/", "dev/", "root/", "run/"} {
+		mode := int64(0o755)
+		if d == "tmp/" {
+			mode = 0o1777
+		}
+		lt.WriteHeader(&tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: mode, ModTime: mt})
+	}
+	lt.WriteHeader(&tar.Header{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(bb)), ModTime: mt})
+	lt.Write(bb)
+	for _, a := range []string{"sh", "echo", "cat", "sleep", "true", "false", "ls", "ps", "id", "stty", "head", "wc", "dd", "kill", "hostname", "mount", "tr", "seq", "yes"} {
+		lt.WriteHeader(&tar.Header{Name: "bin/" + a, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777, ModTime: mt})
+	}
+	for name, body := range map[string]string{"etc/passwd": "root:x:0:0:root:/root:/bin/sh\n", "etc/group": "root:x:0:\n"} {
+		lt.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body)), ModTime: mt})
+		lt.Write([]byte(body))
+	}
+	lt.Close()
+
+	type desc struct {
+		MediaType   string            `json:"mediaType"`
+		Digest      string            `json:"digest"`
+		Size        int               `json:"size"`
+		Annotations map[string]string `json:"annotations,omitempty"`
+	}
+	blobs := map[string][]byte{}
+	add := func(b []byte) string {
+		s := sha256.Sum256(b)
+		d := "sha256:" + hex.EncodeToString(s[:])
+		blobs["blobs/sha256/"+hex.EncodeToString(s[:])] = b
+		return d
+	}
+	layerDigest := add(layer.Bytes())
+	cfg, _ := json.Marshal(map[string]any{
+		"architecture": "amd64", "os": "linux",
+		"config": map[string]any{"Env": []string{"PATH=/bin"}, "Cmd": []string{"sh"}},
+		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},
+	})
+	cfgDigest := add(cfg)
+	man, _ := json.Marshal(map[string]any{
+		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+		"config": desc{MediaType: "application/vnd.oci.image.config.v1+json", Digest: cfgDigest, Size: len(cfg)},
+		"layers": []desc{{MediaType: "application/vnd.oci.image.layer.v1.tar", Digest: layerDigest, Size: layer.Len()}},
+	})
+	manDigest := add(man)
+	index, _ := json.Marshal(map[string]any{
+		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+		"manifests": []desc{{MediaType: "application/vnd.oci.image.manifest.v1+json", Digest: manDigest, Size: len(man),
+			Annotations: map[string]string{"io.containerd.image.name": ref}}},
+	})
+
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	w := tar.NewWriter(f)
+	put := func(name string, b []byte) {
+		w.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(b)), ModTime: mt})
+		w.Write(b)
+	}
+	put("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`))
+	put("index.json", index)
+	for n, b := range blobs {
+		put(n, b)
+	}
+	return w.Close()
+}
