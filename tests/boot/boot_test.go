@@ -102,6 +102,9 @@ func boot(t *testing.T, kernel string, smp int, mem, action string) bootResult {
 	}
 	cmd := exec.Command(os.Getenv(envVMM), args...)
 	cmd.Env = append(os.Environ(), "STRATOVIRT_LOG_LEVEL=info")
+	// If the VMM is killed, do not wait on anything that still holds its
+	// output pipes.
+	cmd.WaitDelay = 5 * time.Second
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
