@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stratovirt-go/stratovirt/tests/vsock/vsocktest"
 	"github.com/stratovirt-go/stratovirt/vmm/vsockdial"
 )
 
@@ -85,18 +86,18 @@ func TestBalloon(t *testing.T) {
 	dir := t.TempDir()
 	uds, qmpSock := filepath.Join(dir, "v.sock"), filepath.Join(dir, "qmp.sock")
 	const ram = 1024 << 20
-	v := startVM(t, "1024M", "-balloon", "deflate-on-oom=true", "-api-channel", "unix:"+qmpSock,
-		"-device", "vsock,id=vsock0,guest-cid=3,backend=unix,uds-path="+uds)
+	v := vsocktest.Start(t, bin.StratoVirtArgs("1024M", "-balloon", "deflate-on-oom=true", "-api-channel", "unix:"+qmpSock,
+		"-device", "vsock,id=vsock0,guest-cid=3,backend=unix,uds-path="+uds))
 	target := vsockdial.Target{UDSPath: uds}
 	q := dialQMP(t, qmpSock)
 	if a := q.actual(t); a != ram {
 		t.Fatalf("query-balloon before inflating: %d, want %d", a, ram)
 	}
 	// Make the guest touch most of its RAM so the host backs it.
-	if r := control(t, target, "fill 750", 120*time.Second); !strings.HasPrefix(r, "OK") {
+	if r := vsocktest.Control(t, target, "fill 750", 120*time.Second); !strings.HasPrefix(r, "OK") {
 		t.Fatalf("fill: %s", r)
 	}
-	pid := v.cmd.Process.Pid
+	pid := v.Cmd.Process.Pid
 	before := rss(t, pid)
 
 	// Inflate by 256 MiB.
@@ -120,7 +121,7 @@ func TestBalloon(t *testing.T) {
 
 	// Deflate on OOM: the guest allocates more than it has outside the
 	// balloon and gets pages back instead of an OOM kill.
-	if r := control(t, target, "alloc 800", 180*time.Second); !strings.HasPrefix(r, "OK") {
+	if r := vsocktest.Control(t, target, "alloc 800", 180*time.Second); !strings.HasPrefix(r, "OK") {
 		t.Fatalf("alloc beyond the balloon: %s", r)
 	}
 	got := q.actual(t)

@@ -1,4 +1,8 @@
-package vsock
+// Package vsocktest builds what the vsock lab tests and benchmark boot
+// (stratovirt, the static guest peer and the initramfs) and holds the
+// host-side helpers they share: starting a VMM and waiting for the peer,
+// echo transfers checked by SHA-256 and the peer's control commands.
+package vsocktest
 
 import (
 	"bufio"
@@ -20,29 +24,31 @@ var initScript string
 var guestModules = []string{"virtio_ring", "virtio", "virtio_mmio", "vsock", "vmw_vsock_virtio_transport_common",
 	"vmw_vsock_virtio_transport", "virtio_balloon"}
 
-// files are what prepare built on the host; they travel to the lab in the
+// Files are what Prepare built on the host; they travel to the lab in the
 // environment.
-type files struct {
+type Files struct {
 	VMM, Initrd, Kernel string
 }
 
 const envPrefix = "VSOCK_TEST_"
 
-func filesFromEnv() (files, bool) {
-	f := files{VMM: os.Getenv(envPrefix + "VMM"), Initrd: os.Getenv(envPrefix + "INITRD"), Kernel: os.Getenv(envPrefix + "KERNEL")}
+// FromEnv returns the Files exported by SetEnv, or ok false.
+func FromEnv() (Files, bool) {
+	f := Files{VMM: os.Getenv(envPrefix + "VMM"), Initrd: os.Getenv(envPrefix + "INITRD"), Kernel: os.Getenv(envPrefix + "KERNEL")}
 	return f, f.VMM != ""
 }
 
-func (f files) setEnv() {
+// SetEnv exports f for the test binary re-executed in the lab.
+func (f Files) SetEnv() {
 	os.Setenv(envPrefix+"VMM", f.VMM)
 	os.Setenv(envPrefix+"INITRD", f.Initrd)
 	os.Setenv(envPrefix+"KERNEL", f.Kernel)
 }
 
-// prepare builds stratovirt and the static guest peer and writes the
+// Prepare builds stratovirt and the static guest peer and writes the
 // initramfs into dir.
-func prepare(dir string) (files, error) {
-	var f files
+func Prepare(dir string) (Files, error) {
+	var f Files
 	root, err := lab.RepoRoot()
 	if err != nil {
 		return f, err
