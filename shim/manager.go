@@ -92,6 +92,7 @@ func StartDaemon(ctx context.Context, id, grpcAddress, ttrpcAddress, socketDir s
 		}
 	}
 	f, err := l.File()
+	l.SetUnlinkOnClose(false) // the daemon serves the socket through fd 3
 	l.Close()
 	if err != nil {
 		shim.RemoveSocket(addr)

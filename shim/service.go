@@ -96,14 +96,12 @@ func (p *process) state() (task.Status, uint32, time.Time) {
 }
 
 // NewService returns the task service; pub may be nil (tests).
-func NewService(ctx context.Context, pub interface {
-	Publish(context.Context, string, any) error
-}, sd shutdown.Service, ns string, f MachineFactory) *Service {
+func NewService(ctx context.Context, pub publisherFunc, sd shutdown.Service, ns string, f MachineFactory) *Service {
 	s := &Service{
 		ctx: ctx, sd: sd, newMachine: f, namespace: ns,
 		containers: map[string]*container{},
 	}
-	s.events = newEventQueue(ctx, publisherFunc(pub))
+	s.events = newEventQueue(ctx, pub)
 	if sd != nil {
 		sd.RegisterCallback(func(context.Context) error {
 			s.stopVM()

@@ -15,6 +15,7 @@ import (
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/v2/core/events"
 	"github.com/containerd/containerd/v2/core/runtime"
 	"github.com/containerd/containerd/v2/pkg/protobuf"
 	"github.com/containerd/errdefs"
@@ -27,9 +28,8 @@ import (
 
 type netConn = net.Conn
 
-type publisherFunc interface {
-	Publish(context.Context, string, any) error
-}
+// publisherFunc is what the shim's event plugin offers.
+type publisherFunc = events.Publisher
 
 // configPathFromOptions reads ConfigPath from the runtime options (CRI's
 // runtimeoptions.v1.Options, or ctr --runtime-config-path).

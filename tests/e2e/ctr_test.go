@@ -35,7 +35,7 @@ func suite(t *testing.T, d *daemon) {
 		}
 	})
 	t.Run("stdin", func(t *testing.T) {
-		if out, code := d.ctrRun(t, "one\ntwo\n", "-i", image, "stdin", "wc", "-l"); code != 0 || strings.TrimSpace(out) != "2" {
+		if out, code := d.ctrRun(t, "one\ntwo\n", image, "stdin", "wc", "-l"); code != 0 || strings.TrimSpace(out) != "2" {
 			t.Fatalf("exit %d output %q", code, out)
 		}
 	})
@@ -71,7 +71,7 @@ func suite(t *testing.T, d *daemon) {
 		if exitCode(err) != 4 || out != "exec-out\n" {
 			t.Errorf("exec: exit %d %q", exitCode(err), out)
 		}
-		if out, err := d.run(60*time.Second, "in\n", "t", "exec", "-i", "--exec-id", "e2", "det", "cat"); err != nil || out != "in\n" {
+		if out, err := d.run(60*time.Second, "in\n", "t", "exec", "--exec-id", "e2", "det", "cat"); err != nil || out != "in\n" {
 			t.Errorf("exec stdin: %v %q", err, out)
 		}
 		out, err = d.run(30*time.Second, "", "t", "ps", "det")
