@@ -7,7 +7,7 @@ LAB := $(BIN)/lab
 MEM ?= 4096
 CPUS ?= 2
 
-.PHONY: all build deps test lint lab lab-run bench clean demo proto proto-check guest
+.PHONY: all build deps test lint lab lab-run bench clean demo fuzz proto proto-check guest
 
 all: build
 
@@ -49,6 +49,11 @@ lab: lab-run
 lab-run: $(LAB)
 	@test -n "$(CMD)" || { echo "usage: make lab CMD='command'" >&2; exit 2; }
 	@rc=0; $(LAB) -mem $(MEM) -cpus $(CPUS) -v $(if $(OUT),-out $(OUT)) '$(subst ','\'',$(CMD))' || rc=$$?; echo $$rc >$(BIN)/lab.status
+
+# Every fuzz target for FUZZTIME each (crashers land in testdata/fuzz).
+FUZZTIME ?= 10s
+fuzz:
+	FUZZTIME=$(FUZZTIME) ./tests/fuzz.sh
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go') 2>&1); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
