@@ -2,7 +2,8 @@
 // event loop (an iothread or the VMM's default loop) from a raw file or a
 // host block device, with read, write, flush, GET_ID (the drive serial),
 // read-only disks, O_DIRECT with aligned bounce buffers, multi-segment
-// requests (SEG_MAX), discard and write-zeroes, and the iops token bucket.
+// requests (SEG_MAX), discard and write-zeroes, the iops token bucket, and
+// hot replacement of the file behind a device (replace.go).
 //
 // Concurrency: Activate and Reset are called by the transport (vCPU
 // threads, under the transport's lock); queue processing runs only on the
@@ -68,10 +69,12 @@ type Block struct {
 	cfg  Config
 	loop *eventloop.Loop
 
-	mu       sync.Mutex // guards be's identity and capacity for the config space
-	be       *backend
-	capacity uint64 // sectors
+	mu       sync.Mutex // guards be's identity, cfg and capacity (replace.go)
+	be       *backend   // nil while a hot-replaceable slot is empty
+	capacity uint64     // sectors
 	features uint64
+	blkSize  uint64 // logical block size offered at probe; fixed
+	notify   func() error
 
 	timer int // timerfd for the rate limiter
 
@@ -100,6 +103,7 @@ func New(cfg Config, loop *eventloop.Loop) (*Block, error) {
 	}
 	b := &Block{cfg: cfg, loop: loop, be: be, timer: timer, kick: -1}
 	b.capacity = be.size / SectorSize
+	b.blkSize = be.blockSize()
 	b.features = 1<<virtio.FIndirectDesc | 1<<virtio.FEventIdx | 1<<FSegMax | 1<<FFlush | 1<<FBlkSize
 	if cfg.ReadOnly {
 		b.features |= 1 << FRO
@@ -114,8 +118,12 @@ func New(cfg Config, loop *eventloop.Loop) (*Block, error) {
 	return b, nil
 }
 
-// ID is the drive id.
-func (b *Block) ID() string { return b.cfg.ID }
+// ID is the drive id (a slot's name while it is empty).
+func (b *Block) ID() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.cfg.ID
+}
 
 // Capacity is the disk size in 512-byte sectors.
 func (b *Block) Capacity() uint64 {
@@ -129,7 +137,12 @@ func (b *Block) Close() error {
 	b.Reset()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return errors.Join(b.be.close(), unix.Close(b.timer))
+	var err error
+	if b.be != nil {
+		err = b.be.close()
+		b.be = nil
+	}
+	return errors.Join(err, unix.Close(b.timer))
 }
 
 // DeviceID implements virtio.Device.
@@ -143,7 +156,7 @@ func (b *Block) QueueMaxSizes() []uint16 { return []uint16{QueueSize} }
 
 func (b *Block) configSpace() [ConfigSize]byte {
 	b.mu.Lock()
-	capacity, bs := b.capacity, b.be.blockSize()
+	capacity, bs := b.capacity, b.blkSize
 	b.mu.Unlock()
 	var c [ConfigSize]byte
 	le := binary.LittleEndian
@@ -312,6 +325,9 @@ func (b *Block) handle(c *virtio.Chain) uint32 {
 // execute performs r and returns its status and the data bytes written
 // for the driver.
 func (b *Block) execute(r *Request) (uint8, uint64) {
+	if b.be == nil && r.Type != TypeGetID {
+		return StatusIOErr, 0 // empty slot (replace.go)
+	}
 	capBytes := b.capacity * SectorSize
 	inRange := func(sector, bytes uint64) bool {
 		return sector <= b.capacity && bytes <= capBytes-sector*SectorSize
@@ -365,6 +381,9 @@ func (b *Block) execute(r *Request) (uint8, uint64) {
 		}
 		if !virtio.HasFeature(b.features, bit) {
 			return StatusUnsupp, 0
+		}
+		if b.cfg.ReadOnly {
+			return StatusIOErr, 0 // a read-only disk in a writable slot
 		}
 		segs, err := r.Segments(1)
 		if err != nil {
