@@ -27,8 +27,10 @@ type stdioPaths struct {
 // processIO copies between containerd's side of a process's stdio (FIFOs,
 // a logging binary or files) and the stream connections to the agent.
 // Output copies end at the stream's EOF (the agent closes a stream once
-// the process and every holder of the stream are gone); done is closed
-// when both output copies have finished.
+// the process and every holder of the stream are gone); then the host
+// writers close at once, so containerd's readers see end of file without
+// waiting for Delete (ctr t exec waits for that EOF before it deletes the
+// exec), and done is closed.
 type processIO struct {
 	paths stdioPaths
 
@@ -41,8 +43,9 @@ type processIO struct {
 	closers    []io.Closer
 	logger     *exec.Cmd
 
-	copies sync.WaitGroup
-	done   chan struct{}
+	copies   sync.WaitGroup
+	done     chan struct{}
+	outClose sync.Once
 }
 
 // openHostIO opens containerd's ends: stdin FIFO for reading, stdout and
@@ -204,7 +207,23 @@ func (p *processIO) attach(stdin, stdout, stderr net.Conn) {
 	p.copies.Add(2)
 	go out(stdout, p.outW)
 	go out(stderr, p.errW)
-	go func() { p.copies.Wait(); close(p.done) }()
+	go func() {
+		p.copies.Wait()
+		// Both copies are done (stdout and stderr may share one file).
+		p.closeOutputs()
+		close(p.done)
+	}()
+}
+
+// closeOutputs closes the host writers of stdout and stderr, once.
+func (p *processIO) closeOutputs() {
+	p.outClose.Do(func() {
+		for _, w := range []io.Closer{p.outW, p.errW} {
+			if w != nil {
+				w.Close()
+			}
+		}
+	})
 }
 
 // closeStdin ends the process's input: the stream is closed once what was
@@ -266,11 +285,7 @@ func (p *processIO) closeHost() {
 			c.Close()
 		}
 	}
-	for _, w := range []io.Closer{p.outW, p.errW} {
-		if w != nil {
-			w.Close()
-		}
-	}
+	p.closeOutputs()
 	if p.logger != nil {
 		done := make(chan struct{})
 		go func() { p.logger.Wait(); close(done) }()

@@ -30,6 +30,13 @@ type Runc struct {
 	Root string
 	// Reaper waits on every runc process.
 	Reaper *reaper.Reaper
+	// NoPivot passes --no-pivot to create: needed when / is the
+	// initramfs (see RootIsInitramfs), whose rootfs pivot_root refuses.
+	// runc then moves the container's root over / and chroots, so a
+	// process with CAP_SYS_CHROOT could climb out to the guest's
+	// initramfs (never the host: the VM is the boundary). See
+	// docs/guest.md.
+	NoPivot bool
 }
 
 // Stdio is what a detached process gets as standard streams (nil: /dev/null).
@@ -192,8 +199,15 @@ func (o CreateOpts) args() []string {
 
 // Create creates container id from bundle; its init waits for Start.
 func (r *Runc) Create(ctx context.Context, id, bundle string, o CreateOpts) error {
-	args := append([]string{"create", "--bundle", bundle}, o.args()...)
-	return r.run(ctx, o.Stdio, nil, bundle, append(args, id)...)
+	return r.run(ctx, o.Stdio, nil, bundle, r.createArgs(id, bundle, o)...)
+}
+
+func (r *Runc) createArgs(id, bundle string, o CreateOpts) []string {
+	args := []string{"create", "--bundle", bundle}
+	if r.NoPivot {
+		args = append(args, "--no-pivot")
+	}
+	return append(append(args, o.args()...), id)
 }
 
 // Start starts a created container's init.

@@ -99,7 +99,15 @@ func run(o options, pid1 bool, logs *stdio.LogHub) error {
 	if err != nil {
 		return err
 	}
-	rc := &runc.Runc{Binary: o.runcPath, Root: filepath.Join(o.stateDir, "runc"), Reaper: rp}
+	// Running from the initramfs (the stock guest image), / cannot be
+	// pivoted out of: runc uses --no-pivot (MS_MOVE + chroot), as Kata
+	// does for initrd guests. Copying / into a tmpfs and switching root
+	// at boot would cost ~18 MiB of guest RAM and boot time for a
+	// boundary the VM already provides.
+	rc := &runc.Runc{Binary: o.runcPath, Root: filepath.Join(o.stateDir, "runc"), Reaper: rp, NoPivot: runc.RootIsInitramfs()}
+	if rc.NoPivot {
+		log.L.Info("root is the initramfs: runc create --no-pivot")
+	}
 	mgr, err := container.NewManager(container.Config{
 		StateDir: o.stateDir, Runc: rc, Reaper: rp, Guest: o.guest,
 	})

@@ -7,7 +7,6 @@ package e2e
 
 import (
 	"bytes"
-	"compress/gzip"
 	"context"
 	"fmt"
 	"os"
@@ -18,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stratovirt-go/stratovirt/tests/initramfs"
 	"github.com/stratovirt-go/stratovirt/tests/lab"
 )
 
@@ -63,38 +61,7 @@ func prepare() (string, error) {
 			return dir, fmt.Errorf("%s: %v\n%s", strings.Join(c, " "), err, out)
 		}
 	}
-	return dir, noPivot(root, filepath.Join(dir, "guest/initramfs.cpio.gz"))
-}
-
-// noPivot appends to the guest initramfs a second cpio archive (the
-// kernel unpacks them in order) that moves runc to /usr/bin/runc.real
-// and puts the runcnopivot wrapper at /usr/bin/runc: runc cannot
-// pivot_root out of an initramfs.
-func noPivot(root, initrd string) error {
-	wrap := initrd + ".wrap"
-	cmd := exec.Command("go", "build", "-o", wrap, "./tests/e2e/runcnopivot")
-	cmd.Dir, cmd.Env = root, append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build runcnopivot: %v\n%s", err, out)
-	}
-	w, _ := os.ReadFile(wrap)
-	real, err := os.ReadFile("/usr/sbin/runc")
-	if err != nil {
-		return err
-	}
-	f, err := os.OpenFile(initrd, os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	gz := gzip.NewWriter(f)
-	cw := initramfs.NewWriter(gz)
-	cw.File("usr/bin/runc.real", 0o755, real)
-	cw.File("usr/bin/runc", 0o755, w)
-	if err := cw.Close(); err != nil {
-		return err
-	}
-	return gz.Close()
+	return dir, nil
 }
 
 // daemon is one containerd with its own root, state and sockets.
