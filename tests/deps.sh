@@ -9,6 +9,8 @@
 #   guest kernels     Debian's linux-image-*-amd64 (lab, has 9p) and
 #                     -cloud-amd64 (nested guests), downloaded and unpacked
 #                     under $CACHE/kernel/<flavour>, never installed in /boot
+#   containerd 1.6    Debian's containerd package (1.6.20), unpacked under
+#                     $CACHE/containerd-1.6 for the e2e tests, never installed
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,6 +27,7 @@ PROTOBUF_GO_VERSION=v1.36.12
 TTRPC_VERSION=v1.2.10
 STATICCHECK_VERSION=v0.8.2
 KERNEL_SERIES=6.1
+CONTAINERD16_SERIES=1.6.20
 
 APT_PACKAGES=(qemu-system-x86 qemu-utils cpio kmod lz4 e2fsprogs iproute2 busybox-static
 	protobuf-compiler ca-certificates runc iptables erofs-utils gcc libc6-dev make git)
@@ -135,6 +138,36 @@ install_kernel() {
 	touch "$dir/.complete"
 }
 
+# install_containerd16: Debian's containerd 1.6 (containerd, ctr,
+# containerd-shim-runc-v2 under $CACHE/containerd-1.6/usr/bin), the older
+# containerd the shim must keep working with (plain-address start reply,
+# task API v2).
+install_containerd16() {
+	local dir=$CACHE/containerd-1.6 stamp=$CACHE/stamps/containerd-1.6
+	if [ -f "$stamp" ] && [ -x "$dir/usr/bin/containerd" ]; then
+		return 0
+	fi
+	log "download and unpack Debian's containerd $CONTAINERD16_SERIES"
+	local tmp
+	tmp=$(mktemp -d)
+	(cd "$tmp" && apt-get download containerd >/dev/null 2>&1) || {
+		need_root "apt-get update to find containerd"
+		apt-get update -qq
+		(cd "$tmp" && apt-get download containerd >/dev/null)
+	}
+	local ver
+	ver=$(dpkg-deb -f "$tmp"/containerd_*.deb Version)
+	case $ver in
+	"$CONTAINERD16_SERIES"*) ;;
+	*) log "containerd package is $ver, want $CONTAINERD16_SERIES"; rm -rf "$tmp"; exit 1 ;;
+	esac
+	rm -rf "$dir"
+	mkdir -p "$dir" "$CACHE/stamps"
+	dpkg-deb -x "$tmp"/containerd_*.deb "$dir"
+	rm -rf "$tmp"
+	echo "$ver" >"$stamp"
+}
+
 install_apt
 mkdir -p "$BIN"
 go_tool containerd "$CONTAINERD_VERSION" \
@@ -149,4 +182,5 @@ go_tool protoc-gen-go-ttrpc "$TTRPC_VERSION" github.com/containerd/ttrpc/cmd/pro
 go_tool staticcheck "$STATICCHECK_VERSION" honnef.co/go/tools/cmd/staticcheck
 install_kernel ""
 install_kernel "cloud-"
+install_containerd16
 log "ok: tools in $BIN, kernels in $CACHE/kernel"
