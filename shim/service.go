@@ -36,6 +36,7 @@ import (
 	"github.com/stratovirt-go/stratovirt/agent-proto/agentv1"
 	"github.com/stratovirt-go/stratovirt/agent-proto/stream"
 	shimconfig "github.com/stratovirt-go/stratovirt/runtime/config"
+	"github.com/stratovirt-go/stratovirt/runtime/network"
 	"github.com/stratovirt-go/stratovirt/runtime/oci"
 	"github.com/stratovirt-go/stratovirt/runtime/rootfs"
 	"github.com/stratovirt-go/stratovirt/runtime/sandbox"
@@ -62,6 +63,8 @@ type Service struct {
 	stateDir   string
 	cgroup     *hostCgroup
 	containers map[string]*container
+	net        *network.Pod // taps of the pod network (network.go)
+	guestDNS   bool         // the guest has the pod's resolv.conf
 }
 
 type container struct {
@@ -194,6 +197,7 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 		return nil, fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
 	}
 	typ, _ := oci.TypeOf(spec)
+	criFiles := translate.RewriteCRIMounts(spec)
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -269,6 +273,15 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 		}
 		s.cgroup = cg
 	}
+	pn, err := attachNetwork(ctx, spec, vmc)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			pn.Close()
+		}
+	}()
 	m, err := s.newMachine(s.ctx, cfg, vmc, stateDir)
 	if err != nil {
 		return nil, fmt.Errorf("build VM: %w", err)
@@ -286,8 +299,15 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 	if hb, ok := m.(interface{ HostRootfs() bool }); ok && hb.HostRootfs() {
 		c.hostBind = true
 	}
-	if _, err := sb.Agent().CreateSandbox(ctx, &agentv1.CreateSandboxRequest{SandboxId: oci.GroupID(spec.Annotations, req.ID), Hostname: spec.Hostname}); err != nil {
+	if err := configureGuestNetwork(ctx, sb, pn); err != nil {
+		return nil, err
+	}
+	sbReq, guestDNS := sandboxRequest(ctx, oci.GroupID(spec.Annotations, req.ID), spec, criFiles)
+	if _, err := sb.Agent().CreateSandbox(ctx, sbReq); err != nil {
 		return nil, fmt.Errorf("agent create sandbox: %w", err)
+	}
+	if !guestDNS {
+		dropGuestResolvConf(spec)
 	}
 
 	paths := stdioPaths{stdin: req.Stdin, stdout: req.Stdout, stderr: req.Stderr, terminal: req.Terminal}
@@ -297,6 +317,7 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 	}
 	c.init = p
 	s.cfg, s.sb, s.vmOwner, s.stateDir = cfg, sb, req.ID, stateDir
+	s.net, s.guestDNS = pn, guestDNS
 	s.containers[req.ID] = c
 	go s.watchOOM(sb)
 	log.G(ctx).Infof("create %s: rootfs %s in %v, VM with agent in %v, total %v",
@@ -575,11 +596,14 @@ func (s *Service) Delete(ctx context.Context, req *taskAPI.DeleteRequest) (*task
 // stopVM stops the VM and releases what the shim set up for it.
 func (s *Service) stopVM() {
 	s.mu.Lock()
-	sb, cg, dir := s.sb, s.cgroup, s.stateDir
-	s.sb, s.cgroup = nil, nil
+	sb, cg, dir, pn := s.sb, s.cgroup, s.stateDir, s.net
+	s.sb, s.cgroup, s.net = nil, nil, nil
 	s.mu.Unlock()
 	if sb != nil {
 		sb.Stop()
+	}
+	if err := pn.Close(); err != nil {
+		log.L.WithError(err).Warn("release pod network")
 	}
 	if cg != nil {
 		cg.leave()

@@ -270,6 +270,11 @@ func GuestSpec(spec *specs.Spec) ([]byte, error) {
 			mounts = append(mounts, m)
 			continue
 		}
+		if p, ok := guestBind(m); ok {
+			m.Source, m.Type = p, "bind"
+			mounts = append(mounts, m)
+			continue
+		}
 		errs = append(errs, fmt.Errorf("mount %s (type %q, source %q): host filesystems are not shared with the microVM", m.Destination, m.Type, m.Source))
 	}
 	s.Mounts = mounts
