@@ -12,7 +12,8 @@
 // threads, under the transport's lock) and hand the work to the loop with
 // eventloop.Call; queue and tap processing run only on the loop. The
 // configuration space (MAC, link status) is guarded by mu. Counters are
-// atomic.
+// atomic. The tap may be swapped while the device runs (replace.go): it
+// changes only on the loop, under mu.
 package net
 
 import (
@@ -89,7 +90,7 @@ type Stats struct {
 type Net struct {
 	cfg      Config
 	loop     *eventloop.Loop
-	tap      *Tap
+	tap      *Tap // nil while a hot-replaceable slot is empty
 	features uint64
 
 	mu             sync.Mutex
@@ -171,11 +172,22 @@ func FormatMAC(m [6]byte) string {
 	return fmt.Sprintf("%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5])
 }
 
-// ID is the interface id.
-func (n *Net) ID() string { return n.cfg.ID }
+// ID is the interface id (a slot's name while it is empty).
+func (n *Net) ID() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.cfg.ID
+}
 
-// TapName is the host interface name.
-func (n *Net) TapName() string { return n.tap.Name() }
+// TapName is the host interface name ("" while no tap is plugged).
+func (n *Net) TapName() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.tap == nil {
+		return ""
+	}
+	return n.tap.Name()
+}
 
 // MAC is the guest's address.
 func (n *Net) MAC() [6]byte {
@@ -216,6 +228,11 @@ func (n *Net) SetLinkUp(up bool) error {
 // Close resets the device and closes the tap.
 func (n *Net) Close() error {
 	n.Reset()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.tap == nil {
+		return nil
+	}
 	return n.tap.Close()
 }
 
@@ -274,11 +291,13 @@ func (n *Net) Activate(a virtio.Activation) error {
 	if len(a.Queues) != 2 || len(a.Kicks) != 2 {
 		return fmt.Errorf("virtio-net %s: %d queues, want 2", n.cfg.ID, len(a.Queues))
 	}
-	if err := n.tap.SetOffload(offloads(a.Features)); err != nil {
-		return fmt.Errorf("virtio-net %s: %w", n.cfg.ID, err)
-	}
 	var err error
 	n.loop.Call(func() {
+		if n.tap != nil {
+			if err = n.tap.SetOffload(offloads(a.Features)); err != nil {
+				return
+			}
+		}
 		n.act, n.rxq, n.txq = &a, a.Queues[RxQueue], a.Queues[TxQueue]
 		n.rxKick, n.txKick = a.Kicks[RxQueue], a.Kicks[TxQueue]
 		n.mrg = virtio.HasFeature(a.Features, FMrgRxbuf)
@@ -289,6 +308,9 @@ func (n *Net) Activate(a virtio.Activation) error {
 		}
 		if err = n.loop.Add(n.txKick, n.onTxKick); err != nil {
 			n.deactivate()
+			return
+		}
+		if n.tap == nil {
 			return
 		}
 		if err = n.loop.Add(n.tap.Fd(), n.onTap); err != nil {
@@ -325,12 +347,12 @@ func (n *Net) Reset() {
 		if n.act != nil {
 			n.deactivate()
 		}
-	})
-	if n.tap.fd >= 0 {
-		if err := n.tap.SetOffload(0); err != nil {
-			log.L.Debugf("virtio-net %s: %v", n.cfg.ID, err)
+		if n.tap != nil && n.tap.fd >= 0 {
+			if err := n.tap.SetOffload(0); err != nil {
+				log.L.Debugf("virtio-net %s: %v", n.cfg.ID, err)
+			}
 		}
-	}
+	})
 }
 
 func (n *Net) fail(err error) {
@@ -365,7 +387,7 @@ func (n *Net) onTxKick() {
 
 func (n *Net) onRxKick() {
 	drain(n.rxKick)
-	if n.act == nil || n.stopped {
+	if n.act == nil || n.stopped || n.tap == nil {
 		return
 	}
 	if !n.tapInLoop {
@@ -391,7 +413,7 @@ func (n *Net) pauseRx() {
 
 // processRx moves frames from the tap to the receive queue.
 func (n *Net) processRx() {
-	if n.act == nil || n.stopped {
+	if n.act == nil || n.stopped || n.tap == nil {
 		return
 	}
 	delivered := 0
@@ -635,6 +657,10 @@ func (n *Net) transmit() error {
 	}
 	if got < HeaderSize {
 		n.txDropped.Add(1)
+		return nil
+	}
+	if n.tap == nil {
+		n.txDropped.Add(1) // no tap plugged: the wire is unplugged
 		return nil
 	}
 	h, _ := ParseHeader(hb[:])

@@ -137,12 +137,17 @@ func (t *Tap) SetOffload(flags int) error {
 // Fd is the tap descriptor.
 func (t *Tap) Fd() int { return t.fd }
 
-// Name is the interface name.
-func (t *Tap) Name() string { return t.name }
+// Name is the interface name ("" for a nil Tap).
+func (t *Tap) Name() string {
+	if t == nil {
+		return ""
+	}
+	return t.name
+}
 
-// Close closes the tap descriptor.
+// Close closes the tap descriptor; a nil Tap has none.
 func (t *Tap) Close() error {
-	if t.fd < 0 {
+	if t == nil || t.fd < 0 {
 		return nil
 	}
 	err := unix.Close(t.fd)
