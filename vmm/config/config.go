@@ -62,6 +62,9 @@ type VMConfig struct {
 	// (vsock.go, balloon.go).
 	Vsock   *Vsock   `json:"vsock,omitempty"`
 	Balloon *Balloon `json:"balloon,omitempty"`
+	// Hotplug sets how many empty hot-replaceable disk and NIC slots
+	// the VM gets; nil means the default (hotplug.go).
+	Hotplug *Hotplug `json:"-"`
 	// Process holds VMM process settings (QMP socket, daemonize, pid
 	// file, log, seccomp); command line only (process.go).
 	Process Process `json:"-"`
@@ -180,6 +183,7 @@ func (c *VMConfig) Validate() error {
 	errs = append(errs, c.validateVsock()...)
 	errs = append(errs, c.validateBalloon()...)
 	errs = append(errs, c.validateProcess()...)
+	errs = append(errs, c.validateHotplug()...)
 	return errors.Join(errs...)
 }
 
