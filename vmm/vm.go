@@ -86,6 +86,7 @@ type VM struct {
 	threads vcpuThreads
 	irqfds  []int
 	virtio  virtioDevices // virtio.go
+	hot     hotplug       // hot-replaceable disk and NIC slots (hotplug.go)
 
 	mu       sync.Mutex
 	group    *vcpu.Group
@@ -140,6 +141,9 @@ func New(cfg *config.VMConfig, opts Options) (_ *VM, err error) {
 		return nil, err
 	}
 	if err := v.setupVirtio(); err != nil {
+		return nil, err
+	}
+	if err := v.setupHotplug(); err != nil {
 		return nil, err
 	}
 	if err := v.setupPlatform(); err != nil {
