@@ -40,7 +40,6 @@ type processIO struct {
 
 	outW, errW io.WriteCloser
 	outC, errC net.Conn
-	closers    []io.Closer
 	logger     *exec.Cmd
 
 	copies   sync.WaitGroup

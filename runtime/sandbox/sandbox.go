@@ -164,7 +164,8 @@ func (s *Sandbox) OpenStream(ctx context.Context, kind stream.Kind, containerID,
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
 	}
-	if _, err := c.Write(h); err == nil {
+	// The agent's reply says whether it accepted the stream.
+	if _, err = c.Write(h); err == nil {
 		err = stream.ReadReply(c)
 	}
 	if err != nil {

@@ -259,9 +259,18 @@ func GuestSpec(spec *specs.Spec) ([]byte, error) {
 		return nil, err
 	}
 	var errs []error
-	if s.Hooks != nil && (len(s.Hooks.Prestart)+len(s.Hooks.CreateRuntime)+len(s.Hooks.CreateContainer)+
-		len(s.Hooks.StartContainer)+len(s.Hooks.Poststart)+len(s.Hooks.Poststop) > 0) {
-		errs = append(errs, errors.New("OCI hooks are not supported (they name host binaries; the VM cannot run them)"))
+	// Every hook kind, the deprecated prestart included, by its JSON name.
+	var hooks struct {
+		Hooks map[string][]json.RawMessage `json:"hooks"`
+	}
+	if err := json.Unmarshal(b, &hooks); err != nil {
+		return nil, err
+	}
+	for _, h := range hooks.Hooks {
+		if len(h) > 0 {
+			errs = append(errs, errors.New("OCI hooks are not supported (they name host binaries; the VM cannot run them)"))
+			break
+		}
 	}
 	s.Hooks = nil
 	var mounts []specs.Mount

@@ -115,6 +115,20 @@ func TestGuestSpec(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "/data") || !strings.Contains(err.Error(), "hooks") || !strings.Contains(err.Error(), "devices") {
 		t.Fatalf("error %v", err)
 	}
+	// Each hook kind alone is refused, the deprecated prestart included
+	// (set through JSON: the Go field is deprecated).
+	for _, kind := range []string{"prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"} {
+		var h specs.Spec
+		if err := json.Unmarshal([]byte(`{"ociVersion":"1.0.2","root":{"path":"rootfs"},"hooks":{"`+kind+`":[{"path":"/bin/x"}]}}`), &h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := GuestSpec(&h); err == nil || !strings.Contains(err.Error(), "hooks") {
+			t.Errorf("%s hook: error %v", kind, err)
+		}
+	}
+	if _, err := GuestSpec(&specs.Spec{Root: &specs.Root{Path: "rootfs"}, Hooks: &specs.Hooks{}}); err != nil {
+		t.Errorf("empty hooks: %v", err)
+	}
 }
 
 func TestCreateContainerAndStdio(t *testing.T) {

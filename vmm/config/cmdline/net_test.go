@@ -41,7 +41,9 @@ func TestNetConsoleRNGOptions(t *testing.T) {
 		{"chardev no path", []string{"-chardev", "id=c"}, nil, "-chardev: 'path' is missing"},
 		{"chardev no id", []string{"-chardev", "path=/s"}, nil, "-chardev: 'id' is missing"},
 		{"rng file", []string{"-rng", "random_file=/dev/urandom,bytes_per_sec=1000"},
-			func(c *config.VMConfig) bool { return c.RNG != nil && *c.RNG == config.RNG{RandomFile: "/dev/urandom", BytesPerSec: 1000} }, ""},
+			func(c *config.VMConfig) bool {
+				return c.RNG != nil && *c.RNG == config.RNG{RandomFile: "/dev/urandom", BytesPerSec: 1000}
+			}, ""},
 		{"rng getrandom", []string{"-rng", "getrandom"}, func(c *config.VMConfig) bool { return c.RNG != nil && *c.RNG == config.RNG{} }, ""},
 		{"rng nothing", []string{"-rng", "bytes_per_sec=100"}, nil, "'random_file' is missing"},
 		{"rng bad source", []string{"-rng", "urandom"}, nil, "invalid parameter 'urandom'"},
