@@ -91,8 +91,9 @@ guest:
 clean:
 	rm -rf $(BIN)
 
-# The main job: boot a microVM with cmd/stratovirt and show its console
-# (inside the lab where the host's KVM cannot boot Linux).
+# The main job: boot a microVM with cmd/stratovirt and show its console,
+# then run a container in a microVM through containerd 2.4.2 and the shim
+# (both inside the lab where the host's KVM cannot boot Linux).
 demo: deps
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./cmd/stratovirt ./tests/demo

@@ -1,5 +1,6 @@
 // Package e2e runs containers through real containerd (2.4.2 from
-// .cache/bin) and ctr with containerd-shim-stratovirt-v2: TestMain builds
+// .cache/bin, and Debian's 1.6.20 from .cache/containerd-1.6) and ctr
+// with containerd-shim-stratovirt-v2 (tests/ctrd): TestMain builds
 // the shim and the guest image on the host, then re-runs the test binary
 // in the lab (lab.Exec), where each test talks to a containerd started
 // with a private root, state, socket and configuration.
@@ -7,23 +8,23 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/stratovirt-go/stratovirt/tests/ctrd"
 	"github.com/stratovirt-go/stratovirt/tests/lab"
 )
 
 const (
 	envShimDir = "E2E_SHIM_DIR"
-	runtimeV2  = "io.containerd.stratovirt.v2"
-	image      = "docker.io/library/e2e-busybox:1"
+	runtimeV2  = ctrd.Runtime
+	image      = ctrd.Image
 )
 
 func TestMain(m *testing.M) {
@@ -51,31 +52,39 @@ func prepare() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	for _, c := range [][]string{
-		{"go", "build", "-o", dir + "/", "./cmd/containerd-shim-stratovirt-v2"},
-		{"make", "--no-print-directory", "guest", "GUEST_DIR=" + filepath.Join(dir, "guest")},
-	} {
-		cmd := exec.Command(c[0], c[1:]...)
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return dir, fmt.Errorf("%s: %v\n%s", strings.Join(c, " "), err, out)
-		}
-	}
-	return dir, nil
+	return dir, ctrd.Build(root, dir)
 }
 
-// daemon is one containerd with its own root, state and sockets.
+// daemon is one containerd (tests/ctrd) with the test's view of it.
 type daemon struct {
+	*ctrd.Daemon
 	t    *testing.T
 	dir  string
 	sock string
-	cmd  *exec.Cmd
-	log  bytes.Buffer
 	ctr  string
-	bin  string
+	log  syncBuf
 }
 
-func startContainerd(t *testing.T, bin string, version int) *daemon {
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startContainerd starts binDir/containerd (with binDir/ctr as its
+// client) with a config file of the given version and imports the image.
+func startContainerd(t *testing.T, binDir string, version int) *daemon {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
@@ -83,71 +92,27 @@ func startContainerd(t *testing.T, bin string, version int) *daemon {
 	if _, err := os.Stat("/dev/kvm"); err != nil {
 		t.Skip("needs /dev/kvm")
 	}
-	root, _ := lab.RepoRoot()
-	dir, err := os.MkdirTemp("", "e2e-ctrd-")
+	if _, err := os.Stat(filepath.Join(binDir, "containerd")); err != nil {
+		t.Skipf("%v (make deps)", err)
+	}
+	d := &daemon{t: t}
+	cd, err := ctrd.Start(ctrd.Options{BinDir: binDir, ConfigVersion: version, ShimDir: os.Getenv(envShimDir), Debug: true, Log: &d.log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A tmpfs: overlayfs snapshots cannot live on the lab's overlay root.
-	if err := syscall.Mount("e2e", dir, "tmpfs", 0, "mode=0755"); err != nil {
-		t.Fatal(err)
-	}
-	d := &daemon{t: t, dir: dir, sock: filepath.Join(dir, "c.sock"), bin: bin, ctr: filepath.Join(root, ".cache/bin/ctr")}
-	shimDir := os.Getenv(envShimDir)
-	conf := fmt.Sprintf(`[hypervisor]
-kernel = %q
-initrd = %q
-default_vcpus = 1
-default_memory = 256
-boot_timeout = "60s"
-console_log = true
-[runtime]
-log_level = "debug"
-work_dir = %q
-`, filepath.Join(shimDir, "guest/vmlinuz"), filepath.Join(shimDir, "guest/initramfs.cpio.gz"), filepath.Join(dir, "work"))
-	os.WriteFile(filepath.Join(dir, "configuration.toml"), []byte(conf), 0o644)
-	cc := fmt.Sprintf("version = %d\nroot = %q\nstate = %q\n[grpc]\n  address = %q\n[ttrpc]\n  address = %q\n",
-		version, filepath.Join(dir, "root"), filepath.Join(dir, "state"), d.sock, d.sock+".ttrpc")
-	os.WriteFile(filepath.Join(dir, "config.toml"), []byte(cc), 0o644)
-	d.cmd = exec.Command(bin, "--config", filepath.Join(dir, "config.toml"), "--log-level", "debug")
-	d.cmd.Env = append(os.Environ(), "PATH="+shimDir+":"+filepath.Join(root, ".cache/bin")+":/usr/sbin:/usr/bin:/sbin:/bin",
-		"STRATOVIRT_CONF_FILE="+filepath.Join(dir, "configuration.toml"))
-	d.cmd.Stdout, d.cmd.Stderr = &d.log, &d.log
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	d.Daemon, d.dir, d.sock, d.ctr = cd, cd.Dir, cd.Sock, cd.CtrBin
 	t.Cleanup(d.stop)
-	for i := 0; ; i++ {
-		if _, err := d.run(10*time.Second, "", "version"); err == nil {
-			break
-		}
-		if i > 100 {
-			t.Fatalf("containerd did not start:\n%s", d.log.String())
-		}
-		time.Sleep(100 * time.Millisecond)
+	if out, err := d.run(30*time.Second, "", "version"); err == nil {
+		t.Logf("%s", out)
 	}
-	img := filepath.Join(dir, "image.tar")
-	if err := ociImage(img, image); err != nil {
+	if err := d.Import(); err != nil {
 		t.Fatal(err)
-	}
-	if out, err := d.run(60*time.Second, "", "images", "import", img); err != nil {
-		t.Fatalf("import: %v\n%s", err, out)
 	}
 	return d
 }
 
 func (d *daemon) stop() {
-	if d.cmd.Process != nil {
-		d.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { d.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			d.cmd.Process.Kill()
-			<-done
-		}
-	}
+	d.Stop()
 	if d.t.Failed() {
 		log := d.log.String()
 		if len(log) > 60000 {
@@ -155,30 +120,14 @@ func (d *daemon) stop() {
 		}
 		d.t.Logf("containerd log:\n%s", log)
 	}
-	exec.Command("sh", "-c", "umount -R "+d.dir+"/* 2>/dev/null; true").Run()
-	syscall.Unmount(d.dir, syscall.MNT_DETACH)
-	os.RemoveAll(d.dir)
 }
 
 // run runs ctr with stdin and returns its combined output.
 func (d *daemon) run(timeout time.Duration, stdin string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, d.ctr, append([]string{"-a", d.sock, "-n", "e2e"}, args...)...)
-	cmd.Stdin = strings.NewReader(stdin)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
+	return d.Ctr(timeout, stdin, args...)
 }
 
-func exitCode(err error) int {
-	if ee, ok := err.(*exec.ExitError); ok {
-		return ee.ExitCode()
-	}
-	if err != nil {
-		return -1
-	}
-	return 0
-}
+func exitCode(err error) int { return ctrd.ExitCode(err) }
 
 func (d *daemon) ctrRun(t *testing.T, stdin string, args ...string) (string, int) {
 	t.Helper()

@@ -2,7 +2,10 @@
 // same run, and writes results.md, results.json and results.svg. On a host
 // whose KVM cannot boot Linux it runs itself inside the lab.
 //
-//	bench [-runs N] [-out DIR] [-rows boot,mem]
+//	bench [-runs N] [-out DIR] [-rows boot,mem,container]
+//
+// The container group starts containerd 2.4.2 (make deps) with the
+// stratovirt shim and compares `ctr run --rm ... true` with runc's shim.
 package main
 
 import (
@@ -16,6 +19,7 @@ import (
 	"time"
 
 	"github.com/stratovirt-go/stratovirt/tests/bench"
+	"github.com/stratovirt-go/stratovirt/tests/ctrd"
 	"github.com/stratovirt-go/stratovirt/tests/initramfs"
 	"github.com/stratovirt-go/stratovirt/tests/lab"
 	"github.com/stratovirt-go/stratovirt/tests/payload"
@@ -32,22 +36,36 @@ func main() {
 	runs := flag.Int("runs", 10, "runs per side for time rows")
 	memRuns := flag.Int("mem-runs", 3, "runs per side for memory rows")
 	out := flag.String("out", "bench/results", "directory for results.{md,json,svg}")
-	rows := flag.String("rows", "boot,mem", "comma-separated row groups: boot, mem")
+	rows := flag.String("rows", "boot,mem", "comma-separated row groups: boot, mem, container")
 	vmm := flag.String("vmm", "bin/stratovirt", "our VMM binary")
+	shimDir := flag.String("shim-dir", "", "(internal) prepared shim and guest image")
 	flag.Parse()
-	if err := run(*runs, *memRuns, *out, *rows, *vmm); err != nil {
+	if err := run(*runs, *memRuns, *out, *rows, *vmm, *shimDir); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(runs, memRuns int, out, rows, vmm string) error {
+func run(runs, memRuns int, out, rows, vmm, shimDir string) error {
 	out, err := filepath.Abs(out)
 	if err != nil {
 		return err
 	}
 	if vmm, err = filepath.Abs(vmm); err != nil {
 		return err
+	}
+	if shimDir == "" && strings.Contains(","+rows+",", ",container,") {
+		root, err := lab.RepoRoot()
+		if err != nil {
+			return err
+		}
+		if shimDir, err = os.MkdirTemp("", "bench-shim-"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(shimDir)
+		if err := ctrd.Build(root, shimDir); err != nil {
+			return err
+		}
 	}
 	where, why := lab.Where()
 	if where == "needs-lab" {
@@ -57,7 +75,7 @@ func run(runs, memRuns int, out, rows, vmm string) error {
 		if err != nil {
 			return err
 		}
-		cmd := fmt.Sprintf("%s -runs %d -mem-runs %d -out %s -rows %s -vmm %s", self, runs, memRuns, out, rows, vmm)
+		cmd := fmt.Sprintf("%s -runs %d -mem-runs %d -out %s -rows %s -vmm %s -shim-dir '%s'", self, runs, memRuns, out, rows, vmm, shimDir)
 		res, err := lab.Run(context.Background(), lab.Options{Cmd: cmd, OutDir: out, Stdout: os.Stdout, Stderr: os.Stderr, Timeout: 50 * time.Minute})
 		if err != nil {
 			return err
@@ -67,11 +85,14 @@ func run(runs, memRuns int, out, rows, vmm string) error {
 		}
 		return nil
 	}
-	env, cleanup, err := prepare(vmm, runs)
-	if err != nil {
-		return err
+	var env bench.BootEnv
+	if rows != "container" {
+		var cleanup func()
+		if env, cleanup, err = prepare(vmm, runs); err != nil {
+			return err
+		}
+		defer cleanup()
 	}
-	defer cleanup()
 	rep := &bench.Report{Generated: time.Now(), Where: fmt.Sprintf("%s KVM (%s)", where, why)}
 	if lab.InLab() {
 		rep.Where = "nested KVM in the lab (QEMU TCG, qemu64+svm+npt)"
@@ -83,6 +104,8 @@ func run(runs, memRuns int, out, rows, vmm string) error {
 			r, err = bench.BootRows(env)
 		case "mem":
 			r, err = bench.MemRows(env, memRuns)
+		case "container":
+			r, err = containerRows(shimDir, runs)
 		default:
 			return fmt.Errorf("unknown row group %q", group)
 		}
@@ -95,6 +118,23 @@ func run(runs, memRuns int, out, rows, vmm string) error {
 		return err
 	}
 	return rep.Markdown(os.Stdout)
+}
+
+// containerRows runs the container group on a private containerd 2.4.2.
+func containerRows(shimDir string, runs int) ([]bench.Row, error) {
+	root, err := lab.RepoRoot()
+	if err != nil {
+		return nil, err
+	}
+	d, err := ctrd.Start(ctrd.Options{BinDir: filepath.Join(root, ".cache/bin"), ConfigVersion: 3, ShimDir: shimDir})
+	if err != nil {
+		return nil, err
+	}
+	defer d.Stop()
+	if err := d.Import(); err != nil {
+		return nil, err
+	}
+	return bench.ContainerRows(d, runs)
 }
 
 func prepare(vmm string, runs int) (bench.BootEnv, func(), error) {

@@ -1,4 +1,4 @@
-package e2e
+package ctrd
 
 import (
 	"archive/tar"
@@ -11,10 +11,10 @@ import (
 	"time"
 )
 
-// ociImage writes an OCI image layout tarball holding one layer: busybox
+// OCIImage writes an OCI image layout tarball holding one layer: busybox
 // (static) with its applets as symlinks under /bin, and /etc, /tmp, /proc,
 // /sys, /dev, /root. ref is the image name annotation ctr imports it as.
-func ociImage(path, ref string) error {
+func OCIImage(path, ref string) error {
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
 		return fmt.Errorf("busybox-static: %w", err)

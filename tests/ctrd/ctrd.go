@@ -1,0 +1,205 @@
+// Package ctrd runs a private containerd with containerd-shim-stratovirt-v2
+// for the e2e tests, the demo and the benchmarks: Build makes the shim and
+// the guest image, OCIImage the busybox test image, and Start a containerd
+// (2.x from .cache/bin or Debian's 1.6 from .cache/containerd-1.6) with its
+// own root, state, sockets and shim configuration on a tmpfs; Ctr runs ctr
+// against it. A Daemon is used from one goroutine; Stop may run once.
+package ctrd
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+const (
+	// Runtime is the shim's runtime name.
+	Runtime = "io.containerd.stratovirt.v2"
+	// Image is the name OCIImage's image is imported as.
+	Image = "docker.io/library/e2e-busybox:1"
+	// Namespace is the containerd namespace everything runs in.
+	Namespace = "e2e"
+)
+
+// Build builds containerd-shim-stratovirt-v2 into dir and the guest
+// image (make guest: kernel and initramfs with the agent) into dir/guest.
+func Build(repoRoot, dir string) error {
+	for _, c := range [][]string{
+		{"go", "build", "-o", dir + "/", "./cmd/containerd-shim-stratovirt-v2"},
+		{"make", "--no-print-directory", "guest", "GUEST_DIR=" + filepath.Join(dir, "guest")},
+	} {
+		cmd := exec.Command(c[0], c[1:]...)
+		cmd.Dir = repoRoot
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("%s: %v\n%s", strings.Join(c, " "), err, out)
+		}
+	}
+	return nil
+}
+
+// Options describe one containerd.
+type Options struct {
+	// BinDir holds containerd and ctr (and is searched for shims after
+	// ShimDir).
+	BinDir string
+	// ConfigVersion is containerd's config format: 2 (1.6, 1.7), 3 (2.x).
+	ConfigVersion int
+	// ShimDir is what Build filled: the shim and guest/.
+	ShimDir string
+	// VCPUs and MemoryMiB size each VM (default 1 and 256).
+	VCPUs, MemoryMiB int
+	// Debug turns on containerd's and the shim's debug logs.
+	Debug bool
+	// Log receives containerd's output (and so the shims' logs); nil
+	// discards it.
+	Log io.Writer
+}
+
+// Daemon is a running containerd.
+type Daemon struct {
+	// Dir is its tmpfs: config, root, state, sockets, the shim's work dir.
+	Dir string
+	// Sock is the gRPC socket; CtrBin the matching ctr.
+	Sock, CtrBin string
+
+	cmd  *exec.Cmd
+	stop sync.Once
+}
+
+// Start starts containerd and waits until it answers; the caller must
+// Stop it. It needs root.
+func Start(o Options) (_ *Daemon, err error) {
+	bin := filepath.Join(o.BinDir, "containerd")
+	if _, err := os.Stat(bin); err != nil {
+		return nil, fmt.Errorf("%w (make deps)", err)
+	}
+	if o.VCPUs == 0 {
+		o.VCPUs = 1
+	}
+	if o.MemoryMiB == 0 {
+		o.MemoryMiB = 256
+	}
+	if o.Log == nil {
+		o.Log = io.Discard
+	}
+	dir, err := os.MkdirTemp("", "ctrd-")
+	if err != nil {
+		return nil, err
+	}
+	// A tmpfs: overlayfs snapshots cannot live on the lab's overlay root.
+	if err := syscall.Mount("ctrd", dir, "tmpfs", 0, "mode=0755"); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("mount tmpfs on %s: %w", dir, err)
+	}
+	d := &Daemon{Dir: dir, Sock: filepath.Join(dir, "c.sock"), CtrBin: filepath.Join(o.BinDir, "ctr")}
+	defer func() {
+		if err != nil {
+			d.Stop()
+		}
+	}()
+	level := "info"
+	if o.Debug {
+		level = "debug"
+	}
+	conf := fmt.Sprintf(`[hypervisor]
+kernel = %q
+initrd = %q
+default_vcpus = %d
+default_memory = %d
+boot_timeout = "60s"
+console_log = %v
+[runtime]
+log_level = %q
+work_dir = %q
+`, filepath.Join(o.ShimDir, "guest/vmlinuz"), filepath.Join(o.ShimDir, "guest/initramfs.cpio.gz"),
+		o.VCPUs, o.MemoryMiB, o.Debug, level, filepath.Join(dir, "work"))
+	if err := os.WriteFile(filepath.Join(dir, "configuration.toml"), []byte(conf), 0o644); err != nil {
+		return nil, err
+	}
+	cc := fmt.Sprintf("version = %d\nroot = %q\nstate = %q\n[grpc]\n  address = %q\n[ttrpc]\n  address = %q\n",
+		o.ConfigVersion, filepath.Join(dir, "root"), filepath.Join(dir, "state"), d.Sock, d.Sock+".ttrpc")
+	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(cc), 0o644); err != nil {
+		return nil, err
+	}
+	d.cmd = exec.Command(bin, "--config", filepath.Join(dir, "config.toml"), "--log-level", level)
+	d.cmd.Env = append(os.Environ(), "PATH="+o.ShimDir+":"+o.BinDir+":"+os.Getenv("PATH")+":/usr/sbin:/usr/bin:/sbin:/bin",
+		"STRATOVIRT_CONF_FILE="+filepath.Join(dir, "configuration.toml"))
+	d.cmd.Stdout, d.cmd.Stderr = o.Log, o.Log
+	if err := d.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	for i := 0; ; i++ {
+		if _, err := d.Ctr(10*time.Second, "", "version"); err == nil {
+			return d, nil
+		} else if i > 100 {
+			return nil, fmt.Errorf("containerd did not answer: %w", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Import writes OCIImage's image and imports it as Image.
+func (d *Daemon) Import() error {
+	img := filepath.Join(d.Dir, "image.tar")
+	if err := OCIImage(img, Image); err != nil {
+		return err
+	}
+	defer os.Remove(img)
+	if out, err := d.Ctr(60*time.Second, "", "images", "import", img); err != nil {
+		return fmt.Errorf("ctr images import: %v\n%s", err, out)
+	}
+	return nil
+}
+
+// Ctr runs ctr (in Namespace) with stdin and returns its combined output.
+func (d *Daemon) Ctr(timeout time.Duration, stdin string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, d.CtrBin, append([]string{"-a", d.Sock, "-n", Namespace}, args...)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
+}
+
+// Stop ends containerd (SIGTERM, SIGKILL after 20 s) and removes its
+// directory with everything mounted under it.
+func (d *Daemon) Stop() {
+	d.stop.Do(func() {
+		if d.cmd != nil && d.cmd.Process != nil {
+			d.cmd.Process.Signal(syscall.SIGTERM)
+			done := make(chan struct{})
+			go func() { d.cmd.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(20 * time.Second):
+				d.cmd.Process.Kill()
+				<-done
+			}
+		}
+		exec.Command("sh", "-c", "umount -R "+d.Dir+"/* 2>/dev/null; true").Run()
+		syscall.Unmount(d.Dir, syscall.MNT_DETACH)
+		os.RemoveAll(d.Dir)
+	})
+}
+
+// ExitCode is the exit status in err from Ctr (0 for nil, -1 when ctr
+// did not exit by itself).
+func ExitCode(err error) int {
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
+}
