@@ -198,6 +198,10 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 	}
 	typ, _ := oci.TypeOf(spec)
 	criFiles := translate.RewriteCRIMounts(spec)
+	netSysctls := translate.TakeNetSysctls(spec)
+	if typ == oci.PodSandbox {
+		dropGuestResolvConf(spec) // the pause container only carries it for the runtime
+	}
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -303,6 +307,7 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 		return nil, err
 	}
 	sbReq, guestDNS := sandboxRequest(ctx, oci.GroupID(spec.Annotations, req.ID), spec, criFiles)
+	sbReq.Sysctls = netSysctls
 	if _, err := sb.Agent().CreateSandbox(ctx, sbReq); err != nil {
 		return nil, fmt.Errorf("agent create sandbox: %w", err)
 	}

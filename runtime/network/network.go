@@ -67,7 +67,7 @@ func Attach(nsPath string) (_ *Pod, err error) {
 		return nil, fmt.Errorf("network namespace %q: %w", nsPath, err)
 	}
 	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("netlink in %q: %w", nsPath, err)
 	}
@@ -244,7 +244,7 @@ func (p *Pod) Close() error {
 	}
 	var h *netlink.Handle
 	if ns, err := netns.GetFromPath(p.NSPath); err == nil {
-		h, _ = netlink.NewHandleAt(ns)
+		h, _ = netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 		ns.Close()
 	}
 	err := p.close(h)

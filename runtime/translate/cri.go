@@ -66,3 +66,28 @@ func RewriteCRIMounts(spec *specs.Spec) CRIFiles {
 	spec.Mounts = out
 	return files
 }
+
+// TakeNetSysctls removes the net.* sysctls from a spec that joins an
+// existing network namespace (CNI's, a pod's) and returns them: inside
+// the VM that namespace is the guest's own, where runc refuses them, so
+// the agent applies them to the VM once (CreateSandbox).
+func TakeNetSysctls(spec *specs.Spec) map[string]string {
+	if spec.Linux == nil || len(spec.Linux.Sysctl) == 0 {
+		return nil
+	}
+	joins := false
+	for _, n := range spec.Linux.Namespaces {
+		joins = joins || n.Type == specs.NetworkNamespace && n.Path != ""
+	}
+	if !joins {
+		return nil
+	}
+	out := map[string]string{}
+	for k, v := range spec.Linux.Sysctl {
+		if strings.HasPrefix(k, "net.") {
+			out[k] = v
+			delete(spec.Linux.Sysctl, k)
+		}
+	}
+	return out
+}

@@ -67,3 +67,24 @@ func TestGuestBindOnlyAllowed(t *testing.T) {
 		}
 	}
 }
+
+func TestTakeNetSysctls(t *testing.T) {
+	spec := &specs.Spec{Linux: &specs.Linux{
+		Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace, Path: "/var/run/netns/cni-1"}},
+		Sysctl:     map[string]string{"net.ipv4.ip_unprivileged_port_start": "0", "kernel.shm_rmid_forced": "1"},
+	}}
+	got := TakeNetSysctls(spec)
+	if len(got) != 1 || got["net.ipv4.ip_unprivileged_port_start"] != "0" {
+		t.Errorf("taken %v", got)
+	}
+	if len(spec.Linux.Sysctl) != 1 || spec.Linux.Sysctl["kernel.shm_rmid_forced"] != "1" {
+		t.Errorf("left %v", spec.Linux.Sysctl)
+	}
+	own := &specs.Spec{Linux: &specs.Linux{
+		Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace}},
+		Sysctl:     map[string]string{"net.core.somaxconn": "1024"},
+	}}
+	if got := TakeNetSysctls(own); got != nil || len(own.Linux.Sysctl) != 1 {
+		t.Errorf("new namespace: taken %v, left %v", got, own.Linux.Sysctl)
+	}
+}

@@ -1,0 +1,129 @@
+package cri
+
+import (
+	"archive/tar"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+)
+
+// imageSpec is a one-layer image: static busybox with the listed
+// applets under /bin, and the configured entrypoint and command.
+type imageSpec struct {
+	applets    []string
+	files      map[string]string
+	entrypoint []string
+	cmd        []string
+}
+
+// pauseSpec stands in for registry.k8s.io/pause: it sleeps until
+// SIGTERM or SIGINT, as PID 1 (which ignores signals without handlers).
+func pauseSpec() imageSpec {
+	return imageSpec{
+		applets:    []string{"sh", "sleep"},
+		entrypoint: []string{"/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"},
+	}
+}
+
+// busyboxSpec is a busybox image with an HTTP server, client and the
+// usual tools; /www/index.html says hello.
+func busyboxSpec() imageSpec {
+	return imageSpec{
+		applets: []string{"sh", "echo", "cat", "sleep", "true", "false", "ls", "ps", "id", "head", "wc", "dd",
+			"kill", "hostname", "mount", "tr", "seq", "yes", "httpd", "wget", "nc", "ping", "ip", "ifconfig",
+			"nslookup", "grep", "env", "date", "touch", "mkdir", "rm", "test", "[", "nproc", "free", "top", "uname"},
+		files: map[string]string{"www/index.html": "hello from stratovirt\n"},
+		cmd:   []string{"sh"},
+	}
+}
+
+// ociImage writes an OCI image layout tarball that ctr imports as ref.
+func ociImage(path, ref string, spec imageSpec) error {
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		return fmt.Errorf("busybox-static: %w", err)
+	}
+	var layer bytes.Buffer
+	lt := tar.NewWriter(&layer)
+	mt := time.Unix(0, 0)
+	for _, d := range []string{"bin/", "etc/", "tmp/", "proc/", "sys/", "dev/", "root/", "run/", "www/", "var/"} {
+		mode := int64(0o755)
+		if d == "tmp/" {
+			mode = 0o1777
+		}
+		lt.WriteHeader(&tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: mode, ModTime: mt})
+	}
+	lt.WriteHeader(&tar.Header{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(bb)), ModTime: mt})
+	lt.Write(bb)
+	for _, a := range spec.applets {
+		lt.WriteHeader(&tar.Header{Name: "bin/" + a, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777, ModTime: mt})
+	}
+	files := map[string]string{"etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
+		"etc/group": "root:x:0:\nnobody:x:65534:\n"}
+	for k, v := range spec.files {
+		files[k] = v
+	}
+	for name, body := range files {
+		lt.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body)), ModTime: mt})
+		lt.Write([]byte(body))
+	}
+	lt.Close()
+
+	type desc struct {
+		MediaType   string            `json:"mediaType"`
+		Digest      string            `json:"digest"`
+		Size        int               `json:"size"`
+		Annotations map[string]string `json:"annotations,omitempty"`
+	}
+	blobs := map[string][]byte{}
+	add := func(b []byte) string {
+		s := sha256.Sum256(b)
+		blobs["blobs/sha256/"+hex.EncodeToString(s[:])] = b
+		return "sha256:" + hex.EncodeToString(s[:])
+	}
+	layerDigest := add(layer.Bytes())
+	cc := map[string]any{"Env": []string{"PATH=/bin"}}
+	if spec.entrypoint != nil {
+		cc["Entrypoint"] = spec.entrypoint
+	}
+	if spec.cmd != nil {
+		cc["Cmd"] = spec.cmd
+	}
+	cfg, _ := json.Marshal(map[string]any{
+		"architecture": "amd64", "os": "linux", "config": cc,
+		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},
+	})
+	cfgDigest := add(cfg)
+	man, _ := json.Marshal(map[string]any{
+		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+		"config": desc{MediaType: "application/vnd.oci.image.config.v1+json", Digest: cfgDigest, Size: len(cfg)},
+		"layers": []desc{{MediaType: "application/vnd.oci.image.layer.v1.tar", Digest: layerDigest, Size: layer.Len()}},
+	})
+	manDigest := add(man)
+	index, _ := json.Marshal(map[string]any{
+		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+		"manifests": []desc{{MediaType: "application/vnd.oci.image.manifest.v1+json", Digest: manDigest, Size: len(man),
+			Annotations: map[string]string{"io.containerd.image.name": ref}}},
+	})
+
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	w := tar.NewWriter(f)
+	put := func(name string, b []byte) {
+		w.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(b)), ModTime: mt})
+		w.Write(b)
+	}
+	put("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`))
+	put("index.json", index)
+	for n, b := range blobs {
+		put(n, b)
+	}
+	return w.Close()
+}
