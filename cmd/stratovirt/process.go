@@ -230,6 +230,7 @@ func (p *process) beforeStart(vm *vmm.VM) error {
 		p.srv = srv
 		qmp.RegisterPlaceholders(srv)
 		p.state = qmp.RegisterMachine(srv, &qmpMachine{vm: vm, quit: &p.quit})
+		qmp.RegisterHotplug(srv, vm)
 		if _, err := vm.BalloonInfo(); err == nil {
 			qmp.RegisterBalloon(srv, qmpBalloon{vm})
 		}
