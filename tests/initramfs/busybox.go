@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	slashpath "path"
 	"sort"
 )
 
@@ -55,6 +56,18 @@ func Busybox(path, init string, extra map[string][]byte) error {
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	// The kernel's unpacker does not create missing parent directories.
+	made := map[string]bool{"bin": true, "sbin": true, "dev": true, "proc": true, "sys": true, "tmp": true, "etc": true, "root": true}
+	for _, n := range names {
+		var parts []string
+		for d := slashpath.Dir(n); d != "." && d != "/" && !made[d]; d = slashpath.Dir(d) {
+			parts = append(parts, d)
+		}
+		for i := len(parts) - 1; i >= 0; i-- {
+			w.Dir(parts[i])
+			made[parts[i]] = true
+		}
+	}
 	for _, n := range names {
 		w.File(n, 0o755, extra[n])
 	}

@@ -4,6 +4,8 @@
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
+# virtio drivers (modules in the cloud kernel) for the seed examples' devices
+[ -x /bin/load-modules ] && /bin/load-modules >/dev/null 2>&1
 echo "NPROC=$(nproc)"
 grep MemTotal /proc/meminfo
 action=poweroff
@@ -22,6 +24,24 @@ tick)
 	done
 	;;
 sleep) sleep 600 ;;
+seed)
+	# Report the devices the seed examples attach, then power off.
+	for b in /sys/block/vd*; do
+		[ -e "$b" ] && echo "DISK ${b##*/} serial=$(cat "$b/serial" 2>/dev/null) size=$(cat "$b/size")"
+	done
+	mkdir -p /mnt
+	if mount -t ext4 /dev/vda /mnt; then
+		echo "ROOTFS $(cat /mnt/hello)"
+		echo written-by-guest >/mnt/guest
+		umount /mnt
+	fi
+	for n in /sys/class/net/eth*; do
+		[ -e "$n" ] && echo "NIC ${n##*/} $(cat "$n/address")"
+	done
+	[ -c /dev/hvc0 ] && echo "CONSOLE hvc0"
+	[ -c /dev/vsock ] && echo "VSOCK present"
+	poweroff -f
+	;;
 *) poweroff -f ;;
 esac
 sleep 30

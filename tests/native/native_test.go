@@ -21,7 +21,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stratovirt-go/stratovirt/tests/initramfs"
 	"github.com/stratovirt-go/stratovirt/tests/lab"
 )
 
@@ -34,7 +33,12 @@ const (
 	envVMMTest = "NATIVE_TEST_VMM_SECCOMPTEST"
 	envInitrd  = "NATIVE_TEST_INITRD"
 	envKernel  = "NATIVE_TEST_KERNEL"
+	envRootfs  = "NATIVE_TEST_ROOTFS"
 )
+
+// seedModules are the cloud kernel's drivers for the devices the seed
+// examples attach (disk, NIC, console, vsock).
+var seedModules = []string{"virtio_mmio", "virtio_blk", "virtio_net", "virtio_console", "vmw_vsock_virtio_transport"}
 
 func TestMain(m *testing.M) {
 	if os.Getenv(envVMM) == "" {
@@ -69,9 +73,22 @@ func prepare() (string, error) {
 		}
 	}
 	initrd := filepath.Join(dir, "initramfs.cpio")
-	if err := initramfs.Busybox(initrd, initScript, nil); err != nil {
+	if err := lab.GuestInitramfs(initrd, initScript, seedModules, nil); err != nil {
 		return dir, err
 	}
+	// The seed examples' root disk: an ext4 image with a file to read.
+	content := filepath.Join(dir, "rootfs")
+	if err := os.MkdirAll(content, 0o755); err != nil {
+		return dir, err
+	}
+	if err := os.WriteFile(filepath.Join(content, "hello"), []byte("seed-rootfs-ok\n"), 0o644); err != nil {
+		return dir, err
+	}
+	image := filepath.Join(dir, "rootfs.ext4")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", content, image, "16M").CombinedOutput(); err != nil {
+		return dir, fmt.Errorf("mkfs.ext4: %v: %s", err, out)
+	}
+	os.Setenv(envRootfs, image)
 	k, err := lab.GuestKernel()
 	if err != nil {
 		return dir, err
