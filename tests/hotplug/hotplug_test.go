@@ -326,7 +326,7 @@ func TestHotplugDiskAndNIC(t *testing.T) {
 
 	// Disk 1 into the first free slot (slot 1, vdb), Kata's form.
 	q.ok("blockdev-add", map[string]any{"driver": "raw", "node-name": "hot1", "read-only": true,
-		"file": map[string]any{"driver": "file", "filename": filepath.Join(dir, "hot1.img"), "aio": "native"},
+		"file":  map[string]any{"driver": "file", "filename": filepath.Join(dir, "hot1.img"), "aio": "native"},
 		"cache": map[string]any{"direct": false}})
 	q.ok("device_add", map[string]any{"id": "disk1", "driver": "virtio-blk-mmio", "drive": "hot1", "serial": "hot1"})
 	m := p.waitLine(`^FOUND hot1 (vd[a-z]) size=(\d+)`, 60*time.Second)
