@@ -1,0 +1,280 @@
+package net
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stratovirt-go/stratovirt/tests/lab"
+	"github.com/stratovirt-go/stratovirt/tests/net/nettest"
+)
+
+var files Files
+
+func TestMain(m *testing.M) {
+	if os.Getenv("NET_BENCH") == "" {
+		// Only the harness's self-checks run; TestNetBench skips.
+		os.Exit(m.Run())
+	}
+	if f, ok := FromEnv(); ok {
+		files = f
+		os.Exit(m.Run())
+	}
+	dir, err := os.MkdirTemp("", "net-bench-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	f, err := Prepare(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "net bench:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	f.SetEnv()
+	files = f
+	code := lab.Exec(m)
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const (
+	hostIP  = "10.0.2.1"
+	guestIP = "10.0.2.2"
+	mac     = "0e:90:df:9f:a8:90"
+	rrCount = 200
+	cmdline = "console=ttyS0 reboot=k panic=1 quiet loglevel=3 test.mac=" + mac + " test.ip=" + guestIP
+)
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// vm is one VMM running a benchmark guest on tap0 of its own namespace.
+type vm struct {
+	name string
+	ns   *nettest.NetNS
+	cmd  *exec.Cmd
+	out  *syncBuf
+	done chan error
+	cpu  map[string]time.Duration // VMM process CPU time per workload
+	// idleCPU and idleWall: CPU time the VMM used while it was idle
+	// (another VMM was being measured), over that wall time.
+	idleCPU, idleWall time.Duration
+}
+
+func startVM(t *testing.T, i int, name string, args []string) *vm {
+	t.Helper()
+	ns, err := nettest.NewNetNS(fmt.Sprintf("svtnb%d-%d", i, os.Getpid()))
+	if err != nil {
+		t.Skipf("network namespace: %v", err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	if err := ns.AddTap("tap0", hostIP+"/24"); err != nil {
+		t.Fatal(err)
+	}
+	v := &vm{name: name, ns: ns, cmd: ns.Command(args...), out: &syncBuf{}, done: make(chan error, 1), cpu: map[string]time.Duration{}}
+	v.cmd.Stdout, v.cmd.Stderr = v.out, v.out
+	if err := v.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { v.done <- v.cmd.Wait() }()
+	t.Cleanup(func() {
+		v.cmd.Process.Kill()
+		<-v.done
+		if t.Failed() {
+			t.Logf("%s output:\n%s", name, v.out.String())
+		}
+	})
+	return v
+}
+
+// client runs benchtool's client for one workload from v's namespace and
+// returns its result fields (see parseResult).
+func (v *vm) client(kind string, n int64) ([]float64, error) {
+	cpu0 := v.cpuTime()
+	out, err := v.ns.Command(files.Tool, "client", guestIP+":5201", kind, strconv.FormatInt(n, 10)).CombinedOutput()
+	v.cpu[kind] += v.cpuTime() - cpu0
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %v: %s", v.name, kind, err, strings.TrimSpace(string(out)))
+	}
+	return parseResult(string(out), kind)
+}
+
+// cpuTime is the VMM process's user+system time (vCPU threads included;
+// kernel vhost workers are not).
+func (v *vm) cpuTime() time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", v.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
+}
+
+func qemuArgs(vhost string) []string {
+	return []string{"qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-cpu", "host",
+		"-m", "512M", "-smp", "2", "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
+		"-kernel", files.Kernel, "-initrd", files.Initrd, "-append", cmdline,
+		"-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=" + vhost,
+		"-device", "virtio-net-device,netdev=n0,mac=" + mac}
+}
+
+func TestNetBench(t *testing.T) {
+	if os.Getenv("NET_BENCH") == "" {
+		t.Skip("set NET_BENCH=1 to run the network benchmark")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network namespaces and taps")
+	}
+	for _, p := range []string{"ip", "qemu-system-x86_64"} {
+		if _, err := exec.LookPath(p); err != nil {
+			t.Skipf("needs %s", p)
+		}
+	}
+	for _, p := range []string{"/dev/kvm", "/dev/net/tun"} {
+		if _, err := os.Stat(p); err != nil {
+			t.Skipf("needs %s", p)
+		}
+	}
+	size := int64(envInt("NET_BENCH_SIZE", 32)) << 20
+	runs := envInt("NET_BENCH_RUNS", 5)
+
+	const ours = "stratovirt-go"
+	specs := []struct {
+		name string
+		args []string
+	}{
+		{ours, []string{files.VMM, "-name", "net-bench", "-kernel", files.Kernel, "-initrd", files.Initrd,
+			"-m", "512M", "-smp", "2", "-serial", "stdio", "-netdev", "id=net0,netdev=tap0,mac=" + mac, "-append", cmdline}},
+		{"QEMU vhost=off", qemuArgs("off")},
+	}
+	if _, err := os.Stat("/dev/vhost-net"); err == nil {
+		specs = append(specs, struct {
+			name string
+			args []string
+		}{"QEMU vhost=on", qemuArgs("on")})
+	} else {
+		t.Log("no /dev/vhost-net: no QEMU vhost=on row")
+	}
+	// All guests run at once, each on its own tap in its own namespace
+	// (same addresses); only one transfers at a time.
+	var vms []*vm
+	for i, s := range specs {
+		vms = append(vms, startVM(t, i, s.name, s.args))
+	}
+	for _, v := range vms {
+		start := time.Now()
+		if _, err := v.client("rr", 10); err != nil {
+			t.Fatalf("%s: guest server not reachable: %v", v.name, err)
+		}
+		// Warm up both directions.
+		for _, k := range []string{"source", "sink"} {
+			if _, err := v.client(k, 4<<20); err != nil {
+				t.Fatalf("warm-up: %v", err)
+			}
+		}
+		fmt.Printf("%s: guest ready and warmed up in %v\n", v.name, time.Since(start).Round(time.Millisecond))
+	}
+	for _, v := range vms {
+		clear(v.cpu)
+	}
+
+	res := results{}
+	for r := range runs {
+		// Rotate the order each round so that no VMM always goes first.
+		for j := range vms {
+			v := vms[(r+j)%len(vms)]
+			start, idle0 := time.Now(), make([]time.Duration, len(vms))
+			for i, o := range vms {
+				idle0[i] = o.cpuTime()
+			}
+			for _, k := range []string{"source", "sink"} {
+				f, err := v.client(k, size)
+				if err != nil {
+					t.Fatal(err)
+				}
+				res.add(v.name, k, f[2])
+			}
+			f, err := v.client("rr", rrCount)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.add(v.name, "rr", f[1])
+			for i, o := range vms {
+				if o != v {
+					o.idleCPU += o.cpuTime() - idle0[i]
+					o.idleWall += time.Since(start)
+				}
+			}
+		}
+		line := fmt.Sprintf("round %d/%d:", r+1, runs)
+		for _, v := range vms {
+			m := res[v.name]
+			line += fmt.Sprintf(" %s %.1f/%.1f MB/s %.0f µs;", v.name, m["source"][r], m["sink"][r], m["rr"][r])
+		}
+		fmt.Println(line)
+	}
+
+	var peers []string
+	for _, s := range specs[1:] {
+		peers = append(peers, s.name)
+	}
+	where, _ := lab.Where()
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nvirtio-net TCP, stratovirt-go vs QEMU %s microvm virtio-net-device, same tap setup (guest: Debian cloud kernel, 2 vCPUs, 512 MiB; "+
+		"%d MiB per transfer, %d interleaved runs, %d round trips per run; both ends are the static Go benchtool (iperf3 would need its shared libraries in the guest); measured on: %s)\n\n",
+		qemuVersion(), size>>20, runs, rrCount, where)
+	b.WriteString(table(res, ours, peers))
+	b.WriteString("\nRatios are ours/peer: above 1 is better for MB/s, worse for µs.\n\n")
+	b.WriteString("VMM process CPU time per GB moved (vCPU threads included; a vhost=on kernel worker is not counted):\n\n")
+	b.WriteString("| VMM | guest→host CPU s/GB | host→guest CPU s/GB | CPU while idle (others measured) |\n|---|---:|---:|---:|\n")
+	gb := float64(size) * float64(runs) / 1e9
+	for _, v := range vms {
+		idle := 0.0
+		if v.idleWall > 0 {
+			idle = 100 * v.idleCPU.Seconds() / v.idleWall.Seconds()
+		}
+		fmt.Fprintf(&b, "| %s | %.1f | %.1f | %.1f%% |\n", v.name, v.cpu["source"].Seconds()/gb, v.cpu["sink"].Seconds()/gb, idle)
+	}
+	fmt.Println(b.String())
+	t.Log(b.String())
+}
+
+func qemuVersion() string {
+	out, err := exec.Command("qemu-system-x86_64", "--version").Output()
+	if err != nil {
+		return "?"
+	}
+	if f := strings.Fields(strings.SplitN(string(out), "\n", 2)[0]); len(f) >= 4 {
+		return f[3]
+	}
+	return "?"
+}
