@@ -11,6 +11,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -31,7 +32,7 @@ const usage = "usage: benchtool serve ADDR | client ADDR sink|source SIZE | clie
 
 func run(args []string) error {
 	if len(args) < 2 {
-		return fmt.Errorf(usage)
+		return errors.New(usage)
 	}
 	switch args[0] {
 	case "serve":
@@ -43,7 +44,7 @@ func run(args []string) error {
 		return wire.Serve(l, func(f string, a ...any) { fmt.Printf(f+"\n", a...) })
 	case "client":
 		if len(args) != 4 {
-			return fmt.Errorf(usage)
+			return errors.New(usage)
 		}
 		n, err := strconv.ParseInt(args[3], 10, 64)
 		if err != nil || n <= 0 {
@@ -77,5 +78,5 @@ func run(args []string) error {
 		}
 		return nil
 	}
-	return fmt.Errorf(usage)
+	return errors.New(usage)
 }
