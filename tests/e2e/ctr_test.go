@@ -65,7 +65,11 @@ func suite(t *testing.T, d *daemon) {
 	})
 	t.Run("kill137", func(t *testing.T) {
 		done := make(chan int, 1)
-		go func() { _, code := d.ctrRun(t, "", image, "killme", "sleep", "1000"); done <- code }()
+		// No t.Logf in the goroutine: it may outlive a failed test.
+		go func() {
+			_, err := d.run(120*time.Second, "", "run", "--rm", "--runtime", runtimeV2, image, "killme", "sleep", "1000")
+			done <- exitCode(err)
+		}()
 		waitRunning(t, d, "killme")
 		if out, err := d.run(30*time.Second, "", "t", "kill", "-s", "SIGKILL", "killme"); err != nil {
 			t.Fatalf("kill: %v %s", err, out)
@@ -170,8 +174,9 @@ func suite(t *testing.T, d *daemon) {
 // waitRunning waits until a task runs and returns its pid (the shim's).
 func waitRunning(t *testing.T, d *daemon, id string) int {
 	t.Helper()
-	for range 600 {
-		out, _ := d.run(10*time.Second, "", "t", "ls")
+	var out string
+	for deadline := time.Now().Add(90 * time.Second); time.Now().Before(deadline); {
+		out, _ = d.run(10*time.Second, "", "t", "ls")
 		for _, l := range strings.Split(out, "\n") {
 			f := strings.Fields(l)
 			if len(f) >= 3 && f[0] == id && f[2] == "RUNNING" {
@@ -182,6 +187,6 @@ func waitRunning(t *testing.T, d *daemon, id string) int {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatalf("%s not running", id)
+	t.Fatalf("%s not running after 90s; ctr t ls:\n%s", id, out)
 	return 0
 }
