@@ -23,6 +23,7 @@ export GOFLAGS=${GOFLAGS:-}
 CONTAINERD_VERSION=v2.4.2
 CRI_TOOLS_VERSION=v1.37.0
 CNI_PLUGINS_VERSION=v1.10.0
+DISTRIBUTION_VERSION=v3.1.2
 PROTOBUF_GO_VERSION=v1.36.12
 TTRPC_VERSION=v1.2.10
 STATICCHECK_VERSION=v0.8.2
@@ -175,6 +176,8 @@ go_tool containerd "$CONTAINERD_VERSION" \
 	github.com/containerd/containerd/v2/cmd/ctr \
 	github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
 go_tool crictl "$CRI_TOOLS_VERSION" sigs.k8s.io/cri-tools/cmd/crictl
+# local image registry for tests/cri and critest (serves on loopback)
+go_tool registry "$DISTRIBUTION_VERSION" github.com/distribution/distribution/v3/cmd/registry
 install_critest
 install_cni
 go_tool protoc-gen-go "$PROTOBUF_GO_VERSION" google.golang.org/protobuf/cmd/protoc-gen-go

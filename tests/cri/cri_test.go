@@ -12,6 +12,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -189,14 +190,64 @@ work_dir = %q
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	for ref, img := range map[string]imageSpec{pauseImage: pauseSpec(), busyboxImage: busyboxSpec()} {
-		p := filepath.Join(dir, "img.tar")
-		must(t, ociImage(p, ref, img))
-		if out, err := d.ctrRun(60*time.Second, "-n", "k8s.io", "images", "import", p); err != nil {
-			t.Fatalf("import %s: %v\n%s", ref, err, out)
-		}
-	}
+	d.serveImages(t, root)
 	return d
+}
+
+// registryAddr is the local registry (distribution v3, plain HTTP on
+// loopback) that containerd reaches as the mirror of registry.k8s.io and
+// docker.io.
+const registryAddr = "127.0.0.1:5000"
+
+// serveImages starts the local registry, pushes the locally built images
+// under the names the tests use, points containerd's mirror
+// configuration at it and pulls the busybox image through CRI (the
+// pause image is pulled by the first runp). Without the registry binary
+// (make deps) the images are imported with ctr instead.
+func (d *daemon) serveImages(t *testing.T, root string) {
+	t.Helper()
+	images := map[string]imageSpec{pauseImage: pauseSpec(), busyboxImage: busyboxSpec()}
+	bin := filepath.Join(root, ".cache/bin/registry")
+	if _, err := os.Stat(bin); err != nil {
+		t.Logf("no %s: importing the images with ctr", bin)
+		for ref, img := range images {
+			p := filepath.Join(d.dir, "img.tar")
+			must(t, ociImage(p, ref, img))
+			if out, err := d.ctrRun(60*time.Second, "-n", "k8s.io", "images", "import", p); err != nil {
+				t.Fatalf("import %s: %v\n%s", ref, err, out)
+			}
+		}
+		return
+	}
+	conf := fmt.Sprintf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n",
+		filepath.Join(d.dir, "registry"), registryAddr)
+	must(t, os.WriteFile(filepath.Join(d.dir, "registry.yml"), []byte(conf), 0o644))
+	reg := exec.Command(bin, "serve", filepath.Join(d.dir, "registry.yml"))
+	reg.Stdout, reg.Stderr = &d.log, &d.log
+	must(t, reg.Start())
+	t.Cleanup(func() { reg.Process.Kill(); reg.Wait() })
+	for i := 0; ; i++ {
+		resp, err := http.Get("http://" + registryAddr + "/v2/")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if i > 100 {
+			t.Fatalf("registry did not start: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for ref, spec := range images {
+		img, err := buildImage(spec)
+		must(t, err)
+		host, rest, _ := strings.Cut(ref, "/")
+		repo, tag, _ := strings.Cut(rest, ":")
+		must(t, pushImage(registryAddr, repo, tag, img))
+		hosts := fmt.Sprintf("server = \"https://%s\"\n\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", host, registryAddr)
+		must(t, os.MkdirAll(filepath.Join(d.dir, "certs.d", host), 0o755))
+		must(t, os.WriteFile(filepath.Join(d.dir, "certs.d", host, "hosts.toml"), []byte(hosts), 0o644))
+	}
+	d.crictl(t, "pull", busyboxImage)
 }
 
 func must(t *testing.T, err error) {

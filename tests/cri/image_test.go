@@ -7,7 +7,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/url"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -41,11 +44,30 @@ func busyboxSpec() imageSpec {
 	}
 }
 
-// ociImage writes an OCI image layout tarball that ctr imports as ref.
-func ociImage(path, ref string, spec imageSpec) error {
+// builtImage is an image's blobs: one layer, the config, the manifest.
+type builtImage struct {
+	layer, config, manifest []byte
+}
+
+func digest(b []byte) string {
+	s := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(s[:])
+}
+
+type desc struct {
+	MediaType   string            `json:"mediaType"`
+	Digest      string            `json:"digest"`
+	Size        int               `json:"size"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
+const manifestType = "application/vnd.oci.image.manifest.v1+json"
+
+// buildImage builds the image's blobs.
+func buildImage(spec imageSpec) (*builtImage, error) {
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
-		return fmt.Errorf("busybox-static: %w", err)
+		return nil, fmt.Errorf("busybox-static: %w", err)
 	}
 	var layer bytes.Buffer
 	lt := tar.NewWriter(&layer)
@@ -72,20 +94,7 @@ func ociImage(path, ref string, spec imageSpec) error {
 		lt.Write([]byte(body))
 	}
 	lt.Close()
-
-	type desc struct {
-		MediaType   string            `json:"mediaType"`
-		Digest      string            `json:"digest"`
-		Size        int               `json:"size"`
-		Annotations map[string]string `json:"annotations,omitempty"`
-	}
-	blobs := map[string][]byte{}
-	add := func(b []byte) string {
-		s := sha256.Sum256(b)
-		blobs["blobs/sha256/"+hex.EncodeToString(s[:])] = b
-		return "sha256:" + hex.EncodeToString(s[:])
-	}
-	layerDigest := add(layer.Bytes())
+	img := &builtImage{layer: layer.Bytes()}
 	cc := map[string]any{"Env": []string{"PATH=/bin"}}
 	if spec.entrypoint != nil {
 		cc["Entrypoint"] = spec.entrypoint
@@ -93,23 +102,29 @@ func ociImage(path, ref string, spec imageSpec) error {
 	if spec.cmd != nil {
 		cc["Cmd"] = spec.cmd
 	}
-	cfg, _ := json.Marshal(map[string]any{
+	img.config, _ = json.Marshal(map[string]any{
 		"architecture": "amd64", "os": "linux", "config": cc,
-		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},
+		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{digest(img.layer)}},
 	})
-	cfgDigest := add(cfg)
-	man, _ := json.Marshal(map[string]any{
-		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-		"config": desc{MediaType: "application/vnd.oci.image.config.v1+json", Digest: cfgDigest, Size: len(cfg)},
-		"layers": []desc{{MediaType: "application/vnd.oci.image.layer.v1.tar", Digest: layerDigest, Size: layer.Len()}},
+	img.manifest, _ = json.Marshal(map[string]any{
+		"schemaVersion": 2, "mediaType": manifestType,
+		"config": desc{MediaType: "application/vnd.oci.image.config.v1+json", Digest: digest(img.config), Size: len(img.config)},
+		"layers": []desc{{MediaType: "application/vnd.oci.image.layer.v1.tar", Digest: digest(img.layer), Size: len(img.layer)}},
 	})
-	manDigest := add(man)
+	return img, nil
+}
+
+// ociImage writes an OCI image layout tarball that ctr imports as ref.
+func ociImage(path, ref string, spec imageSpec) error {
+	img, err := buildImage(spec)
+	if err != nil {
+		return err
+	}
 	index, _ := json.Marshal(map[string]any{
 		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-		"manifests": []desc{{MediaType: "application/vnd.oci.image.manifest.v1+json", Digest: manDigest, Size: len(man),
+		"manifests": []desc{{MediaType: manifestType, Digest: digest(img.manifest), Size: len(img.manifest),
 			Annotations: map[string]string{"io.containerd.image.name": ref}}},
 	})
-
 	f, err := os.Create(path)
 	if err != nil {
 		return err
@@ -117,13 +132,61 @@ func ociImage(path, ref string, spec imageSpec) error {
 	defer f.Close()
 	w := tar.NewWriter(f)
 	put := func(name string, b []byte) {
-		w.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(b)), ModTime: mt})
+		w.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(b)), ModTime: time.Unix(0, 0)})
 		w.Write(b)
 	}
 	put("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`))
 	put("index.json", index)
-	for n, b := range blobs {
-		put(n, b)
+	for _, b := range [][]byte{img.layer, img.config, img.manifest} {
+		put("blobs/sha256/"+strings.TrimPrefix(digest(b), "sha256:"), b)
 	}
 	return w.Close()
+}
+
+// pushImage uploads the image to the registry at addr (host:port, plain
+// HTTP) as repo:tag through the registry v2 API (monolithic uploads).
+func pushImage(addr, repo, tag string, img *builtImage) error {
+	base := "http://" + addr + "/v2/" + repo
+	for _, b := range [][]byte{img.layer, img.config} {
+		resp, err := http.Post(base+"/blobs/uploads/", "application/octet-stream", nil)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		loc := resp.Header.Get("Location")
+		if resp.StatusCode != http.StatusAccepted || loc == "" {
+			return fmt.Errorf("start upload to %s: %s", repo, resp.Status)
+		}
+		u, err := url.Parse(loc)
+		if err != nil {
+			return err
+		}
+		if !u.IsAbs() {
+			u, _ = url.Parse("http://" + addr + loc)
+		}
+		q := u.Query()
+		q.Set("digest", digest(b))
+		u.RawQuery = q.Encode()
+		req, _ := http.NewRequest(http.MethodPut, u.String(), bytes.NewReader(b))
+		req.Header.Set("Content-Type", "application/octet-stream")
+		resp, err = http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated {
+			return fmt.Errorf("upload blob to %s: %s", repo, resp.Status)
+		}
+	}
+	req, _ := http.NewRequest(http.MethodPut, base+"/manifests/"+tag, bytes.NewReader(img.manifest))
+	req.Header.Set("Content-Type", manifestType)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		return fmt.Errorf("put manifest %s:%s: %s", repo, tag, resp.Status)
+	}
+	return nil
 }
