@@ -23,7 +23,8 @@ const SysBlock = "/sys/block"
 
 // FindBySerial returns /dev/<name> of the block device whose
 // <sysBlock>/<name>/serial is serial, waiting (for a hot-plugged disk)
-// until ctx ends.
+// until ctx ends. A device whose size is still 0 (a hot-replaceable slot
+// whose capacity change the kernel has not read yet) is not ready.
 func FindBySerial(ctx context.Context, sysBlock, serial string) (string, error) {
 	if serial == "" {
 		return "", errors.New("empty serial")
@@ -35,7 +36,7 @@ func FindBySerial(ctx context.Context, sysBlock, serial string) (string, error) 
 		}
 		for _, e := range ents {
 			b, err := os.ReadFile(filepath.Join(sysBlock, e.Name(), "serial"))
-			if err == nil && strings.TrimSpace(string(b)) == serial {
+			if err == nil && strings.TrimSpace(string(b)) == serial && sized(filepath.Join(sysBlock, e.Name())) {
 				return "/dev/" + e.Name(), nil
 			}
 		}
@@ -45,6 +46,16 @@ func FindBySerial(ctx context.Context, sysBlock, serial string) (string, error) 
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// sized reports whether the device's size (512-byte sectors) is non-zero;
+// a device without a size file counts as sized.
+func sized(dir string) bool {
+	b, err := os.ReadFile(filepath.Join(dir, "size"))
+	if err != nil {
+		return true
+	}
+	return strings.TrimSpace(string(b)) != "0"
 }
 
 var flagOptions = map[string]struct {

@@ -56,6 +56,25 @@ func TestFindBySerial(t *testing.T) {
 	if d, err := FindBySerial(wctx, sys, "late"); err != nil || d != "/dev/vdc" {
 		t.Fatalf("late: %q, %v", d, err)
 	}
+	// A plugged slot whose serial is visible before its capacity: not
+	// ready until size is non-zero.
+	os.MkdirAll(filepath.Join(sys, "vdd"), 0o755)
+	os.WriteFile(filepath.Join(sys, "vdd", "serial"), []byte("slot"), 0o644)
+	os.WriteFile(filepath.Join(sys, "vdd", "size"), []byte("0\n"), 0o644)
+	zctx, cancel3 := context.WithTimeout(ctx, 150*time.Millisecond)
+	defer cancel3()
+	if d, err := FindBySerial(zctx, sys, "slot"); err == nil {
+		t.Fatalf("size-0 device found: %q", d)
+	}
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		os.WriteFile(filepath.Join(sys, "vdd", "size"), []byte("131072\n"), 0o644)
+	}()
+	sctx2, cancel4 := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel4()
+	if d, err := FindBySerial(sctx2, sys, "slot"); err != nil || d != "/dev/vdd" {
+		t.Fatalf("slot after sizing: %q, %v", d, err)
+	}
 	sctx, cancel2 := context.WithTimeout(ctx, 100*time.Millisecond)
 	defer cancel2()
 	if _, err := FindBySerial(sctx, sys, "missing"); err == nil {
