@@ -65,6 +65,10 @@ type Service struct {
 	containers map[string]*container
 	net        *network.Pod // taps of the pod network (network.go)
 	guestDNS   bool         // the guest has the pod's resolv.conf
+	plug       drivePlugger // disk hot-plug of the VM (podcontainer.go); nil without one
+	diskSlots  int          // empty disk slots reserved for pod containers
+	plugs      uint64       // disks plugged so far (unique serials)
+	hostBind   bool         // the machine sees the host's rootfs (test double)
 }
 
 type container struct {
@@ -75,6 +79,8 @@ type container struct {
 	init       *process
 	execs      map[string]*process
 	hostBind   bool
+	serial     string // rootfs serial of a hot-plugged pod container ("": serial(id))
+	driveID    string // its drive in the VM while plugged
 }
 
 type process struct {
@@ -212,7 +218,7 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 		if typ != oci.PodContainer {
 			return nil, fmt.Errorf("this shim's VM already runs %q; a %s container needs its own VM: %w", s.vmOwner, typ, errdefs.ErrFailedPrecondition)
 		}
-		return nil, fmt.Errorf("adding container %q to the running pod VM needs disk hot-plug, which is not supported yet: %w", req.ID, errdefs.ErrNotImplemented)
+		return s.createPodContainer(ctx, req, spec)
 	}
 	if typ == oci.PodContainer {
 		return nil, fmt.Errorf("pod container %q arrived before its sandbox: %w", req.ID, errdefs.ErrFailedPrecondition)
@@ -281,6 +287,10 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 	if err != nil {
 		return nil, err
 	}
+	diskSlots := 0
+	if typ == oci.PodSandbox {
+		diskSlots = reserveDiskSlots(vmc)
+	}
 	defer func() {
 		if err != nil {
 			pn.Close()
@@ -323,6 +333,7 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 	c.init = p
 	s.cfg, s.sb, s.vmOwner, s.stateDir = cfg, sb, req.ID, stateDir
 	s.net, s.guestDNS = pn, guestDNS
+	s.plug, s.diskSlots, s.hostBind = plugger(m), diskSlots, c.hostBind
 	s.containers[req.ID] = c
 	go s.watchOOM(sb)
 	log.G(ctx).Infof("create %s: rootfs %s in %v, VM with agent in %v, total %v",
@@ -341,7 +352,11 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 func (s *Service) createInit(ctx context.Context, sb *sandbox.Sandbox, c *container, paths stdioPaths) (_ *process, err error) {
 	stdio := translate.StdioOf(paths.stdin, paths.stdout, paths.stderr, paths.terminal)
 	fstype := c.disk.FSType
-	r, err := translate.CreateContainer(c.id, c.spec, serial(c.id), fstype, c.disk.ReadOnly, stdio)
+	ser := c.serial
+	if ser == "" {
+		ser = serial(c.id)
+	}
+	r, err := translate.CreateContainer(c.id, c.spec, ser, fstype, c.disk.ReadOnly, stdio)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
 	}
@@ -582,7 +597,9 @@ func (s *Service) Delete(ctx context.Context, req *taskAPI.DeleteRequest) (*task
 	s.mu.Lock()
 	delete(s.containers, c.id)
 	owner := s.vmOwner == c.id
+	plug := s.plug
 	s.mu.Unlock()
+	unplug(ctx, plug, c)
 	if owner {
 		s.stopVM()
 	}
@@ -602,7 +619,7 @@ func (s *Service) Delete(ctx context.Context, req *taskAPI.DeleteRequest) (*task
 func (s *Service) stopVM() {
 	s.mu.Lock()
 	sb, cg, dir, pn := s.sb, s.cgroup, s.stateDir, s.net
-	s.sb, s.cgroup, s.net = nil, nil, nil
+	s.sb, s.cgroup, s.net, s.plug = nil, nil, nil, nil
 	s.mu.Unlock()
 	if sb != nil {
 		sb.Stop()
