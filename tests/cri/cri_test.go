@@ -397,8 +397,3 @@ func ping(t *testing.T, ip string) {
 	t.Fatalf("ping %s from the host: %v\n%s", ip, err, out)
 }
 
-// hotplugMissing reports whether err is the shim refusing a second
-// container in a pod VM (disk hot-plug not there yet).
-func hotplugMissing(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "hot-plug")
-}
