@@ -396,4 +396,3 @@ func ping(t *testing.T, ip string) {
 	}
 	t.Fatalf("ping %s from the host: %v\n%s", ip, err, out)
 }
-
