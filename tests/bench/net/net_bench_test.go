@@ -201,6 +201,19 @@ func TestNetBench(t *testing.T) {
 	}
 	for _, v := range vms {
 		start := time.Now()
+		// Boots are slow when the lab's host is loaded: wait for the
+		// guest's server before the client's own 3-minute dial retry.
+		for !strings.Contains(v.out.String(), "BENCHTOOL SERVING") {
+			select {
+			case err := <-v.done:
+				v.done <- err
+				t.Fatalf("%s exited before its guest served: %v", v.name, err)
+			case <-time.After(100 * time.Millisecond):
+			}
+			if time.Since(start) > 10*time.Minute {
+				t.Fatalf("%s: guest server not up after 10 minutes", v.name)
+			}
+		}
 		if _, err := v.client("rr", 10); err != nil {
 			t.Fatalf("%s: guest server not reachable: %v", v.name, err)
 		}
