@@ -2,9 +2,11 @@ package cri
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,15 +39,21 @@ var critestFocus = []string{
 const critestPassing = "testdata/critest-passing.txt"
 
 // critestImages are critest's images (with --registry-prefix
-// 127.0.0.1:5000): busybox, and a web server on port 80 standing in
-// for nginx.
+// 127.0.0.1:5000), under both the tags of cri-tools v1.37.0's sources
+// and :latest (what the installed binary asks for): busybox, and a
+// busybox web server on port 80 (logging "httpd") standing in for
+// httpd and nginx.
 func critestImages() map[string]imageSpec {
 	web := busyboxSpec()
-	web.entrypoint = []string{"/bin/httpd", "-f", "-p", "80", "-h", "/www"}
+	web.entrypoint = []string{"/bin/sh", "-c", "echo httpd started; exec httpd -f -v -p 80 -h /www"}
 	web.cmd = nil
 	return map[string]imageSpec{
 		"e2e-test-images/busybox:1.29-2": busyboxSpec(),
+		"e2e-test-images/busybox:latest": busyboxSpec(),
+		"e2e-test-images/httpd:2.4.39-4": web,
+		"e2e-test-images/httpd:latest":   web,
 		"e2e-test-images/nginx:1.14-2":   web,
+		"e2e-test-images/nginx:latest":   web,
 	}
 }
 
@@ -80,6 +88,11 @@ func TestCritest(t *testing.T) {
 		repo, tag, _ := strings.Cut(ref, ":")
 		must(t, pushImage(registryAddr, repo, tag, img))
 	}
+	// The installed critest pulls <prefix>/…:latest but creates containers
+	// from the unprefixed registry.k8s.io names: have those in the store.
+	for _, ref := range []string{"busybox:1.29-2", "httpd:2.4.39-4", "nginx:1.14-2"} {
+		d.crictl(t, "pull", "registry.k8s.io/e2e-test-images/"+ref)
+	}
 	hosts := fmt.Sprintf("server = \"http://%[1]s\"\n\n[host.\"http://%[1]s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", registryAddr)
 	must(t, os.MkdirAll(filepath.Join(d.dir, "certs.d", registryAddr), 0o755))
 	must(t, os.WriteFile(filepath.Join(d.dir, "certs.d", registryAddr, "hosts.toml"), []byte(hosts), 0o644))
@@ -93,8 +106,17 @@ func TestCritest(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Dir = d.dir
+	cmd.WaitDelay = 10 * time.Second
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	if testing.Verbose() {
+		// Progress as it happens (the lab has no other window into it).
+		cmd.Stdout = io.MultiWriter(&buf, os.Stderr)
+		cmd.Stderr = cmd.Stdout
+	}
 	t0 := time.Now()
-	out, err := cmd.CombinedOutput()
+	err := cmd.Run()
+	out := buf.Bytes()
 	t.Logf("critest: %v (exit: %v)", time.Since(t0).Round(time.Second), err)
 	b, rerr := os.ReadFile(report)
 	if rerr != nil {
