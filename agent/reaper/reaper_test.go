@@ -62,12 +62,21 @@ func TestReaper(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("/bin/sh", "-c", "sh -c 'exit 7' </dev/null >/dev/null & echo $!")
+	// The child waits for a line on fd 3, which the test writes only after
+	// the shell has been reaped: the child is then surely our orphan (had
+	// it exited first, the shell could have reaped it itself).
+	gr, gw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("/bin/sh", "-c", "sh -c 'read x <&3; exit 7' </dev/null >/dev/null & echo $!")
 	cmd.Stdout = pw
+	cmd.ExtraFiles = []*os.File{gr}
 	if e, err := r.Run(cmd); err != nil || e.Status != 0 {
 		t.Fatal(e, err)
 	}
 	pw.Close()
+	gr.Close()
 	out, err := io.ReadAll(pr)
 	if err != nil {
 		t.Fatal(err)
@@ -76,12 +85,17 @@ func TestReaper(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if _, err := gw.Write([]byte("go\n")); err != nil {
+		t.Fatal(err)
+	}
+	gw.Close()
 	select {
 	case e := <-r.Watch(pid):
 		if e.Status != 7 || e.Pid != pid {
 			t.Errorf("orphan exit %+v, want pid %d status 7", e, pid)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("orphan exit not delivered")
+		st, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+		t.Fatalf("orphan exit not delivered; /proc/%d/status:\n%s", pid, st)
 	}
 }
