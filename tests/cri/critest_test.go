@@ -124,6 +124,11 @@ func TestCritest(t *testing.T) {
 	err := cmd.Run()
 	out := buf.Bytes()
 	t.Logf("critest: %v (exit: %v)", time.Since(t0).Round(time.Second), err)
+	// A spec cut short (suite timeout) leaves its pod: remove every pod so
+	// no shim outlives this test.
+	if out, err := d.crictlRun(3*time.Minute, "rmp", "-a", "-f"); err != nil {
+		t.Logf("remove leftover pods: %v\n%s", err, out)
+	}
 	b, rerr := os.ReadFile(report)
 	if rerr != nil {
 		t.Fatalf("no critest report: %v\n%s", rerr, tail(out, 8000))
