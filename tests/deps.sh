@@ -27,6 +27,7 @@ DISTRIBUTION_VERSION=v3.1.2
 PROTOBUF_GO_VERSION=v1.36.12
 TTRPC_VERSION=v1.2.10
 STATICCHECK_VERSION=v0.8.2
+GOTESTSUM_VERSION=v1.13.0
 KERNEL_SERIES=6.1
 CONTAINERD16_SERIES=1.6.20
 
@@ -183,6 +184,8 @@ install_cni
 go_tool protoc-gen-go "$PROTOBUF_GO_VERSION" google.golang.org/protobuf/cmd/protoc-gen-go
 go_tool protoc-gen-go-ttrpc "$TTRPC_VERSION" github.com/containerd/ttrpc/cmd/protoc-gen-go-ttrpc
 go_tool staticcheck "$STATICCHECK_VERSION" honnef.co/go/tools/cmd/staticcheck
+# runs the lab packages and reruns a failed test once (make test)
+go_tool gotestsum "$GOTESTSUM_VERSION" gotest.tools/gotestsum
 install_kernel ""
 install_kernel "cloud-"
 install_containerd16

@@ -57,6 +57,18 @@ func reexec(args []string) int {
 	quoted := []string{shellQuote(exe)}
 	opts := Options{Stdout: os.Stdout, Stderr: os.Stderr, Timeout: 30 * time.Minute}
 	for _, a := range args[1:] {
+		// The binary inside gets a shorter timeout than the lab run so that
+		// a hung test ends in the testing package's panic, which prints
+		// every goroutine's stack, instead of a silent lab kill.
+		if v, ok := strings.CutPrefix(a, "-test.timeout="); ok {
+			if d, err := time.ParseDuration(v); err == nil && d > 0 {
+				opts.Timeout = d
+				if d > time.Minute {
+					opts.Timeout = d - 30*time.Second
+				}
+				a = "-test.timeout=" + innerTimeout(d).String()
+			}
+		}
 		quoted = append(quoted, shellQuote(a))
 		// Files go test asks the binary to write must come back.
 		for _, f := range []string{"-test.testlogfile=", "-test.coverprofile=", "-test.outputdir=", "-test.cpuprofile="} {
@@ -66,11 +78,6 @@ func reexec(args []string) int {
 				} else {
 					opts.OutDir = filepath.Dir(v)
 				}
-			}
-		}
-		if v, ok := strings.CutPrefix(a, "-test.timeout="); ok {
-			if d, err := time.ParseDuration(v); err == nil && d > 0 {
-				opts.Timeout = d
 			}
 		}
 	}
@@ -84,6 +91,19 @@ func reexec(args []string) int {
 	}
 	fmt.Fprintf(os.Stderr, "lab: test binary started %.1fs after lab launch, lab run took %.1fs\n", res.Boot.Seconds(), res.Duration.Seconds())
 	return res.ExitCode
+}
+
+// labTimeoutMargin is how much sooner than the lab run a test binary
+// inside it times out: lab boot plus the time to print the stacks.
+const labTimeoutMargin = 2 * time.Minute
+
+// innerTimeout is the -test.timeout given to a test binary run in the lab
+// when the outer one is d.
+func innerTimeout(d time.Duration) time.Duration {
+	if d > 2*labTimeoutMargin {
+		return d - labTimeoutMargin
+	}
+	return d * 3 / 4
 }
 
 func (o Options) with(cmd string) Options { o.Cmd = cmd; return o }

@@ -43,9 +43,13 @@ if [ -n "$first" ] && [ "$size" != 0 ]; then
 	/nettool recv 0.0.0.0:5002
 fi
 if [ -e /dev/hvc0 ]; then
+	# One open for both directions: the host's answer may arrive between
+	# two separate opens, and the tty drops input while nobody has it open.
+	exec 3<>/dev/hvc0
 	stty -F /dev/hvc0 raw -echo 2>/dev/null
-	echo "CONSOLE-OUT from guest" > /dev/hvc0
-	read -t 60 line < /dev/hvc0
+	echo "CONSOLE-OUT from guest" >&3
+	read -t 60 line <&3
+	exec 3>&-
 	echo "CONSOLE-IN $line"
 fi
 if [ -e /dev/hwrng ]; then

@@ -123,6 +123,10 @@ func EchoTransfer(ctx context.Context, target vsockdial.Target, seed, size int) 
 		return err
 	}
 	defer c.Close()
+	// A stalled data path must fail the transfer, not hang the test.
+	if d, ok := ctx.Deadline(); ok {
+		c.SetDeadline(d)
+	}
 	sent := sha256.New()
 	werr := make(chan error, 1)
 	go func() {
