@@ -34,6 +34,7 @@ const (
 type conn struct {
 	key           connKey
 	fd            int
+	gen           int32 // epoll token, see Unix.newGen
 	state         connState
 	hostInitiated bool
 	deadline      time.Time
@@ -121,9 +122,9 @@ func (d *Unix) updateInterest(c *conn) {
 	case ev == 0:
 		err = unix.EpollCtl(d.epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
 	case c.events == 0:
-		err = unix.EpollCtl(d.epfd, unix.EPOLL_CTL_ADD, c.fd, &unix.EpollEvent{Events: ev, Fd: int32(c.fd)})
+		err = unix.EpollCtl(d.epfd, unix.EPOLL_CTL_ADD, c.fd, &unix.EpollEvent{Events: ev, Fd: int32(c.fd), Pad: c.gen})
 	default:
-		err = unix.EpollCtl(d.epfd, unix.EPOLL_CTL_MOD, c.fd, &unix.EpollEvent{Events: ev, Fd: int32(c.fd)})
+		err = unix.EpollCtl(d.epfd, unix.EPOLL_CTL_MOD, c.fd, &unix.EpollEvent{Events: ev, Fd: int32(c.fd), Pad: c.gen})
 	}
 	if err != nil {
 		log.L.Warnf("vsock %s: epoll for port %d: %v", d.cfg.ID, c.key.guestPort, err)
@@ -372,7 +373,7 @@ func (d *Unix) guestConnect(h Header, key connKey) {
 		d.orphanRst(h)
 		return
 	}
-	c := &conn{key: key, fd: fd, state: stateEstablished, needResponse: true,
+	c := &conn{key: key, fd: fd, gen: d.newGen(), state: stateEstablished, needResponse: true,
 		peerBufAlloc: h.BufAlloc, peerFwdCnt: h.FwdCnt}
 	d.conns[key] = c
 	d.fds[int32(fd)] = c

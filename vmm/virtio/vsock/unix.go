@@ -58,6 +58,7 @@ type Unix struct {
 	rxList     []*conn       // connections with something for the guest
 	orphanRsts []Header
 	nextPort   uint32
+	lastGen    int32
 	chain      virtio.Chain
 	segs       [][]byte
 	data       [][]byte
@@ -69,7 +70,20 @@ type Unix struct {
 // CONNECT line yet.
 type handshake struct {
 	fd       int
+	gen      int32 // epoll token, see Unix.newGen
 	deadline time.Time
+}
+
+// newGen returns the token that tags a socket's epoll registrations. A
+// batch from epoll_wait can still hold an event for a socket closed
+// earlier in the same batch whose descriptor number a new socket already
+// reuses; the token tells the two apart, so that (say) a stale hang-up
+// never ends the new connection.
+func (d *Unix) newGen() int32 {
+	if d.lastGen++; d.lastGen <= 0 {
+		d.lastGen = 1
+	}
+	return d.lastGen
 }
 
 // NewUnix creates the listening socket at cfg.UDSPath (which must not
@@ -264,22 +278,32 @@ func (d *Unix) onEvents() {
 		return
 	}
 	for _, ev := range d.events[:n] {
-		switch fd := int(ev.Fd); {
-		case fd == d.listener:
-			d.accept()
-		case fd == d.timer:
-			drain(d.timer)
-			d.expire(time.Now())
-		default:
-			switch o := d.fds[ev.Fd].(type) {
-			case *handshake:
+		d.dispatch(ev)
+	}
+	d.processRx()
+}
+
+// dispatch handles one event of a batch. An event whose token is not
+// the current owner's is for a socket closed earlier in the batch.
+func (d *Unix) dispatch(ev unix.EpollEvent) {
+	switch fd := int(ev.Fd); {
+	case fd == d.listener:
+		d.accept()
+	case fd == d.timer:
+		drain(d.timer)
+		d.expire(time.Now())
+	default:
+		switch o := d.fds[ev.Fd].(type) {
+		case *handshake:
+			if o.gen == ev.Pad {
 				d.readHandshake(o)
-			case *conn:
+			}
+		case *conn:
+			if o.gen == ev.Pad {
 				d.onConnEvent(o, ev.Events)
 			}
 		}
 	}
-	d.processRx()
 }
 
 // accept takes pending host connections. While the guest driver is not
@@ -297,8 +321,8 @@ func (d *Unix) accept() {
 			unix.Close(fd)
 			continue
 		}
-		h := &handshake{fd: fd, deadline: time.Now().Add(connectTimeout)}
-		if err := unix.EpollCtl(d.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
+		h := &handshake{fd: fd, gen: d.newGen(), deadline: time.Now().Add(connectTimeout)}
+		if err := unix.EpollCtl(d.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd), Pad: h.gen}); err != nil {
 			unix.Close(fd)
 			continue
 		}
@@ -349,7 +373,7 @@ func (d *Unix) readHandshake(h *handshake) {
 		return
 	}
 	_ = unix.EpollCtl(d.epfd, unix.EPOLL_CTL_DEL, h.fd, nil)
-	c := &conn{key: connKey{hostPort: hostPort, guestPort: port}, fd: h.fd, state: stateConnecting,
+	c := &conn{key: connKey{hostPort: hostPort, guestPort: port}, fd: h.fd, gen: d.newGen(), state: stateConnecting,
 		hostInitiated: true, deadline: time.Now().Add(connectTimeout), needRequest: true}
 	d.fds[int32(h.fd)] = c
 	d.conns[c.key] = c

@@ -412,3 +412,42 @@ func TestHandshakeErrors(t *testing.T) {
 		c.Close()
 	}
 }
+
+// TestStaleEventIgnored: an epoll event left in a batch for a socket that
+// was closed (its descriptor number now reused by a new connection) must
+// not reach the new connection: a stale hang-up would end it.
+func TestStaleEventIgnored(t *testing.T) {
+	g, uds := newGuest(t)
+	c, r, req := hostConnect(t, g, uds, 1030)
+	var fd int32
+	var gen int32
+	g.dev.loop.Call(func() {
+		cn := g.dev.conns[connKey{hostPort: req.SrcPort, guestPort: 1030}]
+		fd, gen = int32(cn.fd), cn.gen
+		g.dev.dispatch(unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLHUP, Fd: fd, Pad: gen - 1})
+		if cn.hostHup || cn.readable {
+			t.Errorf("stale event reached connection: hup %v readable %v", cn.hostHup, cn.readable)
+		}
+	})
+	// The connection still carries data both ways.
+	g.send(Header{SrcPort: 1030, DstPort: req.SrcPort, Op: OpRW}, []byte("ping\n"))
+	line, err := r.ReadString('\n')
+	if err != nil || line != "ping\n" {
+		t.Fatalf("host read %q, %v", line, err)
+	}
+	if _, err := c.Write([]byte("pong")); err != nil {
+		t.Fatal(err)
+	}
+	if got := g.waitData(1030, 4); string(got) != "pong" {
+		t.Fatalf("guest got %q", got)
+	}
+	// The same event with the current token is delivered.
+	g.dev.loop.Call(func() {
+		cn := g.dev.conns[connKey{hostPort: req.SrcPort, guestPort: 1030}]
+		g.dev.dispatch(unix.EpollEvent{Events: unix.EPOLLHUP, Fd: fd, Pad: gen})
+		if !cn.hostHup {
+			t.Error("current event not delivered")
+		}
+	})
+	g.noBroken()
+}
