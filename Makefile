@@ -114,10 +114,12 @@ demo: deps
 	$(BIN)/demo -vmm $(BIN)/stratovirt
 
 # Benchmarks against their peers in one run (in the lab where the host's
-# KVM cannot boot Linux): results.{md,json,svg} under BENCH_OUT.
+# KVM cannot boot Linux): results.{md,json,svg} under BENCH_OUT. Every row
+# group runs unless BENCH_ROWS picks some (e.g. BENCH_ROWS=agent,container).
 BENCH_OUT ?= bench/results
 BENCH_RUNS ?= 10
+BENCH_ROWS ?= all
 bench: deps
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./cmd/stratovirt ./tests/bench/cmd/bench
-	$(BIN)/bench -runs $(BENCH_RUNS) -out $(BENCH_OUT) -vmm $(BIN)/stratovirt
+	$(BIN)/bench -runs $(BENCH_RUNS) -rows $(BENCH_ROWS) -out $(BENCH_OUT) -vmm $(BIN)/stratovirt

@@ -1,10 +1,13 @@
 // Command guestimage builds the stratovirt guest image (`make guest`): the
-// Debian cloud kernel as shipped, and a gzip'd initramfs holding the agent
-// as /init, runc with the shared libraries it needs, and the kernel
-// modules the agent loads at start (with their dependencies, in load
-// order, listed in /etc/stratovirt/modules). The output is reproducible:
-// entries are sorted, owned by root, with zero mtimes, and gzip carries no
-// name or time.
+// Debian cloud kernel as shipped (vmlinuz) and as the ELF inside it
+// (vmlinux, booted through PVH without in-guest decompression), and an
+// initramfs, uncompressed (initramfs.cpio, what the shim boots by default)
+// and gzip'd (initramfs.cpio.gz), holding the agent as /init, runc with
+// the shared libraries it needs, and the kernel modules the agent loads at
+// start (with their dependencies, in load order, listed in
+// /etc/stratovirt/modules). The output is reproducible: entries are
+// sorted, owned by root, with zero mtimes, and gzip carries no name or
+// time.
 package main
 
 import (
@@ -25,10 +28,11 @@ import (
 	"github.com/stratovirt-go/stratovirt/tests/lab"
 )
 
-// Modules the guest needs: virtio-mmio transport, block, network, vsock,
-// entropy, and the filesystems container images use (ext4 is built in).
+// Modules the guest needs: virtio-mmio transport (the VMM has no PCI),
+// block, network, vsock, entropy, and the filesystems container images use
+// (ext4 is built in).
 var defaultModules = []string{
-	"virtio_mmio", "virtio_pci", "virtio_blk", "virtio_net", "vmw_vsock_virtio_transport",
+	"virtio_mmio", "virtio_blk", "virtio_net", "vmw_vsock_virtio_transport",
 	"virtio_rng", "overlay", "erofs", "squashfs",
 }
 
@@ -41,8 +45,9 @@ func main() {
 	runcPath := flag.String("runc", "/usr/sbin/runc", "runc binary to include")
 	kernelDir := flag.String("kernel-dir", "", "unpacked kernel package (boot/ and lib/modules/); default: the cloud-amd64 kernel from `make deps`")
 	mods := flag.String("modules", strings.Join(defaultModules, ","), "kernel modules to load at boot (comma separated)")
+	vmlinux := flag.String("vmlinux", "", "ELF kernel to write as vmlinux (default: decompressed from the bzImage)")
 	flag.Parse()
-	if err := build(*agent, *out, *runcPath, *kernelDir, strings.Split(*mods, ",")); err != nil {
+	if err := build(*agent, *out, *runcPath, *kernelDir, *vmlinux, strings.Split(*mods, ",")); err != nil {
 		fmt.Fprintln(os.Stderr, "guestimage:", err)
 		os.Exit(1)
 	}
@@ -111,7 +116,7 @@ func (im *image) write() ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-func build(agent, out, runcPath, kernelDir string, modules []string) error {
+func build(agent, out, runcPath, kernelDir, vmlinuxPath string, modules []string) error {
 	if agent == "" {
 		return errors.New("-agent is required")
 	}
@@ -166,10 +171,19 @@ func build(agent, out, runcPath, kernelDir string, modules []string) error {
 	if err != nil {
 		return err
 	}
+	var elfKernel []byte
+	if vmlinuxPath != "" {
+		elfKernel, err = os.ReadFile(vmlinuxPath)
+	} else {
+		elfKernel, err = Vmlinux(kernel)
+	}
+	if err != nil {
+		return fmt.Errorf("vmlinux from %s: %w", k.Image, err)
+	}
 	outputs := []struct {
 		name string
 		data []byte
-	}{{"vmlinuz", kernel}, {"initramfs.cpio.gz", gz.Bytes()}}
+	}{{"vmlinuz", kernel}, {"vmlinux", elfKernel}, {"initramfs.cpio", raw}, {"initramfs.cpio.gz", gz.Bytes()}}
 	for _, o := range outputs {
 		if err := os.WriteFile(filepath.Join(out, o.name), o.data, 0o644); err != nil {
 			return err
@@ -179,7 +193,7 @@ func build(agent, out, runcPath, kernelDir string, modules []string) error {
 	for _, o := range outputs {
 		fmt.Printf("  %-18s %9d bytes (%.1f MiB)  sha256 %x\n", o.name, len(o.data), float64(len(o.data))/(1<<20), sha256.Sum256(o.data))
 	}
-	fmt.Printf("  initramfs unpacked %d bytes (%.1f MiB): agent %d, runc and libraries, modules\n", len(raw), float64(len(raw))/(1<<20), len(a))
+	fmt.Printf("  initramfs: agent %d bytes, runc and its libraries, modules\n", len(a))
 	return nil
 }
 

@@ -185,12 +185,19 @@ func idleOverhead(cmd *exec.Cmd, guestBytes uint64) (rss, pss float64, err error
 }
 
 func smapsOverhead(pid int, guestBytes uint64) (rssMiB, pssMiB float64, err error) {
+	rssMiB, pssMiB, _, err = smaps(pid, guestBytes)
+	return rssMiB, pssMiB, err
+}
+
+// smaps sums RSS and PSS over pid's mappings except guest RAM, and the
+// RSS of guest RAM, in MiB.
+func smaps(pid int, guestBytes uint64) (rssMiB, pssMiB, guestMiB float64, err error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	defer f.Close()
-	var rss, pss, sizeKB uint64
+	var rss, pss, sizeKB, guestRSS uint64
 	guest := false
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
@@ -209,10 +216,16 @@ func smapsOverhead(pid int, guestBytes uint64) (rssMiB, pssMiB float64, err erro
 			}
 			continue
 		}
-		if guest || len(fields) < 2 {
+		if len(fields) < 2 {
 			continue
 		}
 		v, _ := strconv.ParseUint(fields[1], 10, 64)
+		if guest {
+			if fields[0] == "Rss:" {
+				guestRSS += v
+			}
+			continue
+		}
 		switch fields[0] {
 		case "Size:":
 			sizeKB += v
@@ -222,5 +235,5 @@ func smapsOverhead(pid int, guestBytes uint64) (rssMiB, pssMiB float64, err erro
 			pss += v
 		}
 	}
-	return float64(rss) / 1024, float64(pss) / 1024, sc.Err()
+	return float64(rss) / 1024, float64(pss) / 1024, float64(guestRSS) / 1024, sc.Err()
 }

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stratovirt-go/stratovirt/tests/bench"
 	"github.com/stratovirt-go/stratovirt/tests/blk/blktest"
 	"github.com/stratovirt-go/stratovirt/tests/lab"
 )
@@ -167,6 +168,7 @@ func TestBlkBench(t *testing.T) {
 	}
 	where, _ := lab.Where()
 	var table strings.Builder
+	var rows []bench.Row
 	fmt.Fprintf(&table, "\nvirtio-blk, stratovirt-go vs QEMU %s microvm (guest: Debian cloud kernel, 2 vCPUs, 512 MiB; measured on: %s)\n", qemuVersion(), where)
 	for _, md := range modes {
 		// Alternate the order so neither VMM always runs on a warm cache.
@@ -182,7 +184,13 @@ func TestBlkBench(t *testing.T) {
 				ratio = a / b
 			}
 			fmt.Fprintf(&table, "| %s | %.0f (%.2f MiB/s) | %.0f (%.2f MiB/s) | %.2f |\n", m.label, a, a*4096/(1<<20), b, b*4096/(1<<20), ratio)
+			r := bench.NewRow("virtio-blk "+m.label+", "+md.name, "IOPS", []float64{o[m.key], o2[m.key]}, "qemu microvm", []float64{q[m.key], q2[m.key]})
+			r.HigherIsBetter = true
+			rows = append(rows, r)
 		}
+	}
+	if err := bench.EmitRows(rows); err != nil {
+		t.Error(err)
 	}
 	fmt.Println(table.String())
 	t.Log(table.String())

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stratovirt-go/stratovirt/tests/bench"
 	"github.com/stratovirt-go/stratovirt/tests/lab"
 	"github.com/stratovirt-go/stratovirt/tests/net/nettest"
 )
@@ -276,6 +277,9 @@ func TestNetBench(t *testing.T) {
 		"%d MiB per transfer, %d interleaved runs, %d round trips per run; both ends are the static Go benchtool (iperf3 would need its shared libraries in the guest); measured on: %s)\n\n",
 		qemuVersion(), size>>20, runs, rrCount, where)
 	b.WriteString(table(res, ours, peers))
+	if err := bench.EmitRows(benchRows(res, ours, peers)); err != nil {
+		t.Error(err)
+	}
 	b.WriteString("\nRatios are ours/peer: above 1 is better for MB/s, worse for µs.\n\n")
 	b.WriteString("VMM process CPU time per GB moved, total (of which running guest code, proc guest_time); a vhost=on kernel worker is not counted:\n\n")
 	b.WriteString("| VMM | guest→host CPU s/GB | host→guest CPU s/GB | CPU while idle (others measured) |\n|---|---:|---:|---:|\n")

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/stratovirt-go/stratovirt/tests/bench"
 )
 
 // series are the values of one workload on one VMM, one per run.
@@ -98,4 +100,17 @@ func table(r results, ours string, peers []string) string {
 		}
 	}
 	return b.String()
+}
+
+// benchRows are table's rows for cmd/bench's report.
+func benchRows(r results, ours string, peers []string) []bench.Row {
+	var rows []bench.Row
+	for _, w := range workloads {
+		for _, p := range peers {
+			row := bench.NewRow("virtio-net "+w.label, w.unit, []float64(r[ours][w.key]), "qemu microvm "+p, []float64(r[p][w.key]))
+			row.HigherIsBetter = !w.lowerBetter
+			rows = append(rows, row)
+		}
+	}
+	return rows
 }

@@ -24,6 +24,7 @@ import (
 
 	mdvsock "github.com/mdlayher/vsock"
 
+	"github.com/stratovirt-go/stratovirt/tests/bench"
 	"github.com/stratovirt-go/stratovirt/tests/lab"
 	"github.com/stratovirt-go/stratovirt/tests/vsock/vsocktest"
 	"github.com/stratovirt-go/stratovirt/vmm/vsockdial"
@@ -145,9 +146,21 @@ func TestVsockBench(t *testing.T) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nvsock throughput, stratovirt-go vs QEMU %s microvm vhost-vsock-device (guest: Debian cloud kernel, 2 vCPUs, 512 MiB; measured on: %s)\n\n", qemuVersion(), where)
 	b.WriteString("| workload | ours vhost MiB/s | ours unix MiB/s | QEMU vhost MiB/s | vhost ratio | unix ratio |\n|---|---:|---:|---:|---:|---:|\n")
+	var rows []bench.Row
 	for _, w := range workloads {
 		q := qemu[w.key]
 		fmt.Fprintf(&b, "| %s | %.1f | %.1f | %.1f | %.2f | %.2f |\n", w.label, ours[w.key], user[w.key], q, ours[w.key]/q, user[w.key]/q)
+		for _, side := range []struct {
+			name string
+			r    map[string]float64
+		}{{"vhost", ours}, {"unix backend", user}} {
+			r := bench.NewRow("vsock "+w.label+", ours "+side.name, "MiB/s", []float64{side.r[w.key]}, "qemu vhost-vsock-device", []float64{q})
+			r.HigherIsBetter = true
+			rows = append(rows, r)
+		}
+	}
+	if err := bench.EmitRows(rows); err != nil {
+		t.Error(err)
 	}
 	fmt.Println(b.String())
 	t.Log(b.String())

@@ -2,10 +2,16 @@
 // same run, and writes results.md, results.json and results.svg. On a host
 // whose KVM cannot boot Linux it runs itself inside the lab.
 //
-//	bench [-runs N] [-out DIR] [-rows boot,mem,container]
+//	bench [-runs N] [-out DIR] [-rows boot,mem,agent,container,shimmem,density,blk,net,vsock]
 //
-// The container group starts containerd 2.4.2 (make deps) with the
-// stratovirt shim and compares `ctr run --rm ... true` with runc's shim.
+// Every group runs by default; -rows (make bench BENCH_ROWS=...) picks a
+// subset. The agent group boots the `make guest` image to the agent
+// listening on vsock (PVH vmlinux + uncompressed initramfs against the
+// bzImage + gzip initramfs). The container, shimmem and density groups
+// start containerd 2.4.2 (make deps) with the stratovirt shim and compare
+// with runc's shim on the same containerd. blk, net and vsock run the
+// tests/bench/{blk,net,vsock} benchmarks (compiled on the host) against
+// QEMU microvm.
 package main
 
 import (
@@ -25,6 +31,12 @@ import (
 	"github.com/stratovirt-go/stratovirt/tests/payload"
 )
 
+// allGroups is every row group, in the order they run.
+const allGroups = "boot,mem,agent,container,shimmem,density,blk,net,vsock"
+
+// densitySteps are the container counts the density group measures at.
+var densitySteps = []int{1, 2, 4, 8}
+
 const (
 	// The cloud kernel has no /dev/port: a tiny static program writes 1
 	// to the debug-exit port 0xf4, which ends both VMMs with status 3.
@@ -36,7 +48,7 @@ func main() {
 	runs := flag.Int("runs", 10, "runs per side for time rows")
 	memRuns := flag.Int("mem-runs", 3, "runs per side for memory rows")
 	out := flag.String("out", "bench/results", "directory for results.{md,json,svg}")
-	rows := flag.String("rows", "boot,mem", "comma-separated row groups: boot, mem, container")
+	rows := flag.String("rows", allGroups, "comma-separated row groups: "+allGroups)
 	vmm := flag.String("vmm", "bin/stratovirt", "our VMM binary")
 	shimDir := flag.String("shim-dir", "", "(internal) prepared shim and guest image")
 	flag.Parse()
@@ -54,7 +66,10 @@ func run(runs, memRuns int, out, rows, vmm, shimDir string) error {
 	if vmm, err = filepath.Abs(vmm); err != nil {
 		return err
 	}
-	if shimDir == "" && strings.Contains(","+rows+",", ",container,") {
+	if rows == "" || rows == "all" {
+		rows = allGroups
+	}
+	if shimDir == "" {
 		root, err := lab.RepoRoot()
 		if err != nil {
 			return err
@@ -63,7 +78,12 @@ func run(runs, memRuns int, out, rows, vmm, shimDir string) error {
 			return err
 		}
 		defer os.RemoveAll(shimDir)
-		if err := ctrd.Build(root, shimDir); err != nil {
+		if has(rows, "agent", "container", "shimmem", "density") {
+			if err := ctrd.Build(root, shimDir); err != nil {
+				return err
+			}
+		}
+		if err := prepareIO(root, shimDir, rows); err != nil {
 			return err
 		}
 	}
@@ -86,7 +106,7 @@ func run(runs, memRuns int, out, rows, vmm, shimDir string) error {
 		return nil
 	}
 	var env bench.BootEnv
-	if rows != "container" {
+	if has(rows, "boot", "mem") {
 		var cleanup func()
 		if env, cleanup, err = prepare(vmm, runs); err != nil {
 			return err
@@ -104,8 +124,12 @@ func run(runs, memRuns int, out, rows, vmm, shimDir string) error {
 			r, err = bench.BootRows(env)
 		case "mem":
 			r, err = bench.MemRows(env, memRuns)
-		case "container":
-			r, err = containerRows(shimDir, runs)
+		case "agent":
+			r, err = bench.AgentBootRows(vmm, guestImages(shimDir), runs)
+		case "container", "shimmem", "density":
+			r, err = containerRows(group, shimDir, runs, memRuns)
+		case "blk", "net", "vsock":
+			r, err = ioRows(group, shimDir)
 		default:
 			return fmt.Errorf("unknown row group %q", group)
 		}
@@ -120,8 +144,39 @@ func run(runs, memRuns int, out, rows, vmm, shimDir string) error {
 	return rep.Markdown(os.Stdout)
 }
 
-// containerRows runs the container group on a private containerd 2.4.2.
-func containerRows(shimDir string, runs int) ([]bench.Row, error) {
+// has reports whether the comma-separated list holds any of names.
+func has(list string, names ...string) bool {
+	for _, n := range names {
+		if strings.Contains(","+list+",", ","+n+",") {
+			return true
+		}
+	}
+	return false
+}
+
+// guestImages are the make guest image pairs the agent group boots: the
+// default first (the ratio reference is the old bzImage + gzip pair, so
+// it goes first).
+func guestImages(shimDir string) []bench.GuestImage {
+	g := filepath.Join(shimDir, "guest")
+	imgs := []bench.GuestImage{
+		{Name: "bzImage + gzip initramfs (before)", Kernel: filepath.Join(g, "vmlinuz"), Initrd: filepath.Join(g, "initramfs.cpio.gz")},
+		{Name: "bzImage + plain initramfs", Kernel: filepath.Join(g, "vmlinuz"), Initrd: filepath.Join(g, "initramfs.cpio")},
+		{Name: "PVH vmlinux + plain initramfs (make guest default)", Kernel: filepath.Join(g, "vmlinux"), Initrd: filepath.Join(g, "initramfs.cpio")},
+	}
+	// BENCH_GUEST_IMAGES adds NAME=KERNEL:INITRD,... (development).
+	for _, e := range strings.Split(os.Getenv("BENCH_GUEST_IMAGES"), ",") {
+		name, files, ok := strings.Cut(e, "=")
+		k, i, ok2 := strings.Cut(files, ":")
+		if ok && ok2 {
+			imgs = append(imgs, bench.GuestImage{Name: name, Kernel: k, Initrd: i})
+		}
+	}
+	return imgs
+}
+
+// containerRows runs a container group on a private containerd 2.4.2.
+func containerRows(group, shimDir string, runs, memRuns int) ([]bench.Row, error) {
 	root, err := lab.RepoRoot()
 	if err != nil {
 		return nil, err
@@ -133,6 +188,12 @@ func containerRows(shimDir string, runs int) ([]bench.Row, error) {
 	defer d.Stop()
 	if err := d.Import(); err != nil {
 		return nil, err
+	}
+	switch group {
+	case "shimmem":
+		return bench.ShimMemRows(d, memRuns, 256)
+	case "density":
+		return bench.DensityRows(d, densitySteps)
 	}
 	return bench.ContainerRows(d, runs)
 }

@@ -1,0 +1,224 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/stratovirt-go/stratovirt/agent-proto/stream"
+	"github.com/stratovirt-go/stratovirt/vmm/vsockdial"
+)
+
+// GuestImage is a kernel and initramfs that boot to the stratovirt agent
+// (make guest).
+type GuestImage struct {
+	Name, Kernel, Initrd string
+}
+
+// AgentCmdline is the shim's kernel command line (runtime/translate's
+// BaseCmdline).
+const AgentCmdline = "console=ttyS0 reboot=k panic=1 quiet"
+
+// consoleLine is one console line and when the host read it.
+type consoleLine struct {
+	at   time.Duration // since the VMM was spawned
+	text string
+}
+
+// agentBoot spawns vmm booting img with a vsock device and returns the
+// time from spawn to the agent accepting a connection on its control
+// port, and the console lines. cmdline replaces AgentCmdline when set.
+func agentBoot(vmm string, img GuestImage, cid uint32, dir, cmdline string) (time.Duration, []consoleLine, error) {
+	if cmdline == "" {
+		cmdline = AgentCmdline
+	}
+	dev := fmt.Sprintf("vsock,id=vsock0,guest-cid=%d", cid)
+	target := vsockdial.Target{CID: cid}
+	if _, err := os.Stat("/dev/vhost-vsock"); err != nil {
+		uds := filepath.Join(dir, fmt.Sprintf("v%d.sock", cid))
+		dev += ",backend=unix,uds-path=" + uds
+		target = vsockdial.Target{UDSPath: uds}
+	}
+	args := []string{"-name", "bench-agent", "-kernel", img.Kernel, "-initrd", img.Initrd, "-append", cmdline,
+		"-smp", "1", "-m", "256M", "-serial", "stdio", "-device", dev}
+	cmd := exec.Command(vmm, args...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return 0, nil, err
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return 0, nil, err
+	}
+	var (
+		mu    sync.Mutex
+		lines []consoleLine
+		done  = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			mu.Lock()
+			lines = append(lines, consoleLine{time.Since(start), sc.Text()})
+			mu.Unlock()
+		}
+		io.Copy(io.Discard, out)
+	}()
+	exited := make(chan struct{})
+	go func() { <-done; cmd.Wait(); close(exited) }()
+	defer func() {
+		cmd.Process.Kill()
+		<-exited
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var ready time.Duration
+	for {
+		c, err := vsockdial.DialOnce(ctx, target, stream.ControlPort)
+		if err == nil {
+			ready = time.Since(start)
+			c.Close()
+			break
+		}
+		select {
+		case <-exited:
+			return 0, nil, fmt.Errorf("VMM exited before the agent listened: %s", strings.TrimSpace(stderr.String()))
+		case <-ctx.Done():
+			return 0, nil, fmt.Errorf("agent not listening after 3 minutes: %v", err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	// Let the console catch up with what the agent printed.
+	time.Sleep(300 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	return ready, append([]consoleLine(nil), lines...), nil
+}
+
+// AgentBootRows boots each image runs times (interleaved) to the agent
+// listening on vsock and reports spawn-to-agent per image; the first
+// image is the reference the others' ratio is taken against. It then
+// boots each image once with a verbose console and adds a note with
+// where the time went.
+func AgentBootRows(vmm string, imgs []GuestImage, runs int) ([]Row, error) {
+	if len(imgs) == 0 {
+		return nil, nil
+	}
+	dir, err := os.MkdirTemp("", "bench-agent-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	samples := make([][]float64, len(imgs))
+	cid := uint32(4000 + os.Getpid()%1000*16)
+	for i := 0; i < runs; i++ {
+		for j, img := range imgs {
+			cid++
+			d, _, err := agentBoot(vmm, img, cid, dir, "")
+			if err != nil {
+				return nil, fmt.Errorf("boot %s to the agent: %w", img.Name, err)
+			}
+			samples[j] = append(samples[j], ms(d))
+		}
+	}
+	var rows []Row
+	for j, img := range imgs {
+		var r Row
+		if j == 0 || len(imgs) == 1 {
+			r = NewRow("boot to agent listening, "+img.Name+", 1 vCPU, 256 MiB", "ms", samples[j], "", nil)
+		} else {
+			r = NewRow("boot to agent listening, "+img.Name+", 1 vCPU, 256 MiB", "ms", samples[j], imgs[0].Name, samples[0])
+		}
+		cid++
+		d, lines, err := agentBoot(vmm, img, cid, dir, "console=ttyS0 reboot=k panic=1 -- -log-level debug")
+		if err != nil {
+			return rows, fmt.Errorf("verbose boot %s: %w", img.Name, err)
+		}
+		r.Note = Breakdown(lines, d).String()
+		rows = append(rows, r)
+	}
+	return rows, nil
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// BootBreakdown is where a boot to the agent spent its time, in ms.
+type BootBreakdown struct {
+	// PreKernel: spawn to the kernel's clock starting (VMM setup, kernel
+	// and initrd load, bzImage decompression), estimated as the smallest
+	// host-read time minus printk time over the kernel's lines.
+	PreKernel float64
+	// UnpackStart, UnpackEnd: printk times of the initramfs unpack.
+	UnpackStart, UnpackEnd float64
+	// RunInit: printk time of "Run /init".
+	RunInit float64
+	// AgentLog: host time of the agent's first log line; ModulesDone of
+	// its last "module ... loaded"; Serving of "serving on".
+	AgentLog, ModulesDone, Serving float64
+	// Ready: spawn to the agent accepting a connection.
+	Ready float64
+}
+
+var printkRE = regexp.MustCompile(`^\[\s*(\d+\.\d+)\]\s*(.*)$`)
+
+// Breakdown reads a verbose console (no quiet, agent at debug level).
+func Breakdown(lines []consoleLine, ready time.Duration) BootBreakdown {
+	b := BootBreakdown{PreKernel: -1, Ready: ms(ready)}
+	for _, l := range lines {
+		host := ms(l.at)
+		if m := printkRE.FindStringSubmatch(l.text); m != nil {
+			t, _ := strconv.ParseFloat(m[1], 64)
+			t *= 1000
+			if d := host - t; b.PreKernel < 0 || d < b.PreKernel {
+				b.PreKernel = d
+			}
+			switch msg := m[2]; {
+			case strings.Contains(msg, "Trying to unpack rootfs"):
+				b.UnpackStart = t
+			case strings.Contains(msg, "Freeing initrd memory"):
+				b.UnpackEnd = t
+			case strings.Contains(msg, "Run /init as init process"):
+				b.RunInit = t
+			}
+			continue
+		}
+		if strings.Contains(l.text, "level=") {
+			if b.AgentLog == 0 {
+				b.AgentLog = host
+			}
+			if strings.Contains(l.text, "module ") && strings.Contains(l.text, " loaded") {
+				b.ModulesDone = host
+			}
+			if strings.Contains(l.text, "serving on") && b.Serving == 0 {
+				b.Serving = host
+			}
+		}
+	}
+	if b.PreKernel < 0 {
+		b.PreKernel = 0
+	}
+	return b
+}
+
+// String is the breakdown as one line, each phase on the host's clock
+// (printk times shifted by PreKernel).
+func (b BootBreakdown) String() string {
+	k := func(t float64) float64 { return b.PreKernel + t }
+	return fmt.Sprintf("verbose-console run: VMM+load+decompress %.0f ms; kernel to initramfs unpack %.0f ms; unpack %.0f ms; "+
+		"to /init %.0f ms; /init to agent's first log %.0f ms; modules loaded at +%.0f ms; serving at +%.0f ms; ready %.0f ms",
+		b.PreKernel, b.UnpackStart, b.UnpackEnd-b.UnpackStart, b.RunInit-b.UnpackEnd, b.AgentLog-k(b.RunInit),
+		b.ModulesDone-b.AgentLog, b.Serving-b.AgentLog, b.Ready)
+}

@@ -1,0 +1,39 @@
+package bench
+
+import (
+	"testing"
+	"time"
+)
+
+func TestBreakdown(t *testing.T) {
+	at := func(ms int) time.Duration { return time.Duration(ms) * time.Millisecond }
+	lines := []consoleLine{
+		{at(900), "[    0.000000] Linux version 6.1.0"},
+		{at(700 + 50), "[    0.050000] Command line: console=ttyS0"}, // the smallest host-printk gap: 700
+		{at(1000), "[    0.200000] Trying to unpack rootfs image as initramfs..."},
+		{at(1200), "[    0.450000] Freeing initrd memory: 18220K"},
+		{at(1300), "[    0.600000] Run /init as init process"},
+		{at(1400), `time="2025-01-01T00:00:00Z" level=debug msg="module /lib/modules/x/virtio.ko loaded"`},
+		{at(1500), `time="2025-01-01T00:00:00Z" level=debug msg="module /lib/modules/x/vsock.ko loaded"`},
+		{at(1600), `time="2025-01-01T00:00:00Z" level=info msg="stratovirt-agent v serving on vsock://1024 and vsock://1025 (pid 1)"`},
+	}
+	b := Breakdown(lines, at(1650))
+	want := BootBreakdown{PreKernel: 700, UnpackStart: 200, UnpackEnd: 450, RunInit: 600, AgentLog: 1400, ModulesDone: 1500, Serving: 1600, Ready: 1650}
+	if b != want {
+		t.Fatalf("got %+v\nwant %+v", b, want)
+	}
+	if s := b.String(); s == "" {
+		t.Fatal("empty summary")
+	}
+}
+
+func TestSummarize(t *testing.T) {
+	s := Summarize("x", []float64{5, 1, 3, 2})
+	if s.Median != 2.5 || s.Min != 1 || s.Max != 5 || s.Runs != 4 {
+		t.Fatalf("%+v", s)
+	}
+	r := NewRow("r", "ms", []float64{2}, "p", []float64{4})
+	if r.Ratio != 0.5 {
+		t.Fatalf("ratio %v", r.Ratio)
+	}
+}

@@ -1,0 +1,232 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/stratovirt-go/stratovirt/tests/ctrd"
+)
+
+// runcRuntime is the peer runtime on the same containerd.
+const runcRuntime = "io.containerd.runc.v2"
+
+// startIdle starts an idle container (sleep) detached and returns the
+// wall time of `ctr run -d`.
+func startIdle(d *ctrd.Daemon, runtime, id string) (float64, error) {
+	t0 := time.Now()
+	out, err := d.Ctr(5*time.Minute, "", "run", "-d", "--runtime", runtime, ctrd.Image, id, "sleep", "100000")
+	if err != nil {
+		return 0, fmt.Errorf("ctr run -d --runtime %s %s: %v: %s", runtime, id, err, out)
+	}
+	return ms(time.Since(t0)), nil
+}
+
+// remove kills and deletes a container started by startIdle.
+func remove(d *ctrd.Daemon, id string) {
+	d.Ctr(time.Minute, "", "task", "kill", "-s", "SIGKILL", id)
+	for i := 0; i < 100; i++ {
+		if _, err := d.Ctr(time.Minute, "", "task", "delete", id); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	d.Ctr(time.Minute, "", "container", "delete", id)
+}
+
+// shimPID finds the shim process serving container id (its -id argument).
+func shimPID(id string) (int, error) {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(bytes.TrimRight(b, "\x00")), "\x00")
+		if len(args) == 0 || !strings.Contains(filepath.Base(args[0]), "containerd-shim") {
+			continue
+		}
+		for i := 0; i+1 < len(args); i++ {
+			if args[i] == "-id" && args[i+1] == id {
+				return pid, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("no shim process with -id %s", id)
+}
+
+// tree returns pid and all its descendants.
+func tree(pid int) []int {
+	children := map[int][]int{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 2 {
+			continue
+		}
+		if pp, err := strconv.Atoi(f[1]); err == nil {
+			children[pp] = append(children[pp], p)
+		}
+	}
+	out := []int{pid}
+	for i := 0; i < len(out); i++ {
+		out = append(out, children[out[i]]...)
+	}
+	return out
+}
+
+// treeMemory sums RSS and PSS (MiB) over pid's process tree, leaving out
+// guest RAM (anonymous mappings of guestBytes, up to 8 MiB more), and
+// returns the RSS of guest RAM separately (what the guest touched).
+func treeMemory(pid int, guestBytes uint64) (rss, pss, guestRSS float64, err error) {
+	for _, p := range tree(pid) {
+		r, s, g, err := smaps(p, guestBytes)
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		rss, pss, guestRSS = rss+r, pss+s, guestRSS+g
+	}
+	return rss, pss, guestRSS, nil
+}
+
+// ShimMemRows measures the host memory of an idle container beside its
+// guest RAM: our shim process (the VMM runs inside it) against runc's
+// shim plus the container's process, both on d, guestMiB of guest RAM.
+func ShimMemRows(d *ctrd.Daemon, runs, guestMiB int) ([]Row, error) {
+	var oRSS, oPSS, oGuest, pRSS, pPSS []float64
+	for i := 0; i < runs; i++ {
+		for _, rt := range []string{ctrd.Runtime, runcRuntime} {
+			id := fmt.Sprintf("bench-mem-%d-%d", i, len(oRSS)+len(pRSS))
+			if _, err := startIdle(d, rt, id); err != nil {
+				return nil, err
+			}
+			time.Sleep(2 * time.Second) // let the shim settle
+			pid, err := shimPID(id)
+			var rss, pss, g float64
+			if err == nil {
+				rss, pss, g, err = treeMemory(pid, uint64(guestMiB)<<20)
+			}
+			remove(d, id)
+			if err != nil {
+				return nil, err
+			}
+			if rt == ctrd.Runtime {
+				oRSS, oPSS, oGuest = append(oRSS, rss), append(oPSS, pss), append(oGuest, g)
+			} else {
+				pRSS, pPSS = append(pRSS, rss), append(pPSS, pss)
+			}
+		}
+	}
+	peer := "runc (shim + container process)"
+	name := fmt.Sprintf("host memory per idle container, %d MiB guest, excluding guest RAM", guestMiB)
+	g := NewRow(fmt.Sprintf("guest RAM touched per idle container (%d MiB guest)", guestMiB), "MiB", oGuest, "", nil)
+	g.Note = "RSS of the guest RAM mapping in the shim: kernel, initramfs, agent; counted once per VM on top of the shim's own memory"
+	return []Row{
+		NewRow(name+", PSS (shim with in-process VMM)", "MiB", oPSS, peer, pPSS),
+		NewRow(name+", RSS (shim with in-process VMM)", "MiB", oRSS, peer, pRSS),
+		g,
+	}, nil
+}
+
+// memAvailable is /proc/meminfo's MemAvailable in MiB.
+func memAvailable() float64 {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "MemAvailable:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// DensityRows starts idle containers one after another up to the last of
+// steps (ascending), ours then runc's, and reports the start time of the
+// container that makes N running at each step, the host memory each
+// idle container takes (MemAvailable's drop over N), and how many would
+// fit in what was available at the start.
+func DensityRows(d *ctrd.Daemon, steps []int) ([]Row, error) {
+	max := steps[len(steps)-1]
+	type side struct {
+		start   []float64
+		perMiB  float64
+		fit     float64
+		avail0  float64
+		running int
+	}
+	measure := func(rt, prefix string) (side, error) {
+		var s side
+		s.avail0 = memAvailable()
+		var ids []string
+		defer func() {
+			for _, id := range ids {
+				remove(d, id)
+			}
+		}()
+		for n := 1; n <= max; n++ {
+			id := fmt.Sprintf("%s-%d", prefix, n)
+			t, err := startIdle(d, rt, id)
+			if err != nil {
+				return s, fmt.Errorf("container %d: %w", n, err)
+			}
+			ids = append(ids, id)
+			s.start = append(s.start, t)
+		}
+		time.Sleep(2 * time.Second)
+		out, _ := d.Ctr(time.Minute, "", "task", "ls")
+		s.running = strings.Count(out, "RUNNING")
+		s.perMiB = (s.avail0 - memAvailable()) / float64(max)
+		if s.perMiB > 0 {
+			s.fit = s.avail0 / s.perMiB
+		}
+		return s, nil
+	}
+	o, err := measure(ctrd.Runtime, "bench-dens-sv")
+	if err != nil {
+		return nil, err
+	}
+	p, err := measure(runcRuntime, "bench-dens-runc")
+	if err != nil {
+		return nil, err
+	}
+	if o.running != max {
+		return nil, fmt.Errorf("density: %d of %d stratovirt containers running", o.running, max)
+	}
+	var rows []Row
+	for _, n := range steps {
+		rows = append(rows, NewRow(fmt.Sprintf("density: ctr run -d of container %d (%d idle running), 256 MiB", n, n-1), "ms",
+			[]float64{o.start[n-1]}, "runc", []float64{p.start[n-1]}))
+	}
+	m := NewRow(fmt.Sprintf("density: host memory per idle container (MemAvailable drop / %d)", max), "MiB",
+		[]float64{o.perMiB}, "runc", []float64{p.perMiB})
+	m.Note = fmt.Sprintf("%d containers running at once; at this rate %.0f idle 256 MiB microVM containers fit in the %.0f MiB available at the start (runc: %.0f)",
+		o.running, o.fit, o.avail0, p.fit)
+	return append(rows, m), nil
+}
