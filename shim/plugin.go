@@ -76,6 +76,12 @@ func NewVMMachine(ctx context.Context, cfg *shimconfig.Config, vmc *vmconfig.VMC
 	if cfg.Hypervisor.ConsoleLog || cfg.Runtime.Debug {
 		console = &consoleLog{id: vmc.Name}
 	}
+	// The vCPU threads run under the standalone VMM's vCPU seccomp
+	// allow-list (docs/seccomp.md, docs/security.md).
+	onVCPU, err := sandbox.VCPUSeccomp()
+	if err != nil {
+		return nil, err
+	}
 	var last error
 	for range 8 {
 		vs := &vmconfig.Vsock{ID: "vsock0", GuestCID: randomCID()}
@@ -86,7 +92,7 @@ func NewVMMachine(ctx context.Context, cfg *shimconfig.Config, vmc *vmconfig.VMC
 		}
 		c := *vmc
 		c.Vsock = vs
-		m, err := sandbox.NewVM(&c, vmm.Options{SerialOut: console})
+		m, err := sandbox.NewVM(&c, vmm.Options{SerialOut: console, OnVCPUThread: onVCPU})
 		if err == nil {
 			return m, nil
 		}
