@@ -101,8 +101,8 @@ type Runtime struct {
 func Default() Config {
 	return Config{
 		Hypervisor: Hypervisor{
-			Kernel:            "/usr/share/stratovirt/vmlinuz",
-			Initrd:            "/usr/share/stratovirt/initramfs.cpio.gz",
+			Kernel:            "/usr/share/stratovirt/vmlinux",
+			Initrd:            "/usr/share/stratovirt/initramfs.cpio",
 			DefaultVCPUs:      1,
 			DefaultMemoryMiB:  512,
 			VsockBackend:      VsockVhost,

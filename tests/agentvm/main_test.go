@@ -70,8 +70,8 @@ func prepare(dir string) error {
 		return err
 	}
 	os.Setenv(envVMM, vmm)
-	os.Setenv(envKernel, filepath.Join(guest, "vmlinuz"))
-	os.Setenv(envInitrd, filepath.Join(guest, "initramfs.cpio.gz"))
+	os.Setenv(envKernel, filepath.Join(guest, "vmlinux"))
+	os.Setenv(envInitrd, filepath.Join(guest, "initramfs.cpio"))
 	os.Setenv(envRootfs, img)
 	return nil
 }

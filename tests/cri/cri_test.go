@@ -169,7 +169,7 @@ enable_annotations = ["default_vcpus", "default_memory"]
 [runtime]
 log_level = "debug"
 work_dir = %q
-`, filepath.Join(shimDir, "guest/vmlinuz"), filepath.Join(shimDir, "guest/initramfs.cpio.gz"), filepath.Join(dir, "work"))
+`, filepath.Join(shimDir, "guest/vmlinux"), filepath.Join(shimDir, "guest/initramfs.cpio"), filepath.Join(dir, "work"))
 	must(t, os.WriteFile(filepath.Join(dir, "configuration.toml"), []byte(conf), 0o644))
 	must(t, os.MkdirAll(filepath.Join(dir, "net.d"), 0o755))
 	must(t, os.WriteFile(filepath.Join(dir, "net.d/10-svcri.conflist"), []byte(cniConfig()), 0o644))

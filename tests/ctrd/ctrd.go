@@ -119,7 +119,7 @@ console_log = %v
 [runtime]
 log_level = %q
 work_dir = %q
-`, filepath.Join(o.ShimDir, "guest/vmlinuz"), filepath.Join(o.ShimDir, "guest/initramfs.cpio.gz"),
+`, filepath.Join(o.ShimDir, "guest/vmlinux"), filepath.Join(o.ShimDir, "guest/initramfs.cpio"),
 		o.VCPUs, o.MemoryMiB, o.Debug, level, filepath.Join(dir, "work"))
 	if err := os.WriteFile(filepath.Join(dir, "configuration.toml"), []byte(conf), 0o644); err != nil {
 		return nil, err

@@ -16,6 +16,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -117,8 +118,10 @@ func run(runs, memRuns int, out, rows, vmm, shimDir string) error {
 	if lab.InLab() {
 		rep.Where = "nested KVM in the lab (QEMU TCG, qemu64+svm+npt)"
 	}
+	var failed []error
 	for _, group := range strings.Split(rows, ",") {
 		var r []bench.Row
+		t0 := time.Now()
 		switch group {
 		case "boot":
 			r, err = bench.BootRows(env)
@@ -133,15 +136,21 @@ func run(runs, memRuns int, out, rows, vmm, shimDir string) error {
 		default:
 			return fmt.Errorf("unknown row group %q", group)
 		}
+		fmt.Fprintf(os.Stderr, "bench: group %s: %d rows in %v\n", group, len(r), time.Since(t0).Round(time.Second))
 		rep.Rows = append(rep.Rows, r...)
 		if err != nil {
-			return err
+			// Keep going: one broken group must not lose the others.
+			fmt.Fprintf(os.Stderr, "bench: group %s: %v\n", group, err)
+			failed = append(failed, fmt.Errorf("group %s: %w", group, err))
 		}
 	}
 	if err := rep.Write(out); err != nil {
 		return err
 	}
-	return rep.Markdown(os.Stdout)
+	if err := rep.Markdown(os.Stdout); err != nil {
+		return err
+	}
+	return errors.Join(failed...)
 }
 
 // has reports whether the comma-separated list holds any of names.
@@ -162,6 +171,7 @@ func guestImages(shimDir string) []bench.GuestImage {
 	imgs := []bench.GuestImage{
 		{Name: "bzImage + gzip initramfs (before)", Kernel: filepath.Join(g, "vmlinuz"), Initrd: filepath.Join(g, "initramfs.cpio.gz")},
 		{Name: "bzImage + plain initramfs", Kernel: filepath.Join(g, "vmlinuz"), Initrd: filepath.Join(g, "initramfs.cpio")},
+		{Name: "PVH vmlinux + gzip initramfs", Kernel: filepath.Join(g, "vmlinux"), Initrd: filepath.Join(g, "initramfs.cpio.gz")},
 		{Name: "PVH vmlinux + plain initramfs (make guest default)", Kernel: filepath.Join(g, "vmlinux"), Initrd: filepath.Join(g, "initramfs.cpio")},
 	}
 	// BENCH_GUEST_IMAGES adds NAME=KERNEL:INITRD,... (development).
