@@ -491,9 +491,19 @@ func (s *Service) Start(ctx context.Context, req *taskAPI.StartRequest) (*taskAP
 func (s *Service) wait(sb *sandbox.Sandbox, c *container, p *process) {
 	status := uint32(255)
 	at := time.Now()
+	ioWait := 10 * time.Second
 	r, err := sb.Agent().WaitProcess(s.ctx, &agentv1.WaitProcessRequest{ContainerId: c.id, ExecId: p.eid})
 	if err != nil {
-		log.G(s.ctx).WithError(err).Warnf("wait %s/%s: reporting exit 255", c.id, p.eid)
+		// The agent is unreachable: most often the VM itself ended (guest
+		// panic, agent death, reboot). No more output can come from a
+		// dead VM, so do not hold the exit for the output streams.
+		select {
+		case <-sb.Done():
+			ioWait = time.Second
+			log.G(s.ctx).WithError(err).Warnf("wait %s/%s: the VM ended (%v); reporting exit 255", c.id, p.eid, vmEndReason(sb))
+		case <-time.After(time.Second):
+			log.G(s.ctx).WithError(err).Warnf("wait %s/%s: reporting exit 255", c.id, p.eid)
+		}
 	} else {
 		if r.ExitStatus >= 0 && r.ExitStatus <= 255 {
 			status = uint32(r.ExitStatus)
@@ -504,8 +514,8 @@ func (s *Service) wait(sb *sandbox.Sandbox, c *container, p *process) {
 			}
 		}
 	}
-	if !p.io.wait(10 * time.Second) {
-		log.G(s.ctx).Warnf("%s/%s: output still open 10s after exit; cutting it", c.id, p.eid)
+	if !p.io.wait(ioWait) {
+		log.G(s.ctx).Warnf("%s/%s: output still open %v after exit; cutting it", c.id, p.eid, ioWait)
 		p.io.closeHost()
 	}
 	if p.eid == "" {
@@ -537,6 +547,14 @@ func (s *Service) wait(sb *sandbox.Sandbox, c *container, p *process) {
 	s.send(runtime.TaskExitEventTopic, &eventstypes.TaskExit{
 		ContainerID: c.id, ID: id, Pid: p.pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at),
 	})
+}
+
+// vmEndReason says why a VM that has ended did.
+func vmEndReason(sb *sandbox.Sandbox) string {
+	if err := sb.Err(); err != nil {
+		return err.Error()
+	}
+	return "powered off"
 }
 
 // watchOOM republishes the guest's OOM kills until the agent is gone.
