@@ -1,0 +1,221 @@
+package fault
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stratovirt-go/stratovirt/tests/ctrd"
+)
+
+// privileged gives a container the guest's /proc/sys and sysrq without
+// passing host devices (which the shim refuses).
+var privileged = []string{"--privileged", "--privileged-without-host-devices"}
+
+// TestFaults runs each fault against one containerd (FAULT_FULL=1 adds
+// shimkill, which tests/e2e covers without the exit status). Every case ends with
+// the container reported as exited (ctr's exit status or ctr t rm) and
+// checkClean: no process, mount, file, image, socket, tap, loop device
+// or cgroup left.
+func TestFaults(t *testing.T) {
+	d := start(t)
+	secret := newSecret()
+	t.Cleanup(func() {
+		// Container environments (where secrets live) never reach the
+		// logs: not the shim's, not containerd's, not the guest console's.
+		if strings.Contains(d.log.String(), secret) {
+			t.Errorf("the secret environment value %q appears in the containerd/shim log", secret)
+		}
+	})
+	env := []string{"--env", "FAULT_SECRET=" + secret}
+
+	ev := d.watchEvents(t)
+	t.Cleanup(func() { ev.stop() })
+
+	// kill -9 of the shim (and so of its in-process VMM): containerd
+	// runs the shim's delete, which reports 128+SIGKILL. (An attached
+	// ctr run only sees "ttrpc: closed": its Wait was served by the
+	// shim; the exit status is in the event.)
+	t.Run("shimkill", func(t *testing.T) {
+		if os.Getenv("FAULT_FULL") != "1" {
+			t.Skip("tests/e2e's shimkill covers kill -9 and the clean-up in CI; FAULT_FULL=1 also checks the exit status here")
+		}
+		pid := d.runDetached(t, env, "shimkill", "sleep", "1000")
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatalf("kill shim %d: %v", pid, err)
+		}
+		if st := ev.exit(t, "shimkill", 60*time.Second); st != 137 {
+			t.Errorf("exit status %d, want 137", st)
+		}
+		d.remove("shimkill")
+		d.checkClean(t)
+	})
+
+	// A guest kernel panic (sysrq c): panic=1 reboots, reboot=k resets
+	// through the i8042, the VM ends and the shim reports 255.
+	t.Run("guestpanic", func(t *testing.T) {
+		t0 := time.Now()
+		ch := d.runAsync(append(env, privileged...), "guestpanic", "sh", "-c", "sleep 1; echo c > /proc/sysrq-trigger; sleep 1000")
+		r := wait(t, ch, 3*time.Minute)
+		t.Logf("ctr run: exit %d after %v", r.code, time.Since(t0).Round(time.Millisecond))
+		if r.code != 255 {
+			t.Errorf("ctr run: exit %d, want 255: %q", r.code, r.out)
+		}
+		if st := ev.exit(t, "guestpanic", 10*time.Second); st != 255 {
+			t.Errorf("exit status %d, want 255", st)
+		}
+		if !strings.Contains(d.log.String(), "wait guestpanic/: the VM ended (VM ended: reset)") {
+			t.Errorf("the shim did not log why the VM ended")
+		}
+		d.checkClean(t)
+	})
+
+	// The guest agent (PID 1) dies: a container in the VM's own pid
+	// namespace (a namespace path means the VM's; see docs/shim.md) sends
+	// it SIGABRT, the kernel panics on init's exit and reboots.
+	t.Run("agentdeath", func(t *testing.T) {
+		ch := d.runAsync(append(env, "--with-ns", "pid:/proc/1/ns/pid"), "agentdeath", "sh", "-c", "sleep 1; kill -ABRT 1; sleep 1000")
+		r := wait(t, ch, 3*time.Minute)
+		if r.code != 255 {
+			t.Errorf("ctr run: exit %d, want 255: %q", r.code, r.out)
+		}
+		if st := ev.exit(t, "agentdeath", 10*time.Second); st != 255 {
+			t.Errorf("exit status %d, want 255", st)
+		}
+		if !strings.Contains(d.log.String(), "wait agentdeath/: the VM ended (VM ended: reset)") {
+			t.Errorf("the shim did not log why the VM ended")
+		}
+		d.checkClean(t)
+	})
+
+	// The disk holding containerd's root (and so the bundle's rootfs
+	// image) is full: the create fails with ENOSPC, the half-built image
+	// and the rootfs mount are removed, the shim exits.
+	t.Run("fulldisk", func(t *testing.T) {
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(d.Dir, &st); err != nil {
+			t.Fatal(err)
+		}
+		total := st.Blocks * uint64(st.Bsize)
+		used := (st.Blocks - st.Bfree) * uint64(st.Bsize)
+		if err := syscall.Mount("", d.Dir, "", syscall.MS_REMOUNT, fmt.Sprintf("size=%d", used+512<<10)); err != nil {
+			t.Fatalf("shrink the tmpfs: %v", err)
+		}
+		restored := false
+		restore := func() {
+			if !restored {
+				restored = true
+				if err := syscall.Mount("", d.Dir, "", syscall.MS_REMOUNT, fmt.Sprintf("size=%d", total)); err != nil {
+					t.Errorf("restore the tmpfs size: %v", err)
+				}
+			}
+		}
+		defer restore()
+		r := wait(t, d.runAsync(nil, "fulldisk", "echo", "never"), 3*time.Minute)
+		restore()
+		t.Logf("ctr run on a full disk: exit %d: %s", r.code, strings.TrimSpace(r.out))
+		if r.code == 0 || !strings.Contains(strings.ToLower(r.out), "no space left on device") {
+			t.Errorf("ctr run on a full disk: exit %d %q, want an ENOSPC error", r.code, r.out)
+		}
+		d.remove("fulldisk")
+		d.checkClean(t)
+	})
+
+	// containerd restarts while a container runs: the new containerd
+	// reconnects to the shim, exec works. The running shim also shows the
+	// vCPU seccomp filter on its vCPU thread.
+	const survivor = "survivor"
+	restarted := t.Run("restart", func(t *testing.T) {
+		pid := d.runDetached(t, append(env, privileged...), survivor, "sleep", "1000")
+		checkSeccomp(t, pid)
+		ev.stop()
+		if err := d.Restart(); err != nil {
+			t.Fatal(err)
+		}
+		ev = d.watchEvents(t)
+		if got := d.waitStatus(t, survivor, "RUNNING", 30*time.Second); got != pid {
+			t.Errorf("after restart the task's pid is %d, want %d", got, pid)
+		}
+		out, code := d.ctr(60*time.Second, "", "t", "exec", "--exec-id", "e1", survivor, "sh", "-c", "echo after-restart; exit 5")
+		if code != 5 || out != "after-restart\n" {
+			t.Errorf("exec after restart: exit %d %q", code, out)
+		}
+	})
+
+	// The rootfs image disappears under the running VM (the survivor of
+	// the restart): first unlinked (the VMM keeps its descriptor, the
+	// guest does not notice), then truncated to nothing (reads past the
+	// end are zeros: the guest sees a corrupt filesystem, the VMM
+	// survives). Kill and delete still work and leave nothing.
+	t.Run("backingfile", func(t *testing.T) {
+		if !restarted {
+			d.remove(survivor)
+			t.Skip("restart failed")
+		}
+		defer d.remove(survivor)
+		imgs, _ := filepath.Glob(filepath.Join(d.Dir, "root/io.containerd.runtime.v2.task", ctrd.Namespace, survivor, "rootfs-*"))
+		if len(imgs) != 1 {
+			t.Fatalf("rootfs images %v", imgs)
+		}
+		f, err := os.OpenFile(imgs[0], os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := os.Remove(imgs[0]); err != nil {
+			t.Fatal(err)
+		}
+		out, code := d.ctr(60*time.Second, "", "t", "exec", "--exec-id", "e2", survivor, "sh", "-c", "echo data > /f && sync && cat /f")
+		if code != 0 || out != "data\n" {
+			t.Errorf("exec after unlink: exit %d %q", code, out)
+		}
+		if err := f.Truncate(0); err != nil {
+			t.Fatal(err)
+		}
+		out, code = d.ctr(60*time.Second, "", "t", "exec", "--exec-id", "e3", survivor, "sh", "-c", "echo 3 > /proc/sys/vm/drop_caches; cat /bin/busybox | wc -c")
+		t.Logf("exec after truncate: exit %d %q", code, out)
+		if code == -1 {
+			t.Errorf("exec after truncate did not return")
+		}
+		d.waitStatus(t, survivor, "RUNNING", 10*time.Second) // the VMM lives on
+		d.ctr(30*time.Second, "", "t", "kill", "-s", "SIGKILL", survivor)
+		if st := ev.exit(t, survivor, 60*time.Second); st != 137 {
+			t.Errorf("exit status %d, want 137", st)
+		}
+		d.remove(survivor)
+		d.checkClean(t)
+	})
+}
+
+// checkSeccomp asserts that the shim runs each vCPU thread (and only
+// those) under a seccomp filter: /proc/<pid>/task/*/status Seccomp: 2.
+func checkSeccomp(t *testing.T, pid int) {
+	t.Helper()
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	filtered := 0
+	for _, p := range tasks {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		if strings.Contains(string(b), "\nSeccomp:\t2\n") {
+			filtered++
+		}
+	}
+	// ctrd sizes each VM with one vCPU.
+	if filtered != 1 {
+		t.Errorf("%d of the shim's %d threads run under seccomp, want 1 (the vCPU)", filtered, len(tasks))
+	}
+}
+
+func newSecret() string {
+	b := make([]byte, 12)
+	rand.Read(b)
+	return "s3cr3t-" + hex.EncodeToString(b)
+}
