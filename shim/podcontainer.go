@@ -19,7 +19,9 @@ import (
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/stratovirt-go/stratovirt/agent-proto/agentv1"
 	"github.com/stratovirt-go/stratovirt/runtime/rootfs"
+	"github.com/stratovirt-go/stratovirt/runtime/translate"
 	"github.com/stratovirt-go/stratovirt/vmm"
 	vmconfig "github.com/stratovirt-go/stratovirt/vmm/config"
 )
@@ -72,11 +74,14 @@ func plugSerial(id string, n uint64) string {
 
 // createPodContainer adds an app container to the running pod VM.
 // Called with s.mu held and s.sb set.
-func (s *Service) createPodContainer(ctx context.Context, req *taskAPI.CreateTaskRequest, spec *specs.Spec) (_ *taskAPI.CreateTaskResponse, err error) {
+func (s *Service) createPodContainer(ctx context.Context, req *taskAPI.CreateTaskRequest, spec *specs.Spec, files []*agentv1.File) (_ *taskAPI.CreateTaskResponse, err error) {
 	if !s.guestDNS {
 		dropGuestResolvConf(spec)
 	}
-	c := &container{id: req.ID, bundle: req.Bundle, spec: spec, rootfs: req.Rootfs, execs: map[string]*process{}}
+	if !s.podShm {
+		translate.PrivateShm(spec)
+	}
+	c := &container{id: req.ID, bundle: req.Bundle, spec: spec, rootfs: req.Rootfs, execs: map[string]*process{}, files: files}
 	if s.plug == nil && !s.hostBind {
 		return nil, fmt.Errorf("container %q: the pod VM has no disk hot-plug: %w", req.ID, errdefs.ErrNotImplemented)
 	}
@@ -104,7 +109,7 @@ func (s *Service) createPodContainer(ctx context.Context, req *taskAPI.CreateTas
 	readOnly := spec.Root != nil && spec.Root.Readonly
 	disk, err := rootfs.Prepare(ctx, mounts, rootfs.Options{
 		Target: filepath.Join(req.Bundle, "rootfs"), ImageDir: imageDir, Name: "rootfs-" + req.ID,
-		Format: rootfsFormat(s.cfg, readOnly), ReadOnly: readOnly,
+		Format: rootfsFormat(s.cfg, readOnly), ReadOnly: readOnly, MountPoints: translate.MountPoints(spec),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("rootfs: %w", err)

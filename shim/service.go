@@ -69,6 +69,7 @@ type Service struct {
 	diskSlots  int          // empty disk slots reserved for pod containers
 	plugs      uint64       // disks plugged so far (unique serials)
 	hostBind   bool         // the machine sees the host's rootfs (test double)
+	podShm     bool         // the guest has the pod's shared /dev/shm (translate.SandboxShm)
 }
 
 type container struct {
@@ -79,8 +80,9 @@ type container struct {
 	init       *process
 	execs      map[string]*process
 	hostBind   bool
-	serial     string // rootfs serial of a hot-plugged pod container ("": serial(id))
-	driveID    string // its drive in the VM while plugged
+	serial     string          // rootfs serial of a hot-plugged pod container ("": serial(id))
+	driveID    string          // its drive in the VM while plugged
+	files      []*agentv1.File // host files copied into the guest (/etc/hosts, /etc/hostname)
 }
 
 type process struct {
@@ -205,6 +207,10 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 	typ, _ := oci.TypeOf(spec)
 	criFiles := translate.RewriteCRIMounts(spec)
 	netSysctls := translate.TakeNetSysctls(spec)
+	gfiles, err := guestFiles(criFiles)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
+	}
 	if typ == oci.PodSandbox {
 		dropGuestResolvConf(spec) // the pause container only carries it for the runtime
 	}
@@ -218,7 +224,7 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 		if typ != oci.PodContainer {
 			return nil, fmt.Errorf("this shim's VM already runs %q; a %s container needs its own VM: %w", s.vmOwner, typ, errdefs.ErrFailedPrecondition)
 		}
-		return s.createPodContainer(ctx, req, spec)
+		return s.createPodContainer(ctx, req, spec, gfiles)
 	}
 	if typ == oci.PodContainer {
 		return nil, fmt.Errorf("pod container %q arrived before its sandbox: %w", req.ID, errdefs.ErrFailedPrecondition)
@@ -245,7 +251,7 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 		return nil, fmt.Errorf("bundle: %w", err)
 	}
 
-	c := &container{id: req.ID, bundle: req.Bundle, spec: spec, rootfs: req.Rootfs, execs: map[string]*process{}}
+	c := &container{id: req.ID, bundle: req.Bundle, spec: spec, rootfs: req.Rootfs, execs: map[string]*process{}, files: gfiles}
 	mounts := make([]rootfs.Mount, len(req.Rootfs))
 	for i, m := range req.Rootfs {
 		mounts[i] = rootfs.Mount{Type: m.Type, Source: m.Source, Options: m.Options}
@@ -257,7 +263,7 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 	readOnly := spec.Root != nil && spec.Root.Readonly
 	disk, err := rootfs.Prepare(ctx, mounts, rootfs.Options{
 		Target: filepath.Join(req.Bundle, "rootfs"), ImageDir: imageDir, Name: "rootfs-" + req.ID,
-		Format: rootfsFormat(cfg, readOnly), ReadOnly: readOnly,
+		Format: rootfsFormat(cfg, readOnly), ReadOnly: readOnly, MountPoints: translate.MountPoints(spec),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("rootfs: %w", err)
@@ -318,6 +324,9 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 	}
 	sbReq, guestDNS := sandboxRequest(ctx, oci.GroupID(spec.Annotations, req.ID), spec, criFiles)
 	sbReq.Sysctls = netSysctls
+	if criFiles.Shm {
+		sbReq.Storages = append(sbReq.Storages, translate.ShmStorage())
+	}
 	if _, err := sb.Agent().CreateSandbox(ctx, sbReq); err != nil {
 		return nil, fmt.Errorf("agent create sandbox: %w", err)
 	}
@@ -334,6 +343,7 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 	s.cfg, s.sb, s.vmOwner, s.stateDir = cfg, sb, req.ID, stateDir
 	s.net, s.guestDNS = pn, guestDNS
 	s.plug, s.diskSlots, s.hostBind = plugger(m), diskSlots, c.hostBind
+	s.podShm = criFiles.Shm
 	s.containers[req.ID] = c
 	go s.watchOOM(sb)
 	log.G(ctx).Infof("create %s: rootfs %s in %v, VM with agent in %v, total %v",
@@ -363,6 +373,7 @@ func (s *Service) createInit(ctx context.Context, sb *sandbox.Sandbox, c *contai
 	if c.hostBind {
 		r.Rootfs = &agentv1.Storage{Name: "rootfs", Source: filepath.Join(c.bundle, "rootfs"), Fstype: "bind"}
 	}
+	r.Files = c.files
 	pio, err := openHostIO(ctx, c.id, s.namespace, paths)
 	if err != nil {
 		return nil, err
@@ -594,6 +605,13 @@ func (s *Service) Delete(ctx context.Context, req *taskAPI.DeleteRequest) (*task
 		delete(c.execs, req.ExecID)
 		s.mu.Unlock()
 		p.io.closeHost()
+		if st != task.Status_CREATED {
+			if sb, err := s.sandbox(); err == nil {
+				if _, err := sb.Agent().DeleteProcess(ctx, &agentv1.DeleteProcessRequest{ContainerId: c.id, ExecId: req.ExecID}); err != nil {
+					log.G(ctx).WithError(err).Debugf("agent delete exec %s/%s", c.id, req.ExecID)
+				}
+			}
+		}
 		return &taskAPI.DeleteResponse{Pid: p.pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
 	}
 	if st == task.Status_CREATED {

@@ -668,24 +668,95 @@ func (x *Stdio) GetStderr() bool {
 	return false
 }
 
+// File is a small file the agent writes for one container (a copy of a
+// host file such as /etc/hosts); OCI bind mounts reference it as source
+// "file:<name>".
+type File struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Letters, digits, '-', '_' and '.'; unique within the request.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// At most 64 KiB.
+	Content []byte `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	// Permission bits (0: 0644).
+	Mode          uint32 `protobuf:"varint,3,opt,name=mode,proto3" json:"mode,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *File) Reset() {
+	*x = File{}
+	mi := &file_agentv1_agent_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *File) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*File) ProtoMessage() {}
+
+func (x *File) ProtoReflect() protoreflect.Message {
+	mi := &file_agentv1_agent_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use File.ProtoReflect.Descriptor instead.
+func (*File) Descriptor() ([]byte, []int) {
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *File) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *File) GetContent() []byte {
+	if x != nil {
+		return x.Content
+	}
+	return nil
+}
+
+func (x *File) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
 type CreateContainerRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
 	// OCI runtime spec, JSON. root.path is replaced by the mounted rootfs;
-	// an empty linux.cgroupsPath gets a per-container default.
+	// an empty linux.cgroupsPath gets a per-container default. A namespace
+	// path "sandbox:" joins that namespace of the sandbox's container (the
+	// one named by CreateSandboxRequest.sandbox_id), e.g. a pod's IPC, UTS
+	// or PID namespace.
 	OciSpec []byte `protobuf:"bytes,2,opt,name=oci_spec,json=ociSpec,proto3" json:"oci_spec,omitempty"`
 	// The container's root filesystem.
 	Rootfs *Storage `protobuf:"bytes,3,opt,name=rootfs,proto3" json:"rootfs,omitempty"`
 	// Extra block volumes, mounted before the container is created.
-	Volumes       []*Storage `protobuf:"bytes,4,rep,name=volumes,proto3" json:"volumes,omitempty"`
-	Stdio         *Stdio     `protobuf:"bytes,5,opt,name=stdio,proto3" json:"stdio,omitempty"`
+	Volumes []*Storage `protobuf:"bytes,4,rep,name=volumes,proto3" json:"volumes,omitempty"`
+	Stdio   *Stdio     `protobuf:"bytes,5,opt,name=stdio,proto3" json:"stdio,omitempty"`
+	// Files written for this container before it is created (at most 8).
+	Files         []*File `protobuf:"bytes,6,rep,name=files,proto3" json:"files,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateContainerRequest) Reset() {
 	*x = CreateContainerRequest{}
-	mi := &file_agentv1_agent_proto_msgTypes[10]
+	mi := &file_agentv1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -697,7 +768,7 @@ func (x *CreateContainerRequest) String() string {
 func (*CreateContainerRequest) ProtoMessage() {}
 
 func (x *CreateContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[10]
+	mi := &file_agentv1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -710,7 +781,7 @@ func (x *CreateContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateContainerRequest.ProtoReflect.Descriptor instead.
 func (*CreateContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{10}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateContainerRequest) GetContainerId() string {
@@ -748,6 +819,13 @@ func (x *CreateContainerRequest) GetStdio() *Stdio {
 	return nil
 }
 
+func (x *CreateContainerRequest) GetFiles() []*File {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
 type CreateContainerResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Guest PID of the container's init process (created, not started).
@@ -758,7 +836,7 @@ type CreateContainerResponse struct {
 
 func (x *CreateContainerResponse) Reset() {
 	*x = CreateContainerResponse{}
-	mi := &file_agentv1_agent_proto_msgTypes[11]
+	mi := &file_agentv1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -770,7 +848,7 @@ func (x *CreateContainerResponse) String() string {
 func (*CreateContainerResponse) ProtoMessage() {}
 
 func (x *CreateContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[11]
+	mi := &file_agentv1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -783,7 +861,7 @@ func (x *CreateContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateContainerResponse.ProtoReflect.Descriptor instead.
 func (*CreateContainerResponse) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{11}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreateContainerResponse) GetPid() uint32 {
@@ -802,7 +880,7 @@ type StartContainerRequest struct {
 
 func (x *StartContainerRequest) Reset() {
 	*x = StartContainerRequest{}
-	mi := &file_agentv1_agent_proto_msgTypes[12]
+	mi := &file_agentv1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -814,7 +892,7 @@ func (x *StartContainerRequest) String() string {
 func (*StartContainerRequest) ProtoMessage() {}
 
 func (x *StartContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[12]
+	mi := &file_agentv1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -827,7 +905,7 @@ func (x *StartContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartContainerRequest.ProtoReflect.Descriptor instead.
 func (*StartContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{12}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StartContainerRequest) GetContainerId() string {
@@ -845,7 +923,7 @@ type StartContainerResponse struct {
 
 func (x *StartContainerResponse) Reset() {
 	*x = StartContainerResponse{}
-	mi := &file_agentv1_agent_proto_msgTypes[13]
+	mi := &file_agentv1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -857,7 +935,7 @@ func (x *StartContainerResponse) String() string {
 func (*StartContainerResponse) ProtoMessage() {}
 
 func (x *StartContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[13]
+	mi := &file_agentv1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -870,7 +948,7 @@ func (x *StartContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartContainerResponse.ProtoReflect.Descriptor instead.
 func (*StartContainerResponse) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{13}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 type ExecProcessRequest struct {
@@ -886,7 +964,7 @@ type ExecProcessRequest struct {
 
 func (x *ExecProcessRequest) Reset() {
 	*x = ExecProcessRequest{}
-	mi := &file_agentv1_agent_proto_msgTypes[14]
+	mi := &file_agentv1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -898,7 +976,7 @@ func (x *ExecProcessRequest) String() string {
 func (*ExecProcessRequest) ProtoMessage() {}
 
 func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[14]
+	mi := &file_agentv1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -911,7 +989,7 @@ func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecProcessRequest.ProtoReflect.Descriptor instead.
 func (*ExecProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{14}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ExecProcessRequest) GetContainerId() string {
@@ -951,7 +1029,7 @@ type ExecProcessResponse struct {
 
 func (x *ExecProcessResponse) Reset() {
 	*x = ExecProcessResponse{}
-	mi := &file_agentv1_agent_proto_msgTypes[15]
+	mi := &file_agentv1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -963,7 +1041,7 @@ func (x *ExecProcessResponse) String() string {
 func (*ExecProcessResponse) ProtoMessage() {}
 
 func (x *ExecProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[15]
+	mi := &file_agentv1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -976,7 +1054,7 @@ func (x *ExecProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecProcessResponse.ProtoReflect.Descriptor instead.
 func (*ExecProcessResponse) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{15}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ExecProcessResponse) GetPid() uint32 {
@@ -1000,7 +1078,7 @@ type SignalProcessRequest struct {
 
 func (x *SignalProcessRequest) Reset() {
 	*x = SignalProcessRequest{}
-	mi := &file_agentv1_agent_proto_msgTypes[16]
+	mi := &file_agentv1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1012,7 +1090,7 @@ func (x *SignalProcessRequest) String() string {
 func (*SignalProcessRequest) ProtoMessage() {}
 
 func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[16]
+	mi := &file_agentv1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1025,7 +1103,7 @@ func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalProcessRequest.ProtoReflect.Descriptor instead.
 func (*SignalProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{16}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SignalProcessRequest) GetContainerId() string {
@@ -1064,7 +1142,7 @@ type SignalProcessResponse struct {
 
 func (x *SignalProcessResponse) Reset() {
 	*x = SignalProcessResponse{}
-	mi := &file_agentv1_agent_proto_msgTypes[17]
+	mi := &file_agentv1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1076,7 +1154,7 @@ func (x *SignalProcessResponse) String() string {
 func (*SignalProcessResponse) ProtoMessage() {}
 
 func (x *SignalProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[17]
+	mi := &file_agentv1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1089,7 +1167,7 @@ func (x *SignalProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalProcessResponse.ProtoReflect.Descriptor instead.
 func (*SignalProcessResponse) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{17}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 type WaitProcessRequest struct {
@@ -1102,7 +1180,7 @@ type WaitProcessRequest struct {
 
 func (x *WaitProcessRequest) Reset() {
 	*x = WaitProcessRequest{}
-	mi := &file_agentv1_agent_proto_msgTypes[18]
+	mi := &file_agentv1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1192,7 @@ func (x *WaitProcessRequest) String() string {
 func (*WaitProcessRequest) ProtoMessage() {}
 
 func (x *WaitProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[18]
+	mi := &file_agentv1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1205,7 @@ func (x *WaitProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitProcessRequest.ProtoReflect.Descriptor instead.
 func (*WaitProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{18}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WaitProcessRequest) GetContainerId() string {
@@ -1158,7 +1236,7 @@ type WaitProcessResponse struct {
 
 func (x *WaitProcessResponse) Reset() {
 	*x = WaitProcessResponse{}
-	mi := &file_agentv1_agent_proto_msgTypes[19]
+	mi := &file_agentv1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1170,7 +1248,7 @@ func (x *WaitProcessResponse) String() string {
 func (*WaitProcessResponse) ProtoMessage() {}
 
 func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[19]
+	mi := &file_agentv1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1183,7 +1261,7 @@ func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitProcessResponse.ProtoReflect.Descriptor instead.
 func (*WaitProcessResponse) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{19}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WaitProcessResponse) GetExitStatus() int32 {
@@ -1207,6 +1285,95 @@ func (x *WaitProcessResponse) GetPid() uint32 {
 	return 0
 }
 
+type DeleteProcessRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	// Must name an exec process (not the init).
+	ExecId        string `protobuf:"bytes,2,opt,name=exec_id,json=execId,proto3" json:"exec_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteProcessRequest) Reset() {
+	*x = DeleteProcessRequest{}
+	mi := &file_agentv1_agent_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteProcessRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteProcessRequest) ProtoMessage() {}
+
+func (x *DeleteProcessRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentv1_agent_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteProcessRequest.ProtoReflect.Descriptor instead.
+func (*DeleteProcessRequest) Descriptor() ([]byte, []int) {
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *DeleteProcessRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *DeleteProcessRequest) GetExecId() string {
+	if x != nil {
+		return x.ExecId
+	}
+	return ""
+}
+
+type DeleteProcessResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteProcessResponse) Reset() {
+	*x = DeleteProcessResponse{}
+	mi := &file_agentv1_agent_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteProcessResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteProcessResponse) ProtoMessage() {}
+
+func (x *DeleteProcessResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentv1_agent_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteProcessResponse.ProtoReflect.Descriptor instead.
+func (*DeleteProcessResponse) Descriptor() ([]byte, []int) {
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{22}
+}
+
 type StatsContainerRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ContainerId   string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
@@ -1216,7 +1383,7 @@ type StatsContainerRequest struct {
 
 func (x *StatsContainerRequest) Reset() {
 	*x = StatsContainerRequest{}
-	mi := &file_agentv1_agent_proto_msgTypes[20]
+	mi := &file_agentv1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1228,7 +1395,7 @@ func (x *StatsContainerRequest) String() string {
 func (*StatsContainerRequest) ProtoMessage() {}
 
 func (x *StatsContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[20]
+	mi := &file_agentv1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1241,7 +1408,7 @@ func (x *StatsContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsContainerRequest.ProtoReflect.Descriptor instead.
 func (*StatsContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{20}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StatsContainerRequest) GetContainerId() string {
@@ -1265,7 +1432,7 @@ type CPUStats struct {
 
 func (x *CPUStats) Reset() {
 	*x = CPUStats{}
-	mi := &file_agentv1_agent_proto_msgTypes[21]
+	mi := &file_agentv1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1277,7 +1444,7 @@ func (x *CPUStats) String() string {
 func (*CPUStats) ProtoMessage() {}
 
 func (x *CPUStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[21]
+	mi := &file_agentv1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1290,7 +1457,7 @@ func (x *CPUStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CPUStats.ProtoReflect.Descriptor instead.
 func (*CPUStats) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{21}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CPUStats) GetUsageUsec() uint64 {
@@ -1355,7 +1522,7 @@ type MemoryStats struct {
 
 func (x *MemoryStats) Reset() {
 	*x = MemoryStats{}
-	mi := &file_agentv1_agent_proto_msgTypes[22]
+	mi := &file_agentv1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1367,7 +1534,7 @@ func (x *MemoryStats) String() string {
 func (*MemoryStats) ProtoMessage() {}
 
 func (x *MemoryStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[22]
+	mi := &file_agentv1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1380,7 +1547,7 @@ func (x *MemoryStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryStats.ProtoReflect.Descriptor instead.
 func (*MemoryStats) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{22}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *MemoryStats) GetUsageBytes() uint64 {
@@ -1457,7 +1624,7 @@ type PidsStats struct {
 
 func (x *PidsStats) Reset() {
 	*x = PidsStats{}
-	mi := &file_agentv1_agent_proto_msgTypes[23]
+	mi := &file_agentv1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1469,7 +1636,7 @@ func (x *PidsStats) String() string {
 func (*PidsStats) ProtoMessage() {}
 
 func (x *PidsStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[23]
+	mi := &file_agentv1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1482,7 +1649,7 @@ func (x *PidsStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidsStats.ProtoReflect.Descriptor instead.
 func (*PidsStats) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{23}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PidsStats) GetCurrent() uint64 {
@@ -1513,7 +1680,7 @@ type IOEntry struct {
 
 func (x *IOEntry) Reset() {
 	*x = IOEntry{}
-	mi := &file_agentv1_agent_proto_msgTypes[24]
+	mi := &file_agentv1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1525,7 +1692,7 @@ func (x *IOEntry) String() string {
 func (*IOEntry) ProtoMessage() {}
 
 func (x *IOEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[24]
+	mi := &file_agentv1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1538,7 +1705,7 @@ func (x *IOEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOEntry.ProtoReflect.Descriptor instead.
 func (*IOEntry) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{24}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *IOEntry) GetMajor() uint32 {
@@ -1592,7 +1759,7 @@ type IOStats struct {
 
 func (x *IOStats) Reset() {
 	*x = IOStats{}
-	mi := &file_agentv1_agent_proto_msgTypes[25]
+	mi := &file_agentv1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1604,7 +1771,7 @@ func (x *IOStats) String() string {
 func (*IOStats) ProtoMessage() {}
 
 func (x *IOStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[25]
+	mi := &file_agentv1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1617,7 +1784,7 @@ func (x *IOStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOStats.ProtoReflect.Descriptor instead.
 func (*IOStats) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{25}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *IOStats) GetDevices() []*IOEntry {
@@ -1644,7 +1811,7 @@ type NetworkStats struct {
 
 func (x *NetworkStats) Reset() {
 	*x = NetworkStats{}
-	mi := &file_agentv1_agent_proto_msgTypes[26]
+	mi := &file_agentv1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1656,7 +1823,7 @@ func (x *NetworkStats) String() string {
 func (*NetworkStats) ProtoMessage() {}
 
 func (x *NetworkStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[26]
+	mi := &file_agentv1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1669,7 +1836,7 @@ func (x *NetworkStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkStats.ProtoReflect.Descriptor instead.
 func (*NetworkStats) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{26}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *NetworkStats) GetName() string {
@@ -1751,7 +1918,7 @@ type StatsContainerResponse struct {
 
 func (x *StatsContainerResponse) Reset() {
 	*x = StatsContainerResponse{}
-	mi := &file_agentv1_agent_proto_msgTypes[27]
+	mi := &file_agentv1_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1763,7 +1930,7 @@ func (x *StatsContainerResponse) String() string {
 func (*StatsContainerResponse) ProtoMessage() {}
 
 func (x *StatsContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[27]
+	mi := &file_agentv1_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1776,7 +1943,7 @@ func (x *StatsContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsContainerResponse.ProtoReflect.Descriptor instead.
 func (*StatsContainerResponse) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{27}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StatsContainerResponse) GetCpu() *CPUStats {
@@ -1832,7 +1999,7 @@ type UpdateContainerRequest struct {
 
 func (x *UpdateContainerRequest) Reset() {
 	*x = UpdateContainerRequest{}
-	mi := &file_agentv1_agent_proto_msgTypes[28]
+	mi := &file_agentv1_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1844,7 +2011,7 @@ func (x *UpdateContainerRequest) String() string {
 func (*UpdateContainerRequest) ProtoMessage() {}
 
 func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[28]
+	mi := &file_agentv1_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1857,7 +2024,7 @@ func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerRequest.ProtoReflect.Descriptor instead.
 func (*UpdateContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{28}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *UpdateContainerRequest) GetContainerId() string {
@@ -1882,7 +2049,7 @@ type UpdateContainerResponse struct {
 
 func (x *UpdateContainerResponse) Reset() {
 	*x = UpdateContainerResponse{}
-	mi := &file_agentv1_agent_proto_msgTypes[29]
+	mi := &file_agentv1_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1894,7 +2061,7 @@ func (x *UpdateContainerResponse) String() string {
 func (*UpdateContainerResponse) ProtoMessage() {}
 
 func (x *UpdateContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[29]
+	mi := &file_agentv1_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1907,7 +2074,7 @@ func (x *UpdateContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerResponse.ProtoReflect.Descriptor instead.
 func (*UpdateContainerResponse) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{29}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{32}
 }
 
 type PauseContainerRequest struct {
@@ -1919,7 +2086,7 @@ type PauseContainerRequest struct {
 
 func (x *PauseContainerRequest) Reset() {
 	*x = PauseContainerRequest{}
-	mi := &file_agentv1_agent_proto_msgTypes[30]
+	mi := &file_agentv1_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1931,7 +2098,7 @@ func (x *PauseContainerRequest) String() string {
 func (*PauseContainerRequest) ProtoMessage() {}
 
 func (x *PauseContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[30]
+	mi := &file_agentv1_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1944,7 +2111,7 @@ func (x *PauseContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseContainerRequest.ProtoReflect.Descriptor instead.
 func (*PauseContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{30}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *PauseContainerRequest) GetContainerId() string {
@@ -1962,7 +2129,7 @@ type PauseContainerResponse struct {
 
 func (x *PauseContainerResponse) Reset() {
 	*x = PauseContainerResponse{}
-	mi := &file_agentv1_agent_proto_msgTypes[31]
+	mi := &file_agentv1_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1974,7 +2141,7 @@ func (x *PauseContainerResponse) String() string {
 func (*PauseContainerResponse) ProtoMessage() {}
 
 func (x *PauseContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[31]
+	mi := &file_agentv1_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1987,7 +2154,7 @@ func (x *PauseContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseContainerResponse.ProtoReflect.Descriptor instead.
 func (*PauseContainerResponse) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{31}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{34}
 }
 
 type ResumeContainerRequest struct {
@@ -1999,7 +2166,7 @@ type ResumeContainerRequest struct {
 
 func (x *ResumeContainerRequest) Reset() {
 	*x = ResumeContainerRequest{}
-	mi := &file_agentv1_agent_proto_msgTypes[32]
+	mi := &file_agentv1_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2011,7 +2178,7 @@ func (x *ResumeContainerRequest) String() string {
 func (*ResumeContainerRequest) ProtoMessage() {}
 
 func (x *ResumeContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[32]
+	mi := &file_agentv1_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2024,7 +2191,7 @@ func (x *ResumeContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeContainerRequest.ProtoReflect.Descriptor instead.
 func (*ResumeContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{32}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ResumeContainerRequest) GetContainerId() string {
@@ -2042,7 +2209,7 @@ type ResumeContainerResponse struct {
 
 func (x *ResumeContainerResponse) Reset() {
 	*x = ResumeContainerResponse{}
-	mi := &file_agentv1_agent_proto_msgTypes[33]
+	mi := &file_agentv1_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2054,7 +2221,7 @@ func (x *ResumeContainerResponse) String() string {
 func (*ResumeContainerResponse) ProtoMessage() {}
 
 func (x *ResumeContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[33]
+	mi := &file_agentv1_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2067,7 +2234,7 @@ func (x *ResumeContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeContainerResponse.ProtoReflect.Descriptor instead.
 func (*ResumeContainerResponse) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{33}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{36}
 }
 
 type RemoveContainerRequest struct {
@@ -2081,7 +2248,7 @@ type RemoveContainerRequest struct {
 
 func (x *RemoveContainerRequest) Reset() {
 	*x = RemoveContainerRequest{}
-	mi := &file_agentv1_agent_proto_msgTypes[34]
+	mi := &file_agentv1_agent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2093,7 +2260,7 @@ func (x *RemoveContainerRequest) String() string {
 func (*RemoveContainerRequest) ProtoMessage() {}
 
 func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[34]
+	mi := &file_agentv1_agent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2106,7 +2273,7 @@ func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{34}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RemoveContainerRequest) GetContainerId() string {
@@ -2131,7 +2298,7 @@ type RemoveContainerResponse struct {
 
 func (x *RemoveContainerResponse) Reset() {
 	*x = RemoveContainerResponse{}
-	mi := &file_agentv1_agent_proto_msgTypes[35]
+	mi := &file_agentv1_agent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2143,7 +2310,7 @@ func (x *RemoveContainerResponse) String() string {
 func (*RemoveContainerResponse) ProtoMessage() {}
 
 func (x *RemoveContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[35]
+	mi := &file_agentv1_agent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2156,7 +2323,7 @@ func (x *RemoveContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerResponse.ProtoReflect.Descriptor instead.
 func (*RemoveContainerResponse) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{35}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{38}
 }
 
 type ListProcessesRequest struct {
@@ -2168,7 +2335,7 @@ type ListProcessesRequest struct {
 
 func (x *ListProcessesRequest) Reset() {
 	*x = ListProcessesRequest{}
-	mi := &file_agentv1_agent_proto_msgTypes[36]
+	mi := &file_agentv1_agent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2180,7 +2347,7 @@ func (x *ListProcessesRequest) String() string {
 func (*ListProcessesRequest) ProtoMessage() {}
 
 func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[36]
+	mi := &file_agentv1_agent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2193,7 +2360,7 @@ func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesRequest.ProtoReflect.Descriptor instead.
 func (*ListProcessesRequest) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{36}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListProcessesRequest) GetContainerId() string {
@@ -2213,7 +2380,7 @@ type ListProcessesResponse struct {
 
 func (x *ListProcessesResponse) Reset() {
 	*x = ListProcessesResponse{}
-	mi := &file_agentv1_agent_proto_msgTypes[37]
+	mi := &file_agentv1_agent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2225,7 +2392,7 @@ func (x *ListProcessesResponse) String() string {
 func (*ListProcessesResponse) ProtoMessage() {}
 
 func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[37]
+	mi := &file_agentv1_agent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2238,7 +2405,7 @@ func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesResponse.ProtoReflect.Descriptor instead.
 func (*ListProcessesResponse) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{37}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListProcessesResponse) GetPids() []uint32 {
@@ -2260,7 +2427,7 @@ type TtyWinResizeRequest struct {
 
 func (x *TtyWinResizeRequest) Reset() {
 	*x = TtyWinResizeRequest{}
-	mi := &file_agentv1_agent_proto_msgTypes[38]
+	mi := &file_agentv1_agent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2272,7 +2439,7 @@ func (x *TtyWinResizeRequest) String() string {
 func (*TtyWinResizeRequest) ProtoMessage() {}
 
 func (x *TtyWinResizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[38]
+	mi := &file_agentv1_agent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2285,7 +2452,7 @@ func (x *TtyWinResizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TtyWinResizeRequest.ProtoReflect.Descriptor instead.
 func (*TtyWinResizeRequest) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{38}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *TtyWinResizeRequest) GetContainerId() string {
@@ -2324,7 +2491,7 @@ type TtyWinResizeResponse struct {
 
 func (x *TtyWinResizeResponse) Reset() {
 	*x = TtyWinResizeResponse{}
-	mi := &file_agentv1_agent_proto_msgTypes[39]
+	mi := &file_agentv1_agent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2336,7 +2503,7 @@ func (x *TtyWinResizeResponse) String() string {
 func (*TtyWinResizeResponse) ProtoMessage() {}
 
 func (x *TtyWinResizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[39]
+	mi := &file_agentv1_agent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2349,7 +2516,7 @@ func (x *TtyWinResizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TtyWinResizeResponse.ProtoReflect.Descriptor instead.
 func (*TtyWinResizeResponse) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{39}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{42}
 }
 
 type CloseStdinRequest struct {
@@ -2362,7 +2529,7 @@ type CloseStdinRequest struct {
 
 func (x *CloseStdinRequest) Reset() {
 	*x = CloseStdinRequest{}
-	mi := &file_agentv1_agent_proto_msgTypes[40]
+	mi := &file_agentv1_agent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2374,7 +2541,7 @@ func (x *CloseStdinRequest) String() string {
 func (*CloseStdinRequest) ProtoMessage() {}
 
 func (x *CloseStdinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[40]
+	mi := &file_agentv1_agent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2387,7 +2554,7 @@ func (x *CloseStdinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseStdinRequest.ProtoReflect.Descriptor instead.
 func (*CloseStdinRequest) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{40}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *CloseStdinRequest) GetContainerId() string {
@@ -2412,7 +2579,7 @@ type CloseStdinResponse struct {
 
 func (x *CloseStdinResponse) Reset() {
 	*x = CloseStdinResponse{}
-	mi := &file_agentv1_agent_proto_msgTypes[41]
+	mi := &file_agentv1_agent_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2424,7 +2591,7 @@ func (x *CloseStdinResponse) String() string {
 func (*CloseStdinResponse) ProtoMessage() {}
 
 func (x *CloseStdinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[41]
+	mi := &file_agentv1_agent_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2437,7 +2604,7 @@ func (x *CloseStdinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseStdinResponse.ProtoReflect.Descriptor instead.
 func (*CloseStdinResponse) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{41}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{44}
 }
 
 type GetOOMEventRequest struct {
@@ -2448,7 +2615,7 @@ type GetOOMEventRequest struct {
 
 func (x *GetOOMEventRequest) Reset() {
 	*x = GetOOMEventRequest{}
-	mi := &file_agentv1_agent_proto_msgTypes[42]
+	mi := &file_agentv1_agent_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2460,7 +2627,7 @@ func (x *GetOOMEventRequest) String() string {
 func (*GetOOMEventRequest) ProtoMessage() {}
 
 func (x *GetOOMEventRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[42]
+	mi := &file_agentv1_agent_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2473,7 +2640,7 @@ func (x *GetOOMEventRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOOMEventRequest.ProtoReflect.Descriptor instead.
 func (*GetOOMEventRequest) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{42}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{45}
 }
 
 type OOMEvent struct {
@@ -2488,7 +2655,7 @@ type OOMEvent struct {
 
 func (x *OOMEvent) Reset() {
 	*x = OOMEvent{}
-	mi := &file_agentv1_agent_proto_msgTypes[43]
+	mi := &file_agentv1_agent_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2500,7 +2667,7 @@ func (x *OOMEvent) String() string {
 func (*OOMEvent) ProtoMessage() {}
 
 func (x *OOMEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[43]
+	mi := &file_agentv1_agent_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2513,7 +2680,7 @@ func (x *OOMEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OOMEvent.ProtoReflect.Descriptor instead.
 func (*OOMEvent) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{43}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *OOMEvent) GetContainerId() string {
@@ -2548,7 +2715,7 @@ type IPAddress struct {
 
 func (x *IPAddress) Reset() {
 	*x = IPAddress{}
-	mi := &file_agentv1_agent_proto_msgTypes[44]
+	mi := &file_agentv1_agent_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2560,7 +2727,7 @@ func (x *IPAddress) String() string {
 func (*IPAddress) ProtoMessage() {}
 
 func (x *IPAddress) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[44]
+	mi := &file_agentv1_agent_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2573,7 +2740,7 @@ func (x *IPAddress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPAddress.ProtoReflect.Descriptor instead.
 func (*IPAddress) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{44}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *IPAddress) GetAddress() string {
@@ -2606,7 +2773,7 @@ type Interface struct {
 
 func (x *Interface) Reset() {
 	*x = Interface{}
-	mi := &file_agentv1_agent_proto_msgTypes[45]
+	mi := &file_agentv1_agent_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2618,7 +2785,7 @@ func (x *Interface) String() string {
 func (*Interface) ProtoMessage() {}
 
 func (x *Interface) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[45]
+	mi := &file_agentv1_agent_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2631,7 +2798,7 @@ func (x *Interface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Interface.ProtoReflect.Descriptor instead.
 func (*Interface) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{45}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *Interface) GetHwAddr() string {
@@ -2671,7 +2838,7 @@ type UpdateInterfaceRequest struct {
 
 func (x *UpdateInterfaceRequest) Reset() {
 	*x = UpdateInterfaceRequest{}
-	mi := &file_agentv1_agent_proto_msgTypes[46]
+	mi := &file_agentv1_agent_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2683,7 +2850,7 @@ func (x *UpdateInterfaceRequest) String() string {
 func (*UpdateInterfaceRequest) ProtoMessage() {}
 
 func (x *UpdateInterfaceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[46]
+	mi := &file_agentv1_agent_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2696,7 +2863,7 @@ func (x *UpdateInterfaceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateInterfaceRequest.ProtoReflect.Descriptor instead.
 func (*UpdateInterfaceRequest) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{46}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *UpdateInterfaceRequest) GetInterface() *Interface {
@@ -2724,7 +2891,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_agentv1_agent_proto_msgTypes[47]
+	mi := &file_agentv1_agent_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2736,7 +2903,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[47]
+	mi := &file_agentv1_agent_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2749,7 +2916,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{47}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *Route) GetDest() string {
@@ -2804,7 +2971,7 @@ type UpdateRoutesRequest struct {
 
 func (x *UpdateRoutesRequest) Reset() {
 	*x = UpdateRoutesRequest{}
-	mi := &file_agentv1_agent_proto_msgTypes[48]
+	mi := &file_agentv1_agent_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2816,7 +2983,7 @@ func (x *UpdateRoutesRequest) String() string {
 func (*UpdateRoutesRequest) ProtoMessage() {}
 
 func (x *UpdateRoutesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[48]
+	mi := &file_agentv1_agent_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2829,7 +2996,7 @@ func (x *UpdateRoutesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRoutesRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRoutesRequest) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{48}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *UpdateRoutesRequest) GetRoutes() []*Route {
@@ -2848,7 +3015,7 @@ type UpdateRoutesResponse struct {
 
 func (x *UpdateRoutesResponse) Reset() {
 	*x = UpdateRoutesResponse{}
-	mi := &file_agentv1_agent_proto_msgTypes[49]
+	mi := &file_agentv1_agent_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2860,7 +3027,7 @@ func (x *UpdateRoutesResponse) String() string {
 func (*UpdateRoutesResponse) ProtoMessage() {}
 
 func (x *UpdateRoutesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[49]
+	mi := &file_agentv1_agent_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2873,7 +3040,7 @@ func (x *UpdateRoutesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRoutesResponse.ProtoReflect.Descriptor instead.
 func (*UpdateRoutesResponse) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{49}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *UpdateRoutesResponse) GetRoutes() []*Route {
@@ -2896,7 +3063,7 @@ type ARPNeighbor struct {
 
 func (x *ARPNeighbor) Reset() {
 	*x = ARPNeighbor{}
-	mi := &file_agentv1_agent_proto_msgTypes[50]
+	mi := &file_agentv1_agent_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2908,7 +3075,7 @@ func (x *ARPNeighbor) String() string {
 func (*ARPNeighbor) ProtoMessage() {}
 
 func (x *ARPNeighbor) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[50]
+	mi := &file_agentv1_agent_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2921,7 +3088,7 @@ func (x *ARPNeighbor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ARPNeighbor.ProtoReflect.Descriptor instead.
 func (*ARPNeighbor) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{50}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ARPNeighbor) GetIp() string {
@@ -2961,7 +3128,7 @@ type AddARPNeighborsRequest struct {
 
 func (x *AddARPNeighborsRequest) Reset() {
 	*x = AddARPNeighborsRequest{}
-	mi := &file_agentv1_agent_proto_msgTypes[51]
+	mi := &file_agentv1_agent_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2973,7 +3140,7 @@ func (x *AddARPNeighborsRequest) String() string {
 func (*AddARPNeighborsRequest) ProtoMessage() {}
 
 func (x *AddARPNeighborsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[51]
+	mi := &file_agentv1_agent_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2986,7 +3153,7 @@ func (x *AddARPNeighborsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddARPNeighborsRequest.ProtoReflect.Descriptor instead.
 func (*AddARPNeighborsRequest) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{51}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *AddARPNeighborsRequest) GetNeighbors() []*ARPNeighbor {
@@ -3004,7 +3171,7 @@ type AddARPNeighborsResponse struct {
 
 func (x *AddARPNeighborsResponse) Reset() {
 	*x = AddARPNeighborsResponse{}
-	mi := &file_agentv1_agent_proto_msgTypes[52]
+	mi := &file_agentv1_agent_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3016,7 +3183,7 @@ func (x *AddARPNeighborsResponse) String() string {
 func (*AddARPNeighborsResponse) ProtoMessage() {}
 
 func (x *AddARPNeighborsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentv1_agent_proto_msgTypes[52]
+	mi := &file_agentv1_agent_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3029,7 +3196,7 @@ func (x *AddARPNeighborsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddARPNeighborsResponse.ProtoReflect.Descriptor instead.
 func (*AddARPNeighborsResponse) Descriptor() ([]byte, []int) {
-	return file_agentv1_agent_proto_rawDescGZIP(), []int{52}
+	return file_agentv1_agent_proto_rawDescGZIP(), []int{55}
 }
 
 var File_agentv1_agent_proto protoreflect.FileDescriptor
@@ -3081,13 +3248,18 @@ const file_agentv1_agent_proto_rawDesc = "" +
 	"\x05Stdio\x12\x14\n" +
 	"\x05stdin\x18\x01 \x01(\bR\x05stdin\x12\x16\n" +
 	"\x06stdout\x18\x02 \x01(\bR\x06stdout\x12\x16\n" +
-	"\x06stderr\x18\x03 \x01(\bR\x06stderr\"\xf6\x01\n" +
+	"\x06stderr\x18\x03 \x01(\bR\x06stderr\"H\n" +
+	"\x04File\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\acontent\x18\x02 \x01(\fR\acontent\x12\x12\n" +
+	"\x04mode\x18\x03 \x01(\rR\x04mode\"\xa7\x02\n" +
 	"\x16CreateContainerRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x19\n" +
 	"\boci_spec\x18\x02 \x01(\fR\aociSpec\x124\n" +
 	"\x06rootfs\x18\x03 \x01(\v2\x1c.stratovirt.agent.v1.StorageR\x06rootfs\x126\n" +
 	"\avolumes\x18\x04 \x03(\v2\x1c.stratovirt.agent.v1.StorageR\avolumes\x120\n" +
-	"\x05stdio\x18\x05 \x01(\v2\x1a.stratovirt.agent.v1.StdioR\x05stdio\"+\n" +
+	"\x05stdio\x18\x05 \x01(\v2\x1a.stratovirt.agent.v1.StdioR\x05stdio\x12/\n" +
+	"\x05files\x18\x06 \x03(\v2\x19.stratovirt.agent.v1.FileR\x05files\"+\n" +
 	"\x17CreateContainerResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\":\n" +
 	"\x15StartContainerRequest\x12!\n" +
@@ -3113,7 +3285,11 @@ const file_agentv1_agent_proto_rawDesc = "" +
 	"\vexit_status\x18\x01 \x01(\x05R\n" +
 	"exitStatus\x12-\n" +
 	"\x13exited_at_unix_nano\x18\x02 \x01(\x03R\x10exitedAtUnixNano\x12\x10\n" +
-	"\x03pid\x18\x03 \x01(\rR\x03pid\":\n" +
+	"\x03pid\x18\x03 \x01(\rR\x03pid\"R\n" +
+	"\x14DeleteProcessRequest\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
+	"\aexec_id\x18\x02 \x01(\tR\x06execId\"\x17\n" +
+	"\x15DeleteProcessResponse\":\n" +
 	"\x15StatsContainerRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"\xd0\x01\n" +
 	"\bCPUStats\x12\x1d\n" +
@@ -3244,7 +3420,7 @@ const file_agentv1_agent_proto_rawDesc = "" +
 	"\tneighbors\x18\x01 \x03(\v2 .stratovirt.agent.v1.ARPNeighborR\tneighbors\"\x19\n" +
 	"\x17AddARPNeighborsResponse2X\n" +
 	"\x06Health\x12N\n" +
-	"\x05Check\x12!.stratovirt.agent.v1.CheckRequest\x1a\".stratovirt.agent.v1.CheckResponse2\x98\x10\n" +
+	"\x05Check\x12!.stratovirt.agent.v1.CheckRequest\x1a\".stratovirt.agent.v1.CheckResponse2\x80\x11\n" +
 	"\x05Agent\x12a\n" +
 	"\x0fGetGuestDetails\x12+.stratovirt.agent.v1.GetGuestDetailsRequest\x1a!.stratovirt.agent.v1.GuestDetails\x12f\n" +
 	"\rCreateSandbox\x12).stratovirt.agent.v1.CreateSandboxRequest\x1a*.stratovirt.agent.v1.CreateSandboxResponse\x12i\n" +
@@ -3253,7 +3429,8 @@ const file_agentv1_agent_proto_rawDesc = "" +
 	"\x0eStartContainer\x12*.stratovirt.agent.v1.StartContainerRequest\x1a+.stratovirt.agent.v1.StartContainerResponse\x12`\n" +
 	"\vExecProcess\x12'.stratovirt.agent.v1.ExecProcessRequest\x1a(.stratovirt.agent.v1.ExecProcessResponse\x12f\n" +
 	"\rSignalProcess\x12).stratovirt.agent.v1.SignalProcessRequest\x1a*.stratovirt.agent.v1.SignalProcessResponse\x12`\n" +
-	"\vWaitProcess\x12'.stratovirt.agent.v1.WaitProcessRequest\x1a(.stratovirt.agent.v1.WaitProcessResponse\x12i\n" +
+	"\vWaitProcess\x12'.stratovirt.agent.v1.WaitProcessRequest\x1a(.stratovirt.agent.v1.WaitProcessResponse\x12f\n" +
+	"\rDeleteProcess\x12).stratovirt.agent.v1.DeleteProcessRequest\x1a*.stratovirt.agent.v1.DeleteProcessResponse\x12i\n" +
 	"\x0eStatsContainer\x12*.stratovirt.agent.v1.StatsContainerRequest\x1a+.stratovirt.agent.v1.StatsContainerResponse\x12l\n" +
 	"\x0fUpdateContainer\x12+.stratovirt.agent.v1.UpdateContainerRequest\x1a,.stratovirt.agent.v1.UpdateContainerResponse\x12i\n" +
 	"\x0ePauseContainer\x12*.stratovirt.agent.v1.PauseContainerRequest\x1a+.stratovirt.agent.v1.PauseContainerResponse\x12l\n" +
@@ -3281,7 +3458,7 @@ func file_agentv1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agentv1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agentv1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
+var file_agentv1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
 var file_agentv1_agent_proto_goTypes = []any{
 	(CheckResponse_Status)(0),       // 0: stratovirt.agent.v1.CheckResponse.Status
 	(*CheckRequest)(nil),            // 1: stratovirt.agent.v1.CheckRequest
@@ -3294,119 +3471,125 @@ var file_agentv1_agent_proto_goTypes = []any{
 	(*DestroySandboxRequest)(nil),   // 8: stratovirt.agent.v1.DestroySandboxRequest
 	(*DestroySandboxResponse)(nil),  // 9: stratovirt.agent.v1.DestroySandboxResponse
 	(*Stdio)(nil),                   // 10: stratovirt.agent.v1.Stdio
-	(*CreateContainerRequest)(nil),  // 11: stratovirt.agent.v1.CreateContainerRequest
-	(*CreateContainerResponse)(nil), // 12: stratovirt.agent.v1.CreateContainerResponse
-	(*StartContainerRequest)(nil),   // 13: stratovirt.agent.v1.StartContainerRequest
-	(*StartContainerResponse)(nil),  // 14: stratovirt.agent.v1.StartContainerResponse
-	(*ExecProcessRequest)(nil),      // 15: stratovirt.agent.v1.ExecProcessRequest
-	(*ExecProcessResponse)(nil),     // 16: stratovirt.agent.v1.ExecProcessResponse
-	(*SignalProcessRequest)(nil),    // 17: stratovirt.agent.v1.SignalProcessRequest
-	(*SignalProcessResponse)(nil),   // 18: stratovirt.agent.v1.SignalProcessResponse
-	(*WaitProcessRequest)(nil),      // 19: stratovirt.agent.v1.WaitProcessRequest
-	(*WaitProcessResponse)(nil),     // 20: stratovirt.agent.v1.WaitProcessResponse
-	(*StatsContainerRequest)(nil),   // 21: stratovirt.agent.v1.StatsContainerRequest
-	(*CPUStats)(nil),                // 22: stratovirt.agent.v1.CPUStats
-	(*MemoryStats)(nil),             // 23: stratovirt.agent.v1.MemoryStats
-	(*PidsStats)(nil),               // 24: stratovirt.agent.v1.PidsStats
-	(*IOEntry)(nil),                 // 25: stratovirt.agent.v1.IOEntry
-	(*IOStats)(nil),                 // 26: stratovirt.agent.v1.IOStats
-	(*NetworkStats)(nil),            // 27: stratovirt.agent.v1.NetworkStats
-	(*StatsContainerResponse)(nil),  // 28: stratovirt.agent.v1.StatsContainerResponse
-	(*UpdateContainerRequest)(nil),  // 29: stratovirt.agent.v1.UpdateContainerRequest
-	(*UpdateContainerResponse)(nil), // 30: stratovirt.agent.v1.UpdateContainerResponse
-	(*PauseContainerRequest)(nil),   // 31: stratovirt.agent.v1.PauseContainerRequest
-	(*PauseContainerResponse)(nil),  // 32: stratovirt.agent.v1.PauseContainerResponse
-	(*ResumeContainerRequest)(nil),  // 33: stratovirt.agent.v1.ResumeContainerRequest
-	(*ResumeContainerResponse)(nil), // 34: stratovirt.agent.v1.ResumeContainerResponse
-	(*RemoveContainerRequest)(nil),  // 35: stratovirt.agent.v1.RemoveContainerRequest
-	(*RemoveContainerResponse)(nil), // 36: stratovirt.agent.v1.RemoveContainerResponse
-	(*ListProcessesRequest)(nil),    // 37: stratovirt.agent.v1.ListProcessesRequest
-	(*ListProcessesResponse)(nil),   // 38: stratovirt.agent.v1.ListProcessesResponse
-	(*TtyWinResizeRequest)(nil),     // 39: stratovirt.agent.v1.TtyWinResizeRequest
-	(*TtyWinResizeResponse)(nil),    // 40: stratovirt.agent.v1.TtyWinResizeResponse
-	(*CloseStdinRequest)(nil),       // 41: stratovirt.agent.v1.CloseStdinRequest
-	(*CloseStdinResponse)(nil),      // 42: stratovirt.agent.v1.CloseStdinResponse
-	(*GetOOMEventRequest)(nil),      // 43: stratovirt.agent.v1.GetOOMEventRequest
-	(*OOMEvent)(nil),                // 44: stratovirt.agent.v1.OOMEvent
-	(*IPAddress)(nil),               // 45: stratovirt.agent.v1.IPAddress
-	(*Interface)(nil),               // 46: stratovirt.agent.v1.Interface
-	(*UpdateInterfaceRequest)(nil),  // 47: stratovirt.agent.v1.UpdateInterfaceRequest
-	(*Route)(nil),                   // 48: stratovirt.agent.v1.Route
-	(*UpdateRoutesRequest)(nil),     // 49: stratovirt.agent.v1.UpdateRoutesRequest
-	(*UpdateRoutesResponse)(nil),    // 50: stratovirt.agent.v1.UpdateRoutesResponse
-	(*ARPNeighbor)(nil),             // 51: stratovirt.agent.v1.ARPNeighbor
-	(*AddARPNeighborsRequest)(nil),  // 52: stratovirt.agent.v1.AddARPNeighborsRequest
-	(*AddARPNeighborsResponse)(nil), // 53: stratovirt.agent.v1.AddARPNeighborsResponse
-	nil,                             // 54: stratovirt.agent.v1.CreateSandboxRequest.SysctlsEntry
-	nil,                             // 55: stratovirt.agent.v1.MemoryStats.StatEntry
+	(*File)(nil),                    // 11: stratovirt.agent.v1.File
+	(*CreateContainerRequest)(nil),  // 12: stratovirt.agent.v1.CreateContainerRequest
+	(*CreateContainerResponse)(nil), // 13: stratovirt.agent.v1.CreateContainerResponse
+	(*StartContainerRequest)(nil),   // 14: stratovirt.agent.v1.StartContainerRequest
+	(*StartContainerResponse)(nil),  // 15: stratovirt.agent.v1.StartContainerResponse
+	(*ExecProcessRequest)(nil),      // 16: stratovirt.agent.v1.ExecProcessRequest
+	(*ExecProcessResponse)(nil),     // 17: stratovirt.agent.v1.ExecProcessResponse
+	(*SignalProcessRequest)(nil),    // 18: stratovirt.agent.v1.SignalProcessRequest
+	(*SignalProcessResponse)(nil),   // 19: stratovirt.agent.v1.SignalProcessResponse
+	(*WaitProcessRequest)(nil),      // 20: stratovirt.agent.v1.WaitProcessRequest
+	(*WaitProcessResponse)(nil),     // 21: stratovirt.agent.v1.WaitProcessResponse
+	(*DeleteProcessRequest)(nil),    // 22: stratovirt.agent.v1.DeleteProcessRequest
+	(*DeleteProcessResponse)(nil),   // 23: stratovirt.agent.v1.DeleteProcessResponse
+	(*StatsContainerRequest)(nil),   // 24: stratovirt.agent.v1.StatsContainerRequest
+	(*CPUStats)(nil),                // 25: stratovirt.agent.v1.CPUStats
+	(*MemoryStats)(nil),             // 26: stratovirt.agent.v1.MemoryStats
+	(*PidsStats)(nil),               // 27: stratovirt.agent.v1.PidsStats
+	(*IOEntry)(nil),                 // 28: stratovirt.agent.v1.IOEntry
+	(*IOStats)(nil),                 // 29: stratovirt.agent.v1.IOStats
+	(*NetworkStats)(nil),            // 30: stratovirt.agent.v1.NetworkStats
+	(*StatsContainerResponse)(nil),  // 31: stratovirt.agent.v1.StatsContainerResponse
+	(*UpdateContainerRequest)(nil),  // 32: stratovirt.agent.v1.UpdateContainerRequest
+	(*UpdateContainerResponse)(nil), // 33: stratovirt.agent.v1.UpdateContainerResponse
+	(*PauseContainerRequest)(nil),   // 34: stratovirt.agent.v1.PauseContainerRequest
+	(*PauseContainerResponse)(nil),  // 35: stratovirt.agent.v1.PauseContainerResponse
+	(*ResumeContainerRequest)(nil),  // 36: stratovirt.agent.v1.ResumeContainerRequest
+	(*ResumeContainerResponse)(nil), // 37: stratovirt.agent.v1.ResumeContainerResponse
+	(*RemoveContainerRequest)(nil),  // 38: stratovirt.agent.v1.RemoveContainerRequest
+	(*RemoveContainerResponse)(nil), // 39: stratovirt.agent.v1.RemoveContainerResponse
+	(*ListProcessesRequest)(nil),    // 40: stratovirt.agent.v1.ListProcessesRequest
+	(*ListProcessesResponse)(nil),   // 41: stratovirt.agent.v1.ListProcessesResponse
+	(*TtyWinResizeRequest)(nil),     // 42: stratovirt.agent.v1.TtyWinResizeRequest
+	(*TtyWinResizeResponse)(nil),    // 43: stratovirt.agent.v1.TtyWinResizeResponse
+	(*CloseStdinRequest)(nil),       // 44: stratovirt.agent.v1.CloseStdinRequest
+	(*CloseStdinResponse)(nil),      // 45: stratovirt.agent.v1.CloseStdinResponse
+	(*GetOOMEventRequest)(nil),      // 46: stratovirt.agent.v1.GetOOMEventRequest
+	(*OOMEvent)(nil),                // 47: stratovirt.agent.v1.OOMEvent
+	(*IPAddress)(nil),               // 48: stratovirt.agent.v1.IPAddress
+	(*Interface)(nil),               // 49: stratovirt.agent.v1.Interface
+	(*UpdateInterfaceRequest)(nil),  // 50: stratovirt.agent.v1.UpdateInterfaceRequest
+	(*Route)(nil),                   // 51: stratovirt.agent.v1.Route
+	(*UpdateRoutesRequest)(nil),     // 52: stratovirt.agent.v1.UpdateRoutesRequest
+	(*UpdateRoutesResponse)(nil),    // 53: stratovirt.agent.v1.UpdateRoutesResponse
+	(*ARPNeighbor)(nil),             // 54: stratovirt.agent.v1.ARPNeighbor
+	(*AddARPNeighborsRequest)(nil),  // 55: stratovirt.agent.v1.AddARPNeighborsRequest
+	(*AddARPNeighborsResponse)(nil), // 56: stratovirt.agent.v1.AddARPNeighborsResponse
+	nil,                             // 57: stratovirt.agent.v1.CreateSandboxRequest.SysctlsEntry
+	nil,                             // 58: stratovirt.agent.v1.MemoryStats.StatEntry
 }
 var file_agentv1_agent_proto_depIdxs = []int32{
 	0,  // 0: stratovirt.agent.v1.CheckResponse.status:type_name -> stratovirt.agent.v1.CheckResponse.Status
-	54, // 1: stratovirt.agent.v1.CreateSandboxRequest.sysctls:type_name -> stratovirt.agent.v1.CreateSandboxRequest.SysctlsEntry
+	57, // 1: stratovirt.agent.v1.CreateSandboxRequest.sysctls:type_name -> stratovirt.agent.v1.CreateSandboxRequest.SysctlsEntry
 	5,  // 2: stratovirt.agent.v1.CreateSandboxRequest.storages:type_name -> stratovirt.agent.v1.Storage
 	5,  // 3: stratovirt.agent.v1.CreateContainerRequest.rootfs:type_name -> stratovirt.agent.v1.Storage
 	5,  // 4: stratovirt.agent.v1.CreateContainerRequest.volumes:type_name -> stratovirt.agent.v1.Storage
 	10, // 5: stratovirt.agent.v1.CreateContainerRequest.stdio:type_name -> stratovirt.agent.v1.Stdio
-	10, // 6: stratovirt.agent.v1.ExecProcessRequest.stdio:type_name -> stratovirt.agent.v1.Stdio
-	55, // 7: stratovirt.agent.v1.MemoryStats.stat:type_name -> stratovirt.agent.v1.MemoryStats.StatEntry
-	25, // 8: stratovirt.agent.v1.IOStats.devices:type_name -> stratovirt.agent.v1.IOEntry
-	22, // 9: stratovirt.agent.v1.StatsContainerResponse.cpu:type_name -> stratovirt.agent.v1.CPUStats
-	23, // 10: stratovirt.agent.v1.StatsContainerResponse.memory:type_name -> stratovirt.agent.v1.MemoryStats
-	24, // 11: stratovirt.agent.v1.StatsContainerResponse.pids:type_name -> stratovirt.agent.v1.PidsStats
-	26, // 12: stratovirt.agent.v1.StatsContainerResponse.io:type_name -> stratovirt.agent.v1.IOStats
-	27, // 13: stratovirt.agent.v1.StatsContainerResponse.network:type_name -> stratovirt.agent.v1.NetworkStats
-	45, // 14: stratovirt.agent.v1.Interface.addresses:type_name -> stratovirt.agent.v1.IPAddress
-	46, // 15: stratovirt.agent.v1.UpdateInterfaceRequest.interface:type_name -> stratovirt.agent.v1.Interface
-	48, // 16: stratovirt.agent.v1.UpdateRoutesRequest.routes:type_name -> stratovirt.agent.v1.Route
-	48, // 17: stratovirt.agent.v1.UpdateRoutesResponse.routes:type_name -> stratovirt.agent.v1.Route
-	51, // 18: stratovirt.agent.v1.AddARPNeighborsRequest.neighbors:type_name -> stratovirt.agent.v1.ARPNeighbor
-	1,  // 19: stratovirt.agent.v1.Health.Check:input_type -> stratovirt.agent.v1.CheckRequest
-	3,  // 20: stratovirt.agent.v1.Agent.GetGuestDetails:input_type -> stratovirt.agent.v1.GetGuestDetailsRequest
-	6,  // 21: stratovirt.agent.v1.Agent.CreateSandbox:input_type -> stratovirt.agent.v1.CreateSandboxRequest
-	8,  // 22: stratovirt.agent.v1.Agent.DestroySandbox:input_type -> stratovirt.agent.v1.DestroySandboxRequest
-	11, // 23: stratovirt.agent.v1.Agent.CreateContainer:input_type -> stratovirt.agent.v1.CreateContainerRequest
-	13, // 24: stratovirt.agent.v1.Agent.StartContainer:input_type -> stratovirt.agent.v1.StartContainerRequest
-	15, // 25: stratovirt.agent.v1.Agent.ExecProcess:input_type -> stratovirt.agent.v1.ExecProcessRequest
-	17, // 26: stratovirt.agent.v1.Agent.SignalProcess:input_type -> stratovirt.agent.v1.SignalProcessRequest
-	19, // 27: stratovirt.agent.v1.Agent.WaitProcess:input_type -> stratovirt.agent.v1.WaitProcessRequest
-	21, // 28: stratovirt.agent.v1.Agent.StatsContainer:input_type -> stratovirt.agent.v1.StatsContainerRequest
-	29, // 29: stratovirt.agent.v1.Agent.UpdateContainer:input_type -> stratovirt.agent.v1.UpdateContainerRequest
-	31, // 30: stratovirt.agent.v1.Agent.PauseContainer:input_type -> stratovirt.agent.v1.PauseContainerRequest
-	33, // 31: stratovirt.agent.v1.Agent.ResumeContainer:input_type -> stratovirt.agent.v1.ResumeContainerRequest
-	35, // 32: stratovirt.agent.v1.Agent.RemoveContainer:input_type -> stratovirt.agent.v1.RemoveContainerRequest
-	37, // 33: stratovirt.agent.v1.Agent.ListProcesses:input_type -> stratovirt.agent.v1.ListProcessesRequest
-	39, // 34: stratovirt.agent.v1.Agent.TtyWinResize:input_type -> stratovirt.agent.v1.TtyWinResizeRequest
-	41, // 35: stratovirt.agent.v1.Agent.CloseStdin:input_type -> stratovirt.agent.v1.CloseStdinRequest
-	43, // 36: stratovirt.agent.v1.Agent.GetOOMEvent:input_type -> stratovirt.agent.v1.GetOOMEventRequest
-	47, // 37: stratovirt.agent.v1.Agent.UpdateInterface:input_type -> stratovirt.agent.v1.UpdateInterfaceRequest
-	49, // 38: stratovirt.agent.v1.Agent.UpdateRoutes:input_type -> stratovirt.agent.v1.UpdateRoutesRequest
-	52, // 39: stratovirt.agent.v1.Agent.AddARPNeighbors:input_type -> stratovirt.agent.v1.AddARPNeighborsRequest
-	2,  // 40: stratovirt.agent.v1.Health.Check:output_type -> stratovirt.agent.v1.CheckResponse
-	4,  // 41: stratovirt.agent.v1.Agent.GetGuestDetails:output_type -> stratovirt.agent.v1.GuestDetails
-	7,  // 42: stratovirt.agent.v1.Agent.CreateSandbox:output_type -> stratovirt.agent.v1.CreateSandboxResponse
-	9,  // 43: stratovirt.agent.v1.Agent.DestroySandbox:output_type -> stratovirt.agent.v1.DestroySandboxResponse
-	12, // 44: stratovirt.agent.v1.Agent.CreateContainer:output_type -> stratovirt.agent.v1.CreateContainerResponse
-	14, // 45: stratovirt.agent.v1.Agent.StartContainer:output_type -> stratovirt.agent.v1.StartContainerResponse
-	16, // 46: stratovirt.agent.v1.Agent.ExecProcess:output_type -> stratovirt.agent.v1.ExecProcessResponse
-	18, // 47: stratovirt.agent.v1.Agent.SignalProcess:output_type -> stratovirt.agent.v1.SignalProcessResponse
-	20, // 48: stratovirt.agent.v1.Agent.WaitProcess:output_type -> stratovirt.agent.v1.WaitProcessResponse
-	28, // 49: stratovirt.agent.v1.Agent.StatsContainer:output_type -> stratovirt.agent.v1.StatsContainerResponse
-	30, // 50: stratovirt.agent.v1.Agent.UpdateContainer:output_type -> stratovirt.agent.v1.UpdateContainerResponse
-	32, // 51: stratovirt.agent.v1.Agent.PauseContainer:output_type -> stratovirt.agent.v1.PauseContainerResponse
-	34, // 52: stratovirt.agent.v1.Agent.ResumeContainer:output_type -> stratovirt.agent.v1.ResumeContainerResponse
-	36, // 53: stratovirt.agent.v1.Agent.RemoveContainer:output_type -> stratovirt.agent.v1.RemoveContainerResponse
-	38, // 54: stratovirt.agent.v1.Agent.ListProcesses:output_type -> stratovirt.agent.v1.ListProcessesResponse
-	40, // 55: stratovirt.agent.v1.Agent.TtyWinResize:output_type -> stratovirt.agent.v1.TtyWinResizeResponse
-	42, // 56: stratovirt.agent.v1.Agent.CloseStdin:output_type -> stratovirt.agent.v1.CloseStdinResponse
-	44, // 57: stratovirt.agent.v1.Agent.GetOOMEvent:output_type -> stratovirt.agent.v1.OOMEvent
-	46, // 58: stratovirt.agent.v1.Agent.UpdateInterface:output_type -> stratovirt.agent.v1.Interface
-	50, // 59: stratovirt.agent.v1.Agent.UpdateRoutes:output_type -> stratovirt.agent.v1.UpdateRoutesResponse
-	53, // 60: stratovirt.agent.v1.Agent.AddARPNeighbors:output_type -> stratovirt.agent.v1.AddARPNeighborsResponse
-	40, // [40:61] is the sub-list for method output_type
-	19, // [19:40] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	11, // 6: stratovirt.agent.v1.CreateContainerRequest.files:type_name -> stratovirt.agent.v1.File
+	10, // 7: stratovirt.agent.v1.ExecProcessRequest.stdio:type_name -> stratovirt.agent.v1.Stdio
+	58, // 8: stratovirt.agent.v1.MemoryStats.stat:type_name -> stratovirt.agent.v1.MemoryStats.StatEntry
+	28, // 9: stratovirt.agent.v1.IOStats.devices:type_name -> stratovirt.agent.v1.IOEntry
+	25, // 10: stratovirt.agent.v1.StatsContainerResponse.cpu:type_name -> stratovirt.agent.v1.CPUStats
+	26, // 11: stratovirt.agent.v1.StatsContainerResponse.memory:type_name -> stratovirt.agent.v1.MemoryStats
+	27, // 12: stratovirt.agent.v1.StatsContainerResponse.pids:type_name -> stratovirt.agent.v1.PidsStats
+	29, // 13: stratovirt.agent.v1.StatsContainerResponse.io:type_name -> stratovirt.agent.v1.IOStats
+	30, // 14: stratovirt.agent.v1.StatsContainerResponse.network:type_name -> stratovirt.agent.v1.NetworkStats
+	48, // 15: stratovirt.agent.v1.Interface.addresses:type_name -> stratovirt.agent.v1.IPAddress
+	49, // 16: stratovirt.agent.v1.UpdateInterfaceRequest.interface:type_name -> stratovirt.agent.v1.Interface
+	51, // 17: stratovirt.agent.v1.UpdateRoutesRequest.routes:type_name -> stratovirt.agent.v1.Route
+	51, // 18: stratovirt.agent.v1.UpdateRoutesResponse.routes:type_name -> stratovirt.agent.v1.Route
+	54, // 19: stratovirt.agent.v1.AddARPNeighborsRequest.neighbors:type_name -> stratovirt.agent.v1.ARPNeighbor
+	1,  // 20: stratovirt.agent.v1.Health.Check:input_type -> stratovirt.agent.v1.CheckRequest
+	3,  // 21: stratovirt.agent.v1.Agent.GetGuestDetails:input_type -> stratovirt.agent.v1.GetGuestDetailsRequest
+	6,  // 22: stratovirt.agent.v1.Agent.CreateSandbox:input_type -> stratovirt.agent.v1.CreateSandboxRequest
+	8,  // 23: stratovirt.agent.v1.Agent.DestroySandbox:input_type -> stratovirt.agent.v1.DestroySandboxRequest
+	12, // 24: stratovirt.agent.v1.Agent.CreateContainer:input_type -> stratovirt.agent.v1.CreateContainerRequest
+	14, // 25: stratovirt.agent.v1.Agent.StartContainer:input_type -> stratovirt.agent.v1.StartContainerRequest
+	16, // 26: stratovirt.agent.v1.Agent.ExecProcess:input_type -> stratovirt.agent.v1.ExecProcessRequest
+	18, // 27: stratovirt.agent.v1.Agent.SignalProcess:input_type -> stratovirt.agent.v1.SignalProcessRequest
+	20, // 28: stratovirt.agent.v1.Agent.WaitProcess:input_type -> stratovirt.agent.v1.WaitProcessRequest
+	22, // 29: stratovirt.agent.v1.Agent.DeleteProcess:input_type -> stratovirt.agent.v1.DeleteProcessRequest
+	24, // 30: stratovirt.agent.v1.Agent.StatsContainer:input_type -> stratovirt.agent.v1.StatsContainerRequest
+	32, // 31: stratovirt.agent.v1.Agent.UpdateContainer:input_type -> stratovirt.agent.v1.UpdateContainerRequest
+	34, // 32: stratovirt.agent.v1.Agent.PauseContainer:input_type -> stratovirt.agent.v1.PauseContainerRequest
+	36, // 33: stratovirt.agent.v1.Agent.ResumeContainer:input_type -> stratovirt.agent.v1.ResumeContainerRequest
+	38, // 34: stratovirt.agent.v1.Agent.RemoveContainer:input_type -> stratovirt.agent.v1.RemoveContainerRequest
+	40, // 35: stratovirt.agent.v1.Agent.ListProcesses:input_type -> stratovirt.agent.v1.ListProcessesRequest
+	42, // 36: stratovirt.agent.v1.Agent.TtyWinResize:input_type -> stratovirt.agent.v1.TtyWinResizeRequest
+	44, // 37: stratovirt.agent.v1.Agent.CloseStdin:input_type -> stratovirt.agent.v1.CloseStdinRequest
+	46, // 38: stratovirt.agent.v1.Agent.GetOOMEvent:input_type -> stratovirt.agent.v1.GetOOMEventRequest
+	50, // 39: stratovirt.agent.v1.Agent.UpdateInterface:input_type -> stratovirt.agent.v1.UpdateInterfaceRequest
+	52, // 40: stratovirt.agent.v1.Agent.UpdateRoutes:input_type -> stratovirt.agent.v1.UpdateRoutesRequest
+	55, // 41: stratovirt.agent.v1.Agent.AddARPNeighbors:input_type -> stratovirt.agent.v1.AddARPNeighborsRequest
+	2,  // 42: stratovirt.agent.v1.Health.Check:output_type -> stratovirt.agent.v1.CheckResponse
+	4,  // 43: stratovirt.agent.v1.Agent.GetGuestDetails:output_type -> stratovirt.agent.v1.GuestDetails
+	7,  // 44: stratovirt.agent.v1.Agent.CreateSandbox:output_type -> stratovirt.agent.v1.CreateSandboxResponse
+	9,  // 45: stratovirt.agent.v1.Agent.DestroySandbox:output_type -> stratovirt.agent.v1.DestroySandboxResponse
+	13, // 46: stratovirt.agent.v1.Agent.CreateContainer:output_type -> stratovirt.agent.v1.CreateContainerResponse
+	15, // 47: stratovirt.agent.v1.Agent.StartContainer:output_type -> stratovirt.agent.v1.StartContainerResponse
+	17, // 48: stratovirt.agent.v1.Agent.ExecProcess:output_type -> stratovirt.agent.v1.ExecProcessResponse
+	19, // 49: stratovirt.agent.v1.Agent.SignalProcess:output_type -> stratovirt.agent.v1.SignalProcessResponse
+	21, // 50: stratovirt.agent.v1.Agent.WaitProcess:output_type -> stratovirt.agent.v1.WaitProcessResponse
+	23, // 51: stratovirt.agent.v1.Agent.DeleteProcess:output_type -> stratovirt.agent.v1.DeleteProcessResponse
+	31, // 52: stratovirt.agent.v1.Agent.StatsContainer:output_type -> stratovirt.agent.v1.StatsContainerResponse
+	33, // 53: stratovirt.agent.v1.Agent.UpdateContainer:output_type -> stratovirt.agent.v1.UpdateContainerResponse
+	35, // 54: stratovirt.agent.v1.Agent.PauseContainer:output_type -> stratovirt.agent.v1.PauseContainerResponse
+	37, // 55: stratovirt.agent.v1.Agent.ResumeContainer:output_type -> stratovirt.agent.v1.ResumeContainerResponse
+	39, // 56: stratovirt.agent.v1.Agent.RemoveContainer:output_type -> stratovirt.agent.v1.RemoveContainerResponse
+	41, // 57: stratovirt.agent.v1.Agent.ListProcesses:output_type -> stratovirt.agent.v1.ListProcessesResponse
+	43, // 58: stratovirt.agent.v1.Agent.TtyWinResize:output_type -> stratovirt.agent.v1.TtyWinResizeResponse
+	45, // 59: stratovirt.agent.v1.Agent.CloseStdin:output_type -> stratovirt.agent.v1.CloseStdinResponse
+	47, // 60: stratovirt.agent.v1.Agent.GetOOMEvent:output_type -> stratovirt.agent.v1.OOMEvent
+	49, // 61: stratovirt.agent.v1.Agent.UpdateInterface:output_type -> stratovirt.agent.v1.Interface
+	53, // 62: stratovirt.agent.v1.Agent.UpdateRoutes:output_type -> stratovirt.agent.v1.UpdateRoutesResponse
+	56, // 63: stratovirt.agent.v1.Agent.AddARPNeighbors:output_type -> stratovirt.agent.v1.AddARPNeighborsResponse
+	42, // [42:64] is the sub-list for method output_type
+	20, // [20:42] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_agentv1_agent_proto_init() }
@@ -3420,7 +3603,7 @@ func file_agentv1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentv1_agent_proto_rawDesc), len(file_agentv1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   55,
+			NumMessages:   58,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -52,6 +52,7 @@ type AgentService interface {
 	ExecProcess(context.Context, *ExecProcessRequest) (*ExecProcessResponse, error)
 	SignalProcess(context.Context, *SignalProcessRequest) (*SignalProcessResponse, error)
 	WaitProcess(context.Context, *WaitProcessRequest) (*WaitProcessResponse, error)
+	DeleteProcess(context.Context, *DeleteProcessRequest) (*DeleteProcessResponse, error)
 	StatsContainer(context.Context, *StatsContainerRequest) (*StatsContainerResponse, error)
 	UpdateContainer(context.Context, *UpdateContainerRequest) (*UpdateContainerResponse, error)
 	PauseContainer(context.Context, *PauseContainerRequest) (*PauseContainerResponse, error)
@@ -124,6 +125,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.WaitProcess(ctx, &req)
+			},
+			"DeleteProcess": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req DeleteProcessRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.DeleteProcess(ctx, &req)
 			},
 			"StatsContainer": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req StatsContainerRequest
@@ -282,6 +290,14 @@ func (c *agentClient) SignalProcess(ctx context.Context, req *SignalProcessReque
 func (c *agentClient) WaitProcess(ctx context.Context, req *WaitProcessRequest) (*WaitProcessResponse, error) {
 	var resp WaitProcessResponse
 	if err := c.client.Call(ctx, "stratovirt.agent.v1.Agent", "WaitProcess", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) DeleteProcess(ctx context.Context, req *DeleteProcessRequest) (*DeleteProcessResponse, error) {
+	var resp DeleteProcessResponse
+	if err := c.client.Call(ctx, "stratovirt.agent.v1.Agent", "DeleteProcess", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -67,6 +67,7 @@ type Manager struct {
 	mu         sync.Mutex
 	containers map[string]*Container
 	sandbox    []string // sandbox mount points, mount order
+	sandboxID  string   // CreateSandbox's id: whose namespaces "sandbox:" joins
 	oom        chan *agentv1.OOMEvent
 	stop       chan struct{}
 }
@@ -104,7 +105,7 @@ func NewManager(cfg Config) (*Manager, error) {
 	if cfg.ResolvConf == "" {
 		cfg.ResolvConf = "/etc/resolv.conf"
 	}
-	for _, d := range []string{cfg.StateDir, cfg.Runc.Root, filepath.Join(cfg.StateDir, "containers")} {
+	for _, d := range []string{cfg.StateDir, cfg.Runc.Root, filepath.Join(cfg.StateDir, "containers"), filepath.Join(cfg.StateDir, "tty")} {
 		if err := os.MkdirAll(d, 0o711); err != nil {
 			return nil, fmt.Errorf("state dir: %w", err)
 		}
@@ -165,6 +166,13 @@ func (m *Manager) Create(ctx context.Context, req *agentv1.CreateContainerReques
 	if err := os.MkdirAll(c.dir, 0o711); err != nil {
 		return 0, err
 	}
+	files, err := writeFiles(filepath.Join(c.dir, "files"), req.GetFiles())
+	if err != nil {
+		return 0, err
+	}
+	if err := m.joinSandboxNamespaces(id, &spec); err != nil {
+		return 0, err
+	}
 	rootfs := filepath.Join(c.dir, "rootfs")
 	if err := m.mountStorage(ctx, c, req.GetRootfs(), rootfs); err != nil {
 		return 0, fmt.Errorf("rootfs: %w", err)
@@ -180,7 +188,7 @@ func (m *Manager) Create(ctx context.Context, req *agentv1.CreateContainerReques
 		}
 		volumes[v.GetName()] = p
 	}
-	if err := m.rewriteMounts(&spec, volumes); err != nil {
+	if err := m.rewriteMounts(&spec, volumes, files); err != nil {
 		return 0, err
 	}
 	if spec.Root == nil {
@@ -220,11 +228,18 @@ func (m *Manager) mountStorage(ctx context.Context, c *Container, s *agentv1.Sto
 	return nil
 }
 
-// rewriteMounts resolves "volume:<name>" and "sandbox:<name>" sources.
-func (m *Manager) rewriteMounts(spec *specs.Spec, volumes map[string]string) error {
+// rewriteMounts resolves "volume:<name>", "file:<name>" and
+// "sandbox:<name>" sources.
+func (m *Manager) rewriteMounts(spec *specs.Spec, volumes, files map[string]string) error {
 	for i := range spec.Mounts {
 		src := spec.Mounts[i].Source
-		if name, ok := strings.CutPrefix(src, "volume:"); ok {
+		if name, ok := strings.CutPrefix(src, "file:"); ok {
+			p, ok := files[name]
+			if !ok {
+				return fmt.Errorf("mount %s: no file %q: %w", spec.Mounts[i].Destination, name, ErrInvalid)
+			}
+			spec.Mounts[i].Source = p
+		} else if name, ok := strings.CutPrefix(src, "volume:"); ok {
 			p, ok := volumes[name]
 			if !ok {
 				return fmt.Errorf("mount %s: no volume %q: %w", spec.Mounts[i].Destination, name, ErrInvalid)

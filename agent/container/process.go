@@ -57,7 +57,7 @@ func (m *Manager) startProcess(ctx context.Context, c *Container, eid string, te
 	opts.Stdio = &runc.Stdio{Stdin: in, Stdout: out, Stderr: errf}
 	var console *stdio.ConsoleSocket
 	if terminal {
-		if console, err = stdio.NewConsoleSocket(filepath.Join(c.dir, name+".console")); err != nil {
+		if console, err = stdio.NewConsoleSocket(consolePath(m.cfg.StateDir, c.id, name)); err != nil {
 			pio.Close()
 			return nil, err
 		}
@@ -201,6 +201,31 @@ func (m *Manager) Exec(ctx context.Context, req *agentv1.ExecProcessRequest) (in
 		return 0, err
 	}
 	return p.pid, nil
+}
+
+// DeleteExec forgets an exited exec process: its entry, its streams and
+// its state files; a running one is ErrPrecondition.
+func (m *Manager) DeleteExec(cid, eid string) error {
+	if eid == "" {
+		return fmt.Errorf("delete process: no exec id (the init goes with RemoveContainer): %w", ErrInvalid)
+	}
+	c, p, err := m.process(cid, eid)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	if !p.exited() {
+		c.mu.Unlock()
+		return fmt.Errorf("exec %q of container %q is running: %w", eid, cid, ErrPrecondition)
+	}
+	delete(c.execs, eid)
+	c.mu.Unlock()
+	p.io.Close()
+	base := filepath.Join(c.dir, "exec-"+eid)
+	os.Remove(base + ".json")
+	os.Remove(base + ".pid")
+	os.RemoveAll(base + ".log")
+	return nil
 }
 
 func (m *Manager) process(cid, eid string) (*Container, *Process, error) {

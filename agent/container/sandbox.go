@@ -58,6 +58,9 @@ func (m *Manager) CreateSandbox(ctx context.Context, req *agentv1.CreateSandboxR
 			}
 		}
 	}
+	if sid := req.GetSandboxId(); sid != "" && !stream.ValidID(sid) {
+		return fmt.Errorf("sandbox id %q: %w", sid, ErrInvalid)
+	}
 	paths := map[string]string{}
 	keys := make([]string, 0, len(req.GetSysctls()))
 	for k, v := range req.GetSysctls() {
@@ -98,6 +101,9 @@ func (m *Manager) CreateSandbox(ctx context.Context, req *agentv1.CreateSandboxR
 			return fmt.Errorf("write %s: %w", m.cfg.ResolvConf, err)
 		}
 	}
+	m.mu.Lock()
+	m.sandboxID = req.GetSandboxId()
+	m.mu.Unlock()
 	for _, s := range req.GetStorages() {
 		if !stream.ValidID(s.GetName()) {
 			return fmt.Errorf("sandbox storage name %q: %w", s.GetName(), ErrInvalid)

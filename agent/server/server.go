@@ -155,6 +155,14 @@ func (s *Service) WaitProcess(ctx context.Context, req *agentv1.WaitProcessReque
 	return &agentv1.WaitProcessResponse{ExitStatus: int32(e.Status), ExitedAtUnixNano: e.Time.UnixNano(), Pid: uint32(e.Pid)}, nil
 }
 
+// DeleteProcess forgets an exited exec process.
+func (s *Service) DeleteProcess(ctx context.Context, req *agentv1.DeleteProcessRequest) (*agentv1.DeleteProcessResponse, error) {
+	if err := s.Containers.DeleteExec(req.GetContainerId(), req.GetExecId()); err != nil {
+		return nil, toStatus(ctx, "DeleteProcess", err)
+	}
+	return &agentv1.DeleteProcessResponse{}, nil
+}
+
 // StatsContainer reads a container's statistics.
 func (s *Service) StatsContainer(ctx context.Context, req *agentv1.StatsContainerRequest) (*agentv1.StatsContainerResponse, error) {
 	st, err := s.Containers.Stats(req.GetContainerId())

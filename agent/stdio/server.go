@@ -87,7 +87,12 @@ func (s *Server) attach(ctx context.Context, h stream.Header, conn net.Conn) err
 	}
 	give := time.Now().Add(orDefault(s.AttachWait, 30*time.Second))
 	for {
+		// Wait for a process (or its terminal) that does not exist yet;
+		// a failed Attach sends nothing, so it can be tried again.
 		pio, err := s.Lookup(h.ContainerID, h.ExecID)
+		if err == nil {
+			err = pio.Attach(h.Kind, conn)
+		}
 		if errors.Is(err, ErrNotYet) && time.Now().Before(give) {
 			select {
 			case <-time.After(20 * time.Millisecond):
@@ -96,9 +101,6 @@ func (s *Server) attach(ctx context.Context, h stream.Header, conn net.Conn) err
 				return ctx.Err()
 			}
 		}
-		if err != nil {
-			return err
-		}
-		return pio.Attach(h.Kind, conn)
+		return err
 	}
 }

@@ -180,6 +180,11 @@ func (s *IO) Attach(kind stream.Kind, conn net.Conn) error {
 	if s.attached[kind] {
 		return fmt.Errorf("%s is already attached", kind)
 	}
+	if s.cfg.Terminal && s.console == nil {
+		// runc has not handed the pty over yet (an exec's streams are
+		// opened while it starts): the caller may try again.
+		return fmt.Errorf("%w: the terminal of this process is not set up yet", ErrNotYet)
+	}
 	if kind == stream.Stdin {
 		if s.stdinEOF {
 			return errors.New("stdin is closed")

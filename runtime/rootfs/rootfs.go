@@ -70,6 +70,17 @@ type Options struct {
 	Format string
 	// ReadOnly: the container's root is read-only.
 	ReadOnly bool
+	// MountPoints are created (when missing) in a read-only root built
+	// from a directory before it is packed, as runc would create them
+	// in a writable one.
+	MountPoints []MountPoint
+}
+
+// MountPoint is a path (absolute, inside the container's root) a mount
+// needs: a file for a bind of a file, a directory otherwise.
+type MountPoint struct {
+	Path string
+	File bool
 }
 
 var blockFSTypes = []string{"ext4", "ext3", "ext2", "xfs", "erofs", "btrfs", "squashfs"}
@@ -105,6 +116,13 @@ func Prepare(ctx context.Context, mounts []Mount, opts Options) (*Disk, error) {
 			}
 		}()
 	}
+	if opts.ReadOnly {
+		for _, mp := range opts.MountPoints {
+			if err := CreateMountPoint(opts.Target, mp); err != nil {
+				log.G(ctx).WithError(err).Warnf("rootfs: mount point %s", mp.Path)
+			}
+		}
+	}
 	if err := os.MkdirAll(opts.ImageDir, 0o700); err != nil {
 		return nil, fmt.Errorf("image dir: %w", err)
 	}
@@ -126,6 +144,45 @@ func Prepare(ctx context.Context, mounts []Mount, opts Options) (*Disk, error) {
 	}
 	log.G(ctx).Infof("rootfs: built %s %s (%d MiB) in %v", d.How, img, d.Bytes>>20, d.Cost.Round(time.Millisecond))
 	return d, nil
+}
+
+// CreateMountPoint creates mp under root where it is missing: parent
+// directories 0755, then an empty file or a directory. It never follows
+// a symbolic link (one on the way is an error) and never changes what
+// exists.
+func CreateMountPoint(root string, mp MountPoint) error {
+	rel := strings.TrimPrefix(filepath.Clean("/"+mp.Path), "/")
+	if rel == "" {
+		return nil
+	}
+	parts := strings.Split(rel, "/")
+	p := root
+	for i, c := range parts {
+		p = filepath.Join(p, c)
+		last := i == len(parts)-1
+		st, err := os.Lstat(p)
+		switch {
+		case err == nil && st.Mode()&fs.ModeSymlink != 0:
+			return fmt.Errorf("%s: a symbolic link is on the way", p)
+		case err == nil && !last && !st.IsDir():
+			return fmt.Errorf("%s: not a directory", p)
+		case err == nil:
+			continue
+		case !errors.Is(err, fs.ErrNotExist):
+			return err
+		case last && mp.File:
+			f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY|unix.O_NOFOLLOW, 0o644)
+			if err != nil {
+				return err
+			}
+			f.Close()
+		default:
+			if err := os.Mkdir(p, 0o755); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // direct recognises a mount the VM can take as a disk: a block device,

@@ -123,3 +123,58 @@ func TestPrepareDirect(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestCreateMountPoint(t *testing.T) {
+	root := t.TempDir()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(filepath.Join(root, "etc"), 0o755))
+	must(os.WriteFile(filepath.Join(root, "etc/hostname"), []byte("image\n"), 0o644))
+	must(os.Symlink("/etc", filepath.Join(root, "link")))
+	must(os.WriteFile(filepath.Join(root, "file"), nil, 0o644))
+	tests := []struct {
+		mp      MountPoint
+		bad     bool
+		dir     bool   // expect a directory (else a file)
+		content string // for an existing file: kept
+	}{
+		{mp: MountPoint{Path: "/etc/hosts", File: true}},
+		{mp: MountPoint{Path: "/etc/hostname", File: true}, content: "image\n"},
+		{mp: MountPoint{Path: "/dev/shm"}, dir: true},
+		{mp: MountPoint{Path: "/a/b/c", File: true}},
+		{mp: MountPoint{Path: "/../../escape"}, dir: true}, // cleaned to /escape
+		{mp: MountPoint{Path: "/link/x", File: true}, bad: true},
+		{mp: MountPoint{Path: "/file/x"}, bad: true},
+	}
+	for _, tc := range tests {
+		err := CreateMountPoint(root, tc.mp)
+		if tc.bad {
+			if err == nil {
+				t.Errorf("%s: created", tc.mp.Path)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", tc.mp.Path, err)
+			continue
+		}
+		p := filepath.Join(root, filepath.Clean("/"+tc.mp.Path))
+		st, err := os.Lstat(p)
+		if err != nil || st.IsDir() != tc.dir {
+			t.Errorf("%s: %v %v", tc.mp.Path, st, err)
+			continue
+		}
+		if !tc.dir {
+			if b, _ := os.ReadFile(p); string(b) != tc.content {
+				t.Errorf("%s: content %q", tc.mp.Path, b)
+			}
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(filepath.Dir(root), "escape")); err == nil {
+		t.Error("escaped the root")
+	}
+}

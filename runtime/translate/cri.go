@@ -5,6 +5,8 @@ import (
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/stratovirt-go/stratovirt/agent-proto/agentv1"
 )
 
 // GuestSource marks a bind mount's source as a path inside the guest
@@ -17,6 +19,29 @@ const GuestSource = "guest:"
 const GuestResolvConf = "/etc/resolv.conf"
 
 var guestBindSources = map[string]bool{GuestResolvConf: true}
+
+// FileSource marks a bind mount's source as a file the agent writes for
+// the container from CreateContainerRequest.files ("file:hosts").
+const FileSource = "file:"
+
+// Names of the files copied from the host into the guest.
+const (
+	HostsFile    = "hosts"
+	HostnameFile = "hostname"
+)
+
+// SandboxShm is the source of the /dev/shm bind of every container of a
+// pod: the tmpfs the agent mounts for the sandbox (ShmStorage).
+const SandboxShm = "sandbox:shm"
+
+// ShmOptions are the pod /dev/shm tmpfs's options (containerd's 64 MiB).
+var ShmOptions = []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}
+
+// fileBind reports whether m binds a file written for the container.
+func fileBind(m specs.Mount) bool {
+	name, ok := strings.CutPrefix(m.Source, FileSource)
+	return ok && (m.Type == "bind" || m.Type == "") && (name == HostsFile || name == HostnameFile)
+}
 
 // guestBind reports whether m binds an allowed guest path, and which.
 func guestBind(m specs.Mount) (string, bool) {
@@ -32,15 +57,21 @@ func guestBind(m specs.Mount) (string, bool) {
 type CRIFiles struct {
 	// ResolvConf is the pod's resolv.conf on the host (empty: none).
 	ResolvConf string
+	// Hosts and Hostname are the host files bound over /etc/hosts and
+	// /etc/hostname (empty: none); the shim copies them into the guest.
+	Hosts, Hostname string
+	// Shm: /dev/shm binds the pod's shared tmpfs (SandboxShm).
+	Shm bool
 }
 
 // RewriteCRIMounts replaces the bind mounts containerd's CRI plugin adds
 // from the pod's sandbox directory (which the VM cannot see) with guest
 // equivalents: /etc/resolv.conf binds the guest's copy (written from the
-// host file through the agent), /dev/shm becomes a tmpfs, and
-// /etc/hosts, /etc/hostname and /dev/termination-log are dropped (the
-// image's files stay; the hostname is set in the guest's UTS namespace).
-// Other mounts are left for GuestSpec to judge. spec is modified.
+// host file through the agent), /etc/hosts and /etc/hostname bind copies
+// of the host files that the agent writes for the container
+// ("file:hosts", "file:hostname"), /dev/shm binds the pod's shared tmpfs
+// (SandboxShm), and /dev/termination-log is dropped. Other mounts are
+// left for GuestSpec to judge. spec is modified.
 func RewriteCRIMounts(spec *specs.Spec) CRIFiles {
 	var files CRIFiles
 	out := spec.Mounts[:0]
@@ -56,15 +87,37 @@ func RewriteCRIMounts(spec *specs.Spec) CRIFiles {
 			m.Type = "bind"
 			m.Options = []string{"rbind", "ro", "nosuid", "nodev", "noexec"}
 		case "/dev/shm":
-			m = specs.Mount{Destination: "/dev/shm", Type: "tmpfs", Source: "shm",
-				Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}}
-		case "/etc/hosts", "/etc/hostname", "/dev/termination-log":
+			files.Shm = true
+			m = specs.Mount{Destination: "/dev/shm", Type: "bind", Source: SandboxShm,
+				Options: []string{"rbind", "nosuid", "noexec", "nodev"}}
+		case "/etc/hosts":
+			files.Hosts = m.Source
+			m.Source, m.Type = FileSource+HostsFile, "bind"
+		case "/etc/hostname":
+			files.Hostname = m.Source
+			m.Source, m.Type = FileSource+HostnameFile, "bind"
+		case "/dev/termination-log":
 			continue
 		}
 		out = append(out, m)
 	}
 	spec.Mounts = out
 	return files
+}
+
+// PrivateShm turns a SandboxShm bind back into a tmpfs of the container's
+// own, for a VM without the pod's shared /dev/shm. spec is modified.
+func PrivateShm(spec *specs.Spec) {
+	for i, m := range spec.Mounts {
+		if m.Source == SandboxShm {
+			spec.Mounts[i] = specs.Mount{Destination: m.Destination, Type: "tmpfs", Source: "shm", Options: ShmOptions}
+		}
+	}
+}
+
+// ShmStorage is the sandbox storage behind SandboxShm.
+func ShmStorage() *agentv1.Storage {
+	return &agentv1.Storage{Name: "shm", Source: "shm", Fstype: "tmpfs", Options: ShmOptions}
 }
 
 // TakeNetSysctls removes the net.* sysctls from a spec that joins an

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"path/filepath"
 	"runtime"
 	"sort"
 	"strconv"
@@ -25,6 +26,7 @@ import (
 	"github.com/stratovirt-go/stratovirt/agent-proto/agentv1"
 	shimconfig "github.com/stratovirt-go/stratovirt/runtime/config"
 	"github.com/stratovirt-go/stratovirt/runtime/oci"
+	"github.com/stratovirt-go/stratovirt/runtime/rootfs"
 	vmconfig "github.com/stratovirt-go/stratovirt/vmm/config"
 )
 
@@ -238,6 +240,40 @@ func containerResources(spec *specs.Spec) (cpus float64, mem uint64) {
 	return cpus, mem
 }
 
+// SandboxNamespace is the namespace path the agent resolves to the
+// sandbox (pause) container's namespace of that type.
+const SandboxNamespace = "sandbox:"
+
+// podShared are the namespaces a pod container joins from its sandbox.
+var podShared = map[specs.LinuxNamespaceType]bool{specs.IPCNamespace: true, specs.UTSNamespace: true, specs.PIDNamespace: true}
+
+// MountPoints lists the paths the container's mounts need in its root
+// filesystem (files for binds of files, directories otherwise), in mount
+// order, leaving out those inside an earlier mount (/dev/shm in /dev):
+// runc creates missing mount points, but not on a read-only image, so
+// the shim creates them before packing a read-only root.
+func MountPoints(spec *specs.Spec) []rootfs.MountPoint {
+	var out []rootfs.MountPoint
+	var done []string
+	for _, m := range spec.Mounts {
+		d := filepath.Clean(m.Destination)
+		if !filepath.IsAbs(d) || d == "/" {
+			continue
+		}
+		inside := false
+		for _, p := range done {
+			inside = inside || strings.HasPrefix(d, p+"/") || p == "/"
+		}
+		done = append(done, d)
+		if inside {
+			continue
+		}
+		_, guestFile := guestBind(m)
+		out = append(out, rootfs.MountPoint{Path: d, File: guestFile || fileBind(m)})
+	}
+	return out
+}
+
 // guestMountTypes are filesystems the guest kernel provides itself.
 var guestMountTypes = map[string]bool{
 	"proc": true, "sysfs": true, "tmpfs": true, "devpts": true, "mqueue": true,
@@ -284,6 +320,11 @@ func GuestSpec(spec *specs.Spec) ([]byte, error) {
 			mounts = append(mounts, m)
 			continue
 		}
+		if fileBind(m) || m.Source == SandboxShm && (m.Type == "bind" || m.Type == "") {
+			m.Type = "bind" // the agent resolves the source
+			mounts = append(mounts, m)
+			continue
+		}
 		errs = append(errs, fmt.Errorf("mount %s (type %q, source %q): host filesystems are not shared with the microVM", m.Destination, m.Type, m.Source))
 	}
 	s.Mounts = mounts
@@ -293,11 +334,18 @@ func GuestSpec(spec *specs.Spec) ([]byte, error) {
 		if len(s.Linux.Devices) > 0 {
 			errs = append(errs, fmt.Errorf("linux.devices: %d host device(s) requested; device passthrough is not supported", len(s.Linux.Devices)))
 		}
+		typ, _ := oci.TypeOf(spec)
 		var ns []specs.LinuxNamespace
 		for _, n := range s.Linux.Namespaces {
 			if n.Path != "" {
-				// A host namespace (CNI's netns, a pod's shared ipc/uts) is
-				// the VM itself: share the guest's.
+				if typ == oci.PodContainer && podShared[n.Type] {
+					// The pod's IPC, UTS (and shared PID) namespace are the
+					// pause container's inside the guest.
+					n.Path = SandboxNamespace
+					ns = append(ns, n)
+				}
+				// Any other host namespace (CNI's netns) is the VM
+				// itself: share the guest's.
 				continue
 			}
 			ns = append(ns, n)

@@ -36,19 +36,30 @@ func (d *daemon) runIn(t *testing.T, pod, podCfg, name string, args ...string) s
 }
 
 // TestPodMultiContainer: two app containers in one pod VM share its
-// network (one serves on 8080, the other fetches via localhost); the
-// client is then deleted and re-created under the same name (a restart
-// in a live pod): its disk is unplugged and a fresh one plugged, its
-// old files are gone and the server keeps serving.
+// network (one serves on 8080, the other fetches via localhost), its
+// IPC namespace with the pod's sysctls and its /dev/shm, and see the
+// pod's /etc/hosts and /etc/hostname (checkPodFeatures); the server's
+// root is read-only. `crictl exec -it` gets a terminal and `crictl exec
+// --timeout` kills the timed-out process. The client is then deleted
+// and re-created under the same name (a restart in a live pod): its disk
+// is unplugged and a fresh one plugged, its old files are gone and the
+// server keeps serving.
 func TestPodMultiContainer(t *testing.T) {
 	d := startContainerd(t)
-	podCfg := d.writeJSON(t, "pod.json", podConfig("multi", nil))
+	podCfg := d.writeJSON(t, "pod.json", podConfig("multi", map[string]any{"linux": map[string]any{"sysctls": podSysctls}}))
 	pod := d.crictl(t, "runp", "--runtime", handler, podCfg)
-	srv := d.runIn(t, pod, podCfg, "srv", "httpd", "-f", "-p", "8080", "-h", "/www")
+	srvCfg := d.writeJSON(t, "srv.json", readOnlyConfig("srv", "httpd", "-f", "-p", "8080", "-h", "/www"))
+	srv := d.crictl(t, "create", pod, srvCfg, podCfg)
+	d.crictl(t, "start", srv)
 	cli := d.runIn(t, pod, podCfg, "cli", "sleep", "3600")
 	if got := d.fetchIn(t, cli, "127.0.0.1", "8080"); got != "hello from stratovirt\n" {
 		t.Errorf("localhost fetch: %q", got)
 	}
+	t0 := time.Now()
+	d.checkPodFeatures(t, "multi", cli, srv)
+	d.checkExecTTY(t, cli)
+	d.checkExecTimeout(t, cli)
+	t.Logf("pod features, tty exec, exec timeout: %v", time.Since(t0).Round(time.Millisecond))
 	d.crictl(t, "exec", cli, "touch", "/marker")
 
 	// Restart the client: stop, rm, create with the same name, start.
