@@ -35,7 +35,7 @@ import (
 var initScript string
 
 // Modules the guest loads (lab.GuestInitramfs adds dependencies).
-var modules = []string{"virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "failover", "net_failover", "virtio_net"}
+var modules = []string{"virtio_mmio", "virtio_blk", "virtio_net"}
 
 // Set by TestMain on the host; inherited by the test binary in the lab.
 const (
@@ -68,22 +68,7 @@ func prepare() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	root, err := lab.RepoRoot()
-	if err != nil {
-		return dir, err
-	}
-	vmm := filepath.Join(dir, "stratovirt")
-	build := exec.Command("go", "build", "-o", vmm, "./cmd/stratovirt")
-	build.Dir = root
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		return dir, fmt.Errorf("build stratovirt: %v\n%s", err, out)
-	}
-	initrd := filepath.Join(dir, "initramfs.cpio")
-	if err := lab.GuestInitramfs(initrd, initScript, modules, nil); err != nil {
-		return dir, err
-	}
-	k, err := lab.GuestKernel()
+	g, err := lab.PrepareGuest(dir, initScript, modules)
 	if err != nil {
 		return dir, err
 	}
@@ -103,9 +88,9 @@ func prepare() (string, error) {
 			return dir, fmt.Errorf("mkfs.ext4: %v\n%s", err, out)
 		}
 	}
-	os.Setenv(envVMM, vmm)
-	os.Setenv(envInitrd, initrd)
-	os.Setenv(envKernel, k.Image)
+	os.Setenv(envVMM, g.VMM)
+	os.Setenv(envInitrd, g.Initrd)
+	os.Setenv(envKernel, g.Kernel)
 	os.Setenv(envDir, dir)
 	return dir, nil
 }

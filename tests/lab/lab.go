@@ -27,6 +27,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/stratovirt-go/stratovirt/tests/initramfs"
@@ -236,6 +237,9 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		args = append(args, "-virtfs", "local,path="+opts.OutDir+",mount_tag=out,security_model=none,multidevs=remap")
 	}
 	cmd := exec.CommandContext(ctx, qemu, args...)
+	// A lab must not outlive the test binary that started it (killed by
+	// go test's timeout or by hand): QEMU gets SIGKILL when it dies.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var qemuErr bytes.Buffer
 	cmd.Stdout = &qemuErr
 	cmd.Stderr = &qemuErr

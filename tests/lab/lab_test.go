@@ -127,3 +127,17 @@ func TestTimeout(t *testing.T) {
 		t.Fatalf("timeout took %v", d)
 	}
 }
+
+func TestInnerTimeout(t *testing.T) {
+	for _, c := range []struct{ outer, inner time.Duration }{
+		{30 * time.Minute, 28 * time.Minute},
+		{20 * time.Minute, 18 * time.Minute},
+		{4 * time.Minute, 3 * time.Minute},
+		{2 * time.Minute, 90 * time.Second},
+		{40 * time.Second, 30 * time.Second},
+	} {
+		if got := innerTimeout(c.outer); got != c.inner {
+			t.Errorf("innerTimeout(%v) = %v, want %v", c.outer, got, c.inner)
+		}
+	}
+}

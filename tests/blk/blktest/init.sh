@@ -6,9 +6,7 @@
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
-for m in virtio_ring virtio virtio_mmio virtio_blk; do
-	insmod /$m.ko || echo "INSMOD $m failed"
-done
+/bin/load-modules
 run=
 for arg in $(cat /proc/cmdline); do
 	case "$arg" in test.run=*) run=${arg#test.run=} ;; esac

@@ -7,9 +7,7 @@
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
-for m in virtio_ring virtio virtio_mmio failover net_failover virtio_net virtio_console virtio-rng; do
-	insmod /$m.ko || echo "INSMOD $m failed"
-done
+/bin/load-modules
 size=0
 nics=
 for arg in $(cat /proc/cmdline); do

@@ -5,23 +5,20 @@
 package nettest
 
 import (
-	"bufio"
 	_ "embed"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 
-	"github.com/stratovirt-go/stratovirt/tests/initramfs"
 	"github.com/stratovirt-go/stratovirt/tests/lab"
 )
 
 //go:embed init.sh
 var initScript string
 
-// Modules are the guest kernel modules, dependencies first.
-var Modules = []string{"virtio_ring", "virtio", "virtio_mmio", "failover", "net_failover", "virtio_net", "virtio_console", "virtio-rng"}
+// Modules are the guest kernel modules (lab.GuestInitramfs adds their
+// dependencies).
+var Modules = []string{"virtio_mmio", "virtio_net", "virtio_console", "virtio-rng"}
 
 // Files are what Prepare built on the host.
 type Files struct {
@@ -32,94 +29,25 @@ type Files struct {
 }
 
 const (
-	envVMM    = "NET_TEST_VMM"
-	envInitrd = "NET_TEST_INITRD"
-	envKernel = "NET_TEST_KERNEL"
-	envTool   = "NET_TEST_TOOL"
+	envPrefix = "NET_TEST_"
+	toolPkg   = "./tests/net/nettool"
 )
 
 // FromEnv returns the Files exported by SetEnv.
 func FromEnv() (Files, bool) {
-	f := Files{VMM: os.Getenv(envVMM), Initrd: os.Getenv(envInitrd), Kernel: os.Getenv(envKernel), NetTool: os.Getenv(envTool)}
-	return f, f.VMM != ""
+	g, ok := lab.GuestFilesFromEnv(envPrefix)
+	return Files{VMM: g.VMM, Initrd: g.Initrd, Kernel: g.Kernel, NetTool: g.Tools[toolPkg]}, ok
 }
 
 // SetEnv exports f for the re-executed test binary.
 func (f Files) SetEnv() {
-	os.Setenv(envVMM, f.VMM)
-	os.Setenv(envInitrd, f.Initrd)
-	os.Setenv(envKernel, f.Kernel)
-	os.Setenv(envTool, f.NetTool)
+	lab.GuestFiles{VMM: f.VMM, Initrd: f.Initrd, Kernel: f.Kernel, Tools: map[string]string{toolPkg: f.NetTool}}.SetEnv(envPrefix)
 }
 
 // Prepare builds stratovirt and nettool and writes the initramfs in dir.
 func Prepare(dir string) (Files, error) {
-	var f Files
-	root, err := lab.RepoRoot()
-	if err != nil {
-		return f, err
-	}
-	f.VMM = filepath.Join(dir, "stratovirt")
-	f.NetTool = filepath.Join(dir, "nettool")
-	for _, b := range []struct{ out, pkg string }{{f.VMM, "./cmd/stratovirt"}, {f.NetTool, "./tests/net/nettool"}} {
-		cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return f, fmt.Errorf("build %s: %v\n%s", b.pkg, err, out)
-		}
-	}
-	k, err := lab.FindKernel("cloud-amd64")
-	if err != nil {
-		return f, err
-	}
-	f.Kernel = k.Image
-	modDir, err := moduleDir(k.Image)
-	if err != nil {
-		return f, err
-	}
-	extra := map[string][]byte{}
-	if extra["nettool"], err = os.ReadFile(f.NetTool); err != nil {
-		return f, err
-	}
-	for _, m := range Modules {
-		p, err := findModule(modDir, m)
-		if err != nil {
-			return f, err
-		}
-		if extra[m+".ko"], err = os.ReadFile(filepath.Join(modDir, p)); err != nil {
-			return f, err
-		}
-	}
-	f.Initrd = filepath.Join(dir, "initramfs.cpio")
-	return f, initramfs.Busybox(f.Initrd, initScript, extra)
-}
-
-func moduleDir(image string) (string, error) {
-	for d := filepath.Dir(image); d != "/" && d != "."; d = filepath.Dir(d) {
-		matches, _ := filepath.Glob(filepath.Join(d, "lib/modules/*/modules.dep"))
-		if len(matches) == 1 {
-			return filepath.Dir(matches[0]), nil
-		}
-	}
-	return "", fmt.Errorf("no lib/modules/*/modules.dep above %s", image)
-}
-
-func findModule(modDir, name string) (string, error) {
-	f, err := os.Open(filepath.Join(modDir, "modules.dep"))
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		file, _, _ := strings.Cut(sc.Text(), ":")
-		if filepath.Base(file) == name+".ko" {
-			return file, nil
-		}
-	}
-	return "", fmt.Errorf("module %s not in %s/modules.dep", name, modDir)
+	g, err := lab.PrepareGuest(dir, initScript, Modules, toolPkg)
+	return Files{VMM: g.VMM, Initrd: g.Initrd, Kernel: g.Kernel, NetTool: g.Tools[toolPkg]}, err
 }
 
 // NetNS is a named network namespace (ip netns) made for one test.

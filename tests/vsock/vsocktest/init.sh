@@ -5,9 +5,7 @@
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
-for m in virtio_ring virtio virtio_mmio vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport virtio_balloon; do
-	insmod /$m.ko || echo "INSMOD $m failed"
-done
+/bin/load-modules
 /vsockpeer
 echo "PEER EXIT $?"
 poweroff -f

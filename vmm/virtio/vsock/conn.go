@@ -311,6 +311,7 @@ func (d *Unix) handleTx(ch *virtio.Chain) {
 	switch h.Op {
 	case OpResponse:
 		if c.state != stateConnecting {
+			log.L.Warnf("vsock %s: guest port %d: RESPONSE on an established connection; reset", d.cfg.ID, c.key.guestPort)
 			d.reset(c)
 			break
 		}
@@ -323,6 +324,7 @@ func (d *Unix) handleTx(ch *virtio.Chain) {
 		d.armTimer()
 	case OpRW:
 		if c.state != stateEstablished || c.guestShut&ShutdownSend != 0 {
+			log.L.Warnf("vsock %s: guest port %d: data before RESPONSE or after SHUTDOWN; reset", d.cfg.ID, c.key.guestPort)
 			d.reset(c)
 			break
 		}
@@ -337,6 +339,7 @@ func (d *Unix) handleTx(ch *virtio.Chain) {
 	case OpCreditRequest:
 		c.needCredit = true
 	default: // REQUEST on a live connection, or a bad RW
+		log.L.Warnf("vsock %s: guest port %d: unexpected op %d (len %d); reset", d.cfg.ID, c.key.guestPort, h.Op, h.Len)
 		d.reset(c)
 	}
 	if c.fd >= 0 {
@@ -385,7 +388,7 @@ func (d *Unix) guestConnect(h Header, key connKey) {
 // does not take. A guest that sends beyond the credit we gave is reset.
 func (d *Unix) guestData(c *conn, payload [][]byte, n uint32) {
 	if uint64(len(c.txBuf))+uint64(n) > ConnBufSize {
-		log.L.Debugf("vsock %s: guest port %d overran its credit", d.cfg.ID, c.key.guestPort)
+		log.L.Warnf("vsock %s: guest port %d overran its credit (%d buffered + %d); reset", d.cfg.ID, c.key.guestPort, len(c.txBuf), n)
 		d.reset(c)
 		return
 	}

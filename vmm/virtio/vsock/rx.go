@@ -131,6 +131,7 @@ func (d *Unix) nextPacket(c *conn, segs [][]byte, room uint64) (Header, uint64, 
 		case errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR):
 			c.readable = false
 		default:
+			log.L.Warnf("vsock %s: guest port %d: read host socket: %v; reset", d.cfg.ID, c.key.guestPort, err)
 			d.closeHost(c)
 			return d.header(c, OpRst), 0, true
 		}
