@@ -115,10 +115,22 @@ func (d *daemon) stop() {
 	d.Stop()
 	if d.t.Failed() {
 		log := d.log.String()
-		if len(log) > 60000 {
-			log = log[len(log)-60000:]
+		// Errors and warnings of the whole run (a failed subtest may be far
+		// from the end), then the tail.
+		var notable []string
+		for _, l := range strings.Split(log, "\n") {
+			if strings.Contains(l, "level=error") || strings.Contains(l, "level=warn") || strings.Contains(l, "panic") ||
+				strings.HasPrefix(l, "goroutine ") || strings.Contains(l, "ttrpc") {
+				notable = append(notable, l)
+			}
 		}
-		d.t.Logf("containerd log:\n%s", log)
+		if n := len(notable); n > 300 {
+			notable = notable[n-300:]
+		}
+		if len(log) > 40000 {
+			log = log[len(log)-40000:]
+		}
+		d.t.Logf("containerd log, errors and warnings:\n%s\ncontainerd log, tail:\n%s", strings.Join(notable, "\n"), log)
 	}
 }
 
