@@ -7,6 +7,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -18,7 +19,8 @@ import (
 )
 
 func main() {
-	if action, id, ns := peekArgs(os.Args[1:]); action == "start" {
+	action, id, ns := peekArgs(os.Args[1:])
+	if action == "start" {
 		// containerd 2.3+ sends bootstrap parameters on stdin; older
 		// versions send runtime options (or nothing) and want a plain
 		// address back.
@@ -41,6 +43,15 @@ func main() {
 		}
 		go func() { io.Copy(w, bytes.NewReader(input)); w.Close() }()
 		os.Stdin = r
+	}
+	if action == "" {
+		// The serving shim runs in the bundle directory (containerd and
+		// our start both set it); its crash output goes to the bundle's log.
+		if wd, err := os.Getwd(); err == nil {
+			if err := crashToLog(wd); err != nil && !errors.Is(err, os.ErrNotExist) {
+				fmt.Fprintln(os.Stderr, "crash output stays on stderr:", err)
+			}
+		}
 	}
 	stratoshim.Register(stratoshim.NewVMMachine)
 	shim.RunShim(context.Background(), stratoshim.Manager{}, func(c *shim.Config) {
