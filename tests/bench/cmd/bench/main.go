@@ -138,6 +138,11 @@ func run(runs, memRuns int, out, rows, vmm, shimDir string) error {
 		}
 		fmt.Fprintf(os.Stderr, "bench: group %s: %d rows in %v\n", group, len(r), time.Since(t0).Round(time.Second))
 		rep.Rows = append(rep.Rows, r...)
+		// Write what is there after every group: a run cut short by the
+		// lab's timeout keeps its finished groups.
+		if werr := rep.Write(out); werr != nil {
+			return werr
+		}
 		if err != nil {
 			// Keep going: one broken group must not lose the others.
 			fmt.Fprintf(os.Stderr, "bench: group %s: %v\n", group, err)
