@@ -28,7 +28,7 @@ func containerd16(t *testing.T) *daemon {
 
 func TestCtrRun(t *testing.T) {
 	d := containerd24(t)
-	suite(t, d, true)
+	suite(t, d, true, true)
 }
 
 // TestCtrRun16 runs the same cases on containerd 1.6 except the
@@ -36,10 +36,12 @@ func TestCtrRun(t *testing.T) {
 // containerd protocol and costs minutes of CI time; E2E_FULL=1 runs it too.
 func TestCtrRun16(t *testing.T) {
 	d := containerd16(t)
-	suite(t, d, os.Getenv("E2E_FULL") == "1")
+	suite(t, d, os.Getenv("E2E_FULL") == "1", false)
 }
 
-func suite(t *testing.T, d *daemon, loop bool) {
+// suite runs the ctr checks; loop adds the leak loop, hostname the
+// --hostname check (ctr 2.x; 1.6's ctr has no such flag).
+func suite(t *testing.T, d *daemon, loop, hostname bool) {
 	t.Run("hello", func(t *testing.T) {
 		out, code := d.ctrRun(t, "", image, "hello", "echo", "hello")
 		if code != 0 || out != "hello\n" {
@@ -88,13 +90,24 @@ func suite(t *testing.T, d *daemon, loop bool) {
 		}
 	})
 	t.Run("detached", func(t *testing.T) {
-		if out, err := d.run(120*time.Second, "", "run", "-d", "--runtime", runtimeV2, image, "det", "sleep", "1000"); err != nil {
+		args := []string{"run", "-d", "--runtime", runtimeV2}
+		want := "exec-out\n"
+		if hostname {
+			// The spec's hostname is the container's (its own UTS namespace).
+			args = append(args, "--hostname", "det-host")
+			want = "exec-out det-host\n"
+		}
+		if out, err := d.run(120*time.Second, "", append(args, image, "det", "sleep", "1000")...); err != nil {
 			t.Fatalf("run -d: %v %s", err, out)
 		}
 		waitRunning(t, d, "det")
-		out, err := d.run(60*time.Second, "", "t", "exec", "--exec-id", "e1", "det", "sh", "-c", "echo exec-out; exit 4")
-		if exitCode(err) != 4 || out != "exec-out\n" {
-			t.Errorf("exec: exit %d %q", exitCode(err), out)
+		cmd := "echo exec-out; exit 4"
+		if hostname {
+			cmd = "echo exec-out $(hostname); exit 4"
+		}
+		out, err := d.run(60*time.Second, "", "t", "exec", "--exec-id", "e1", "det", "sh", "-c", cmd)
+		if exitCode(err) != 4 || out != want {
+			t.Errorf("exec: exit %d %q, want %q", exitCode(err), out, want)
 		}
 		if out, err := d.run(60*time.Second, "in\n", "t", "exec", "--exec-id", "e2", "det", "cat"); err != nil || out != "in\n" {
 			t.Errorf("exec stdin: %v %q", err, out)
