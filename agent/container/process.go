@@ -198,6 +198,9 @@ func (m *Manager) Exec(ctx context.Context, req *agentv1.ExecProcessRequest) (in
 		return m.cfg.Runc.Exec(ctx, c.id, path, logDir, o)
 	})
 	if err != nil {
+		os.Remove(path)
+		os.RemoveAll(logDir)
+		os.Remove(filepath.Join(c.dir, "exec-"+eid+".pid"))
 		return 0, err
 	}
 	return p.pid, nil
