@@ -38,7 +38,7 @@ func busyboxSpec() imageSpec {
 	return imageSpec{
 		applets: []string{"sh", "echo", "cat", "sleep", "true", "false", "ls", "ps", "id", "head", "wc", "dd",
 			"kill", "hostname", "mount", "tr", "seq", "yes", "httpd", "wget", "nc", "ping", "ip", "ifconfig",
-			"nslookup", "grep", "env", "date", "touch", "mkdir", "rm", "test", "[", "nproc", "free", "top", "uname", "pgrep"},
+			"nslookup", "grep", "env", "date", "touch", "mkdir", "rm", "test", "[", "nproc", "free", "top", "uname"},
 		files: map[string]string{"www/index.html": "hello from stratovirt\n"},
 		cmd:   []string{"sh"},
 	}
