@@ -120,7 +120,7 @@ func (d *daemon) stop() {
 		var notable, quiet []string
 		for _, l := range strings.Split(log, "\n") {
 			if strings.Contains(l, "level=error") || strings.Contains(l, "level=warn") || strings.Contains(l, "panic") ||
-				strings.HasPrefix(l, "goroutine ") || strings.Contains(l, "ttrpc") {
+				strings.HasPrefix(l, "goroutine ") || strings.Contains(l, "SIGSYS") || strings.Contains(l, "fatal error") || strings.Contains(l, "level=fatal") {
 				notable = append(notable, l)
 			}
 			// The guest probing for PCI through unclaimed ports is most of
