@@ -59,8 +59,11 @@ func (d *daemon) settled(t *testing.T, base usage) usage {
 // already runs 10 in a row). LOAD=1 runs 100 sequential and 10 workers x
 // 3 concurrent and checks that the time per lifecycle stays stable (mean
 // of the last tenth at most twice that of the first tenth); LOAD_SEQ,
-// LOAD_WORKERS and LOAD_ROUNDS override the counts.
+// LOAD_WORKERS and LOAD_ROUNDS override the counts; LOAD=0 skips it.
 func TestLoad(t *testing.T) {
+	if os.Getenv("LOAD") == "0" {
+		t.Skip("LOAD=0")
+	}
 	seq, workers, rounds := 0, 4, 1
 	full := os.Getenv("LOAD") == "1"
 	if full {
@@ -112,7 +115,7 @@ func TestLoad(t *testing.T) {
 		d.checkClean(t)
 		after := d.settled(t, base)
 		t.Logf("after sequential: %v", after)
-		checkUsage(t, base, after)
+		checkUsage(t, base, after, 1)
 	}
 
 	t0 := time.Now()
@@ -140,14 +143,16 @@ func TestLoad(t *testing.T) {
 	d.checkClean(t)
 	after := d.settled(t, base)
 	t.Logf("after concurrent: %v", after)
-	checkUsage(t, base, after)
+	checkUsage(t, base, after, workers)
 }
 
 // checkUsage allows containerd a little slack (a cached connection, an
-// idle worker thread), not growth per container.
-func checkUsage(t *testing.T, base, u usage) {
+// idle worker thread), not growth per container. Go never ends idle
+// threads, so up to one more per concurrent worker is the high-water
+// mark of parallel blocking calls, not a leak.
+func checkUsage(t *testing.T, base, u usage, workers int) {
 	t.Helper()
-	if u.fds > base.fds+4 || u.threads > base.threads+4 || u.goroutines > base.goroutines+10 || u.mounts != base.mounts {
+	if u.fds > base.fds+4 || u.threads > base.threads+4+workers || u.goroutines > base.goroutines+10 || u.mounts != base.mounts {
 		t.Errorf("leak: baseline %v, now %v", base, u)
 	}
 }
