@@ -57,7 +57,13 @@ func openHostIO(ctx context.Context, id, ns string, p stdioPaths) (_ *processIO,
 		}
 	}()
 	if p.stdin != "" {
-		f, err := fifo.OpenFifo(ctx, p.stdin, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
+		// O_NONBLOCK: the open completes in the background once the
+		// client opens its end. It must not be tied to ctx, the RPC's
+		// context (ttrpc cancels it when Create or Exec returns): a
+		// cancelled context closes a FIFO that is not open yet, and the
+		// process then reads end of file instead of its input (the exec
+		// stdin loss seen under load). closeHost closes it.
+		f, err := fifo.OpenFifo(context.WithoutCancel(ctx), p.stdin, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
 		if err != nil {
 			return nil, fmt.Errorf("open stdin %q: %w", p.stdin, err)
 		}
@@ -181,11 +187,14 @@ func (p *processIO) startLogger(ctx context.Context, u *url.URL, id, ns string) 
 // attach starts the copies over the agent's stream connections (any may
 // be nil when not requested).
 func (p *processIO) attach(stdin, stdout, stderr net.Conn) {
+	p.stdinMu.Lock()
 	p.stdinC, p.outC, p.errC = stdin, stdout, stderr
-	if stdin != nil && p.stdinR != nil {
+	stdinR := p.stdinR
+	p.stdinMu.Unlock()
+	if stdin != nil && stdinR != nil {
 		go func() {
 			buf := make([]byte, 32<<10)
-			io.CopyBuffer(stdin, p.stdinR, buf)
+			io.CopyBuffer(stdin, stdinR, buf)
 			p.closeStdin()
 		}()
 	}

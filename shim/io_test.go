@@ -114,3 +114,48 @@ func TestOutputEOFBeforeDelete(t *testing.T) {
 		})
 	}
 }
+
+// TestStdinOpenOutlivesRPC is the lost exec stdin: the shim opens the
+// stdin FIFO during Create/Exec, but the open only completes once the
+// client opens its end, possibly after the RPC returned and ttrpc
+// cancelled the RPC's context. The input must still reach the process.
+func TestStdinOpenOutlivesRPC(t *testing.T) {
+	dir := t.TempDir()
+	paths := stdioPaths{stdin: filepath.Join(dir, "in")}
+	if err := syscall.Mkfifo(paths.stdin, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rpc, cancel := context.WithCancel(context.Background())
+	pio, err := openHostIO(rpc, "c", "ns", paths)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pio.closeHost()
+	cancel() // the Exec RPC returned
+	time.Sleep(50 * time.Millisecond)
+
+	// The client (ctr) opens its end only now, writes and closes.
+	cctx, ccancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer ccancel()
+	w, err := fifo.OpenFifo(cctx, paths.stdin, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write([]byte("in\n")); err != nil {
+		t.Fatalf("client write: %v (the shim closed its end of the stdin FIFO)", err)
+	}
+	w.Close()
+
+	in, agentIn := net.Pipe()
+	got := make(chan string, 1)
+	go func() { b, _ := io.ReadAll(agentIn); got <- string(b) }()
+	pio.attach(in, nil, nil)
+	select {
+	case s := <-got:
+		if s != "in\n" {
+			t.Fatalf("the process read %q, want %q", s, "in\n")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("stdin stream not closed after the client's end of file")
+	}
+}
