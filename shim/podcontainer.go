@@ -17,10 +17,10 @@ import (
 	"github.com/containerd/containerd/v2/core/runtime"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 
-	"github.com/stratovirt-go/stratovirt/agent-proto/agentv1"
+	shimconfig "github.com/stratovirt-go/stratovirt/runtime/config"
 	"github.com/stratovirt-go/stratovirt/runtime/rootfs"
+	"github.com/stratovirt-go/stratovirt/runtime/sandbox"
 	"github.com/stratovirt-go/stratovirt/runtime/translate"
 	"github.com/stratovirt-go/stratovirt/vmm"
 	vmconfig "github.com/stratovirt-go/stratovirt/vmm/config"
@@ -72,30 +72,52 @@ func plugSerial(id string, n uint64) string {
 	return serial(id + "#" + strconv.FormatUint(n, 10))
 }
 
-// createPodContainer adds an app container to the running pod VM.
-// Called with s.mu held and s.sb set.
-func (s *Service) createPodContainer(ctx context.Context, req *taskAPI.CreateTaskRequest, spec *specs.Spec, files []*agentv1.File) (_ *taskAPI.CreateTaskResponse, err error) {
-	if !s.guestDNS {
+// podPlan is what createPodContainer needs of the pod VM, read under
+// Service.mu when the container is registered.
+type podPlan struct {
+	sb                         *sandbox.Sandbox
+	cfg                        *shimconfig.Config
+	plug                       drivePlugger
+	stateDir                   string
+	hostBind, guestDNS, podShm bool
+}
+
+// reservePodContainer takes a disk slot of the running pod VM for c (and
+// its unique serial). Called with s.mu held and s.sb set.
+func (s *Service) reservePodContainer(c *container) (podPlan, error) {
+	pod := podPlan{sb: s.sb, cfg: s.cfg, plug: s.plug, stateDir: s.stateDir, hostBind: s.hostBind, guestDNS: s.guestDNS, podShm: s.podShm}
+	if s.plug == nil && !s.hostBind {
+		return pod, fmt.Errorf("container %q: the pod VM has no disk hot-plug: %w", c.id, errdefs.ErrNotImplemented)
+	}
+	if s.hostBind {
+		return pod, nil
+	}
+	used := 0
+	for _, o := range s.containers {
+		if o.slot {
+			used++
+		}
+	}
+	if used >= s.diskSlots {
+		return pod, fmt.Errorf("container %q: the pod VM already holds %d app containers, its limit (%d disk slots; at most %d per pod): %w",
+			c.id, used, s.diskSlots, MaxPodContainers, errdefs.ErrResourceExhausted)
+	}
+	s.plugs++
+	c.serial = plugSerial(c.id, s.plugs)
+	c.slot = true
+	return pod, nil
+}
+
+// createPodContainer adds an app container to the running pod VM: builds
+// its rootfs image, hot-plugs it and creates the container in the guest.
+// c is registered (creating) and holds its disk slot; runs without s.mu.
+func (s *Service) createPodContainer(ctx context.Context, req *taskAPI.CreateTaskRequest, c *container, pod podPlan) (_ *taskAPI.CreateTaskResponse, err error) {
+	spec := c.spec
+	if !pod.guestDNS {
 		dropGuestResolvConf(spec)
 	}
-	if !s.podShm {
+	if !pod.podShm {
 		translate.PrivateShm(spec)
-	}
-	c := &container{id: req.ID, bundle: req.Bundle, spec: spec, rootfs: req.Rootfs, execs: map[string]*process{}, files: files}
-	if s.plug == nil && !s.hostBind {
-		return nil, fmt.Errorf("container %q: the pod VM has no disk hot-plug: %w", req.ID, errdefs.ErrNotImplemented)
-	}
-	if !s.hostBind {
-		used := 0
-		for _, o := range s.containers {
-			if o.driveID != "" {
-				used++
-			}
-		}
-		if used >= s.diskSlots {
-			return nil, fmt.Errorf("container %q: the pod VM already holds %d app containers, its limit (%d disk slots; at most %d per pod): %w",
-				req.ID, used, s.diskSlots, MaxPodContainers, errdefs.ErrResourceExhausted)
-		}
 	}
 
 	mounts := make([]rootfs.Mount, len(req.Rootfs))
@@ -104,12 +126,12 @@ func (s *Service) createPodContainer(ctx context.Context, req *taskAPI.CreateTas
 	}
 	imageDir := filepath.Join(req.Bundle, "work")
 	if fi, err := os.Stat(imageDir); err != nil || !fi.IsDir() {
-		imageDir = s.stateDir
+		imageDir = pod.stateDir
 	}
 	readOnly := spec.Root != nil && spec.Root.Readonly
 	disk, err := rootfs.Prepare(ctx, mounts, rootfs.Options{
 		Target: filepath.Join(req.Bundle, "rootfs"), ImageDir: imageDir, Name: "rootfs-" + req.ID,
-		Format: rootfsFormat(s.cfg, readOnly), ReadOnly: readOnly, MountPoints: translate.MountPoints(spec),
+		Format: rootfsFormat(pod.cfg, readOnly), ReadOnly: readOnly, MountPoints: translate.MountPoints(spec),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("rootfs: %w", err)
@@ -121,39 +143,33 @@ func (s *Service) createPodContainer(ctx context.Context, req *taskAPI.CreateTas
 		}
 	}()
 
-	if s.hostBind {
+	if pod.hostBind {
 		c.hostBind = true
 	} else {
-		s.plugs++
-		c.serial = plugSerial(req.ID, s.plugs)
 		d := vmconfig.DefaultDrive(c.serial, disk.Path)
-		d.ReadOnly, d.Direct, d.Serial, d.IOPS = disk.ReadOnly, disk.Direct, c.serial, s.cfg.Hypervisor.DiskIOPS
-		slot, err := s.plug.PlugDrive(d)
+		d.ReadOnly, d.Direct, d.Serial, d.IOPS = disk.ReadOnly, disk.Direct, c.serial, pod.cfg.Hypervisor.DiskIOPS
+		slot, err := pod.plug.PlugDrive(d)
 		if err != nil {
 			return nil, fmt.Errorf("hot-plug the rootfs of %q: %w", req.ID, err)
 		}
 		c.driveID = c.serial
 		defer func() {
 			if err != nil {
-				unplug(ctx, s.plug, c)
+				unplug(ctx, pod.plug, c)
 			}
 		}()
 		log.G(ctx).Debugf("create %s: rootfs %s (%s) in disk slot %d, serial %s", req.ID, disk.Path, disk.How, slot, c.serial)
 	}
 
-	paths := stdioPaths{stdin: req.Stdin, stdout: req.Stdout, stderr: req.Stderr, terminal: req.Terminal}
-	p, err := s.createInit(ctx, s.sb, c, paths)
-	if err != nil {
+	if err := s.createInit(ctx, pod.sb, c); err != nil {
 		return nil, err
 	}
-	c.init = p
-	s.containers[req.ID] = c
 	s.send(runtime.TaskCreateEventTopic, &eventstypes.TaskCreate{
 		ContainerID: req.ID, Bundle: req.Bundle, Rootfs: req.Rootfs,
 		IO:  &eventstypes.TaskIO{Stdin: req.Stdin, Stdout: req.Stdout, Stderr: req.Stderr, Terminal: req.Terminal},
-		Pid: p.pid,
+		Pid: c.init.pid,
 	})
-	return &taskAPI.CreateTaskResponse{Pid: p.pid}, nil
+	return &taskAPI.CreateTaskResponse{Pid: c.init.pid}, nil
 }
 
 // unplug empties the disk slot of a pod container (after the guest

@@ -4,9 +4,13 @@
 // that runs each container in a microVM through runtime/sandbox. Errors
 // leave the service through errgrpc, here and nowhere else.
 //
-// Concurrency: Service.mu guards the container table and the sandbox;
-// each process has its own lock for its state. One goroutine per started
-// process waits for its exit; one goroutine publishes events in order.
+// Concurrency: Service.mu guards the container table and the sandbox and
+// is only ever held briefly: Create registers the container under it (in
+// the "creating" state, which State and Wait answer at once and other
+// calls wait out), boots the VM, builds the rootfs and talks to the agent
+// without it, and finishes under it again. Each process has its own lock
+// for its state. One goroutine per started process waits for its exit;
+// one goroutine publishes events in order.
 package shim
 
 import (
@@ -59,6 +63,8 @@ type Service struct {
 	mu         sync.Mutex
 	cfg        *shimconfig.Config
 	sb         *sandbox.Sandbox
+	booting    bool // a Create is booting the VM (sb is still nil)
+	stopped    bool // the shim is shutting down: no new VM
 	vmOwner    string
 	stateDir   string
 	cgroup     *hostCgroup
@@ -83,6 +89,36 @@ type container struct {
 	serial     string          // rootfs serial of a hot-plugged pod container ("": serial(id))
 	driveID    string          // its drive in the VM while plugged
 	files      []*agentv1.File // host files copied into the guest (/etc/hosts, /etc/hostname)
+	slot       bool            // holds one of the pod VM's disk slots (set under Service.mu)
+
+	// ready is closed when Create has finished, either way; createErr
+	// (set before) says why it failed. Until then only id, bundle, spec,
+	// rootfs and init's pid, paths and state may be read by others.
+	ready     chan struct{}
+	createErr error
+}
+
+// waitReady waits until c's Create has finished.
+func (c *container) waitReady(ctx context.Context) error {
+	select {
+	case <-c.ready:
+	case <-ctx.Done():
+		return fmt.Errorf("container %q is still being created: %w", c.id, ctx.Err())
+	}
+	if c.createErr != nil {
+		return fmt.Errorf("container %q: its create failed: %w", c.id, errdefs.ErrNotFound)
+	}
+	return nil
+}
+
+// creating reports whether c's Create is still in progress.
+func (c *container) creating() bool {
+	select {
+	case <-c.ready:
+		return false
+	default:
+		return true
+	}
 }
 
 type process struct {
@@ -115,6 +151,9 @@ func NewService(ctx context.Context, pub publisherFunc, sd shutdown.Service, ns 
 	s.events = newEventQueue(ctx, pub)
 	if sd != nil {
 		sd.RegisterCallback(func(context.Context) error {
+			s.mu.Lock()
+			s.stopped = true
+			s.mu.Unlock()
 			s.stopVM()
 			s.events.close(5 * time.Second)
 			return nil
@@ -125,7 +164,8 @@ func NewService(ctx context.Context, pub publisherFunc, sd shutdown.Service, ns 
 
 func (s *Service) send(topic string, ev any) { s.events.send(topic, ev) }
 
-func (s *Service) get(id string) (*container, error) {
+// lookup returns a container, even one still being created.
+func (s *Service) lookup(id string) (*container, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c, ok := s.containers[id]
@@ -135,14 +175,43 @@ func (s *Service) get(id string) (*container, error) {
 	return c, nil
 }
 
-func (s *Service) getProcess(id, eid string) (*container, *process, error) {
-	c, err := s.get(id)
+// get returns a container once its Create has finished (waiting for it
+// within ctx).
+func (s *Service) get(ctx context.Context, id string) (*container, error) {
+	c, err := s.lookup(id)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.waitReady(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// lookupProcess returns a process without waiting for its container's
+// Create: for State and Wait, which only read the init's state.
+func (s *Service) lookupProcess(id, eid string) (*container, *process, error) {
+	c, err := s.lookup(id)
 	if err != nil {
 		return nil, nil, err
 	}
+	return s.execOf(c, eid)
+}
+
+// getProcess returns a process once its container's Create has finished.
+func (s *Service) getProcess(ctx context.Context, id, eid string) (*container, *process, error) {
+	c, err := s.get(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	return s.execOf(c, eid)
+}
+
+func (s *Service) execOf(c *container, eid string) (*container, *process, error) {
 	if eid == "" {
 		return c, c.init, nil
 	}
+	id := c.id
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p, ok := c.execs[eid]
@@ -195,7 +264,10 @@ func rootfsFormat(cfg *shimconfig.Config, readOnly bool) string {
 }
 
 // Create boots the VM (for a standalone container or a pod sandbox) and
-// creates the container in it.
+// creates the container in it. The container is registered first, in the
+// creating state; the slow work (rootfs image, VM boot, agent calls,
+// hot-plug) runs without Service.mu so that State, Pids, Wait and the
+// other containers of a pod are answered meanwhile.
 func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_ *taskAPI.CreateTaskResponse, err error) {
 	if req.Checkpoint != "" || req.ParentCheckpoint != "" {
 		return nil, fmt.Errorf("checkpoint/restore: %w", errdefs.ErrNotImplemented)
@@ -215,20 +287,44 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 		dropGuestResolvConf(spec) // the pause container only carries it for the runtime
 	}
 
+	paths := stdioPaths{stdin: req.Stdin, stdout: req.Stdout, stderr: req.Stderr, terminal: req.Terminal}
+	c := &container{id: req.ID, bundle: req.Bundle, spec: spec, rootfs: req.Rootfs, execs: map[string]*process{},
+		files: gfiles, ready: make(chan struct{})}
+	c.init = &process{cid: req.ID, pid: uint32(os.Getpid()), paths: paths, status: task.Status_CREATED, exited: make(chan struct{})}
+
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if _, ok := s.containers[req.ID]; ok {
+		s.mu.Unlock()
 		return nil, fmt.Errorf("container %q: %w", req.ID, errdefs.ErrAlreadyExists)
 	}
-	if s.sb != nil {
+	if s.sb != nil || s.booting {
 		if typ != oci.PodContainer {
+			s.mu.Unlock()
 			return nil, fmt.Errorf("this shim's VM already runs %q; a %s container needs its own VM: %w", s.vmOwner, typ, errdefs.ErrFailedPrecondition)
 		}
-		return s.createPodContainer(ctx, req, spec, gfiles)
+		if s.sb == nil {
+			s.mu.Unlock()
+			return nil, fmt.Errorf("pod container %q: the pod's sandbox %q is still being created: %w", req.ID, s.vmOwner, errdefs.ErrFailedPrecondition)
+		}
+		var pod podPlan
+		if pod, err = s.reservePodContainer(c); err != nil {
+			s.mu.Unlock()
+			return nil, err
+		}
+		s.containers[req.ID] = c
+		s.mu.Unlock()
+		defer func() { s.finishCreate(c, err) }()
+		return s.createPodContainer(ctx, req, c, pod)
 	}
 	if typ == oci.PodContainer {
+		s.mu.Unlock()
 		return nil, fmt.Errorf("pod container %q arrived before its sandbox: %w", req.ID, errdefs.ErrFailedPrecondition)
 	}
+	s.booting, s.vmOwner = true, req.ID
+	s.containers[req.ID] = c
+	s.mu.Unlock()
+	defer func() { s.finishCreate(c, err) }()
+
 	cfg, err := loadConfig(req)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
@@ -251,7 +347,6 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 		return nil, fmt.Errorf("bundle: %w", err)
 	}
 
-	c := &container{id: req.ID, bundle: req.Bundle, spec: spec, rootfs: req.Rootfs, execs: map[string]*process{}, files: gfiles}
 	mounts := make([]rootfs.Mount, len(req.Rootfs))
 	for i, m := range req.Rootfs {
 		mounts[i] = rootfs.Mount{Type: m.Type, Source: m.Source, Options: m.Options}
@@ -282,12 +377,17 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
 	}
+	var cg *hostCgroup
 	if cfg.Runtime.SandboxCgroupOnly && spec.Linux != nil && spec.Linux.CgroupsPath != "" {
-		cg, cerr := joinCgroup(spec.Linux.CgroupsPath, stateDir)
-		if cerr != nil {
+		var cerr error
+		if cg, cerr = joinCgroup(spec.Linux.CgroupsPath, stateDir); cerr != nil {
 			log.G(ctx).WithError(cerr).Warnf("host cgroup %s: staying in the shim's cgroup", spec.Linux.CgroupsPath)
 		}
-		s.cgroup = cg
+		defer func() {
+			if err != nil && cg != nil {
+				cg.leave()
+			}
+		}()
 	}
 	pn, err := attachNetwork(ctx, spec, vmc)
 	if err != nil {
@@ -334,17 +434,20 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 		dropGuestResolvConf(spec)
 	}
 
-	paths := stdioPaths{stdin: req.Stdin, stdout: req.Stdout, stderr: req.Stderr, terminal: req.Terminal}
-	p, err := s.createInit(ctx, sb, c, paths)
-	if err != nil {
+	if err := s.createInit(ctx, sb, c); err != nil {
 		return nil, err
 	}
-	c.init = p
-	s.cfg, s.sb, s.vmOwner, s.stateDir = cfg, sb, req.ID, stateDir
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("create %s: the shim is shutting down: %w", req.ID, errdefs.ErrUnavailable)
+	}
+	s.cfg, s.sb, s.stateDir, s.cgroup = cfg, sb, stateDir, cg
 	s.net, s.guestDNS = pn, guestDNS
 	s.plug, s.diskSlots, s.hostBind = plugger(m), diskSlots, c.hostBind
 	s.podShm = criFiles.Shm
-	s.containers[req.ID] = c
+	s.booting = false
+	s.mu.Unlock()
 	go s.watchOOM(sb)
 	log.G(ctx).Infof("create %s: rootfs %s in %v, VM with agent in %v, total %v",
 		req.ID, disk.How, tDisk.Round(time.Millisecond), sb.BootTime.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
@@ -352,14 +455,40 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 	s.send(runtime.TaskCreateEventTopic, &eventstypes.TaskCreate{
 		ContainerID: req.ID, Bundle: req.Bundle, Rootfs: req.Rootfs,
 		IO:  &eventstypes.TaskIO{Stdin: req.Stdin, Stdout: req.Stdout, Stderr: req.Stderr, Terminal: req.Terminal},
-		Pid: p.pid,
+		Pid: c.init.pid,
 	})
-	return &taskAPI.CreateTaskResponse{Pid: p.pid}, nil
+	return &taskAPI.CreateTaskResponse{Pid: c.init.pid}, nil
 }
 
-// createInit creates the container's init process in the guest and
-// connects its stdio.
-func (s *Service) createInit(ctx context.Context, sb *sandbox.Sandbox, c *container, paths stdioPaths) (_ *process, err error) {
+// finishCreate ends the creating state of c: on success it is ready for
+// every call; on failure it leaves the table (and a VM boot it owned is
+// no longer under way), and a Wait on its init returns exit 255.
+func (s *Service) finishCreate(c *container, err error) {
+	s.mu.Lock()
+	if err != nil {
+		c.createErr = err
+		if s.containers[c.id] == c {
+			delete(s.containers, c.id)
+		}
+		if s.booting && s.vmOwner == c.id {
+			s.booting, s.vmOwner = false, ""
+		}
+	}
+	close(c.ready)
+	s.mu.Unlock()
+	if err != nil {
+		p := c.init
+		p.mu.Lock()
+		p.status, p.exitStatus, p.exitedAt = task.Status_STOPPED, 255, time.Now()
+		close(p.exited)
+		p.mu.Unlock()
+	}
+}
+
+// createInit creates the container's init process (c.init) in the guest
+// and connects its stdio; c is still being created.
+func (s *Service) createInit(ctx context.Context, sb *sandbox.Sandbox, c *container) (err error) {
+	paths := c.init.paths
 	stdio := translate.StdioOf(paths.stdin, paths.stdout, paths.stderr, paths.terminal)
 	fstype := c.disk.FSType
 	ser := c.serial
@@ -368,7 +497,7 @@ func (s *Service) createInit(ctx context.Context, sb *sandbox.Sandbox, c *contai
 	}
 	r, err := translate.CreateContainer(c.id, c.spec, ser, fstype, c.disk.ReadOnly, stdio)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
+		return fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
 	}
 	if c.hostBind {
 		r.Rootfs = &agentv1.Storage{Name: "rootfs", Source: filepath.Join(c.bundle, "rootfs"), Fstype: "bind"}
@@ -376,7 +505,7 @@ func (s *Service) createInit(ctx context.Context, sb *sandbox.Sandbox, c *contai
 	r.Files = c.files
 	pio, err := openHostIO(ctx, c.id, s.namespace, paths)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer func() {
 		if err != nil {
@@ -385,18 +514,16 @@ func (s *Service) createInit(ctx context.Context, sb *sandbox.Sandbox, c *contai
 	}()
 	resp, err := sb.Agent().CreateContainer(ctx, r)
 	if err != nil {
-		return nil, fmt.Errorf("agent create container: %w", err)
+		return fmt.Errorf("agent create container: %w", err)
 	}
 	conns, err := s.openStreams(ctx, sb, c.id, "", stdio)
 	if err != nil {
 		sb.Agent().RemoveContainer(ctx, &agentv1.RemoveContainerRequest{ContainerId: c.id, Force: true})
-		return nil, err
+		return err
 	}
 	pio.attach(conns[0], conns[1], conns[2])
-	return &process{
-		cid: c.id, pid: uint32(os.Getpid()), guestPid: resp.Pid, paths: paths, io: pio,
-		status: task.Status_CREATED, exited: make(chan struct{}),
-	}, nil
+	c.init.guestPid, c.init.io = resp.Pid, pio
+	return nil
 }
 
 // openStreams dials the requested streams of a process concurrently.
@@ -431,7 +558,7 @@ func (s *Service) openStreams(ctx context.Context, sb *sandbox.Sandbox, cid, eid
 
 // Start starts the init process or an exec process.
 func (s *Service) Start(ctx context.Context, req *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
-	c, p, err := s.getProcess(req.ID, req.ExecID)
+	c, p, err := s.getProcess(ctx, req.ID, req.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -582,7 +709,7 @@ func (s *Service) watchOOM(sb *sandbox.Sandbox) {
 				continue
 			}
 		}
-		if _, err := s.get(ev.ContainerId); err != nil {
+		if _, err := s.lookup(ev.ContainerId); err != nil {
 			log.G(s.ctx).Warnf("OOM event for unknown container %q", ev.ContainerId)
 			continue
 		}
@@ -592,7 +719,7 @@ func (s *Service) watchOOM(sb *sandbox.Sandbox) {
 
 // Delete deletes an exited process, or the container with its VM.
 func (s *Service) Delete(ctx context.Context, req *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
-	c, p, err := s.getProcess(req.ID, req.ExecID)
+	c, p, err := s.getProcess(ctx, req.ID, req.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -673,7 +800,7 @@ func (s *Service) stopVM() {
 
 // Exec records an exec process; Start runs it.
 func (s *Service) Exec(ctx context.Context, req *taskAPI.ExecProcessRequest) error {
-	c, err := s.get(req.ID)
+	c, err := s.get(ctx, req.ID)
 	if err != nil {
 		return err
 	}

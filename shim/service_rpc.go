@@ -48,8 +48,10 @@ func configPathFromOptions(opts *anypb.Any) (string, error) {
 }
 
 // State reports a process.
+// A container still being created is CREATED (as runc's shim reports
+// it once runc create ran); State never waits for Create.
 func (s *Service) State(ctx context.Context, req *taskAPI.StateRequest) (*taskAPI.StateResponse, error) {
-	c, p, err := s.getProcess(req.ID, req.ExecID)
+	c, p, err := s.lookupProcess(req.ID, req.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -67,8 +69,15 @@ func (s *Service) State(ctx context.Context, req *taskAPI.StateRequest) (*taskAP
 
 // Pids lists the guest processes of a container (guest pids).
 func (s *Service) Pids(ctx context.Context, req *taskAPI.PidsRequest) (*taskAPI.PidsResponse, error) {
-	c, err := s.get(req.ID)
+	c, err := s.lookup(req.ID)
 	if err != nil {
+		return nil, err
+	}
+	if c.creating() {
+		// Nothing runs in the guest yet: the shim (VMM) is the task.
+		return &taskAPI.PidsResponse{Processes: []*task.ProcessInfo{{Pid: uint32(os.Getpid())}}}, nil
+	}
+	if err := c.waitReady(ctx); err != nil {
 		return nil, err
 	}
 	sb, err := s.sandbox()
@@ -91,7 +100,7 @@ func (s *Service) Pids(ctx context.Context, req *taskAPI.PidsRequest) (*taskAPI.
 
 // Kill signals a process (or, with All, every process of the container).
 func (s *Service) Kill(ctx context.Context, req *taskAPI.KillRequest) error {
-	_, p, err := s.getProcess(req.ID, req.ExecID)
+	_, p, err := s.getProcess(ctx, req.ID, req.ExecID)
 	if err != nil {
 		return err
 	}
@@ -117,7 +126,7 @@ func (s *Service) Kill(ctx context.Context, req *taskAPI.KillRequest) error {
 }
 
 func (s *Service) Pause(ctx context.Context, req *taskAPI.PauseRequest) error {
-	c, err := s.get(req.ID)
+	c, err := s.get(ctx, req.ID)
 	if err != nil {
 		return err
 	}
@@ -138,7 +147,7 @@ func (s *Service) Pause(ctx context.Context, req *taskAPI.PauseRequest) error {
 }
 
 func (s *Service) Resume(ctx context.Context, req *taskAPI.ResumeRequest) error {
-	c, err := s.get(req.ID)
+	c, err := s.get(ctx, req.ID)
 	if err != nil {
 		return err
 	}
@@ -159,7 +168,7 @@ func (s *Service) Resume(ctx context.Context, req *taskAPI.ResumeRequest) error 
 }
 
 func (s *Service) ResizePty(ctx context.Context, req *taskAPI.ResizePtyRequest) error {
-	_, p, err := s.getProcess(req.ID, req.ExecID)
+	_, p, err := s.getProcess(ctx, req.ID, req.ExecID)
 	if err != nil {
 		return err
 	}
@@ -175,7 +184,7 @@ func (s *Service) ResizePty(ctx context.Context, req *taskAPI.ResizePtyRequest) 
 }
 
 func (s *Service) CloseIO(ctx context.Context, req *taskAPI.CloseIORequest) error {
-	_, p, err := s.getProcess(req.ID, req.ExecID)
+	_, p, err := s.getProcess(ctx, req.ID, req.ExecID)
 	if err != nil {
 		return err
 	}
@@ -187,7 +196,7 @@ func (s *Service) CloseIO(ctx context.Context, req *taskAPI.CloseIORequest) erro
 
 // Update changes a container's resources (OCI linux.resources).
 func (s *Service) Update(ctx context.Context, req *taskAPI.UpdateTaskRequest) error {
-	c, err := s.get(req.ID)
+	c, err := s.get(ctx, req.ID)
 	if err != nil {
 		return err
 	}
@@ -203,7 +212,7 @@ func (s *Service) Update(ctx context.Context, req *taskAPI.UpdateTaskRequest) er
 }
 
 func (s *Service) Wait(ctx context.Context, req *taskAPI.WaitRequest) (*taskAPI.WaitResponse, error) {
-	_, p, err := s.getProcess(req.ID, req.ExecID)
+	_, p, err := s.lookupProcess(req.ID, req.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -218,7 +227,7 @@ func (s *Service) Wait(ctx context.Context, req *taskAPI.WaitRequest) (*taskAPI.
 
 // Stats returns the container's guest cgroup v2 metrics.
 func (s *Service) Stats(ctx context.Context, req *taskAPI.StatsRequest) (*taskAPI.StatsResponse, error) {
-	c, err := s.get(req.ID)
+	c, err := s.get(ctx, req.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -294,6 +303,9 @@ func (s *Service) Shutdown(ctx context.Context, req *taskAPI.ShutdownRequest) er
 	if n > 0 && !req.Now {
 		return nil
 	}
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
 	s.stopVM()
 	if s.sd != nil {
 		s.sd.Shutdown()
