@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -22,15 +23,25 @@ type Dialer func(ctx context.Context, port uint32) (net.Conn, error)
 
 // VM is the in-process microVM as a Machine.
 type VM struct {
-	vm   *vmm.VM
-	dial Dialer
-	stop sync.Once
+	vm      *vmm.VM
+	dial    Dialer
+	stop    sync.Once
+	console *ConsoleRing
 }
 
 // NewVM builds (but does not start) the VM described by cfg, which must
 // have a vsock device; connections to the guest go through vmm/vsockdial
-// (either backend).
+// (either backend). The last ConsoleLines lines of the serial console are
+// kept (ConsoleTail) even where opts.SerialOut is io.Discard.
 func NewVM(cfg *vmconfig.VMConfig, opts vmm.Options) (*VM, error) {
+	ring := NewConsoleRing(ConsoleLines)
+	switch opts.SerialOut {
+	case nil: // no serial device
+	case io.Discard:
+		opts.SerialOut = ring
+	default:
+		opts.SerialOut = io.MultiWriter(ring, opts.SerialOut)
+	}
 	v, err := vmm.New(cfg, opts)
 	if err != nil {
 		return nil, err
@@ -41,10 +52,13 @@ func NewVM(cfg *vmconfig.VMConfig, opts vmm.Options) (*VM, error) {
 		return nil, fmt.Errorf("VM vsock: %w", err)
 	}
 	t := vsockdial.TargetOf(info)
-	return &VM{vm: v, dial: func(ctx context.Context, port uint32) (net.Conn, error) {
+	return &VM{vm: v, console: ring, dial: func(ctx context.Context, port uint32) (net.Conn, error) {
 		return vsockdial.DialOnce(ctx, t, port)
 	}}, nil
 }
+
+// ConsoleTail returns the last lines of the guest's serial console.
+func (v *VM) ConsoleTail() []string { return v.console.Tail() }
 
 // VMM returns the library VM (thread ids, boot marks).
 func (v *VM) VMM() *vmm.VM { return v.vm }

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -82,7 +83,14 @@ func Start(ctx context.Context, m Machine, timeout time.Duration) (_ *Sandbox, e
 	}()
 	defer func() {
 		if err != nil {
+			ended := false
+			select {
+			case <-s.done:
+				ended = true
+			default:
+			}
 			s.Stop()
+			err = bootError(err, ended, s.Err(), m)
 		}
 	}()
 	bctx, cancel := context.WithTimeout(ctx, timeout)
@@ -118,6 +126,37 @@ func Start(ctx context.Context, m Machine, timeout time.Duration) (_ *Sandbox, e
 	log.G(ctx).Infof("sandbox: agent %s on kernel %s (%d CPUs, %d MiB) after %v",
 		trunc(d.AgentVersion), trunc(d.KernelRelease), d.OnlineCpus, d.MemTotalBytes>>20, s.BootTime.Round(time.Millisecond))
 	return s, nil
+}
+
+// ConsoleTailer is a Machine that keeps the last lines of the guest
+// console (VM does).
+type ConsoleTailer interface {
+	ConsoleTail() []string
+}
+
+// bootError adds to a failed boot why the VM ended (when it ended by
+// itself) and the last lines of the guest console, so that the user sees
+// why.
+func bootError(err error, ended bool, waitErr error, m Machine) error {
+	var b strings.Builder
+	if ended {
+		if waitErr != nil {
+			fmt.Fprintf(&b, "; the VM ended during boot: %v", waitErr)
+		} else {
+			b.WriteString("; the VM powered off during boot")
+		}
+	}
+	if ct, ok := m.(ConsoleTailer); ok {
+		if lines := ct.ConsoleTail(); len(lines) > 0 {
+			fmt.Fprintf(&b, "; guest console, last %d lines:\n%s", len(lines), strings.Join(lines, "\n"))
+		} else {
+			b.WriteString("; the guest printed nothing on its console")
+		}
+	}
+	if b.Len() == 0 {
+		return err
+	}
+	return fmt.Errorf("%w%s", err, b.String())
 }
 
 func trunc(s string) string {

@@ -1,0 +1,77 @@
+package sandbox
+
+import (
+	"strings"
+	"sync"
+)
+
+// ConsoleLines is how many lines of the guest console a VM keeps for
+// boot errors.
+const ConsoleLines = 20
+
+// maxConsoleLine bounds one kept line (a guest may print without
+// newlines).
+const maxConsoleLine = 512
+
+// ConsoleRing keeps the last lines written to it (the guest's serial
+// output) so that a failed boot can say what the guest printed. Write
+// runs on vCPU threads under their seccomp filter: it makes no system
+// call beyond what a mutex needs. Safe for concurrent use.
+type ConsoleRing struct {
+	mu    sync.Mutex
+	lines []string // ring of complete lines
+	next  int      // where the next complete line goes
+	full  bool
+	cur   []byte // the line being written
+}
+
+// NewConsoleRing keeps the last n lines (at least 1).
+func NewConsoleRing(n int) *ConsoleRing {
+	return &ConsoleRing{lines: make([]string, max(n, 1))}
+}
+
+func (r *ConsoleRing) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, b := range p {
+		switch {
+		case b == '\n':
+			r.push()
+		case b == '\r':
+		case len(r.cur) >= maxConsoleLine:
+			r.push()
+			r.cur = append(r.cur, b)
+		default:
+			r.cur = append(r.cur, b)
+		}
+	}
+	return len(p), nil
+}
+
+// push ends the current line. Called with r.mu held.
+func (r *ConsoleRing) push() {
+	r.lines[r.next] = strings.ToValidUTF8(string(r.cur), "?")
+	r.cur = r.cur[:0]
+	r.next++
+	if r.next == len(r.lines) {
+		r.next, r.full = 0, true
+	}
+}
+
+// Tail returns the kept lines, oldest first, with a partial last line.
+func (r *ConsoleRing) Tail() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	if r.full {
+		out = append(out, r.lines[r.next:]...)
+	}
+	out = append(out, r.lines[:r.next]...)
+	if len(r.cur) > 0 {
+		out = append(out, strings.ToValidUTF8(string(r.cur), "?"))
+		if len(out) > len(r.lines) {
+			out = out[1:]
+		}
+	}
+	return out
+}

@@ -1,0 +1,101 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestConsoleRing(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		n      int
+		writes []string
+		want   []string
+	}{
+		{"empty", 3, nil, nil},
+		{"partial", 3, []string{"abc"}, []string{"abc"}},
+		{"lines", 3, []string{"a\nb\r\n", "c"}, []string{"a", "b", "c"}},
+		{"wraps", 2, []string{"1\n2\n3\n4\n"}, []string{"3", "4"}},
+		{"wraps with partial", 2, []string{"1\n2\n3\n", "4"}, []string{"3", "4"}},
+		{"split writes", 3, []string{"he", "llo\nwor", "ld\n"}, []string{"hello", "world"}},
+		{"long line cut", 2, []string{strings.Repeat("x", maxConsoleLine+3) + "\n"}, []string{strings.Repeat("x", maxConsoleLine), "xxx"}},
+		{"invalid utf-8", 2, []string{"a\xffb\n"}, []string{"a?b"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := NewConsoleRing(tc.n)
+			for _, w := range tc.writes {
+				if n, err := r.Write([]byte(w)); n != len(w) || err != nil {
+					t.Fatalf("Write = %d, %v", n, err)
+				}
+			}
+			got := r.Tail()
+			if fmt.Sprintf("%q", got) != fmt.Sprintf("%q", tc.want) {
+				t.Fatalf("Tail = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// bootMachine is a Machine whose guest never answers: it either ends by
+// itself (endErr, after printing console) or runs until stopped.
+type bootMachine struct {
+	console *ConsoleRing
+	end     bool
+	endErr  error
+	done    chan struct{}
+	once    sync.Once
+}
+
+func (m *bootMachine) Start() error {
+	m.console.Write([]byte("Linux version 6.1\nKernel panic - not syncing: VFS: Unable to mount root fs\n"))
+	if m.end {
+		go m.Stop()
+	}
+	return nil
+}
+func (m *bootMachine) Wait() error           { <-m.done; return m.endErr }
+func (m *bootMachine) Stop()                 { m.once.Do(func() { close(m.done) }) }
+func (m *bootMachine) Pause() error          { return nil }
+func (m *bootMachine) Resume() error         { return nil }
+func (m *bootMachine) Close() error          { return nil }
+func (m *bootMachine) ConsoleTail() []string { return m.console.Tail() }
+func (m *bootMachine) Dial(context.Context, uint32) (net.Conn, error) {
+	return nil, errors.New("connection reset")
+}
+
+// TestBootErrorSaysWhy: a boot that fails carries why the VM ended and
+// the guest console's last lines.
+func TestBootErrorSaysWhy(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		end   bool
+		err   error
+		wants []string
+	}{
+		{"VM exits", true, errors.New("VM ended: triple fault"), []string{ErrVMGone.Error(), "the VM ended during boot: VM ended: triple fault", "Kernel panic - not syncing"}},
+		{"VM powers off", true, nil, []string{"the VM powered off during boot", "Linux version 6.1"}},
+		{"agent never answers", false, nil, []string{"connect to the guest agent", "deadline exceeded", "guest console, last 2 lines", "Kernel panic"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := &bootMachine{console: NewConsoleRing(ConsoleLines), end: tc.end, endErr: tc.err, done: make(chan struct{})}
+			_, err := Start(context.Background(), m, 200*time.Millisecond)
+			if err == nil {
+				t.Fatal("boot succeeded")
+			}
+			for _, w := range tc.wants {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+			if !tc.end && strings.Contains(err.Error(), "during boot") {
+				t.Errorf("error %q says the VM ended by itself", err)
+			}
+		})
+	}
+}
