@@ -27,6 +27,15 @@ func TestSeccompHelper(t *testing.T) {
 		os.Stdout.WriteString("hook: " + err.Error() + "\n")
 		os.Exit(3)
 	}
+	// The network poller is in use (as in the shim: ttrpc, FIFOs), so a
+	// GC's start-the-world polls it.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		os.Stdout.WriteString("pipe: " + err.Error() + "\n")
+		os.Exit(3)
+	}
+	defer pr.Close()
+	defer pw.Close()
 	res := make(chan error)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
@@ -48,6 +57,13 @@ func TestSeccompHelper(t *testing.T) {
 			fd, _ := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
 			syscall.Close(fd)
 			os.Stdout.WriteString("survived socket on a vCPU thread\n")
+		case "gc":
+			// What a vCPU thread's allocation can do: start (and end) a
+			// garbage collection, whose start-the-world polls the network
+			// poller (epoll_pwait) on this thread.
+			for range 3 {
+				runtime.GC()
+			}
 		case "exec":
 			syscall.Exec("/bin/true", []string{"true"}, nil)
 			os.Stdout.WriteString("survived execve on a vCPU thread\n")
@@ -82,6 +98,7 @@ func TestVCPUSeccompKills(t *testing.T) {
 		killed       bool
 	}{
 		{"ok", "", false},
+		{"gc", "", false},
 		{"open", "", true},
 		{"socket", "kill", true},
 		{"exec", "", true},
