@@ -35,7 +35,7 @@ test: deps
 	@rm -f $(BIN)/lab-reruns.txt; mkdir -p $(BIN)
 	gotestsum --format testname --rerun-fails=1 --rerun-fails-run-root-test \
 		--rerun-fails-report=$(BIN)/lab-reruns.txt --packages='./tests/... ./agent/e2e' \
-		-- -count=1 -p 1 -timeout 20m
+		-- -count=1 -p 1 -timeout 15m
 	@if [ -s $(BIN)/lab-reruns.txt ]; then echo "lab tests that failed once and passed on a rerun:"; cat $(BIN)/lab-reruns.txt; fi
 
 # The focused critest run (docs/critest.md): about 7 minutes in the lab, so

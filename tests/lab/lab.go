@@ -27,6 +27,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -63,6 +64,11 @@ type Options struct {
 	Stdout, Stderr io.Writer
 	// Console, when set, receives the lab kernel's console.
 	Console io.Writer
+	// IdleTimeout, when set, ends the run early once the command has
+	// written nothing to stdout or stderr for that long: a wedged lab
+	// (nested virtualisation under TCG now and then stops making
+	// progress) then fails in minutes rather than at Timeout.
+	IdleTimeout time.Duration
 }
 
 // Result is the outcome of a run whose command ran to completion.
@@ -78,6 +84,10 @@ type Result struct {
 
 // ErrTimeout is returned (wrapped) when the run exceeds Options.Timeout.
 var ErrTimeout = errors.New("lab: timed out")
+
+// ErrIdle is returned (wrapped) when the command was silent for longer
+// than Options.IdleTimeout.
+var ErrIdle = errors.New("lab: no output")
 
 // Modules loaded in the lab's stage 1 (to reach the host's root) and
 // stage 2 (for what the tests use). Dependencies are resolved from the
@@ -222,6 +232,13 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
+	ctx, cancelIdle := context.WithCancelCause(ctx)
+	defer cancelIdle(nil)
+	var lastOutput atomic.Int64
+	lastOutput.Store(time.Now().UnixNano())
+	if opts.IdleTimeout > 0 {
+		go watchIdle(ctx, &lastOutput, opts.IdleTimeout, cancelIdle)
+	}
 	args := []string{
 		"-M", "q35,accel=tcg", "-cpu", "qemu64,+svm,+npt",
 		"-smp", strconv.Itoa(opts.CPUs), "-m", strconv.Itoa(opts.Memory),
@@ -271,6 +288,9 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 			for {
 				n, err := r.Read(buf)
 				if n > 0 {
+					if mark {
+						lastOutput.Store(time.Now().UnixNano())
+					}
 					if first && mark {
 						select {
 						case cmdStart <- time.Now():
@@ -306,6 +326,9 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		res.Boot = t.Sub(started)
 	default:
 	}
+	if errors.Is(context.Cause(ctx), ErrIdle) {
+		return res, fmt.Errorf("%w for %v running %q; console tail:\n%s", ErrIdle, opts.IdleTimeout, opts.Cmd, tail(res.Console, 2000))
+	}
 	if ctx.Err() == context.DeadlineExceeded {
 		return res, fmt.Errorf("%w after %v running %q; console tail:\n%s", ErrTimeout, opts.Timeout, opts.Cmd, tail(res.Console, 2000))
 	}
@@ -322,6 +345,24 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		res.Boot = res.Duration
 	}
 	return res, nil
+}
+
+// watchIdle cancels ctx with ErrIdle once last (unix nanoseconds of the
+// command's latest output) is older than idle.
+func watchIdle(ctx context.Context, last *atomic.Int64, idle time.Duration, cancel context.CancelCauseFunc) {
+	tick := time.NewTicker(min(idle/4, 10*time.Second))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			if now.Sub(time.Unix(0, last.Load())) > idle {
+				cancel(ErrIdle)
+				return
+			}
+		}
+	}
 }
 
 // writeJob writes the stage-2 script, the environment and the command

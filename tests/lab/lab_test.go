@@ -128,6 +128,18 @@ func TestTimeout(t *testing.T) {
 	}
 }
 
+func TestIdleTimeout(t *testing.T) {
+	needLab(t)
+	start := time.Now()
+	_, err := Run(context.Background(), Options{Cmd: "echo started; sleep 600", Timeout: 5 * time.Minute, IdleTimeout: 5 * time.Second})
+	if !errors.Is(err, ErrIdle) {
+		t.Fatalf("want ErrIdle, got %v", err)
+	}
+	if d := time.Since(start); d > 3*time.Minute {
+		t.Fatalf("idle timeout took %v", d)
+	}
+}
+
 func TestInnerTimeout(t *testing.T) {
 	for _, c := range []struct{ outer, inner time.Duration }{
 		{30 * time.Minute, 28 * time.Minute},

@@ -69,6 +69,11 @@ func reexec(args []string) int {
 				a = "-test.timeout=" + innerTimeout(d).String()
 			}
 		}
+		// A verbose binary prints as each test starts and logs; silence
+		// that long means a wedged lab, not a slow test.
+		if a == "-test.v=true" || a == "-test.v=test2json" || a == "-test.v" {
+			opts.IdleTimeout = labIdleTimeout
+		}
 		quoted = append(quoted, shellQuote(a))
 		// Files go test asks the binary to write must come back.
 		for _, f := range []string{"-test.testlogfile=", "-test.coverprofile=", "-test.outputdir=", "-test.cpuprofile="} {
@@ -96,6 +101,10 @@ func reexec(args []string) int {
 // labTimeoutMargin is how much sooner than the lab run a test binary
 // inside it times out: lab boot plus the time to print the stacks.
 const labTimeoutMargin = 2 * time.Minute
+
+// labIdleTimeout ends the lab run of a verbose test binary that has
+// printed nothing for this long (see Options.IdleTimeout).
+const labIdleTimeout = 8 * time.Minute
 
 // innerTimeout is the -test.timeout given to a test binary run in the lab
 // when the outer one is d.
