@@ -7,7 +7,7 @@ LAB := $(BIN)/lab
 MEM ?= 4096
 CPUS ?= 2
 
-.PHONY: all build deps test critest lint lab lab-run bench clean demo fuzz proto proto-check guest
+.PHONY: all build deps test critest load lint lab lab-run bench clean demo fuzz proto proto-check guest
 
 all: build
 
@@ -37,6 +37,12 @@ test: deps
 		--rerun-fails-report=$(BIN)/lab-reruns.txt --packages='./tests/... ./agent/e2e' \
 		-- -count=1 -p 1 -timeout 15m
 	@if [ -s $(BIN)/lab-reruns.txt ]; then echo "lab tests that failed once and passed on a rerun:"; cat $(BIN)/lab-reruns.txt; fi
+
+# Load test through containerd: 100 sequential + 10x3 concurrent ctr
+# lifecycles with leak and per-iteration time checks (30-60 min in the lab;
+# make test runs a small version). FAULT_FULL=1 adds the shim-kill fault.
+load: deps
+	LOAD=1 $(GO) test -count=1 -timeout 90m -v -run TestLoad ./tests/fault
 
 # The focused critest run (docs/critest.md): about 7 minutes in the lab, so
 # it is its own target rather than part of `make test`.

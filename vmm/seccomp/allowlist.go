@@ -48,6 +48,10 @@ func goRuntime() []Rule {
 		allow("exit", unix.SYS_EXIT),
 		allow("exit_group", unix.SYS_EXIT_GROUP),
 		allow("write", unix.SYS_WRITE), // also the runtime's fatal-error output
+		// A garbage collection started by an allocation on this thread
+		// polls the network poller from startTheWorld.
+		allow("epoll_pwait", unix.SYS_EPOLL_PWAIT),
+		allow("epoll_wait", unix.SYS_EPOLL_WAIT),
 	}
 }
 
@@ -104,8 +108,6 @@ func Process(def Action) Filter {
 		allow("getrandom", unix.SYS_GETRANDOM),
 		// The network poller (QMP socket, event loops, os.File I/O).
 		allow("epoll_create1", unix.SYS_EPOLL_CREATE1),
-		allow("epoll_wait", unix.SYS_EPOLL_WAIT),
-		allow("epoll_pwait", unix.SYS_EPOLL_PWAIT),
 		allow("eventfd2", unix.SYS_EVENTFD2),
 		allow("pipe2", unix.SYS_PIPE2),
 		allow("fcntl", unix.SYS_FCNTL),

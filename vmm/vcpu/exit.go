@@ -84,7 +84,7 @@ func (g *Group) handleIO(cpu *kvm.VCPU) error {
 		data := io.Data[i*size : (i+1)*size]
 		port := uint64(io.Port)
 		if io.Dir == kvm.IODirOut {
-			if g.cfg.PIO == nil || !g.cfg.PIO.Write(port, data) {
+			if (g.cfg.PIO == nil || !g.cfg.PIO.Write(port, data)) && log.GetLevel() >= log.DebugLevel {
 				log.L.Debugf("vcpu %d: unclaimed port write %#x size %d data % x", cpu.ID(), port, size, data)
 			}
 			continue
@@ -93,7 +93,9 @@ func (g *Group) handleIO(cpu *kvm.VCPU) error {
 			for j := range data {
 				data[j] = 0xff
 			}
-			log.L.Debugf("vcpu %d: unclaimed port read %#x size %d", cpu.ID(), port, size)
+			if log.GetLevel() >= log.DebugLevel {
+				log.L.Debugf("vcpu %d: unclaimed port read %#x size %d", cpu.ID(), port, size)
+			}
 		}
 	}
 	return nil
