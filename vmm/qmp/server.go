@@ -150,11 +150,6 @@ func Listen(path string, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bind api-channel socket %q: %w", path, err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.close()
-		os.Remove(path)
-		return nil, fmt.Errorf("chmod api-channel socket %q: %w", path, err)
-	}
 	s := &Server{
 		opts: opts, path: path, ln: ln,
 		handlers: make(map[string]Handler),

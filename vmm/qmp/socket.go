@@ -32,6 +32,12 @@ func listenUnix(path string) (*listener, error) {
 		unix.Close(fd)
 		return nil, err
 	}
+	// Owner only, before anyone can connect (connect needs listen).
+	if err := os.Chmod(path, 0o600); err != nil {
+		unix.Close(fd)
+		os.Remove(path)
+		return nil, fmt.Errorf("chmod: %w", err)
+	}
 	if err := unix.Listen(fd, 16); err != nil {
 		unix.Close(fd)
 		os.Remove(path)

@@ -112,6 +112,12 @@ func NewUnix(cfg Config, loop *eventloop.Loop) (_ *Unix, err error) {
 	if err = unix.Bind(d.listener, &unix.SockaddrUnix{Name: cfg.UDSPath}); err != nil {
 		return nil, fmt.Errorf("vsock %s: bind %q: %w", cfg.ID, cfg.UDSPath, err)
 	}
+	// Owner only, before anyone can connect: the socket reaches every
+	// guest port.
+	if err = os.Chmod(cfg.UDSPath, 0o600); err != nil {
+		os.Remove(cfg.UDSPath)
+		return nil, fmt.Errorf("vsock %s: chmod %q: %w", cfg.ID, cfg.UDSPath, err)
+	}
 	if err = unix.Listen(d.listener, 128); err != nil {
 		os.Remove(cfg.UDSPath)
 		return nil, fmt.Errorf("vsock %s: listen %q: %w", cfg.ID, cfg.UDSPath, err)

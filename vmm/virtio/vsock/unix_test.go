@@ -2,6 +2,7 @@ package vsock
 
 import (
 	"bufio"
+	"os"
 	"bytes"
 	"errors"
 	"fmt"
@@ -450,4 +451,15 @@ func TestStaleEventIgnored(t *testing.T) {
 		}
 	})
 	g.noBroken()
+}
+
+func TestSocketMode(t *testing.T) {
+	_, uds := newGuest(t)
+	st, err := os.Stat(uds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := st.Mode().Perm(); m != 0o600 {
+		t.Fatalf("socket mode %o, want 600", m)
+	}
 }
