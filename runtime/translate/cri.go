@@ -91,11 +91,15 @@ func RewriteCRIMounts(spec *specs.Spec) CRIFiles {
 			m = specs.Mount{Destination: "/dev/shm", Type: "bind", Source: SandboxShm,
 				Options: []string{"rbind", "nosuid", "noexec", "nodev"}}
 		case "/etc/hosts":
-			files.Hosts = m.Source
-			m.Source, m.Type = FileSource+HostsFile, "bind"
+			if criFile(m.Source, "hosts") {
+				files.Hosts = m.Source
+				m.Source, m.Type = FileSource+HostsFile, "bind"
+			}
 		case "/etc/hostname":
-			files.Hostname = m.Source
-			m.Source, m.Type = FileSource+HostnameFile, "bind"
+			if criFile(m.Source, "hostname") {
+				files.Hostname = m.Source
+				m.Source, m.Type = FileSource+HostnameFile, "bind"
+			}
 		case "/dev/termination-log":
 			continue
 		}
@@ -103,6 +107,15 @@ func RewriteCRIMounts(spec *specs.Spec) CRIFiles {
 	}
 	spec.Mounts = out
 	return files
+}
+
+// criFile reports whether src is the file the CRI plugin writes for a pod
+// (<root>/sandboxes/<id>/<name>): only those are copied into the guest. Any
+// other host file bound there stays a host bind, which the shim refuses
+// like every host bind, so a bind cannot be used to copy arbitrary host
+// files into a container.
+func criFile(src, name string) bool {
+	return filepath.Base(src) == name && filepath.Base(filepath.Dir(filepath.Dir(src))) == "sandboxes"
 }
 
 // PrivateShm turns a SandboxShm bind back into a tmpfs of the container's

@@ -175,3 +175,17 @@ func TestTakeNetSysctls(t *testing.T) {
 		t.Errorf("new namespace: taken %v, left %v", got, own.Linux.Sysctl)
 	}
 }
+
+func TestRewriteCRIMountsOnlyPodFiles(t *testing.T) {
+	spec := &specs.Spec{Mounts: []specs.Mount{
+		{Destination: "/etc/hosts", Type: "bind", Source: "/etc/shadow"},
+		{Destination: "/etc/hostname", Type: "bind", Source: "/srv/sandboxes/hostname"},
+	}}
+	files := RewriteCRIMounts(spec)
+	if files.Hosts != "" || files.Hostname != "" {
+		t.Fatalf("host files taken for copying: %+v", files)
+	}
+	if spec.Mounts[0].Source != "/etc/shadow" || spec.Mounts[1].Source != "/srv/sandboxes/hostname" {
+		t.Fatalf("mounts rewritten: %+v", spec.Mounts)
+	}
+}
