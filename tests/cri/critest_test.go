@@ -114,8 +114,8 @@ func TestCritest(t *testing.T) {
 	ep := "unix://" + d.sock
 	args := []string{"--runtime-endpoint", ep, "--image-endpoint", ep, "--runtime-handler", handler,
 		"--registry-prefix", registryAddr, "--ginkgo.no-color", "--ginkgo.json-report", report,
-		"--ginkgo.timeout", "9m", "--ginkgo.focus", strings.Join(critestFocus, "|")}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		"--ginkgo.timeout", "14m", "--ginkgo.focus", strings.Join(critestFocus, "|")}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Dir = d.dir
