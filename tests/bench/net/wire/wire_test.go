@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"bufio"
 	"net"
 	"strings"
 	"testing"
@@ -69,6 +70,12 @@ func TestShortSource(t *testing.T) {
 	go func() {
 		c, err := l.Accept()
 		if err != nil {
+			return
+		}
+		// Take the command first: closing with it unread would reset the
+		// connection instead of ending it after 100 bytes.
+		if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
+			c.Close()
 			return
 		}
 		c.Write(make([]byte, 100))
