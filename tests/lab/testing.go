@@ -104,7 +104,7 @@ const labTimeoutMargin = 2 * time.Minute
 
 // labIdleTimeout ends the lab run of a verbose test binary that has
 // printed nothing for this long (see Options.IdleTimeout).
-const labIdleTimeout = 8 * time.Minute
+const labIdleTimeout = 5 * time.Minute
 
 // innerTimeout is the -test.timeout given to a test binary run in the lab
 // when the outer one is d.
