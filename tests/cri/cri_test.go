@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stratovirt-go/stratovirt/tests/ctrd"
 	"github.com/stratovirt-go/stratovirt/tests/lab"
 )
 
@@ -34,41 +35,7 @@ const (
 )
 
 func TestMain(m *testing.M) {
-	if os.Getenv(envShimDir) == "" {
-		dir, err := prepare()
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "cri:", err)
-			os.Exit(1)
-		}
-		os.Setenv(envShimDir, dir)
-		code := lab.Exec(m)
-		os.RemoveAll(dir)
-		os.Exit(code)
-	}
-	os.Exit(m.Run())
-}
-
-// prepare builds the shim and the guest image (make guest) on the host.
-func prepare() (string, error) {
-	root, err := lab.RepoRoot()
-	if err != nil {
-		return "", err
-	}
-	dir, err := os.MkdirTemp("", "cri-shim-")
-	if err != nil {
-		return "", err
-	}
-	for _, c := range [][]string{
-		{"go", "build", "-o", dir + "/", "./cmd/containerd-shim-stratovirt-v2"},
-		{"make", "--no-print-directory", "guest", "GUEST_DIR=" + filepath.Join(dir, "guest")},
-	} {
-		cmd := exec.Command(c[0], c[1:]...)
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return dir, fmt.Errorf("%s: %v\n%s", strings.Join(c, " "), err, out)
-		}
-	}
-	return dir, nil
+	os.Exit(ctrd.LabMain(m, envShimDir))
 }
 
 // daemon is one containerd with the CRI plugin and its own root, state,

@@ -8,7 +8,6 @@ package e2e
 
 import (
 	"bytes"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,7 +17,6 @@ import (
 	"time"
 
 	"github.com/stratovirt-go/stratovirt/tests/ctrd"
-	"github.com/stratovirt-go/stratovirt/tests/lab"
 )
 
 const (
@@ -28,31 +26,7 @@ const (
 )
 
 func TestMain(m *testing.M) {
-	if os.Getenv(envShimDir) == "" {
-		dir, err := prepare()
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "e2e:", err)
-			os.Exit(1)
-		}
-		os.Setenv(envShimDir, dir)
-		code := lab.Exec(m)
-		os.RemoveAll(dir)
-		os.Exit(code)
-	}
-	os.Exit(m.Run())
-}
-
-// prepare builds the shim and the guest image (make guest) on the host.
-func prepare() (string, error) {
-	root, err := lab.RepoRoot()
-	if err != nil {
-		return "", err
-	}
-	dir, err := os.MkdirTemp("", "e2e-shim-")
-	if err != nil {
-		return "", err
-	}
-	return dir, ctrd.Build(root, dir)
+	os.Exit(ctrd.LabMain(m, envShimDir))
 }
 
 // daemon is one containerd (tests/ctrd) with the test's view of it.

@@ -35,26 +35,7 @@ const (
 )
 
 func TestMain(m *testing.M) {
-	if os.Getenv(envShimDir) == "" {
-		root, err := lab.RepoRoot()
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "fault:", err)
-			os.Exit(1)
-		}
-		dir, err := os.MkdirTemp("", "fault-shim-")
-		if err == nil {
-			err = ctrd.Build(root, dir)
-		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "fault:", err)
-			os.Exit(1)
-		}
-		os.Setenv(envShimDir, dir)
-		code := lab.Exec(m)
-		os.RemoveAll(dir)
-		os.Exit(code)
-	}
-	os.Exit(m.Run())
+	os.Exit(ctrd.LabMain(m, envShimDir))
 }
 
 // daemon is one containerd 2.4 with the test's view of it.
