@@ -2,12 +2,12 @@ package vsock
 
 import (
 	"bufio"
-	"os"
 	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
