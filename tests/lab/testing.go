@@ -73,6 +73,9 @@ func reexec(args []string) int {
 		// that long means a wedged lab, not a slow test.
 		if a == "-test.v=true" || a == "-test.v=test2json" || a == "-test.v" {
 			opts.IdleTimeout = labIdleTimeout
+			if d, err := time.ParseDuration(os.Getenv("LAB_IDLE_TIMEOUT")); err == nil {
+				opts.IdleTimeout = d // 0 turns the limit off
+			}
 		}
 		quoted = append(quoted, shellQuote(a))
 		// Files go test asks the binary to write must come back.
