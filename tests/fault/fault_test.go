@@ -12,7 +12,6 @@
 package fault
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -42,25 +41,8 @@ func TestMain(m *testing.M) {
 type daemon struct {
 	*ctrd.Daemon
 	t     *testing.T
-	log   syncBuf
+	log   ctrd.SyncBuffer
 	loops string // losetup -a before any container
-}
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // start starts containerd 2.4.2 (from make deps) with the shim built by
@@ -256,7 +238,7 @@ func (d *daemon) checkClean(t *testing.T) {
 // shim dies under it). It ends with containerd; watch again after a
 // restart. The caller stops it.
 type events struct {
-	buf  syncBuf
+	buf  ctrd.SyncBuffer
 	stop func()
 }
 
