@@ -122,7 +122,8 @@ demo: deps
 
 # Benchmarks against their peers in one run (in the lab where the host's
 # KVM cannot boot Linux): results.{md,json,svg} under BENCH_OUT. Every row
-# group runs unless BENCH_ROWS picks some (e.g. BENCH_ROWS=agent,container).
+# group runs unless BENCH_ROWS picks some (e.g. BENCH_ROWS=agent,container;
+# groups: boot,mem,agent,container,shimmem,density,pod,blk,net,vsock).
 BENCH_OUT ?= bench/results
 BENCH_RUNS ?= 10
 BENCH_ROWS ?= all

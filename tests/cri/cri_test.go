@@ -50,59 +50,24 @@ type daemon struct {
 	ctr       string
 }
 
-// criConfig is containerd's configuration: CRI with the runc and
-// stratovirt handlers, the CNI bridge, the local pause image.
-func criConfig(dir, root, shimDir string) string {
-	return fmt.Sprintf(`version = 3
-root = %[1]q
-state = %[2]q
-[grpc]
-  address = %[3]q
-[ttrpc]
-  address = %[4]q
-[plugins.'io.containerd.cri.v1.images']
-  snapshotter = 'overlayfs'
-  [plugins.'io.containerd.cri.v1.images'.pinned_images]
-    sandbox = %[5]q
-  [plugins.'io.containerd.cri.v1.images'.registry]
-    config_path = %[6]q
-[plugins.'io.containerd.cri.v1.runtime']
-  enable_selinux = false
-  disable_apparmor = true
-  [plugins.'io.containerd.cri.v1.runtime'.cni]
-    bin_dirs = [%[7]q]
-    conf_dir = %[8]q
-  [plugins.'io.containerd.cri.v1.runtime'.containerd]
-    default_runtime_name = 'runc'
-    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
-      runtime_type = 'io.containerd.runc.v2'
-    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.stratovirt]
-      runtime_type = 'io.containerd.stratovirt.v2'
-      runtime_path = %[9]q
-      sandboxer = 'podsandbox'
-      pod_annotations = ['io.stratovirt.*']
-      container_annotations = ['io.stratovirt.*']
-      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.stratovirt.options]
-        ConfigPath = %[10]q
-[plugins.'io.containerd.grpc.v1.cri']
-  disable_tcp_service = true
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), filepath.Join(dir, "c.sock"), filepath.Join(dir, "c.sock.ttrpc"),
-		pauseImage, filepath.Join(dir, "certs.d"), filepath.Join(root, ".cache/cni/bin"), filepath.Join(dir, "net.d"),
-		filepath.Join(shimDir, "containerd-shim-stratovirt-v2"), filepath.Join(dir, "configuration.toml"))
+// criSetup is the CRI configuration of the tests' containerd in dir:
+// the runc and stratovirt handlers (the latter passing io.stratovirt.*
+// annotations on), the svcri CNI bridge, the local pause image and the
+// registry mirror configuration in dir/certs.d.
+func criSetup(dir, root string) ctrd.CRI {
+	return ctrd.CRI{CNIBinDir: filepath.Join(root, ".cache/cni/bin"), Network: "svcri", Bridge: bridgeName, Subnet: podSubnet,
+		SandboxImage: pauseImage, RegistryConfigPath: filepath.Join(dir, "certs.d"), Annotations: []string{"io.stratovirt.*"}}
 }
 
-// cniConfig is a bridge network with host-local addresses and portmap.
-func cniConfig() string {
-	return fmt.Sprintf(`{
-  "cniVersion": "1.0.0",
-  "name": "svcri",
-  "plugins": [
-    {"type": "bridge", "bridge": %q, "isGateway": true, "ipMasq": false, "hairpinMode": true,
-     "ipam": {"type": "host-local", "ranges": [[{"subnet": %q}]], "routes": [{"dst": "0.0.0.0/0"}]}},
-    {"type": "portmap", "capabilities": {"portMappings": true}}
-  ]
+// criConfig is containerd's configuration (ctrd.CRI.Config).
+func criConfig(dir, root, shimDir string) string {
+	return criSetup(dir, root).Config(dir, shimDir)
 }
-`, bridgeName, podSubnet)
+
+// cniConfig is a bridge network with host-local addresses and portmap
+// (ctrd.CRI.CNIConfig).
+func cniConfig() string {
+	return ctrd.CRI{Network: "svcri", Bridge: bridgeName, Subnet: podSubnet}.CNIConfig()
 }
 
 func startContainerd(t *testing.T) *daemon {

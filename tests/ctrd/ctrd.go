@@ -61,6 +61,14 @@ type Options struct {
 	// Log receives containerd's output (and so the shims' logs); nil
 	// discards it.
 	Log io.Writer
+	// CRI, when set, turns on containerd's CRI plugin with the runc and
+	// stratovirt runtime handlers and a CNI bridge network (see CRI);
+	// it needs ConfigVersion 3. Without it containerd runs with its
+	// built-in defaults, as before.
+	CRI *CRI
+	// EnableAnnotations lists the [hypervisor] settings that pod
+	// annotations may override (the shim's enable_annotations).
+	EnableAnnotations []string
 }
 
 // Daemon is a running containerd.
@@ -70,8 +78,10 @@ type Daemon struct {
 	// Sock is the gRPC socket; CtrBin the matching ctr.
 	Sock, CtrBin string
 
-	cmd  *exec.Cmd
-	stop sync.Once
+	binDir string
+	cri    *CRI
+	cmd    *exec.Cmd
+	stop   sync.Once
 }
 
 // Start starts containerd and waits until it answers; the caller must
@@ -99,7 +109,7 @@ func Start(o Options) (_ *Daemon, err error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("mount tmpfs on %s: %w", dir, err)
 	}
-	d := &Daemon{Dir: dir, Sock: filepath.Join(dir, "c.sock"), CtrBin: filepath.Join(o.BinDir, "ctr")}
+	d := &Daemon{Dir: dir, Sock: filepath.Join(dir, "c.sock"), CtrBin: filepath.Join(o.BinDir, "ctr"), binDir: o.BinDir}
 	defer func() {
 		if err != nil {
 			d.Stop()
@@ -116,16 +126,30 @@ default_vcpus = %d
 default_memory = %d
 boot_timeout = "60s"
 console_log = %v
-[runtime]
+%s[runtime]
 log_level = %q
 work_dir = %q
 `, filepath.Join(o.ShimDir, "guest/vmlinux"), filepath.Join(o.ShimDir, "guest/initramfs.cpio"),
-		o.VCPUs, o.MemoryMiB, o.Debug, level, filepath.Join(dir, "work"))
+		o.VCPUs, o.MemoryMiB, o.Debug, enableAnnotations(o.EnableAnnotations), level, filepath.Join(dir, "work"))
 	if err := os.WriteFile(filepath.Join(dir, "configuration.toml"), []byte(conf), 0o644); err != nil {
 		return nil, err
 	}
 	cc := fmt.Sprintf("version = %d\nroot = %q\nstate = %q\n[grpc]\n  address = %q\n[ttrpc]\n  address = %q\n",
 		o.ConfigVersion, filepath.Join(dir, "root"), filepath.Join(dir, "state"), d.Sock, d.Sock+".ttrpc")
+	if o.CRI != nil {
+		if o.ConfigVersion != 3 {
+			return nil, fmt.Errorf("the CRI configuration needs containerd config version 3, not %d", o.ConfigVersion)
+		}
+		c := o.CRI.withDefaults(o.BinDir)
+		d.cri = &c
+		if err := os.MkdirAll(filepath.Join(dir, "net.d"), 0o755); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(filepath.Join(dir, "net.d", "10-"+c.Network+".conflist"), []byte(c.CNIConfig()), 0o644); err != nil {
+			return nil, err
+		}
+		cc = c.Config(dir, o.ShimDir)
+	}
 	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(cc), 0o644); err != nil {
 		return nil, err
 	}
@@ -137,7 +161,11 @@ work_dir = %q
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
 	for i := 0; ; i++ {
-		if _, err := d.Ctr(10*time.Second, "", "version"); err == nil {
+		_, err := d.Ctr(10*time.Second, "", "version")
+		if err == nil && d.cri != nil {
+			_, err = d.Crictl(10*time.Second, "version")
+		}
+		if err == nil {
 			return d, nil
 		} else if i > 100 {
 			return nil, fmt.Errorf("containerd did not answer: %w", err)
@@ -172,9 +200,14 @@ func (d *Daemon) Ctr(timeout time.Duration, stdin string, args ...string) (strin
 }
 
 // Stop ends containerd (SIGTERM, SIGKILL after 20 s) and removes its
-// directory with everything mounted under it.
+// directory with everything mounted under it. With CRI it first stops
+// and removes the pods that are left, and afterwards deletes the CNI
+// bridge and its address leases.
 func (d *Daemon) Stop() {
 	d.stop.Do(func() {
+		if d.cri != nil && d.cmd != nil {
+			d.removePods()
+		}
 		if d.cmd != nil && d.cmd.Process != nil {
 			d.cmd.Process.Signal(syscall.SIGTERM)
 			done := make(chan struct{})
@@ -189,6 +222,9 @@ func (d *Daemon) Stop() {
 		exec.Command("sh", "-c", "umount -R "+d.Dir+"/* 2>/dev/null; true").Run()
 		syscall.Unmount(d.Dir, syscall.MNT_DETACH)
 		os.RemoveAll(d.Dir)
+		if d.cri != nil {
+			d.cri.cleanNetwork()
+		}
 	})
 }
 

@@ -15,6 +15,20 @@ import (
 // (static) with its applets as symlinks under /bin, and /etc, /tmp, /proc,
 // /sys, /dev, /root. ref is the image name annotation ctr imports it as.
 func OCIImage(path, ref string) error {
+	return ociImage(path, ref, map[string]any{"Env": []string{"PATH=/bin"}, "Cmd": []string{"sh"}})
+}
+
+// PauseOCIImage writes OCIImage's image with an entrypoint that stands in
+// for registry.k8s.io/pause: it sleeps until SIGTERM or SIGINT, as PID 1
+// (which ignores signals it has no handler for).
+func PauseOCIImage(path, ref string) error {
+	return ociImage(path, ref, map[string]any{"Env": []string{"PATH=/bin"},
+		"Entrypoint": []string{"/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"}})
+}
+
+// ociImage writes the busybox image with imgConfig as its config's
+// "config" (Env, Cmd, Entrypoint).
+func ociImage(path, ref string, imgConfig map[string]any) error {
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
 		return fmt.Errorf("busybox-static: %w", err)
@@ -56,7 +70,7 @@ func OCIImage(path, ref string) error {
 	layerDigest := add(layer.Bytes())
 	cfg, _ := json.Marshal(map[string]any{
 		"architecture": "amd64", "os": "linux",
-		"config": map[string]any{"Env": []string{"PATH=/bin"}, "Cmd": []string{"sh"}},
+		"config": imgConfig,
 		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},
 	})
 	cfgDigest := add(cfg)

@@ -2,14 +2,18 @@
 // same run, and writes results.md, results.json and results.svg. On a host
 // whose KVM cannot boot Linux it runs itself inside the lab.
 //
-//	bench [-runs N] [-out DIR] [-rows boot,mem,agent,container,shimmem,density,blk,net,vsock]
+//	bench [-runs N] [-out DIR] [-rows boot,mem,agent,container,shimmem,density,pod,blk,net,vsock]
 //
 // Every group runs by default; -rows (make bench BENCH_ROWS=...) picks a
 // subset. The agent group boots the `make guest` image to the agent
 // listening on vsock (PVH vmlinux + uncompressed initramfs against the
 // bzImage + gzip initramfs). The container, shimmem and density groups
 // start containerd 2.4.2 (make deps) with the stratovirt shim and compare
-// with runc's shim on the same containerd. blk, net and vsock run the
+// with runc's shim on the same containerd. The pod group starts
+// containerd 2.4.2 with its CRI plugin (CNI bridge, local pause and
+// busybox images) and times crictl runp + create + start and stopp + rmp
+// of a one-container pod with the stratovirt handler against runc.
+// blk, net and vsock run the
 // tests/bench/{blk,net,vsock} benchmarks (compiled on the host) against
 // QEMU microvm.
 package main
@@ -33,7 +37,7 @@ import (
 )
 
 // allGroups is every row group, in the order they run.
-const allGroups = "boot,mem,agent,container,shimmem,density,blk,net,vsock"
+const allGroups = "boot,mem,agent,container,shimmem,density,pod,blk,net,vsock"
 
 // densitySteps are the container counts the density group measures at.
 var densitySteps = []int{1, 2, 4, 8}
@@ -79,7 +83,7 @@ func run(runs, memRuns int, out, rows, vmm, shimDir string) error {
 			return err
 		}
 		defer os.RemoveAll(shimDir)
-		if has(rows, "agent", "container", "shimmem", "density") {
+		if has(rows, "agent", "container", "shimmem", "density", "pod") {
 			if err := ctrd.Build(root, shimDir); err != nil {
 				return err
 			}
@@ -131,6 +135,8 @@ func run(runs, memRuns int, out, rows, vmm, shimDir string) error {
 			r, err = bench.AgentBootRows(vmm, guestImages(shimDir), runs)
 		case "container", "shimmem", "density":
 			r, err = containerRows(group, shimDir, runs, memRuns)
+		case "pod":
+			r, err = podRows(shimDir, runs)
 		case "blk", "net", "vsock":
 			r, err = ioRows(group, shimDir)
 		default:
@@ -211,6 +217,23 @@ func containerRows(group, shimDir string, runs, memRuns int) ([]bench.Row, error
 		return bench.DensityRows(d, densitySteps)
 	}
 	return bench.ContainerRows(d, runs)
+}
+
+// podRows runs the pod group on a private containerd 2.4.2 with CRI.
+func podRows(shimDir string, runs int) ([]bench.Row, error) {
+	root, err := lab.RepoRoot()
+	if err != nil {
+		return nil, err
+	}
+	d, err := ctrd.Start(ctrd.Options{BinDir: filepath.Join(root, ".cache/bin"), ConfigVersion: 3, ShimDir: shimDir, CRI: &ctrd.CRI{}})
+	if err != nil {
+		return nil, err
+	}
+	defer d.Stop()
+	if err := d.ImportCRIImages(); err != nil {
+		return nil, err
+	}
+	return bench.PodRows(d, runs)
 }
 
 func prepare(vmm string, runs int) (bench.BootEnv, func(), error) {

@@ -1,0 +1,184 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/stratovirt-go/stratovirt/tests/ctrd"
+)
+
+// podTimeout bounds one crictl call (a pod's VM boots on runp).
+const podTimeout = 3 * time.Minute
+
+// PodRows measures pod start and teardown through CRI: the wall time of
+// `crictl runp` + `crictl create` + `crictl start` of a pod with one
+// busybox container running `sleep 3600`, and of `crictl stopp` +
+// `crictl rmp`, with the stratovirt handler (a microVM per pod) and the
+// runc handler, alternating, on the same containerd d (started with
+// Options.CRI and ctrd.ImportCRIImages done). After each teardown no pod,
+// container or shim may be left.
+func PodRows(d *ctrd.Daemon, runs int) ([]Row, error) {
+	var oStart, pStart, oStop, pStop []float64
+	for i := 0; i < runs; i++ {
+		for _, h := range []string{ctrd.Handler, "runc"} {
+			start, stop, err := podOnce(d, h, fmt.Sprintf("bench-%s-%d", h, i))
+			if err != nil {
+				return nil, err
+			}
+			if h == ctrd.Handler {
+				oStart, oStop = append(oStart, start), append(oStop, stop)
+			} else {
+				pStart, pStop = append(pStart, start), append(pStop, stop)
+			}
+		}
+	}
+	peer := "runc (io.containerd.runc.v2)"
+	s := NewRow("pod start: crictl runp + create + start (wall), 1 busybox container, 1 vCPU, 256 MiB", "ms", oStart, peer, pStart)
+	s.Note = "containerd 2.4.2 CRI, CNI bridge; ours boots a microVM per pod and creates the container's disk on start"
+	t := NewRow("pod teardown: crictl stopp + rmp (wall)", "ms", oStop, peer, pStop)
+	t.Note = "stops the container and the sandbox (ours: the VM) and removes both"
+	return []Row{s, t}, nil
+}
+
+// podOnce starts a pod named name with handler h and one container, then
+// stops and removes it, and returns both wall times in ms.
+func podOnce(d *ctrd.Daemon, h, name string) (start, stop float64, err error) {
+	logDir := filepath.Join(d.Dir, "pod-logs", name)
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		return 0, 0, err
+	}
+	podCfg, err := writeJSON(d.Dir, name+"-pod.json", map[string]any{
+		"metadata":      map[string]any{"name": name, "namespace": "default", "uid": name + "-uid", "attempt": 1},
+		"hostname":      name,
+		"log_directory": logDir,
+		"linux":         map[string]any{},
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	ctrCfg, err := writeJSON(d.Dir, name+"-ctr.json", map[string]any{
+		"metadata": map[string]any{"name": "sleep"},
+		"image":    map[string]any{"image": ctrd.Image},
+		"command":  []string{"sleep", "3600"},
+		"log_path": "sleep.log",
+		"linux":    map[string]any{},
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	crictl := func(args ...string) (string, error) {
+		out, err := d.Crictl(podTimeout, args...)
+		if err != nil {
+			return "", fmt.Errorf("%s pod %s: %w", h, name, err)
+		}
+		return strings.TrimSpace(out), nil
+	}
+	t0 := time.Now()
+	pod, err := crictl("runp", "--runtime", h, podCfg)
+	if err != nil {
+		return 0, 0, err
+	}
+	// Whatever fails below, the pod goes (Stop would remove it too).
+	defer func() {
+		if err != nil {
+			d.Crictl(podTimeout, "stopp", pod)
+			d.Crictl(podTimeout, "rmp", "-f", pod)
+		}
+	}()
+	cid, err := crictl("create", pod, ctrCfg, podCfg)
+	if err != nil {
+		return 0, 0, err
+	}
+	if _, err = crictl("start", cid); err != nil {
+		return 0, 0, err
+	}
+	start = ms(time.Since(t0))
+	out, err := crictl("inspect", cid)
+	if err != nil {
+		return 0, 0, err
+	}
+	var insp struct {
+		Status struct {
+			State string `json:"state"`
+		} `json:"status"`
+	}
+	if err = json.Unmarshal([]byte(out), &insp); err != nil {
+		return 0, 0, fmt.Errorf("%s pod %s: crictl inspect: %w", h, name, err)
+	}
+	if insp.Status.State != "CONTAINER_RUNNING" {
+		err = fmt.Errorf("%s pod %s: container is %q after start", h, name, insp.Status.State)
+		return 0, 0, err
+	}
+	t1 := time.Now()
+	if _, err = crictl("stopp", pod); err != nil {
+		return 0, 0, err
+	}
+	if _, err = crictl("rmp", pod); err != nil {
+		return 0, 0, err
+	}
+	stop = ms(time.Since(t1))
+	if err = checkNoPods(d, h, name); err != nil {
+		return 0, 0, err
+	}
+	return start, stop, nil
+}
+
+// checkNoPods fails when a pod, a container or a shim process is left
+// (shims may take a moment to exit after rmp).
+func checkNoPods(d *ctrd.Daemon, h, name string) error {
+	for _, what := range []string{"pods", "ps"} {
+		args := []string{what, "-q"}
+		if what == "ps" {
+			args = append(args, "-a")
+		}
+		out, err := d.Crictl(time.Minute, args...)
+		if err != nil {
+			return fmt.Errorf("after %s pod %s: %w", h, name, err)
+		}
+		if s := strings.TrimSpace(out); s != "" {
+			return fmt.Errorf("after removing %s pod %s, crictl %s lists %s", h, name, strings.Join(args, " "), s)
+		}
+	}
+	var left []string
+	for i := 0; i < 100; i++ {
+		if left = shimPIDs(); len(left) == 0 {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("after removing %s pod %s, shim processes %v are left", h, name, left)
+}
+
+// shimPIDs lists the containerd-shim processes on the host.
+func shimPIDs() []string {
+	var pids []string
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || e.Name()[0] < '0' || e.Name()[0] > '9' {
+			continue
+		}
+		arg0, _, _ := strings.Cut(string(b), "\x00")
+		if strings.HasPrefix(filepath.Base(arg0), "containerd-shim") {
+			pids = append(pids, e.Name())
+		}
+	}
+	return pids
+}
+
+// writeJSON writes v as JSON to dir/name and returns the path.
+func writeJSON(dir, name string, v any) (string, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		return "", err
+	}
+	return p, nil
+}
