@@ -167,7 +167,7 @@ func (d *Daemon) ImportCRIImages() error {
 		if err := img.write(p, img.ref); err != nil {
 			return err
 		}
-		out, err := d.Ctr(60*time.Second, "", "-n", CRINamespace, "images", "import", p)
+		out, err := d.ctrIn(CRINamespace, 60*time.Second, "", "images", "import", p)
 		os.Remove(p)
 		if err != nil {
 			return fmt.Errorf("ctr -n %s images import %s: %v\n%s", CRINamespace, img.ref, err, out)

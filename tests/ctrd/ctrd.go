@@ -189,9 +189,14 @@ func (d *Daemon) Import() error {
 
 // Ctr runs ctr (in Namespace) with stdin and returns its combined output.
 func (d *Daemon) Ctr(timeout time.Duration, stdin string, args ...string) (string, error) {
+	return d.ctrIn(Namespace, timeout, stdin, args...)
+}
+
+// ctrIn runs ctr in namespace ns.
+func (d *Daemon) ctrIn(ns string, timeout time.Duration, stdin string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, d.CtrBin, append([]string{"-a", d.Sock, "-n", Namespace}, args...)...)
+	cmd := exec.CommandContext(ctx, d.CtrBin, append([]string{"-a", d.Sock, "-n", ns}, args...)...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
