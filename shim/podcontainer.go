@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
@@ -129,6 +130,7 @@ func (s *Service) createPodContainer(ctx context.Context, req *taskAPI.CreateTas
 		imageDir = pod.stateDir
 	}
 	readOnly := spec.Root != nil && spec.Root.Readonly
+	t0 := time.Now()
 	disk, err := rootfs.Prepare(ctx, mounts, rootfs.Options{
 		Target: filepath.Join(req.Bundle, "rootfs"), ImageDir: imageDir, Name: "rootfs-" + req.ID,
 		Format: rootfsFormat(pod.cfg, readOnly), ReadOnly: readOnly, MountPoints: translate.MountPoints(spec),
@@ -161,9 +163,12 @@ func (s *Service) createPodContainer(ctx context.Context, req *taskAPI.CreateTas
 		log.G(ctx).Debugf("create %s: rootfs %s (%s) in disk slot %d, serial %s", req.ID, disk.Path, disk.How, slot, c.serial)
 	}
 
+	tInit := time.Now()
 	if err := s.createInit(ctx, pod.sb, c); err != nil {
 		return nil, err
 	}
+	log.G(ctx).Infof("create %s in the pod: rootfs %s and hot-plug in %v, container %v",
+		req.ID, disk.How, tInit.Sub(t0).Round(time.Millisecond), time.Since(tInit).Round(time.Millisecond))
 	s.send(runtime.TaskCreateEventTopic, &eventstypes.TaskCreate{
 		ContainerID: req.ID, Bundle: req.Bundle, Rootfs: req.Rootfs,
 		IO:  &eventstypes.TaskIO{Stdin: req.Stdin, Stdout: req.Stdout, Stderr: req.Stderr, Terminal: req.Terminal},

@@ -389,6 +389,7 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 			}
 		}()
 	}
+	tNet := time.Now()
 	pn, err := attachNetwork(ctx, spec, vmc)
 	if err != nil {
 		return nil, err
@@ -402,10 +403,12 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 			pn.Close()
 		}
 	}()
+	tBuild := time.Now()
 	m, err := s.newMachine(s.ctx, cfg, vmc, stateDir)
 	if err != nil {
 		return nil, fmt.Errorf("build VM: %w", err)
 	}
+	tBoot := time.Now()
 	boot, _ := cfg.BootTimeout()
 	sb, err := sandbox.Start(s.ctx, m, boot)
 	if err != nil {
@@ -419,6 +422,7 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 	if hb, ok := m.(interface{ HostRootfs() bool }); ok && hb.HostRootfs() {
 		c.hostBind = true
 	}
+	tGuest := time.Now()
 	if err := configureGuestNetwork(ctx, sb, pn); err != nil {
 		return nil, err
 	}
@@ -434,9 +438,11 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 		dropGuestResolvConf(spec)
 	}
 
+	tInit := time.Now()
 	if err := s.createInit(ctx, sb, c); err != nil {
 		return nil, err
 	}
+	tDone := time.Now()
 	s.mu.Lock()
 	if s.stopped {
 		s.mu.Unlock()
@@ -449,8 +455,10 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 	s.booting = false
 	s.mu.Unlock()
 	go s.watchOOM(sb)
-	log.G(ctx).Infof("create %s: rootfs %s in %v, VM with agent in %v, total %v",
-		req.ID, disk.How, tDisk.Round(time.Millisecond), sb.BootTime.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
+	ms := func(a, b time.Time) time.Duration { return b.Sub(a).Round(time.Millisecond) }
+	log.G(ctx).Infof("create %s: rootfs %s in %v, VM with agent in %v, total %v (host network %v, VM build %v, boot %v, guest network and sandbox %v, container %v)",
+		req.ID, disk.How, tDisk.Round(time.Millisecond), sb.BootTime.Round(time.Millisecond), ms(t0, tDone),
+		ms(tNet, tBuild), ms(tBuild, tBoot), ms(tBoot, tGuest), ms(tGuest, tInit), ms(tInit, tDone))
 
 	s.send(runtime.TaskCreateEventTopic, &eventstypes.TaskCreate{
 		ContainerID: req.ID, Bundle: req.Bundle, Rootfs: req.Rootfs,

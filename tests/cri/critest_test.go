@@ -114,8 +114,13 @@ func TestCritest(t *testing.T) {
 	ep := "unix://" + d.sock
 	args := []string{"--runtime-endpoint", ep, "--image-endpoint", ep, "--runtime-handler", handler,
 		"--registry-prefix", registryAddr, "--ginkgo.no-color", "--ginkgo.json-report", report,
-		"--ginkgo.timeout", "14m", "--ginkgo.focus", strings.Join(critestFocus, "|")}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+		"--ginkgo.timeout", "20m", "--ginkgo.focus", strings.Join(critestFocus, "|")}
+	if testing.Verbose() {
+		// Each spec's name as it starts, and where a spec that runs for
+		// minutes is waiting (the lab has no other window into it).
+		args = append(args, "--ginkgo.v", "--ginkgo.poll-progress-after", "2m", "--ginkgo.poll-progress-interval", "1m")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 22*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Dir = d.dir

@@ -39,10 +39,22 @@ func busyboxSpec() imageSpec {
 		applets: []string{"sh", "echo", "cat", "sleep", "true", "false", "ls", "ps", "id", "head", "wc", "dd",
 			"kill", "hostname", "mount", "tr", "seq", "yes", "httpd", "wget", "nc", "ping", "ip", "ifconfig",
 			"nslookup", "grep", "env", "date", "touch", "mkdir", "rm", "test", "[", "nproc", "free", "top", "uname"},
-		files: map[string]string{"www/index.html": "hello from stratovirt\n"},
+		files: map[string]string{"www/index.html": "hello from stratovirt\n", "bin/pgrep": pgrepScript},
 		cmd:   []string{"sh"},
 	}
 }
+
+// pgrepScript is pgrep PATTERN (the PIDs of processes whose name
+// matches), which critest's exec checks use and Debian's busybox-static
+// lacks as an applet.
+const pgrepScript = `#!/bin/sh
+st=1
+for d in /proc/[0-9]*; do
+	read -r name 2>/dev/null <"$d/comm" || continue
+	if echo "$name" | grep -qE -- "$1"; then echo "${d#/proc/}"; st=0; fi
+done
+exit $st
+`
 
 // builtImage is an image's blobs: one layer, the config, the manifest.
 type builtImage struct {
@@ -90,7 +102,11 @@ func buildImage(spec imageSpec) (*builtImage, error) {
 		files[k] = v
 	}
 	for name, body := range files {
-		lt.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body)), ModTime: mt})
+		mode := int64(0o644)
+		if strings.HasPrefix(name, "bin/") {
+			mode = 0o755
+		}
+		lt.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: mode, Size: int64(len(body)), ModTime: mt})
 		lt.Write([]byte(body))
 	}
 	lt.Close()

@@ -99,6 +99,11 @@ func TestLoad(t *testing.T) {
 				t.Fatalf("run %d: exit %d %q", i, r.code, r.out)
 			}
 			times = append(times, r.took)
+			if (i+1)%10 == 0 {
+				// Progress, so that a long run is not mistaken for a
+				// wedged lab (lab.Options.IdleTimeout).
+				t.Logf("sequential: %d done, last 10 mean %v", i+1, mean(times[i-9:]))
+			}
 		}
 		t.Logf("sequential: %d lifecycles in %v, %s", seq, time.Since(t0).Round(time.Millisecond), stats(times))
 		if n := len(times) / 10; full && n > 0 {
@@ -135,6 +140,7 @@ func TestLoad(t *testing.T) {
 					t.Errorf("concurrent run %d-%d: exit %d %q", w, r, res.code, res.out)
 					return
 				}
+				t.Logf("concurrent run %d-%d: %v", w, r, res.took.Round(time.Millisecond))
 			}
 		}()
 	}
