@@ -99,11 +99,9 @@ func TestLoad(t *testing.T) {
 				t.Fatalf("run %d: exit %d %q", i, r.code, r.out)
 			}
 			times = append(times, r.took)
-			if (i+1)%10 == 0 {
-				// Progress, so that a long run is not mistaken for a
-				// wedged lab (lab.Options.IdleTimeout).
-				t.Logf("sequential: %d done, last 10 mean %v", i+1, mean(times[i-9:]))
-			}
+			// Progress, so that a long run is not mistaken for a wedged
+			// lab (lab.Options.IdleTimeout).
+			t.Logf("sequential run %d: %v", i, r.took.Round(time.Millisecond))
 		}
 		t.Logf("sequential: %d lifecycles in %v, %s", seq, time.Since(t0).Round(time.Millisecond), stats(times))
 		if n := len(times) / 10; full && n > 0 {
