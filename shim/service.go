@@ -416,6 +416,7 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 	}
 	defer func() {
 		if err != nil {
+			err = sb.Explain(err)
 			sb.Stop()
 		}
 	}()

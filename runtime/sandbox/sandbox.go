@@ -90,7 +90,7 @@ func Start(ctx context.Context, m Machine, timeout time.Duration) (_ *Sandbox, e
 			default:
 			}
 			s.Stop()
-			err = bootError(err, ended, s.Err(), m)
+			err = vmError(err, "during boot", ended, s.Err(), m)
 		}
 	}()
 	bctx, cancel := context.WithTimeout(ctx, timeout)
@@ -134,16 +134,36 @@ type ConsoleTailer interface {
 	ConsoleTail() []string
 }
 
-// bootError adds to a failed boot why the VM ended (when it ended by
-// itself) and the last lines of the guest console, so that the user sees
-// why.
-func bootError(err error, ended bool, waitErr error, m Machine) error {
+// Explain adds to err, an agent call's failure, why the VM ended if it
+// did (a closed agent connection is usually the VM's end: it is waited
+// for briefly) and the last lines of the guest console. Call it before
+// Stop.
+func (s *Sandbox) Explain(err error) error {
+	ended := false
+	select {
+	case <-s.done:
+		ended = true
+	case <-time.After(explainWait):
+	}
+	return vmError(err, "", ended, s.Err(), s.m)
+}
+
+// explainWait is how long Explain waits for a failing VM to end.
+const explainWait = time.Second
+
+// vmError adds to err why the VM ended (when it ended by itself; when
+// says during what) and the last lines of the guest console, so that the
+// user sees why.
+func vmError(err error, when string, ended bool, waitErr error, m Machine) error {
 	var b strings.Builder
+	if when != "" {
+		when = " " + when
+	}
 	if ended {
 		if waitErr != nil {
-			fmt.Fprintf(&b, "; the VM ended during boot: %v", waitErr)
+			fmt.Fprintf(&b, "; the VM ended%s: %v", when, waitErr)
 		} else {
-			b.WriteString("; the VM powered off during boot")
+			fmt.Fprintf(&b, "; the VM powered off%s", when)
 		}
 	}
 	if ct, ok := m.(ConsoleTailer); ok {

@@ -99,3 +99,49 @@ func TestBootErrorSaysWhy(t *testing.T) {
 		})
 	}
 }
+
+// TestExplainSaysWhy: an agent call that fails after boot carries why
+// the VM ended (when it ends within explainWait) and the console's last
+// lines.
+func TestExplainSaysWhy(t *testing.T) {
+	callErr := errors.New("agent update interface eth0: ttrpc: closed")
+	for _, tc := range []struct {
+		name   string
+		end    bool
+		endErr error
+		wants  []string
+		not    string
+	}{
+		{"VM ended", true, errors.New("VM ended: triple fault"), []string{"ttrpc: closed", "; the VM ended: VM ended: triple fault", "Kernel panic"}, ""},
+		{"VM still runs", false, nil, []string{"ttrpc: closed", "guest console, last 2 lines"}, "the VM ended"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := &bootMachine{console: NewConsoleRing(ConsoleLines), endErr: tc.endErr, done: make(chan struct{})}
+			m.Start()
+			s := &Sandbox{m: m, done: make(chan struct{})}
+			go func() {
+				werr := m.Wait()
+				s.mu.Lock()
+				s.waitErr = werr
+				s.mu.Unlock()
+				close(s.done)
+			}()
+			if tc.end {
+				go func() { time.Sleep(50 * time.Millisecond); m.Stop() }()
+			}
+			err := s.Explain(callErr)
+			if !errors.Is(err, callErr) {
+				t.Errorf("error %q does not wrap the call's error", err)
+			}
+			for _, w := range tc.wants {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+			if tc.not != "" && strings.Contains(err.Error(), tc.not) {
+				t.Errorf("error %q says %q", err, tc.not)
+			}
+			s.Stop()
+		})
+	}
+}

@@ -56,6 +56,8 @@ type Options struct {
 	ShimDir string
 	// VCPUs and MemoryMiB size each VM (default 1 and 256).
 	VCPUs, MemoryMiB int
+	// BootTimeout bounds each VM's boot to its agent (default 60 s).
+	BootTimeout time.Duration
 	// Debug turns on containerd's and the shim's debug logs.
 	Debug bool
 	// Log receives containerd's output (and so the shims' logs); nil
@@ -100,6 +102,9 @@ func Start(o Options) (_ *Daemon, err error) {
 	if o.Log == nil {
 		o.Log = io.Discard
 	}
+	if o.BootTimeout == 0 {
+		o.BootTimeout = time.Minute
+	}
 	dir, err := os.MkdirTemp("", "ctrd-")
 	if err != nil {
 		return nil, err
@@ -124,13 +129,13 @@ kernel = %q
 initrd = %q
 default_vcpus = %d
 default_memory = %d
-boot_timeout = "60s"
+boot_timeout = %q
 console_log = %v
 %s[runtime]
 log_level = %q
 work_dir = %q
 `, filepath.Join(o.ShimDir, "guest/vmlinux"), filepath.Join(o.ShimDir, "guest/initramfs.cpio"),
-		o.VCPUs, o.MemoryMiB, o.Debug, enableAnnotations(o.EnableAnnotations), level, filepath.Join(dir, "work"))
+		o.VCPUs, o.MemoryMiB, o.BootTimeout.String(), o.Debug, enableAnnotations(o.EnableAnnotations), level, filepath.Join(dir, "work"))
 	if err := os.WriteFile(filepath.Join(dir, "configuration.toml"), []byte(conf), 0o644); err != nil {
 		return nil, err
 	}

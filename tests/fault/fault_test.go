@@ -61,7 +61,10 @@ func start(t *testing.T) *daemon {
 		t.Skipf("%v (make deps)", err)
 	}
 	d := &daemon{t: t, loops: losetup()}
-	cd, err := ctrd.Start(ctrd.Options{BinDir: bin, ConfigVersion: 3, ShimDir: os.Getenv(envShimDir), Debug: true, Log: &d.log})
+	// Ten VMs booting at once under nested emulation (TestLoad) take
+	// minutes; a boot timeout is not what these tests check.
+	cd, err := ctrd.Start(ctrd.Options{BinDir: bin, ConfigVersion: 3, ShimDir: os.Getenv(envShimDir), Debug: true, Log: &d.log,
+		BootTimeout: 5 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
