@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/stratovirt-go/stratovirt/tests/ctrd"
+	"github.com/stratovirt-go/stratovirt/tests/lab"
 )
 
 const (
@@ -34,7 +35,7 @@ type daemon struct {
 	dir  string
 	sock string
 	ctr  string
-	log  ctrd.SyncBuffer
+	log  lab.SyncBuffer
 }
 
 // startContainerd starts binDir/containerd (with binDir/ctr as its

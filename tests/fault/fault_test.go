@@ -41,7 +41,7 @@ func TestMain(m *testing.M) {
 type daemon struct {
 	*ctrd.Daemon
 	t     *testing.T
-	log   ctrd.SyncBuffer
+	log   lab.SyncBuffer
 	loops string // losetup -a before any container
 }
 
@@ -241,7 +241,7 @@ func (d *daemon) checkClean(t *testing.T) {
 // shim dies under it). It ends with containerd; watch again after a
 // restart. The caller stops it.
 type events struct {
-	buf  ctrd.SyncBuffer
+	buf  lab.SyncBuffer
 	stop func()
 }
 

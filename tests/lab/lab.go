@@ -271,13 +271,13 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	var qemuErr bytes.Buffer
 	cmd.Stdout = &qemuErr
 	cmd.Stderr = &qemuErr
-	var console, stdout, stderr syncBuffer
+	var console, stdout, stderr SyncBuffer
 	var wg sync.WaitGroup
 	var files []*os.File
 	var started time.Time
 	cmdStart := make(chan time.Time, 1)
 	for _, sink := range []struct {
-		buf  *syncBuffer
+		buf  *SyncBuffer
 		tee  io.Writer
 		mark bool
 	}{{&console, opts.Console, false}, {&stdout, opts.Stdout, true}, {&stderr, opts.Stderr, true}} {
@@ -488,19 +488,27 @@ func tail(b []byte, n int) string {
 	return string(b)
 }
 
-type syncBuffer struct {
+// SyncBuffer collects output written from several goroutines (the lab's
+// console, a daemon's log) for a test to read.
+type SyncBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.buf.Write(p)
 }
 
-func (s *syncBuffer) Bytes() []byte {
+func (s *SyncBuffer) Bytes() []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]byte(nil), s.buf.Bytes()...)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
 }
