@@ -12,6 +12,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/stratovirt-go/stratovirt/tests/ctrd"
 )
 
 // imageSpec is a one-layer image: static busybox with the listed
@@ -28,7 +30,7 @@ type imageSpec struct {
 func pauseSpec() imageSpec {
 	return imageSpec{
 		applets:    []string{"sh", "sleep"},
-		entrypoint: []string{"/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"},
+		entrypoint: ctrd.PauseEntrypoint,
 	}
 }
 

@@ -22,9 +22,12 @@ func OCIImage(path, ref string) error {
 // for registry.k8s.io/pause: it sleeps until SIGTERM or SIGINT, as PID 1
 // (which ignores signals it has no handler for).
 func PauseOCIImage(path, ref string) error {
-	return ociImage(path, ref, map[string]any{"Env": []string{"PATH=/bin"},
-		"Entrypoint": []string{"/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"}})
+	return ociImage(path, ref, map[string]any{"Env": []string{"PATH=/bin"}, "Entrypoint": PauseEntrypoint})
 }
+
+// PauseEntrypoint is the stand-in pause image's entrypoint (busybox sh
+// and sleep).
+var PauseEntrypoint = []string{"/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"}
 
 // ociImage writes the busybox image with imgConfig as its config's
 // "config" (Env, Cmd, Entrypoint).
