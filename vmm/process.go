@@ -56,7 +56,10 @@ func (v *VM) VCPUThreadIDs() []int {
 }
 
 // memoryOptions chooses how guest RAM is mapped from the machine config:
-// anonymous private memory by default; with mem-path a file (a new
+// anonymous private memory by default, advised for transparent huge pages
+// as QEMU and Cloud Hypervisor do (the host's THP setting decides; with it,
+// boot to the agent took 2.3 s instead of 3.3 s in the lab for 4% more
+// touched memory, docs/performance.md); with mem-path a file (a new
 // unlinked file in a directory, or the named file, created and unlinked
 // if it did not exist) mapped shared; with mem-share and no path a memfd
 // mapped shared. On hugetlbfs the file is fully allocated up front, so a
@@ -64,7 +67,7 @@ func (v *VM) VCPUThreadIDs() []int {
 // The returned fd (if any) is for guestmem.New; the caller closes it once
 // RAM is mapped.
 func memoryOptions(m config.Machine, total uint64) (guestmem.Options, error) {
-	opts := guestmem.Options{Shared: m.MemShare, DumpGuestCore: m.DumpGuestCore}
+	opts := guestmem.Options{Shared: m.MemShare, DumpGuestCore: m.DumpGuestCore, HugePages: true}
 	var f *os.File
 	var err error
 	switch {

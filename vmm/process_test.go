@@ -70,6 +70,9 @@ func TestMemoryOptions(t *testing.T) {
 			if opts.UseFD != tc.wantFD || opts.DumpGuestCore != tc.m.DumpGuestCore {
 				t.Fatalf("opts %+v", opts)
 			}
+			if !opts.UseFD && !opts.HugePages {
+				t.Error("anonymous guest RAM not advised for transparent huge pages")
+			}
 			if opts.UseFD {
 				defer unix.Close(opts.FD)
 				var st unix.Stat_t

@@ -18,6 +18,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
+
+	"github.com/containerd/log"
 
 	"github.com/stratovirt-go/stratovirt/agent/reaper"
 )
@@ -120,6 +123,7 @@ func (r *Runc) run(ctx context.Context, stdio *Stdio, stdout io.Writer, logDir s
 		outDone = make(chan []byte, 1)
 		go func() { b, _ := io.ReadAll(outR); outDone <- b }()
 	}
+	t0 := time.Now()
 	exitc, err := r.Reaper.Start(cmd)
 	// Our copies of the write ends go now, so EOF comes with runc's exit.
 	if errDone != nil {
@@ -138,6 +142,7 @@ func (r *Runc) run(ctx context.Context, stdio *Stdio, stdout io.Writer, logDir s
 		cmd.Process.Kill()
 		e = <-exitc
 	}
+	log.G(ctx).Debugf("runc %s: exit %d after %v", args[0], e.Status, time.Since(t0).Round(time.Millisecond))
 	if outDone != nil {
 		stdout.Write(<-outDone)
 	}

@@ -37,8 +37,17 @@ const AnnotationPrefix = "io.stratovirt."
 const HypervisorPrefix = AnnotationPrefix + "hypervisor."
 
 // BaseCmdline is what every guest kernel command line starts with: the
-// agent logs to ttyS0, and nothing probes hardware a microVM lacks.
-const BaseCmdline = "console=ttyS0 reboot=k panic=1 quiet"
+// agent logs to ttyS0, a panic resets the VM (through the i8042), and
+// nothing probes or checks hardware a microVM lacks or that KVM already
+// guarantees: no PCI (devices are virtio-mmio), one UART, the i8042 only
+// as the reset line, a reliable TSC with no timer check, no crypto
+// self-tests, no SMP alternatives patching on the way, and expedited RCU
+// grace periods (namespace and mount set-up wait on them). Measured in
+// the lab: 3.49 s to the agent against 4.11 s with the first four
+// options alone (docs/performance.md).
+const BaseCmdline = "console=ttyS0 reboot=k panic=1 quiet pci=off 8250.nr_uarts=1 " +
+	"i8042.direct=1 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 " +
+	"tsc=reliable no_timer_check cryptomgr.notests noreplace-smp rcupdate.rcu_expedited=1"
 
 // Drive is a disk for the VM: a block device or an image file.
 type Drive struct {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/stratovirt-go/stratovirt/agent-proto/stream"
+	"github.com/stratovirt-go/stratovirt/runtime/translate"
 	"github.com/stratovirt-go/stratovirt/vmm/vsockdial"
 )
 
@@ -24,9 +25,8 @@ type GuestImage struct {
 	Name, Kernel, Initrd string
 }
 
-// AgentCmdline is the shim's kernel command line (runtime/translate's
-// BaseCmdline).
-const AgentCmdline = "console=ttyS0 reboot=k panic=1 quiet"
+// AgentCmdline is the shim's kernel command line.
+const AgentCmdline = translate.BaseCmdline
 
 // consoleLine is one console line and when the host read it.
 type consoleLine struct {
@@ -143,7 +143,7 @@ func AgentBootRows(vmm string, imgs []GuestImage, runs int) ([]Row, error) {
 			r = NewRow("boot to agent listening, "+img.Name+", 1 vCPU, 256 MiB", "ms", samples[j], imgs[0].Name, samples[0])
 		}
 		cid++
-		d, lines, err := agentBoot(vmm, img, cid, dir, "console=ttyS0 reboot=k panic=1 -- -log-level debug")
+		d, lines, err := agentBoot(vmm, img, cid, dir, strings.Replace(AgentCmdline, " quiet", "", 1)+" -- -log-level debug")
 		if err != nil {
 			return rows, fmt.Errorf("verbose boot %s: %w", img.Name, err)
 		}

@@ -86,7 +86,7 @@ func New(ranges []Range, opts Options) (*Memory, error) {
 				flags |= unix.MAP_PRIVATE
 			}
 		}
-		host, err := unix.Mmap(fd, fileOff, int(r.Size), prot, flags)
+		host, err := mapAligned(fd, fileOff, r.Size, prot, flags)
 		if err != nil {
 			m.Close()
 			return nil, fmt.Errorf("map guest memory %#x+%#x: %w", r.GPA, r.Size, err)
@@ -96,7 +96,7 @@ func New(ranges []Range, opts Options) (*Memory, error) {
 		}
 		if !opts.DumpGuestCore {
 			if err := unix.Madvise(host, unix.MADV_DONTDUMP); err != nil {
-				unix.Munmap(host)
+				unmap(host)
 				m.Close()
 				return nil, fmt.Errorf("madvise(DONTDUMP) guest memory: %w", err)
 			}
@@ -134,7 +134,7 @@ func (m *Memory) Close() error {
 	var first error
 	if m.mapped {
 		for _, r := range m.regions {
-			if err := unix.Munmap(r.Host); err != nil && first == nil {
+			if err := unmap(r.Host); err != nil && first == nil {
 				first = err
 			}
 		}
