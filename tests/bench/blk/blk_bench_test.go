@@ -142,7 +142,26 @@ var metrics = []struct{ key, label string }{
 	{"randread-qd4", "random read 4 KiB, QD4"},
 }
 
+// runCount is how many runs each side gets: BENCH_RUNS (make bench
+// BENCH_RUNS=N exports it), default 2.
+func runCount() int {
+	if n, err := strconv.Atoi(os.Getenv("BENCH_RUNS")); err == nil && n > 0 {
+		return n
+	}
+	return 2
+}
+
+// samples collects one metric over runs.
+func samples(runs []map[string]float64, key string) []float64 {
+	var v []float64
+	for _, m := range runs {
+		v = append(v, m[key])
+	}
+	return v
+}
+
 func TestBlkBench(t *testing.T) {
+	runs := runCount()
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		t.Skip("qemu-system-x86_64 not installed")
 	}
@@ -171,20 +190,23 @@ func TestBlkBench(t *testing.T) {
 	var rows []bench.Row
 	fmt.Fprintf(&table, "\nvirtio-blk, stratovirt-go vs QEMU %s microvm (guest: Debian cloud kernel, 2 vCPUs, 512 MiB; measured on: %s)\n", qemuVersion(), where)
 	for _, md := range modes {
-		// Alternate the order so neither VMM always runs on a warm cache.
-		q := run(t, "qemu "+md.name, qemu(md.disk, md.direct))
-		o := run(t, "stratovirt "+md.name, ours(md.disk, md.direct))
-		q2 := run(t, "qemu (2nd) "+md.name, qemu(md.disk, md.direct))
-		o2 := run(t, "stratovirt (2nd) "+md.name, ours(md.disk, md.direct))
-		fmt.Fprintf(&table, "\n%s (mean of 2 runs each)\n\n| workload | stratovirt-go IOPS | QEMU IOPS | ratio |\n|---|---:|---:|---:|\n", md.name)
+		// Interleave the runs (QEMU first) so neither VMM always runs on a
+		// warm cache or in a quiet moment of the host.
+		var os_, qs []map[string]float64
+		for i := range runs {
+			qs = append(qs, run(t, fmt.Sprintf("qemu (%d/%d) %s", i+1, runs, md.name), qemu(md.disk, md.direct)))
+			os_ = append(os_, run(t, fmt.Sprintf("stratovirt (%d/%d) %s", i+1, runs, md.name), ours(md.disk, md.direct)))
+		}
+		fmt.Fprintf(&table, "\n%s (median of %d runs each)\n\n| workload | stratovirt-go IOPS | QEMU IOPS | ratio |\n|---|---:|---:|---:|\n", md.name, runs)
 		for _, m := range metrics {
-			a, b := (o[m.key]+o2[m.key])/2, (q[m.key]+q2[m.key])/2
+			o, q := samples(os_, m.key), samples(qs, m.key)
+			a, b := bench.Summarize("", o).Median, bench.Summarize("", q).Median
 			ratio := 0.0
 			if b > 0 {
 				ratio = a / b
 			}
 			fmt.Fprintf(&table, "| %s | %.0f (%.2f MiB/s) | %.0f (%.2f MiB/s) | %.2f |\n", m.label, a, a*4096/(1<<20), b, b*4096/(1<<20), ratio)
-			r := bench.NewRow("virtio-blk "+m.label+", "+md.name, "IOPS", []float64{o[m.key], o2[m.key]}, "qemu microvm", []float64{q[m.key], q2[m.key]})
+			r := bench.NewRow("virtio-blk "+m.label+", "+md.name, "IOPS", o, "qemu microvm", q)
 			r.HigherIsBetter = true
 			rows = append(rows, r)
 		}

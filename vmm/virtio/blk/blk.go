@@ -270,14 +270,8 @@ func (b *Block) process() {
 			}
 			break
 		}
-		if wait := b.limiter.Take(time.Now()); wait > 0 {
+		if b.limiter != nil && b.throttle() {
 			q.Undo()
-			b.throttled = true
-			ts := unix.NsecToTimespec(int64(wait))
-			if err := unix.TimerfdSettime(b.timer, 0, &unix.ItimerSpec{Value: ts}, nil); err != nil {
-				log.L.Errorf("virtio-blk %s: arm rate-limit timer: %v", b.cfg.ID, err)
-				b.throttled = false
-			}
 			break
 		}
 		written := b.handle(&b.chain)
@@ -290,6 +284,22 @@ func (b *Block) process() {
 		}
 	}
 	b.signal()
+}
+
+// throttle takes a token for one request; without one it arms the timer
+// and reports that processing must pause (the request stays queued).
+func (b *Block) throttle() bool {
+	wait := b.limiter.Take(time.Now())
+	if wait <= 0 {
+		return false
+	}
+	b.throttled = true
+	ts := unix.NsecToTimespec(int64(wait))
+	if err := unix.TimerfdSettime(b.timer, 0, &unix.ItimerSpec{Value: ts}, nil); err != nil {
+		log.L.Errorf("virtio-blk %s: arm rate-limit timer: %v", b.cfg.ID, err)
+		b.throttled = false
+	}
+	return true
 }
 
 func (b *Block) signal() {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,17 +25,24 @@ type irqRecorder struct {
 	mu     sync.Mutex
 	n      int
 	broken []error
+	// efd, when set (> 0), is an eventfd written on every Signal, as the
+	// transport's irqfd is.
+	efd atomic.Int32
 }
 
 func (r *irqRecorder) Signal(bits uint32) error {
 	r.mu.Lock()
 	r.n++
 	r.mu.Unlock()
+	if fd := r.efd.Load(); fd > 0 {
+		_, err := unix.Write(int(fd), []byte{1, 0, 0, 0, 0, 0, 0, 0})
+		return err
+	}
 	return nil
 }
 
 type rig struct {
-	t    *testing.T
+	t    testing.TB
 	mem  *guestmem.Memory
 	drv  *vt.Driver
 	dev  *Block
@@ -51,7 +59,7 @@ func pattern(n int, seed byte) []byte {
 	return b
 }
 
-func newRig(t *testing.T, cfg Config, disk []byte, features uint64) *rig {
+func newRig(t testing.TB, cfg Config, disk []byte, features uint64) *rig {
 	t.Helper()
 	if cfg.Path == "" {
 		cfg.Path = filepath.Join(t.TempDir(), "disk.img")
