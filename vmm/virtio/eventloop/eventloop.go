@@ -2,7 +2,9 @@
 // named after the loop (the -iothread id, or the default loop's name) so
 // that it shows up as such in /proc/<pid>/task/*/comm, blocking in
 // epoll_wait on the file descriptors (eventfds, timerfds, taps) that
-// devices register. There is no polling.
+// devices register. There is no polling. Each running loop adds one to
+// GOMAXPROCS (procs.go) so that its thread does not wait for a P each
+// time it comes back from a syscall.
 //
 // Handlers run on the loop's thread, one at a time. Add, Remove and Call
 // may be used from any goroutine; Call runs a function on the loop thread
@@ -56,6 +58,7 @@ func New(name string) (*Loop, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("event loop %q: %w", name, err)
 	}
+	addProc() // procs.go; removed when the loop thread ends
 	started := make(chan int)
 	go l.run(started)
 	l.thread = <-started
@@ -169,6 +172,7 @@ func (l *Loop) run(started chan<- int) {
 	}
 	started <- unix.Gettid()
 	defer close(l.done)
+	defer removeProc()
 	events := make([]unix.EpollEvent, 32)
 	for {
 		n, err := unix.EpollWait(l.epfd, events, -1)

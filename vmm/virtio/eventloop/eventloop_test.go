@@ -3,6 +3,7 @@ package eventloop
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -68,5 +69,31 @@ func TestLoop(t *testing.T) {
 	}
 	if err := l.Add(efd, func() {}); err == nil {
 		t.Error("Add after Close accepted")
+	}
+}
+
+// TestProcs checks that each running loop holds one extra P and gives it
+// back when it is closed.
+func TestProcs(t *testing.T) {
+	base := runtime.GOMAXPROCS(0)
+	var loops []*Loop
+	for i := 1; i <= 3; i++ {
+		l, err := New(fmt.Sprintf("procs-%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		loops = append(loops, l)
+		if got := runtime.GOMAXPROCS(0); got != base+i {
+			t.Errorf("%d loops: GOMAXPROCS %d, want %d", i, got, base+i)
+		}
+	}
+	for i, l := range loops {
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+		l.Close() // a second Close gives nothing back twice
+		if got, want := runtime.GOMAXPROCS(0), base+len(loops)-i-1; got != want {
+			t.Errorf("after closing %d: GOMAXPROCS %d, want %d", i+1, got, want)
+		}
 	}
 }
