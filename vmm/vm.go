@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
@@ -101,8 +102,9 @@ func New(cfg *config.VMConfig, opts Options) (_ *VM, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	start := time.Now()
 	if opts.Created.IsZero() {
-		opts.Created = time.Now()
+		opts.Created = start
 	}
 	v := &VM{cfg: cfg, opts: opts}
 	defer func() {
@@ -134,21 +136,26 @@ func New(cfg *config.VMConfig, opts Options) (_ *VM, err error) {
 	if err := v.vm.CreatePIT2(); err != nil {
 		return nil, err
 	}
-	if err := v.setupMemory(); err != nil {
-		return nil, err
+	// Each step's time goes to the debug log: where a slow start goes.
+	steps := []struct {
+		name string
+		run  func() error
+	}{
+		{"memory", v.setupMemory}, {"devices", v.setupDevices}, {"virtio", v.setupVirtio},
+		{"hotplug", v.setupHotplug}, {"tables and kernel", v.setupPlatform},
 	}
-	if err := v.setupDevices(); err != nil {
-		return nil, err
+	var took strings.Builder
+	t := time.Now()
+	fmt.Fprintf(&took, "KVM %v", t.Sub(start).Round(time.Microsecond))
+	for _, st := range steps {
+		if err := st.run(); err != nil {
+			return nil, err
+		}
+		now := time.Now()
+		fmt.Fprintf(&took, ", %s %v", st.name, now.Sub(t).Round(time.Microsecond))
+		t = now
 	}
-	if err := v.setupVirtio(); err != nil {
-		return nil, err
-	}
-	if err := v.setupHotplug(); err != nil {
-		return nil, err
-	}
-	if err := v.setupPlatform(); err != nil {
-		return nil, err
-	}
+	log.L.Debugf("VM %s built in %v: %s", cfg.Name, t.Sub(start).Round(time.Microsecond), took.String())
 	return v, nil
 }
 

@@ -5,7 +5,8 @@
 // and gzip'd (initramfs.cpio.gz), holding the agent as /init, runc with
 // the shared libraries it needs, and the kernel modules the agent loads at
 // start (with their dependencies, in load order, listed in
-// /etc/stratovirt/modules). The output is reproducible: entries are
+// /etc/stratovirt/modules), and runc's version line
+// (/etc/stratovirt/runc-version). The output is reproducible: entries are
 // sorted, owned by root, with zero mtimes, and gzip carries no name or
 // time.
 package main
@@ -19,6 +20,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"sort"
@@ -133,6 +135,14 @@ func build(agent, out, runcPath, kernelDir, vmlinuxPath string, modules []string
 	if err := addELF(im, runcPath, "/usr/bin/runc"); err != nil {
 		return fmt.Errorf("runc: %w", err)
 	}
+	// The agent answers version queries from this file instead of
+	// running runc at every boot.
+	v, err := exec.Command(runcPath, "--version").Output()
+	if err != nil {
+		return fmt.Errorf("runc --version: %w", err)
+	}
+	line, _, _ := strings.Cut(string(v), "\n")
+	im.file("etc/stratovirt/runc-version", 0o644, []byte(line+"\n"))
 	modDir := k.ModulesDir()
 	files, err := ModuleDeps(modDir, modules)
 	if err != nil {

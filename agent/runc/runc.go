@@ -40,6 +40,10 @@ type Runc struct {
 	// initramfs (never the host: the VM is the boundary). See
 	// docs/guest.md.
 	NoPivot bool
+	// VersionFile, when set and readable, holds the first line of
+	// `runc --version` for Binary, written when the guest image was
+	// built: running runc to ask costs a boot about 0.2 s in the lab.
+	VersionFile string
 }
 
 // Stdio is what a detached process gets as standard streams (nil: /dev/null).
@@ -304,8 +308,16 @@ func (r *Runc) Ps(ctx context.Context, id string) ([]int, error) {
 	return pids, nil
 }
 
-// Version returns the first line of `runc --version`.
+// Version returns the first line of `runc --version`, from VersionFile
+// when it has one.
 func (r *Runc) Version(ctx context.Context) (string, error) {
+	if r.VersionFile != "" {
+		if b, err := os.ReadFile(r.VersionFile); err == nil {
+			if line, _, _ := strings.Cut(string(b), "\n"); strings.TrimSpace(line) != "" {
+				return strings.TrimSpace(line), nil
+			}
+		}
+	}
 	var out bytes.Buffer
 	if err := r.run(ctx, nil, &out, "", "--version"); err != nil {
 		return "", err

@@ -39,6 +39,7 @@ import (
 type options struct {
 	listen, streamListen string
 	stateDir, runcPath   string
+	runcVersion          string
 	modules              string
 	logLevel             string
 	guest                bool
@@ -53,6 +54,7 @@ func main() {
 	flag.StringVar(&o.streamListen, "stream-listen", "vsock://"+strconv.Itoa(stream.StreamPort), "stream address: vsock://PORT or unix:///path")
 	flag.StringVar(&o.stateDir, "state-dir", "/run/stratovirt", "bundles, mount points and runc state")
 	flag.StringVar(&o.runcPath, "runc", "runc", "runc binary")
+	flag.StringVar(&o.runcVersion, "runc-version-file", "/etc/stratovirt/runc-version", "first line of `runc --version`, recorded when the guest image was built (runc is asked when the file is missing)")
 	flag.StringVar(&o.modules, "modules", "/etc/stratovirt/modules", "kernel modules to load at start (PID 1)")
 	flag.StringVar(&o.logLevel, "log-level", "info", "log level")
 	flag.BoolVar(&o.guest, "guest", pid1, "apply machine-wide settings (hostname, sysctls, resolv.conf)")
@@ -104,7 +106,7 @@ func run(o options, pid1 bool, logs *stdio.LogHub) error {
 	// does for initrd guests. Copying / into a tmpfs and switching root
 	// at boot would cost ~18 MiB of guest RAM and boot time for a
 	// boundary the VM already provides.
-	rc := &runc.Runc{Binary: o.runcPath, Root: filepath.Join(o.stateDir, "runc"), Reaper: rp, NoPivot: runc.RootIsInitramfs()}
+	rc := &runc.Runc{Binary: o.runcPath, Root: filepath.Join(o.stateDir, "runc"), Reaper: rp, NoPivot: runc.RootIsInitramfs(), VersionFile: o.runcVersion}
 	if rc.NoPivot {
 		log.L.Info("root is the initramfs: runc create --no-pivot")
 	}
