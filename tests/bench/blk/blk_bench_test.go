@@ -2,8 +2,12 @@
 // virtio-blk-device on the same backing file, inside one lab run (or on
 // the host when its KVM boots Linux): sequential and random 4 KiB
 // read/write throughput and IOPS at queue depth 1, and random-read IOPS
-// at queue depth 4, measured in the guest by guestio with O_DIRECT. It
-// prints a Markdown ratio table (ours / QEMU).
+// at queue depth 4, measured in the guest by guestio with O_DIRECT. Both
+// sides boot the same kernel and initramfs with 2 vCPUs and 512 MiB and
+// serve the same raw file from the host page cache (ours direct=off, QEMU
+// cache=writeback), one 256-entry queue, no iothread on either side. Each
+// side gets BENCH_RUNS runs (default 2), interleaved QEMU first; rows are
+// medians. It prints a Markdown ratio table (ours / QEMU).
 //
 // It runs only when BLK_BENCH=1 (it takes a few minutes):
 //
