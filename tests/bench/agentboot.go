@@ -132,6 +132,9 @@ func AgentBootRows(vmm string, imgs []GuestImage, runs int) ([]Row, error) {
 				return nil, fmt.Errorf("boot %s to the agent: %w", img.Name, err)
 			}
 			samples[j] = append(samples[j], ms(d))
+			// Progress on stderr: the lab's idle limit and a reader both
+			// see that the run is alive.
+			fmt.Fprintf(os.Stderr, "bench: agent: %s (%d/%d): %.0f ms\n", img.Name, i+1, runs, ms(d))
 		}
 	}
 	var rows []Row
@@ -148,6 +151,7 @@ func AgentBootRows(vmm string, imgs []GuestImage, runs int) ([]Row, error) {
 			return rows, fmt.Errorf("verbose boot %s: %w", img.Name, err)
 		}
 		r.Note = Breakdown(lines, d).String()
+		fmt.Fprintf(os.Stderr, "bench: agent: %s, verbose console: %s\n", img.Name, r.Note)
 		rows = append(rows, r)
 	}
 	return rows, nil

@@ -255,7 +255,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		// transparent_hugepage=madvise: huge pages for the VMMs' guest
 		// RAM only, allocated at fault time; stage2.sh keeps khugepaged
 		// from collapsing pages (that soft-locked a lab CPU in CI).
-		"-append", "console=ttyS0 quiet loglevel=2 panic=-1 mitigations=off tsc=reliable transparent_hugepage=madvise lab.job=" + job,
+		"-append", "console=ttyS0 quiet loglevel=2 panic=-1 mitigations=off tsc=reliable transparent_hugepage=never lab.job=" + job,
 		"-chardev", "file,id=con,path=/dev/fd/3", "-serial", "chardev:con",
 		"-chardev", "file,id=out,path=/dev/fd/4", "-serial", "chardev:out",
 		"-chardev", "file,id=err,path=/dev/fd/5", "-serial", "chardev:err",
