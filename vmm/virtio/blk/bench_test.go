@@ -55,15 +55,18 @@ func (r *benchRig) complete(b *testing.B) {
 	}
 }
 
+// benchOps are the two request kinds each benchmark runs.
+var benchOps = []struct {
+	name  string
+	write bool
+}{{"read", false}, {"write", true}}
+
 // BenchmarkRequestQD1 is the whole queue-depth-1 round trip the guest
 // sees: post a 4 KiB request, kick the queue's eventfd, the event loop
 // serves it (pread/pwrite of a file in the page cache) and raises the
 // interrupt eventfd the "guest" is blocked on.
 func BenchmarkRequestQD1(b *testing.B) {
-	for _, tc := range []struct {
-		name  string
-		write bool
-	}{{"read", false}, {"write", true}} {
+	for _, tc := range benchOps {
 		b.Run(tc.name, func(b *testing.B) {
 			r := newBenchRig(b)
 			one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
@@ -89,10 +92,7 @@ func BenchmarkRequestQD1(b *testing.B) {
 // directly (no kick is written, so the event loop never runs it
 // concurrently).
 func BenchmarkProcess(b *testing.B) {
-	for _, tc := range []struct {
-		name  string
-		write bool
-	}{{"read", false}, {"write", true}} {
+	for _, tc := range benchOps {
 		b.Run(tc.name, func(b *testing.B) {
 			r := newBenchRig(b)
 			var buf [8]byte
