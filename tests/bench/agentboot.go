@@ -110,10 +110,13 @@ func agentBoot(vmm string, img GuestImage, cid uint32, dir, cmdline string) (tim
 
 // AgentBootRows boots each image runs times (interleaved) to the agent
 // listening on vsock and reports spawn-to-agent per image; the first
-// image is the reference the others' ratio is taken against. It then
-// boots each image once with a verbose console and adds a note with
-// where the time went.
-func AgentBootRows(vmm string, imgs []GuestImage, runs int) ([]Row, error) {
+// image is the reference the others' ratio is taken against. With
+// breakdown it then boots each image once with a verbose console and adds
+// a note with where the time went. That is opt-in: in the lab, a verbose
+// serial console (thousands of port I/O exits per boot) sooner or later
+// leaves the lab's CPU halted for good with a timer interrupt pending that
+// QEMU's TCG never delivers (docs/performance.md, "The lab freeze").
+func AgentBootRows(vmm string, imgs []GuestImage, runs int, breakdown bool) ([]Row, error) {
 	if len(imgs) == 0 {
 		return nil, nil
 	}
@@ -144,6 +147,10 @@ func AgentBootRows(vmm string, imgs []GuestImage, runs int) ([]Row, error) {
 			r = NewRow("boot to agent listening, "+img.Name+", 1 vCPU, 256 MiB", "ms", samples[j], "", nil)
 		} else {
 			r = NewRow("boot to agent listening, "+img.Name+", 1 vCPU, 256 MiB", "ms", samples[j], imgs[0].Name, samples[0])
+		}
+		if !breakdown {
+			rows = append(rows, r)
+			continue
 		}
 		cid++
 		d, lines, err := agentBoot(vmm, img, cid, dir, strings.Replace(AgentCmdline, " quiet", "", 1)+" -- -log-level debug")

@@ -266,6 +266,12 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if opts.OutDir != "" {
 		args = append(args, "-virtfs", "local,path="+opts.OutDir+",mount_tag=out,security_model=none,multidevs=remap")
 	}
+	// LAB_QEMU_EXTRA adds QEMU arguments, for diagnosing the lab itself:
+	// "-monitor unix:/tmp/labmon,server,nowait" lets `info registers`
+	// and `info lapic` show where a wedged lab CPU sits.
+	if extra := os.Getenv("LAB_QEMU_EXTRA"); extra != "" {
+		args = append(args, strings.Fields(extra)...)
+	}
 	cmd := exec.CommandContext(ctx, qemu, args...)
 	// A lab must not outlive the test binary that started it (killed by
 	// go test's timeout or by hand): QEMU gets SIGKILL when it dies.
