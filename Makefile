@@ -101,13 +101,16 @@ proto-check:
 	done && for f in $$(cd agent-proto && find . -name '*.pb.go'); do \
 		test -e $$tmp/$$f || { echo "generated file without a .proto: agent-proto/$$f"; exit 1; }; done
 
-# Guest image: the Debian cloud kernel and an initramfs with the agent as
-# /init, its kernel modules and runc, under $(GUEST_DIR) (see docs/guest.md).
+# Guest image: the microVM kernel (agent/kernel, built by make deps) and an
+# initramfs with the agent as /init and runc, under $(GUEST_DIR) (see
+# docs/guest.md). GUEST_KERNEL_DIR=$(CURDIR)/.cache/kernel/cloud-amd64
+# builds it with Debian's cloud kernel and its modules instead.
 GUEST_DIR ?= $(CURDIR)/build/guest
+GUEST_KERNEL_DIR ?= $(CURDIR)/.cache/kernel/microvm
 guest:
 	@mkdir -p $(GUEST_DIR)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(GUEST_DIR)/stratovirt-agent ./cmd/stratovirt-agent
-	$(GO) run ./agent/guestimage -agent $(GUEST_DIR)/stratovirt-agent -out $(GUEST_DIR)
+	$(GO) run ./agent/guestimage -agent $(GUEST_DIR)/stratovirt-agent -out $(GUEST_DIR) -kernel-dir $(GUEST_KERNEL_DIR)
 
 clean:
 	rm -rf $(BIN)

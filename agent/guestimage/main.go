@@ -45,11 +45,17 @@ func main() {
 	agent := flag.String("agent", "", "static stratovirt-agent binary (/init)")
 	out := flag.String("out", "build/guest", "output directory")
 	runcPath := flag.String("runc", "/usr/sbin/runc", "runc binary to include")
-	kernelDir := flag.String("kernel-dir", "", "unpacked kernel package (boot/ and lib/modules/); default: the cloud-amd64 kernel from `make deps`")
+	kernelDir := flag.String("kernel-dir", "", "unpacked kernel package (boot/, lib/modules/, optionally vmlinux): the microVM kernel (agent/kernel) or Debian's cloud kernel, both from `make deps`; default: the cloud kernel")
 	mods := flag.String("modules", strings.Join(defaultModules, ","), "kernel modules to load at boot (comma separated)")
 	vmlinux := flag.String("vmlinux", "", "ELF kernel to write as vmlinux (default: decompressed from the bzImage)")
 	flag.Parse()
-	if err := build(*agent, *out, *runcPath, *kernelDir, *vmlinux, strings.Split(*mods, ",")); err != nil {
+	var modules []string
+	for _, m := range strings.Split(*mods, ",") {
+		if m = strings.TrimSpace(m); m != "" {
+			modules = append(modules, m)
+		}
+	}
+	if err := build(*agent, *out, *runcPath, *kernelDir, *vmlinux, modules); err != nil {
 		fmt.Fprintln(os.Stderr, "guestimage:", err)
 		os.Exit(1)
 	}
@@ -182,6 +188,13 @@ func build(agent, out, runcPath, kernelDir, vmlinuxPath string, modules []string
 		return err
 	}
 	var elfKernel []byte
+	if vmlinuxPath == "" {
+		// A kernel built here (agent/kernel/build.sh) comes with its
+		// linked vmlinux.
+		if p := filepath.Join(k.Dir, "vmlinux"); fileExists(p) {
+			vmlinuxPath = p
+		}
+	}
 	if vmlinuxPath != "" {
 		elfKernel, err = os.ReadFile(vmlinuxPath)
 	} else {
@@ -205,6 +218,11 @@ func build(agent, out, runcPath, kernelDir, vmlinuxPath string, modules []string
 	}
 	fmt.Printf("  initramfs: agent %d bytes, runc and its libraries, modules\n", len(a))
 	return nil
+}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular()
 }
 
 func findKernel(dir string) (lab.Kernel, error) {
@@ -291,7 +309,9 @@ func addELF(im *image, src, dst string) error {
 
 // ModuleDeps returns the module files (relative to modDir) needed to load
 // names, dependencies first, each once, from modDir/modules.dep. A name
-// that is built into the kernel (modules.builtin) is skipped.
+// that is built into the kernel (modules.builtin) is skipped, and so is
+// every name when modules.dep is empty: a kernel built without loadable
+// modules (agent/kernel) has every driver it was configured with built in.
 func ModuleDeps(modDir string, names []string) ([]string, error) {
 	dep, err := os.ReadFile(filepath.Join(modDir, "modules.dep"))
 	if err != nil {
@@ -317,6 +337,9 @@ func resolveDeps(dep, builtin string, names []string) ([]string, error) {
 			continue
 		}
 		byName[modName(file)] = append([]string{file}, strings.Fields(rest)...)
+	}
+	if len(byName) == 0 {
+		return nil, nil
 	}
 	isBuiltin := map[string]bool{}
 	for _, l := range strings.Fields(builtin) {

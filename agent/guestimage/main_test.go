@@ -26,6 +26,11 @@ kernel/f/loop-x.ko:
 	if _, err := resolveDeps(dep, "", []string{"nope"}); err == nil {
 		t.Fatal("unknown module accepted")
 	}
+	// A kernel without loadable modules has its drivers built in.
+	got, err = resolveDeps("", "", []string{"virtio_blk", "overlay"})
+	if err != nil || len(got) != 0 {
+		t.Fatalf("kernel without modules: got %q, %v; want nothing to load", got, err)
+	}
 }
 
 func TestImageReproducible(t *testing.T) {

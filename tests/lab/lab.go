@@ -257,7 +257,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		// for minutes (seen in CI). With madvise and khugepaged asleep,
 		// boot to the agent took 2.2 s instead of 3.3 s, but that
 		// setting is not yet proven in CI (docs/performance.md).
-		"-append", "console=ttyS0 quiet loglevel=2 panic=-1 mitigations=off tsc=reliable transparent_hugepage=never lab.job=" + job,
+		"-append", "console=ttyS0 quiet loglevel=" + labLogLevel() + " panic=-1 mitigations=off tsc=reliable transparent_hugepage=never lab.job=" + job,
 		"-chardev", "file,id=con,path=/dev/fd/3", "-serial", "chardev:con",
 		"-chardev", "file,id=out,path=/dev/fd/4", "-serial", "chardev:out",
 		"-chardev", "file,id=err,path=/dev/fd/5", "-serial", "chardev:err",
@@ -279,6 +279,15 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	var qemuErr bytes.Buffer
 	cmd.Stdout = &qemuErr
 	cmd.Stderr = &qemuErr
+	// LAB_CONSOLE_FILE gets the lab's console as it is written, for
+	// diagnosing a lab that wedges (with LAB_LOGLEVEL=8 for the lab
+	// kernel's messages).
+	if f := os.Getenv("LAB_CONSOLE_FILE"); f != "" && opts.Console == nil {
+		if cf, err := os.Create(f); err == nil {
+			defer cf.Close()
+			opts.Console = cf
+		}
+	}
 	var console, stdout, stderr SyncBuffer
 	var wg sync.WaitGroup
 	var files []*os.File
@@ -382,6 +391,15 @@ func watchIdle(ctx context.Context, last *atomic.Int64, idle time.Duration, canc
 			}
 		}
 	}
+}
+
+// labLogLevel is the lab kernel's console log level: 2 (emergencies and
+// alerts) unless LAB_LOGLEVEL gives another digit.
+func labLogLevel() string {
+	if v := os.Getenv("LAB_LOGLEVEL"); len(v) == 1 && v[0] >= '0' && v[0] <= '8' {
+		return v
+	}
+	return "2"
 }
 
 // writeJob writes the stage-2 script, the environment and the command

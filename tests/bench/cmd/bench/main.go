@@ -6,8 +6,8 @@
 //
 // Every group runs by default; -rows (make bench BENCH_ROWS=...) picks a
 // subset. The agent group boots the `make guest` image to the agent
-// listening on vsock (PVH vmlinux + uncompressed initramfs against the
-// bzImage + gzip initramfs). The container, shimmem and density groups
+// listening on vsock (the microVM kernel against Debian's cloud kernel
+// with modules). The container, shimmem and density groups
 // start containerd 2.4.2 (make deps) with the stratovirt shim and compare
 // with runc's shim on the same containerd. The pod group starts
 // containerd 2.4.2 with its CRI plugin (CNI bridge, local pause and
@@ -88,6 +88,16 @@ func run(runs, memRuns int, out, rows, vmm, shimDir string) error {
 				return err
 			}
 		}
+		if has(rows, "agent") {
+			// The agent group's reference: the same image with Debian's
+			// cloud kernel and its modules.
+			cmd := exec.Command("make", "--no-print-directory", "guest", "GUEST_DIR="+filepath.Join(shimDir, "guest-cloud"),
+				"GUEST_KERNEL_DIR="+filepath.Join(root, ".cache/kernel/cloud-amd64"))
+			cmd.Dir = root
+			if out, err := cmd.CombinedOutput(); err != nil {
+				return fmt.Errorf("make guest with the cloud kernel: %v\n%s", err, out)
+			}
+		}
 		if err := prepareIO(root, shimDir, rows); err != nil {
 			return err
 		}
@@ -132,7 +142,7 @@ func run(runs, memRuns int, out, rows, vmm, shimDir string) error {
 		case "mem":
 			r, err = bench.MemRows(env, memRuns)
 		case "agent":
-			r, err = bench.AgentBootRows(vmm, guestImages(shimDir), runs)
+			r, err = bench.AgentBootRows(vmm, guestImages(shimDir), runs, os.Getenv("BENCH_BREAKDOWN") != "")
 		case "container", "shimmem", "density":
 			r, err = containerRows(group, shimDir, runs, memRuns)
 		case "pod":
@@ -174,16 +184,16 @@ func has(list string, names ...string) bool {
 	return false
 }
 
-// guestImages are the make guest image pairs the agent group boots: the
-// default first (the ratio reference is the old bzImage + gzip pair, so
-// it goes first).
+// guestImages are the images the agent group boots: the `make guest`
+// image with Debian's cloud kernel and its modules first (the reference
+// the ratios are taken against), then with the microVM kernel
+// (agent/kernel), as bzImage and as PVH vmlinux (make guest's default).
 func guestImages(shimDir string) []bench.GuestImage {
-	g := filepath.Join(shimDir, "guest")
+	g, c := filepath.Join(shimDir, "guest"), filepath.Join(shimDir, "guest-cloud")
 	imgs := []bench.GuestImage{
-		{Name: "bzImage + gzip initramfs (before)", Kernel: filepath.Join(g, "vmlinuz"), Initrd: filepath.Join(g, "initramfs.cpio.gz")},
-		{Name: "bzImage + plain initramfs", Kernel: filepath.Join(g, "vmlinuz"), Initrd: filepath.Join(g, "initramfs.cpio")},
-		{Name: "PVH vmlinux + gzip initramfs", Kernel: filepath.Join(g, "vmlinux"), Initrd: filepath.Join(g, "initramfs.cpio.gz")},
-		{Name: "PVH vmlinux + plain initramfs (make guest default)", Kernel: filepath.Join(g, "vmlinux"), Initrd: filepath.Join(g, "initramfs.cpio")},
+		{Name: "Debian cloud kernel + modules, PVH vmlinux (before)", Kernel: filepath.Join(c, "vmlinux"), Initrd: filepath.Join(c, "initramfs.cpio")},
+		{Name: "microVM kernel, bzImage", Kernel: filepath.Join(g, "vmlinuz"), Initrd: filepath.Join(g, "initramfs.cpio")},
+		{Name: "microVM kernel, PVH vmlinux (make guest default)", Kernel: filepath.Join(g, "vmlinux"), Initrd: filepath.Join(g, "initramfs.cpio")},
 	}
 	// BENCH_GUEST_IMAGES adds NAME=KERNEL:INITRD,... (development).
 	for _, e := range strings.Split(os.Getenv("BENCH_GUEST_IMAGES"), ",") {
