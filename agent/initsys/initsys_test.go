@@ -18,3 +18,19 @@ func TestLoadModulesMissingList(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestParseInitcalls(t *testing.T) {
+	recs := []string{
+		"6,1,100,-;Linux version 6.1\n",
+		"7,2,153000,-;initcall acpi_init+0x0/0x2a0 returned 0 after 40000 usecs\n SUBSYSTEM=x\n",
+		"7,3,900000,-;initcall populate_rootfs+0x0/0x40 returned 0 after 700000 usecs\n",
+		"7,4,901000,-;initcall bad_init+0x0/0x10 returned -19 after 5 usecs\n",
+		"garbage",
+		"7,5,zz,-;initcall y+0x0/0x1 returned 0 after 1 usecs\n", // bad time
+	}
+	got := ParseInitcalls(recs)
+	want := []Initcall{{"populate_rootfs", 700000, 900000}, {"acpi_init", 40000, 153000}, {"bad_init", 5, 901000}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %+v\nwant %+v", got, want)
+	}
+}

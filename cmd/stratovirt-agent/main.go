@@ -73,7 +73,17 @@ func main() {
 	}
 }
 
+// bootClock reads CLOCK_BOOTTIME: how long the guest kernel has been up.
+func bootClock() time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0
+	}
+	return time.Duration(ts.Nano())
+}
+
 func run(o options, pid1 bool, logs *stdio.LogHub) error {
+	started := bootClock()
 	if pid1 {
 		os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 		if err := initsys.MountBase(); err != nil {
@@ -143,7 +153,17 @@ func run(o options, pid1 bool, logs *stdio.LogHub) error {
 	errc := make(chan error, 2)
 	go func() { errc <- ss.Serve(ctx, str) }()
 	go func() { errc <- srv.Serve(ctx, ctl) }()
-	log.L.Infof("stratovirt-agent %s serving on %s and %s (pid %d)", server.Version, o.listen, o.streamListen, os.Getpid())
+	// The kernel's clock at /init and now: where a boot's time went,
+	// without a verbose console.
+	log.L.Infof("stratovirt-agent %s serving on %s and %s (pid %d; kernel clock at start %d ms, now %d ms)",
+		server.Version, o.listen, o.streamListen, os.Getpid(), started.Milliseconds(), bootClock().Milliseconds())
+	if pid1 && log.GetLevel() >= log.DebugLevel {
+		// With initcall_debug on the command line: the slowest initcalls,
+		// from the kernel log, without a verbose console.
+		if p := initsys.BootProfile(12); p != "" {
+			log.L.Debugf("kernel boot: %s", p)
+		}
+	}
 
 	sigc := make(chan os.Signal, 1)
 	signal.Notify(sigc, unix.SIGTERM, unix.SIGINT)

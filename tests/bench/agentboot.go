@@ -126,15 +126,20 @@ func AgentBootRows(vmm string, imgs []GuestImage, runs int, breakdown bool) ([]R
 	}
 	defer os.RemoveAll(dir)
 	samples := make([][]float64, len(imgs))
+	phases := make([][]AgentClock, len(imgs))
 	cid := uint32(4000 + os.Getpid()%1000*16)
 	for i := 0; i < runs; i++ {
 		for j, img := range imgs {
 			cid++
-			d, _, err := agentBoot(vmm, img, cid, dir, "")
+			d, lines, err := agentBoot(vmm, img, cid, dir, "")
 			if err != nil {
 				return nil, fmt.Errorf("boot %s to the agent: %w", img.Name, err)
 			}
 			samples[j] = append(samples[j], ms(d))
+			if c, ok := ParseAgentClock(lines); ok {
+				c.Ready = ms(d)
+				phases[j] = append(phases[j], c)
+			}
 			// Progress on stderr: the lab's idle limit and a reader both
 			// see that the run is alive.
 			fmt.Fprintf(os.Stderr, "bench: agent: %s (%d/%d): %.0f ms\n", img.Name, i+1, runs, ms(d))
@@ -148,6 +153,7 @@ func AgentBootRows(vmm string, imgs []GuestImage, runs int, breakdown bool) ([]R
 		} else {
 			r = NewRow("boot to agent listening, "+img.Name+", 1 vCPU, 256 MiB", "ms", samples[j], imgs[0].Name, samples[0])
 		}
+		r.Note = ClockNote(phases[j])
 		if !breakdown {
 			rows = append(rows, r)
 			continue
@@ -157,7 +163,7 @@ func AgentBootRows(vmm string, imgs []GuestImage, runs int, breakdown bool) ([]R
 		if err != nil {
 			return rows, fmt.Errorf("verbose boot %s: %w", img.Name, err)
 		}
-		r.Note = Breakdown(lines, d).String()
+		r.Note = strings.TrimPrefix(r.Note+"; "+Breakdown(lines, d).String(), "; ")
 		fmt.Fprintf(os.Stderr, "bench: agent: %s, verbose console: %s\n", img.Name, r.Note)
 		rows = append(rows, r)
 	}
@@ -165,6 +171,46 @@ func AgentBootRows(vmm string, imgs []GuestImage, runs int, breakdown bool) ([]R
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// AgentClock is one quiet boot's phases from the agent's "serving on"
+// line, which carries the guest kernel's clock (CLOCK_BOOTTIME) when the
+// agent started and when it served, in ms.
+type AgentClock struct {
+	Start, Serving float64 // kernel clock at /init and at serving
+	Ready          float64 // host: spawn to the agent accepting
+}
+
+var agentClockRE = regexp.MustCompile(`serving on .*kernel clock at start (\d+) ms, now (\d+) ms`)
+
+// ParseAgentClock finds the agent's clock readings among console lines.
+func ParseAgentClock(lines []consoleLine) (AgentClock, bool) {
+	for _, l := range lines {
+		if m := agentClockRE.FindStringSubmatch(l.text); m != nil {
+			a, _ := strconv.ParseFloat(m[1], 64)
+			b, _ := strconv.ParseFloat(m[2], 64)
+			return AgentClock{Start: a, Serving: b}, true
+		}
+	}
+	return AgentClock{}, false
+}
+
+// ClockNote gives the medians of the boots' phases: the kernel's own boot
+// to /init, /init to the agent serving, and the rest of spawn-to-ready
+// (VMM setup, kernel load and entry before the kernel's clock starts, the
+// host's vsock connect).
+func ClockNote(cs []AgentClock) string {
+	if len(cs) == 0 {
+		return ""
+	}
+	var k, a, rest []float64
+	for _, c := range cs {
+		k = append(k, c.Start)
+		a = append(a, c.Serving-c.Start)
+		rest = append(rest, c.Ready-c.Serving)
+	}
+	return fmt.Sprintf("medians of %d: kernel start to /init %.0f ms, /init to agent serving %.0f ms, the rest (VMM, load, pre-clock boot, connect) %.0f ms",
+		len(cs), Summarize("", k).Median, Summarize("", a).Median, Summarize("", rest).Median)
+}
 
 // BootBreakdown is where a boot to the agent spent its time, in ms.
 type BootBreakdown struct {

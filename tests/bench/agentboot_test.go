@@ -37,3 +37,26 @@ func TestSummarize(t *testing.T) {
 		t.Fatalf("ratio %v", r.Ratio)
 	}
 }
+
+func TestAgentClock(t *testing.T) {
+	lines := []consoleLine{
+		{0, `time="2025-01-01T00:00:00Z" level=info msg="root is the initramfs: runc create --no-pivot"`},
+		{0, `time="2025-01-01T00:00:00Z" level=info msg="stratovirt-agent v serving on vsock://1024 and vsock://1025 (pid 1; kernel clock at start 812 ms, now 1034 ms)"`},
+	}
+	c, ok := ParseAgentClock(lines)
+	if !ok || c.Start != 812 || c.Serving != 1034 {
+		t.Fatalf("got %+v, %v", c, ok)
+	}
+	if _, ok := ParseAgentClock(lines[:1]); ok {
+		t.Fatal("found a clock in a line without one")
+	}
+	c.Ready = 1500
+	c2 := AgentClock{Start: 900, Serving: 1100, Ready: 1700}
+	want := "medians of 2: kernel start to /init 856 ms, /init to agent serving 211 ms, the rest (VMM, load, pre-clock boot, connect) 533 ms"
+	if got := ClockNote([]AgentClock{c, c2}); got != want {
+		t.Fatalf("got %q\nwant %q", got, want)
+	}
+	if ClockNote(nil) != "" {
+		t.Fatal("a note without boots")
+	}
+}
