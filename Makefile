@@ -127,6 +127,7 @@ demo: deps
 # KVM cannot boot Linux): results.{md,json,svg} under BENCH_OUT. Every row
 # group runs unless BENCH_ROWS picks some (e.g. BENCH_ROWS=agent,container;
 # groups: boot,mem,agent,container,shimmem,density,pod,blk,net,vsock).
+# BENCH_BREAKDOWN=1 adds verbose-console boots to the agent group.
 BENCH_OUT ?= bench/results
 BENCH_RUNS ?= 10
 BENCH_ROWS ?= all

@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -119,6 +120,24 @@ func run(o options, pid1 bool, logs *stdio.LogHub) error {
 	rc := &runc.Runc{Binary: o.runcPath, Root: filepath.Join(o.stateDir, "runc"), Reaper: rp, NoPivot: runc.RootIsInitramfs(), VersionFile: o.runcVersion}
 	if rc.NoPivot {
 		log.L.Info("root is the initramfs: runc create --no-pivot")
+	}
+	if pid1 {
+		// runc from a sealed memfd skips re-executing itself from a copy
+		// at every create and exec. The initramfs file is then only
+		// guest memory: drop it.
+		path, err := exec.LookPath(o.runcPath)
+		var s *runc.Sealed
+		if err == nil {
+			s, err = runc.SealRunc(path)
+		}
+		if err != nil {
+			log.L.Warnf("runc runs from %s: %v", o.runcPath, err)
+		} else {
+			rc.Binary = s.Path()
+			if rc.NoPivot {
+				os.Remove(path)
+			}
+		}
 	}
 	mgr, err := container.NewManager(container.Config{
 		StateDir: o.stateDir, Runc: rc, Reaper: rp, Guest: o.guest,

@@ -1,0 +1,55 @@
+package runc
+
+import (
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestSealRunc(t *testing.T) {
+	bin, err := exec.LookPath("true")
+	if err != nil {
+		t.Skip("no true(1) to copy")
+	}
+	s, err := SealRunc(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	seals, err := unix.FcntlInt(s.f.Fd(), unix.F_GET_SEALS, 0)
+	if err != nil || seals != runcSeals {
+		t.Fatalf("seals %#x, %v; want exactly %#x (what runc checks)", seals, err, runcSeals)
+	}
+	if _, err := s.f.WriteAt([]byte("x"), 0); err == nil {
+		t.Fatal("wrote into the sealed copy")
+	}
+	// A child runs the copy by its /proc/self/fd path, and its
+	// /proc/self/exe is the memfd.
+	if out, err := exec.Command(s.Path()).CombinedOutput(); err != nil {
+		t.Fatalf("run %s: %v: %s", s.Path(), err, out)
+	}
+	rl, err := SealRunc(mustLook(t, "readlink"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rl.Close()
+	out, err := exec.Command(rl.Path(), "/proc/self/exe").Output()
+	if err != nil || !strings.HasPrefix(string(out), "/memfd:runc") {
+		t.Fatalf("/proc/self/exe of the copy: %q, %v", out, err)
+	}
+	if _, err := SealRunc("/nonexistent/runc"); !os.IsNotExist(err) {
+		t.Fatalf("missing binary: %v", err)
+	}
+}
+
+func mustLook(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Skip(err)
+	}
+	return p
+}
