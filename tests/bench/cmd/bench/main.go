@@ -111,7 +111,10 @@ func run(runs, memRuns int, out, rows, vmm, shimDir string) error {
 			return err
 		}
 		cmd := fmt.Sprintf("%s -runs %d -mem-runs %d -out %s -rows %s -vmm %s -shim-dir '%s'", self, runs, memRuns, out, rows, vmm, shimDir)
-		res, err := lab.Run(context.Background(), lab.Options{Cmd: cmd, OutDir: out, Stdout: os.Stdout, Stderr: os.Stderr, Timeout: 50 * time.Minute})
+		// A lab that prints nothing for 10 minutes is wedged (every group
+		// reports as it goes): end it instead of waiting out the hour.
+		res, err := lab.Run(context.Background(), lab.Options{Cmd: cmd, OutDir: out, Stdout: os.Stdout, Stderr: os.Stderr,
+			Timeout: 50 * time.Minute, IdleTimeout: 10 * time.Minute})
 		if err != nil {
 			return err
 		}
