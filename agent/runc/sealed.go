@@ -45,10 +45,11 @@ func SealRunc(path string) (*Sealed, error) {
 	return &Sealed{f: f}, nil
 }
 
-// Path is what runs the sealed copy: execve resolves /proc/self/fd/N
-// before the descriptor closes on exec, in any process that forked from
-// this one.
-func (s *Sealed) Path() string { return fmt.Sprintf("/proc/self/fd/%d", s.f.Fd()) }
+// Path is what runs the sealed copy: this process's descriptor by its
+// pid, not /proc/self, because a child moves its stdio and extra files
+// onto low descriptors before execve and /proc/self/fd/N could then name
+// one of those.
+func (s *Sealed) Path() string { return fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), s.f.Fd()) }
 
 // Close releases the copy.
 func (s *Sealed) Close() error { return s.f.Close() }

@@ -31,6 +31,23 @@ func TestSealRunc(t *testing.T) {
 	if out, err := exec.Command(s.Path()).CombinedOutput(); err != nil {
 		t.Fatalf("run %s: %v: %s", s.Path(), err, out)
 	}
+	// A child whose extra files land on the copy's descriptor number
+	// still runs the copy.
+	var extra []*os.File
+	for i := 0; i < 8; i++ {
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		defer w.Close()
+		extra = append(extra, r)
+	}
+	cmd := exec.Command(s.Path())
+	cmd.ExtraFiles = extra
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("run %s with %d extra files: %v: %s", s.Path(), len(extra), err, out)
+	}
 	rl, err := SealRunc(mustLook(t, "readlink"))
 	if err != nil {
 		t.Fatal(err)
