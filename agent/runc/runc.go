@@ -44,6 +44,10 @@ type Runc struct {
 	// `runc --version` for Binary, written when the guest image was
 	// built: running runc to ask costs a boot about 0.2 s in the lab.
 	VersionFile string
+	// Sealed, when set, is the runc that runs instead of Binary. The Runc
+	// holds it so that it stays open (an unreachable os.File is closed by
+	// its finalizer).
+	Sealed *Sealed
 }
 
 // Stdio is what a detached process gets as standard streams (nil: /dev/null).
@@ -68,6 +72,9 @@ func (e *Error) Error() string {
 }
 
 func (r *Runc) binary() string {
+	if r.Sealed != nil {
+		return r.Sealed.Path()
+	}
 	if r.Binary == "" {
 		return "runc"
 	}

@@ -19,7 +19,7 @@ const runcSeals = unix.F_SEAL_SEAL | unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | uni
 // its binary and execute itself once more, a second dynamic link and Go
 // runtime start.
 type Sealed struct {
-	f *os.File // kept open for the agent's lifetime
+	f *os.File // open as long as the Sealed is reachable
 }
 
 // SealRunc copies the executable at path into a sealed memfd.

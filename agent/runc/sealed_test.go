@@ -3,6 +3,7 @@ package runc
 import (
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -69,4 +70,23 @@ func mustLook(t *testing.T, name string) string {
 		t.Skip(err)
 	}
 	return p
+}
+
+// TestSealedStaysOpen: a Runc keeps its sealed copy open across garbage
+// collections (an unreachable os.File would be closed by its finalizer).
+func TestSealedStaysOpen(t *testing.T) {
+	s, err := SealRunc(mustLook(t, "true"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Runc{Sealed: s}
+	path := r.binary()
+	s = nil
+	for i := 0; i < 3; i++ {
+		runtime.GC()
+	}
+	if out, err := exec.Command(path).CombinedOutput(); err != nil {
+		t.Fatalf("run %s after GC: %v: %s", path, err, out)
+	}
+	runtime.KeepAlive(r)
 }

@@ -133,7 +133,7 @@ func run(o options, pid1 bool, logs *stdio.LogHub) error {
 		if err != nil {
 			log.L.Warnf("runc runs from %s: %v", o.runcPath, err)
 		} else {
-			rc.Binary = s.Path()
+			rc.Sealed = s
 			if rc.NoPivot {
 				os.Remove(path)
 			}
