@@ -32,7 +32,6 @@ type fakeAgent struct {
 
 	mu      sync.Mutex
 	created map[string]bool
-	removed []string
 	exits   map[string]chan int32
 }
 
@@ -78,9 +77,6 @@ func (a *fakeAgent) WaitProcess(ctx context.Context, r *agentv1.WaitProcessReque
 	}
 }
 func (a *fakeAgent) RemoveContainer(_ context.Context, r *agentv1.RemoveContainerRequest) (*agentv1.RemoveContainerResponse, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.removed = append(a.removed, r.ContainerId)
 	return &agentv1.RemoveContainerResponse{}, nil
 }
 func (a *fakeAgent) ListProcesses(context.Context, *agentv1.ListProcessesRequest) (*agentv1.ListProcessesResponse, error) {
@@ -166,7 +162,7 @@ func (m *fakeMachine) Dial(ctx context.Context, port uint32) (net.Conn, error) {
 
 // newFakeShim returns a Service whose VMs are fakeMachines that boot when
 // boot is closed, a configuration and a bundle maker.
-func newFakeShim(t *testing.T, boot chan struct{}) (*Service, func(id string) string, func() *fakeAgent) {
+func newFakeShim(t *testing.T, boot chan struct{}) (*Service, func(id string) string) {
 	t.Helper()
 	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
 		t.Skip("needs mkfs.ext4 (the rootfs image)")
@@ -185,15 +181,13 @@ func newFakeShim(t *testing.T, boot chan struct{}) (*Service, func(id string) st
 	t.Setenv(shimconfig.EnvPath, conf)
 	ctx, cancel := context.WithCancel(context.Background())
 	n := 0
-	var agent *fakeAgent // the last VM's
 	s := NewService(ctx, nil, nil, "test", func(_ context.Context, _ *shimconfig.Config, _ *vmconfig.VMConfig, _ string) (sandbox.Machine, error) {
 		n++
 		md := filepath.Join(dir, "vm", string(rune('a'+n)))
 		if err := os.MkdirAll(md, 0o700); err != nil {
 			return nil, err
 		}
-		agent = &fakeAgent{created: map[string]bool{}, exits: map[string]chan int32{}}
-		return &fakeMachine{dir: md, boot: boot, agent: agent, done: make(chan struct{})}, nil
+		return &fakeMachine{dir: md, boot: boot, agent: &fakeAgent{created: map[string]bool{}, exits: map[string]chan int32{}}, done: make(chan struct{})}, nil
 	})
 	t.Cleanup(func() { s.stopVM(); cancel() })
 	bundle := func(id string) string {
@@ -209,7 +203,7 @@ func newFakeShim(t *testing.T, boot chan struct{}) (*Service, func(id string) st
 		}
 		return b
 	}
-	return s, bundle, func() *fakeAgent { return agent }
+	return s, bundle
 }
 
 // TestStateWhileCreating: while Create boots the VM (blocked here), State
@@ -217,7 +211,7 @@ func newFakeShim(t *testing.T, boot chan struct{}) (*Service, func(id string) st
 // Kill and Delete wait for the create; afterwards the lifecycle works.
 func TestStateWhileCreating(t *testing.T) {
 	boot := make(chan struct{})
-	s, bundle, lastAgent := newFakeShim(t, boot)
+	s, bundle := newFakeShim(t, boot)
 	ctx := context.Background()
 	created := make(chan error, 1)
 	b := bundle("c1")
@@ -287,13 +281,6 @@ func TestStateWhileCreating(t *testing.T) {
 	if _, err := s.State(ctx, &taskAPI.StateRequest{ID: "c1"}); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("State after Delete: %v", err)
 	}
-	// c1 owned the VM, which stopped with it: no removal in the guest.
-	a := lastAgent()
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if r := a.removed; len(r) != 0 {
-		t.Fatalf("the VM owner's Delete removed %q in the guest before stopping the VM", r)
-	}
 }
 
 // TestCreateFailureWhileWaiting: a Create that fails (the VM never
@@ -301,7 +288,7 @@ func TestStateWhileCreating(t *testing.T) {
 // with exit 255 instead of hanging.
 func TestCreateFailureWhileWaiting(t *testing.T) {
 	boot := make(chan struct{})
-	s, bundle, _ := newFakeShim(t, boot)
+	s, bundle := newFakeShim(t, boot)
 	ctx := context.Background()
 	cctx, ccancel := context.WithCancel(ctx)
 	created := make(chan error, 1)

@@ -750,18 +750,13 @@ func (s *Service) Delete(ctx context.Context, req *taskAPI.DeleteRequest) (*task
 		}
 		return &taskAPI.DeleteResponse{Pid: p.pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
 	}
-	s.mu.Lock()
-	// The VM's owner takes the VM with it: removing its container in
-	// the guest first would only delay the stop.
-	owner := s.vmOwner == c.id
-	s.mu.Unlock()
 	if st == task.Status_CREATED {
 		// Never started: the exit is now.
 		status, at = 255, time.Now()
-		if sb, err := s.sandbox(); err == nil && !owner {
+		if sb, err := s.sandbox(); err == nil {
 			sb.Agent().RemoveContainer(ctx, &agentv1.RemoveContainerRequest{ContainerId: c.id, Force: true})
 		}
-	} else if sb, err := s.sandbox(); err == nil && !owner {
+	} else if sb, err := s.sandbox(); err == nil {
 		select {
 		case <-sb.Done():
 		default:
@@ -773,6 +768,7 @@ func (s *Service) Delete(ctx context.Context, req *taskAPI.DeleteRequest) (*task
 	p.io.closeHost()
 	s.mu.Lock()
 	delete(s.containers, c.id)
+	owner := s.vmOwner == c.id
 	plug := s.plug
 	s.mu.Unlock()
 	unplug(ctx, plug, c)
