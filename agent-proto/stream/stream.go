@@ -38,6 +38,15 @@ const (
 	StreamPort = 1025
 )
 
+// ReadyLine is what the agent prints on its own line on the guest console
+// once both ports listen. The host dials the control port when it sees
+// the line instead of polling a booting guest: every refused connection
+// attempt costs the guest an interrupt and the host a syscall round, and
+// on a host with few CPUs the polling slows the boot it waits for. The
+// line is a hint, not proof: a guest can print it at any time, so the
+// host still treats a failed dial as "not yet" and keeps trying.
+const ReadyLine = "stratovirt-agent: ready"
+
 // Magic starts every stream header.
 const Magic = "SVS1"
 

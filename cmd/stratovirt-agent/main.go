@@ -97,6 +97,7 @@ func run(o options, pid1 bool, logs *stdio.LogHub) error {
 	if err := log.SetLevel(o.logLevel); err != nil {
 		return err
 	}
+	log.L.Debugf("base mounts and console at kernel clock %d ms", bootClock().Milliseconds())
 	if pid1 {
 		if err := initsys.LoadModules(o.modules); err != nil {
 			log.L.Warnf("modules: %v", err)
@@ -127,9 +128,11 @@ func run(o options, pid1 bool, logs *stdio.LogHub) error {
 		// guest memory: drop it.
 		path, err := exec.LookPath(o.runcPath)
 		var s *runc.Sealed
+		t0 := time.Now()
 		if err == nil {
 			s, err = runc.SealRunc(path)
 		}
+		log.L.Debugf("runc sealed in %v", time.Since(t0))
 		if err != nil {
 			log.L.Warnf("runc runs from %s: %v", o.runcPath, err)
 		} else {
@@ -174,6 +177,8 @@ func run(o options, pid1 bool, logs *stdio.LogHub) error {
 	go func() { errc <- srv.Serve(ctx, ctl) }()
 	// The kernel's clock at /init and now: where a boot's time went,
 	// without a verbose console.
+	// One write, so that the line is not split by a concurrent log line.
+	os.Stderr.WriteString(stream.ReadyLine + "\n")
 	log.L.Infof("stratovirt-agent %s serving on %s and %s (pid %d; kernel clock at start %d ms, now %d ms)",
 		server.Version, o.listen, o.streamListen, os.Getpid(), started.Milliseconds(), bootClock().Milliseconds())
 	if pid1 && log.GetLevel() >= log.DebugLevel {

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"bytes"
 	"strings"
 	"sync"
 )
@@ -23,6 +24,20 @@ type ConsoleRing struct {
 	next  int      // where the next complete line goes
 	full  bool
 	cur   []byte // the line being written
+
+	watch     string        // a line containing this closes seen
+	seen      chan struct{} // nil when nothing is watched
+	seenClose bool
+}
+
+// Watch returns a channel closed once a complete line containing s has
+// been written (from now on; earlier lines do not count). One watch at a
+// time: a second call replaces the first.
+func (r *ConsoleRing) Watch(s string) <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.watch, r.seen, r.seenClose = s, make(chan struct{}), false
+	return r.seen
 }
 
 // NewConsoleRing keeps the last n lines (at least 1).
@@ -50,6 +65,10 @@ func (r *ConsoleRing) Write(p []byte) (int, error) {
 
 // push ends the current line. Called with r.mu held.
 func (r *ConsoleRing) push() {
+	if r.seen != nil && !r.seenClose && bytes.Contains(r.cur, []byte(r.watch)) {
+		close(r.seen)
+		r.seenClose = true
+	}
 	r.lines[r.next] = strings.ToValidUTF8(string(r.cur), "?")
 	r.cur = r.cur[:0]
 	r.next++

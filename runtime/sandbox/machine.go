@@ -27,6 +27,7 @@ type VM struct {
 	dial    Dialer
 	stop    sync.Once
 	console *ConsoleRing
+	ready   <-chan struct{}
 }
 
 // NewVM builds (but does not start) the VM described by cfg, which must
@@ -35,12 +36,16 @@ type VM struct {
 // kept (ConsoleTail) even where opts.SerialOut is io.Discard.
 func NewVM(cfg *vmconfig.VMConfig, opts vmm.Options) (*VM, error) {
 	ring := NewConsoleRing(ConsoleLines)
+	var ready <-chan struct{}
 	switch opts.SerialOut {
 	case nil: // no serial device
 	case io.Discard:
 		opts.SerialOut = ring
 	default:
 		opts.SerialOut = io.MultiWriter(ring, opts.SerialOut)
+	}
+	if opts.SerialOut != nil {
+		ready = ring.Watch(stream.ReadyLine)
 	}
 	v, err := vmm.New(cfg, opts)
 	if err != nil {
@@ -52,10 +57,14 @@ func NewVM(cfg *vmconfig.VMConfig, opts vmm.Options) (*VM, error) {
 		return nil, fmt.Errorf("VM vsock: %w", err)
 	}
 	t := vsockdial.TargetOf(info)
-	return &VM{vm: v, console: ring, dial: func(ctx context.Context, port uint32) (net.Conn, error) {
+	return &VM{vm: v, console: ring, ready: ready, dial: func(ctx context.Context, port uint32) (net.Conn, error) {
 		return vsockdial.DialOnce(ctx, t, port)
 	}}, nil
 }
+
+// AgentReady is closed when the guest console shows the agent's
+// stream.ReadyLine (nil without a serial device).
+func (v *VM) AgentReady() <-chan struct{} { return v.ready }
 
 // ConsoleTail returns the last lines of the guest's serial console.
 func (v *VM) ConsoleTail() []string { return v.console.Tail() }

@@ -186,23 +186,51 @@ func trunc(s string) string {
 	return s
 }
 
+// AgentReadier is a Machine that tells when its agent says it listens
+// (VM: the agent's stream.ReadyLine on the console).
+type AgentReadier interface {
+	AgentReady() <-chan struct{}
+}
+
+// Dial pacing while the agent boots. Without a ready signal the machine
+// is polled every dialPoll. With one, the first dial waits for the
+// signal, or for readyFallback in case the console line never comes (a
+// guest image whose agent does not print it); after a dial that failed
+// despite the signal, polling goes on every dialPoll.
+const (
+	dialPoll      = 10 * time.Millisecond
+	readyFallback = 250 * time.Millisecond
+)
+
 // dialRetry dials port until it connects, the VM ends or ctx ends; the
 // agent is not listening yet while the guest boots.
 func (s *Sandbox) dialRetry(ctx context.Context, port uint32) (net.Conn, error) {
+	var ready <-chan struct{}
+	if r, ok := s.m.(AgentReadier); ok {
+		ready = r.AgentReady()
+	}
 	var last error
-	for {
-		c, err := s.m.Dial(ctx, port)
-		if err == nil {
-			return c, nil
+	for first := true; ; first = false {
+		wait := dialPoll
+		if ready != nil {
+			wait = readyFallback
+		} else if first {
+			wait = 0
 		}
-		last = err
 		select {
 		case <-s.done:
 			return nil, fmt.Errorf("%w (last dial error: %v)", ErrVMGone, last)
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%w (last dial error: %v)", ctx.Err(), last)
-		case <-time.After(10 * time.Millisecond):
+		case <-ready:
+			ready = nil
+		case <-time.After(wait):
 		}
+		c, err := s.m.Dial(ctx, port)
+		if err == nil {
+			return c, nil
+		}
+		last = err
 	}
 }
 

@@ -145,3 +145,105 @@ func TestExplainSaysWhy(t *testing.T) {
 		})
 	}
 }
+
+func TestConsoleRingWatch(t *testing.T) {
+	const marker = "agent: ready"
+	for _, tc := range []struct {
+		name   string
+		before string // written before Watch
+		after  []string
+		want   bool
+	}{
+		{"own line", "", []string{marker + "\n"}, true},
+		{"split across writes", "", []string{"agent: re", "ady\r\n"}, true},
+		{"after a partial kernel line", "", []string{"[ 1.0] virtio", marker + "\n"}, true},
+		{"line not ended", "", []string{marker}, false},
+		{"before the watch", marker + "\n", []string{"other\n"}, false},
+		{"other lines", "", []string{"agent: starting\nready\n"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := NewConsoleRing(4)
+			r.Write([]byte(tc.before))
+			seen := r.Watch(marker)
+			for _, w := range tc.after {
+				r.Write([]byte(w))
+			}
+			got := false
+			select {
+			case <-seen:
+				got = true
+			default:
+			}
+			if got != tc.want {
+				t.Fatalf("watch fired: %v, want %v", got, tc.want)
+			}
+			r.Write([]byte(marker + " again\n")) // a second match must not close twice
+		})
+	}
+}
+
+// readyMachine is a Machine whose agent listens from listenAt on and
+// says so on ready (if sayReady) at readyAt.
+type readyMachine struct {
+	bootMachine
+	start             time.Time
+	listenAt, readyAt time.Duration
+	sayReady          bool
+	ready             chan struct{}
+	mu                sync.Mutex
+	dials             int
+}
+
+func (m *readyMachine) Start() error {
+	m.start = time.Now()
+	if m.sayReady {
+		time.AfterFunc(m.readyAt, func() { close(m.ready) })
+	}
+	return nil
+}
+func (m *readyMachine) AgentReady() <-chan struct{} { return m.ready }
+func (m *readyMachine) Dial(context.Context, uint32) (net.Conn, error) {
+	m.mu.Lock()
+	m.dials++
+	m.mu.Unlock()
+	if time.Since(m.start) < m.listenAt {
+		return nil, errors.New("connection reset")
+	}
+	c, _ := net.Pipe()
+	return c, nil
+}
+
+// TestDialRetryPacing: with a ready signal the agent is dialed when it
+// says it listens, not polled; without one (or after a false one) it is
+// polled.
+func TestDialRetryPacing(t *testing.T) {
+	for _, tc := range []struct {
+		name              string
+		listenAt, readyAt time.Duration
+		sayReady          bool
+		maxDials          int
+		within            time.Duration // connected this long after listenAt
+	}{
+		{"ready line", 600 * time.Millisecond, 600 * time.Millisecond, true, 4, 100 * time.Millisecond},
+		{"no ready line: slow fallback polling", 600 * time.Millisecond, 0, false, 5, readyFallback + 100*time.Millisecond},
+		{"early false ready line: fast polling after it", 600 * time.Millisecond, 100 * time.Millisecond, true, 80, 100 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := &readyMachine{bootMachine: bootMachine{done: make(chan struct{})}, listenAt: tc.listenAt, readyAt: tc.readyAt, sayReady: tc.sayReady, ready: make(chan struct{})}
+			m.Start()
+			s := &Sandbox{m: m, done: make(chan struct{})}
+			c, err := s.dialRetry(context.Background(), 1024)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
+			took := time.Since(m.start)
+			if took < tc.listenAt || took > tc.listenAt+tc.within {
+				t.Errorf("connected after %v, want within %v of %v", took, tc.within, tc.listenAt)
+			}
+			if m.dials > tc.maxDials {
+				t.Errorf("%d dials, want at most %d", m.dials, tc.maxDials)
+			}
+		})
+	}
+}

@@ -65,15 +65,21 @@ func agentBoot(vmm string, img GuestImage, cid uint32, dir, cmdline string) (tim
 		mu    sync.Mutex
 		lines []consoleLine
 		done  = make(chan struct{})
+		ready = make(chan struct{})
 	)
 	go func() {
 		defer close(done)
 		sc := bufio.NewScanner(out)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		said := false
 		for sc.Scan() {
 			mu.Lock()
 			lines = append(lines, consoleLine{time.Since(start), sc.Text()})
 			mu.Unlock()
+			if !said && strings.Contains(sc.Text(), stream.ReadyLine) {
+				said = true
+				close(ready)
+			}
 		}
 		io.Copy(io.Discard, out)
 	}()
@@ -85,27 +91,36 @@ func agentBoot(vmm string, img GuestImage, cid uint32, dir, cmdline string) (tim
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	var ready time.Duration
+	// Dial when the agent says it listens, as the shim does
+	// (runtime/sandbox): polling a booting guest slows it down. A slow
+	// poll covers an image whose agent does not say so.
+	var listening time.Duration
+	var dialErr error
+	said := (<-chan struct{})(ready)
+	wait := 250 * time.Millisecond
 	for {
-		c, err := vsockdial.DialOnce(ctx, target, stream.ControlPort)
-		if err == nil {
-			ready = time.Since(start)
-			c.Close()
-			break
-		}
 		select {
 		case <-exited:
 			return 0, nil, fmt.Errorf("VMM exited before the agent listened: %s", strings.TrimSpace(stderr.String()))
 		case <-ctx.Done():
-			return 0, nil, fmt.Errorf("agent not listening after 3 minutes: %v", err)
-		case <-time.After(5 * time.Millisecond):
+			return 0, nil, fmt.Errorf("agent not listening after 3 minutes: %v", dialErr)
+		case <-said:
+			said, wait = nil, 5*time.Millisecond
+		case <-time.After(wait):
 		}
+		c, err := vsockdial.DialOnce(ctx, target, stream.ControlPort)
+		if err == nil {
+			listening = time.Since(start)
+			c.Close()
+			break
+		}
+		dialErr = err
 	}
 	// Let the console catch up with what the agent printed.
 	time.Sleep(300 * time.Millisecond)
 	mu.Lock()
 	defer mu.Unlock()
-	return ready, append([]consoleLine(nil), lines...), nil
+	return listening, append([]consoleLine(nil), lines...), nil
 }
 
 // AgentBootRows boots each image runs times (interleaved) to the agent
