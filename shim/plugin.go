@@ -1,6 +1,7 @@
 package shim
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -18,6 +19,7 @@ import (
 	"github.com/containerd/plugin/registry"
 	"golang.org/x/sys/unix"
 
+	"github.com/stratovirt-go/stratovirt/agent-proto/stream"
 	shimconfig "github.com/stratovirt-go/stratovirt/runtime/config"
 	"github.com/stratovirt-go/stratovirt/runtime/sandbox"
 	"github.com/stratovirt-go/stratovirt/vmm"
@@ -67,6 +69,41 @@ func (c *consoleLog) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// followAgentLog copies the guest agent's log stream, line by line, into
+// the shim log at debug level until the VM ends: with the guest console
+// copied too (console_log or debug), everything the agent logs, not only
+// the warnings it also prints on the console.
+func followAgentLog(ctx context.Context, sb *sandbox.Sandbox, id string) {
+	c, err := sb.OpenStream(ctx, stream.Log, "", "")
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("follow the agent log")
+		return
+	}
+	defer c.Close()
+	copyAgentLog(ctx, c, id)
+}
+
+// copyAgentLog logs each line of r (the agent's log) at debug level. A
+// line longer than maxAgentLogLine is cut.
+func copyAgentLog(ctx context.Context, r io.Reader, id string) {
+	br := bufio.NewReaderSize(r, maxAgentLogLine)
+	for {
+		line, isPrefix, err := br.ReadLine()
+		if err != nil {
+			return
+		}
+		log.G(ctx).WithField("vm", id).Debug("agent: " + strings.ToValidUTF8(string(line), "?"))
+		for isPrefix { // drop the rest of a cut line
+			if _, isPrefix, err = br.ReadLine(); err != nil {
+				return
+			}
+		}
+	}
+}
+
+// maxAgentLogLine bounds one agent log line copied into the shim log.
+const maxAgentLogLine = 4096
 
 // NewVMMachine builds the in-process microVM with a vsock device for the
 // agent: vhost-vsock at a random free CID, or the userspace backend's

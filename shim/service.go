@@ -420,6 +420,9 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 			sb.Stop()
 		}
 	}()
+	if cfg.Hypervisor.ConsoleLog || cfg.Runtime.Debug {
+		go followAgentLog(s.ctx, sb, vmc.Name)
+	}
 	if hb, ok := m.(interface{ HostRootfs() bool }); ok && hb.HostRootfs() {
 		c.hostBind = true
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"github.com/mdlayher/vsock"
 	"github.com/sirupsen/logrus"
+	"github.com/sirupsen/logrus/hooks/writer"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -92,10 +93,18 @@ func run(o options, pid1 bool, logs *stdio.LogHub) error {
 		}
 		initsys.ConsoleStdio()
 	}
-	logrus.SetOutput(io.MultiWriter(os.Stderr, logs))
 	logrus.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: time.RFC3339Nano})
 	if err := log.SetLevel(o.logLevel); err != nil {
 		return err
+	}
+	// The log always goes to the log stream (the shim follows it). On the
+	// console, a serial port that costs the guest two port exits a byte,
+	// only warnings and errors, unless the log level asks for debugging.
+	if log.GetLevel() >= log.DebugLevel {
+		logrus.SetOutput(io.MultiWriter(os.Stderr, logs))
+	} else {
+		logrus.SetOutput(logs)
+		logrus.AddHook(&writer.Hook{Writer: os.Stderr, LogLevels: []logrus.Level{logrus.PanicLevel, logrus.FatalLevel, logrus.ErrorLevel, logrus.WarnLevel}})
 	}
 	log.L.Debugf("base mounts and console at kernel clock %d ms", bootClock().Milliseconds())
 	if pid1 {
@@ -176,11 +185,12 @@ func run(o options, pid1 bool, logs *stdio.LogHub) error {
 	go func() { errc <- ss.Serve(ctx, str) }()
 	go func() { errc <- srv.Serve(ctx, ctl) }()
 	// The kernel's clock at /init and now: where a boot's time went,
-	// without a verbose console.
-	// One write, so that the line is not split by a concurrent log line.
-	os.Stderr.WriteString(stream.ReadyLine + "\n")
+	// without a verbose console. One write, so that no concurrent log
+	// line splits it.
+	now := bootClock()
+	fmt.Fprintf(os.Stderr, "%s (kernel clock at start %d ms, now %d ms)\n", stream.ReadyLine, started.Milliseconds(), now.Milliseconds())
 	log.L.Infof("stratovirt-agent %s serving on %s and %s (pid %d; kernel clock at start %d ms, now %d ms)",
-		server.Version, o.listen, o.streamListen, os.Getpid(), started.Milliseconds(), bootClock().Milliseconds())
+		server.Version, o.listen, o.streamListen, os.Getpid(), started.Milliseconds(), now.Milliseconds())
 	if pid1 && log.GetLevel() >= log.DebugLevel {
 		// With initcall_debug on the command line: the slowest initcalls,
 		// from the kernel log, without a verbose console.

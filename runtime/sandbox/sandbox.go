@@ -99,6 +99,7 @@ func Start(ctx context.Context, m Machine, timeout time.Duration) (_ *Sandbox, e
 	if err != nil {
 		return nil, fmt.Errorf("connect to the guest agent: %w", err)
 	}
+	tConn := time.Now()
 	s.mu.Lock()
 	s.client = ttrpc.NewClient(conn)
 	s.mu.Unlock()
@@ -123,6 +124,8 @@ func Start(ctx context.Context, m Machine, timeout time.Duration) (_ *Sandbox, e
 	}
 	s.Details = d
 	s.BootTime = time.Since(t0)
+	log.G(ctx).Debugf("sandbox: agent connected after %v, health check and guest details %v",
+		tConn.Sub(t0).Round(time.Millisecond), time.Since(tConn).Round(time.Millisecond))
 	log.G(ctx).Infof("sandbox: agent %s on kernel %s (%d CPUs, %d MiB) after %v",
 		trunc(d.AgentVersion), trunc(d.KernelRelease), d.OnlineCpus, d.MemTotalBytes>>20, s.BootTime.Round(time.Millisecond))
 	return s, nil

@@ -187,15 +187,15 @@ func AgentBootRows(vmm string, imgs []GuestImage, runs int, breakdown bool) ([]R
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-// AgentClock is one quiet boot's phases from the agent's "serving on"
-// line, which carries the guest kernel's clock (CLOCK_BOOTTIME) when the
+// AgentClock is one quiet boot's phases from the agent's ready line
+// (stream.ReadyLine), which carries the guest kernel's clock (CLOCK_BOOTTIME) when the
 // agent started and when it served, in ms.
 type AgentClock struct {
 	Start, Serving float64 // kernel clock at /init and at serving
 	Ready          float64 // host: spawn to the agent accepting
 }
 
-var agentClockRE = regexp.MustCompile(`serving on .*kernel clock at start (\d+) ms, now (\d+) ms`)
+var agentClockRE = regexp.MustCompile(regexp.QuoteMeta(stream.ReadyLine) + ` \(kernel clock at start (\d+) ms, now (\d+) ms\)`)
 
 // ParseAgentClock finds the agent's clock readings among console lines.
 func ParseAgentClock(lines []consoleLine) (AgentClock, bool) {
@@ -238,7 +238,7 @@ type BootBreakdown struct {
 	// RunInit: printk time of "Run /init".
 	RunInit float64
 	// AgentLog: host time of the agent's first log line; ModulesDone of
-	// its last "module ... loaded"; Serving of "serving on".
+	// its last "module ... loaded"; Serving of the ready line.
 	AgentLog, ModulesDone, Serving float64
 	// Ready: spawn to the agent accepting a connection.
 	Ready float64
@@ -267,14 +267,15 @@ func Breakdown(lines []consoleLine, ready time.Duration) BootBreakdown {
 			}
 			continue
 		}
-		if strings.Contains(l.text, "level=") {
+		ready := strings.Contains(l.text, stream.ReadyLine)
+		if strings.Contains(l.text, "level=") || ready {
 			if b.AgentLog == 0 {
 				b.AgentLog = host
 			}
 			if strings.Contains(l.text, "module ") && strings.Contains(l.text, " loaded") {
 				b.ModulesDone = host
 			}
-			if strings.Contains(l.text, "serving on") && b.Serving == 0 {
+			if ready && b.Serving == 0 {
 				b.Serving = host
 			}
 		}

@@ -3,6 +3,8 @@ package bench
 import (
 	"testing"
 	"time"
+
+	"github.com/stratovirt-go/stratovirt/agent-proto/stream"
 )
 
 func TestBreakdown(t *testing.T) {
@@ -15,7 +17,7 @@ func TestBreakdown(t *testing.T) {
 		{at(1300), "[    0.600000] Run /init as init process"},
 		{at(1400), `time="2025-01-01T00:00:00Z" level=debug msg="module /lib/modules/x/virtio.ko loaded"`},
 		{at(1500), `time="2025-01-01T00:00:00Z" level=debug msg="module /lib/modules/x/vsock.ko loaded"`},
-		{at(1600), `time="2025-01-01T00:00:00Z" level=info msg="stratovirt-agent v serving on vsock://1024 and vsock://1025 (pid 1)"`},
+		{at(1600), stream.ReadyLine + " (kernel clock at start 600 ms, now 1000 ms)"},
 	}
 	b := Breakdown(lines, at(1650))
 	want := BootBreakdown{PreKernel: 700, UnpackStart: 200, UnpackEnd: 450, RunInit: 600, AgentLog: 1400, ModulesDone: 1500, Serving: 1600, Ready: 1650}
@@ -41,14 +43,15 @@ func TestSummarize(t *testing.T) {
 func TestAgentClock(t *testing.T) {
 	lines := []consoleLine{
 		{0, `time="2025-01-01T00:00:00Z" level=info msg="root is the initramfs: runc create --no-pivot"`},
-		{0, `time="2025-01-01T00:00:00Z" level=info msg="stratovirt-agent v serving on vsock://1024 and vsock://1025 (pid 1; kernel clock at start 812 ms, now 1034 ms)"`},
+		{0, `time="2025-01-01T00:00:00Z" level=info msg="stratovirt-agent v serving on vsock://1024 and vsock://1025 (pid 1; kernel clock at start 1 ms, now 2 ms)"`},
+		{0, stream.ReadyLine + " (kernel clock at start 812 ms, now 1034 ms)"},
 	}
 	c, ok := ParseAgentClock(lines)
 	if !ok || c.Start != 812 || c.Serving != 1034 {
 		t.Fatalf("got %+v, %v", c, ok)
 	}
-	if _, ok := ParseAgentClock(lines[:1]); ok {
-		t.Fatal("found a clock in a line without one")
+	if _, ok := ParseAgentClock(lines[:2]); ok {
+		t.Fatal("took a clock from outside the ready line")
 	}
 	c.Ready = 1500
 	c2 := AgentClock{Start: 900, Serving: 1100, Ready: 1700}
