@@ -90,3 +90,50 @@ func TestSealedStaysOpen(t *testing.T) {
 	}
 	runtime.KeepAlive(r)
 }
+
+// TestMoveRunc: the move leaves a sealed copy with the same bytes and no
+// source file, for sizes around the chunk size.
+func TestMoveRunc(t *testing.T) {
+	bin := mustLook(t, "true")
+	want, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []int{0, 1, moveChunk - 1, moveChunk, moveChunk + 1, 3*moveChunk + 7, len(want)} {
+		data := want
+		if size != len(want) {
+			data = make([]byte, size)
+			for i := range data {
+				data[i] = byte(i * 7)
+			}
+		}
+		p := t.TempDir() + "/runc"
+		if err := os.WriteFile(p, data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		s, err := MoveRunc(p)
+		if err != nil {
+			t.Fatalf("size %d: %v", size, err)
+		}
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("size %d: source still there: %v", size, err)
+		}
+		seals, err := unix.FcntlInt(s.f.Fd(), unix.F_GET_SEALS, 0)
+		if err != nil || seals != runcSeals {
+			t.Errorf("size %d: seals %#x, %v", size, seals, err)
+		}
+		got, err := os.ReadFile(s.Path())
+		if err != nil || string(got) != string(data) {
+			t.Errorf("size %d: copy differs (%d bytes, %v)", size, len(got), err)
+		}
+		if size == len(want) {
+			if out, err := exec.Command(s.Path()).CombinedOutput(); err != nil {
+				t.Errorf("run the moved copy: %v: %s", err, out)
+			}
+		}
+		s.Close()
+	}
+	if _, err := MoveRunc("/nonexistent/runc"); !os.IsNotExist(err) {
+		t.Fatalf("missing binary: %v", err)
+	}
+}

@@ -133,22 +133,23 @@ func run(o options, pid1 bool, logs *stdio.LogHub) error {
 	}
 	if pid1 {
 		// runc from a sealed memfd skips re-executing itself from a copy
-		// at every create and exec. The initramfs file is then only
-		// guest memory: drop it.
+		// at every create and exec. In the initramfs the file is only
+		// guest memory: it is moved, not copied.
 		path, err := exec.LookPath(o.runcPath)
 		var s *runc.Sealed
 		t0 := time.Now()
 		if err == nil {
-			s, err = runc.SealRunc(path)
+			if rc.NoPivot {
+				s, err = runc.MoveRunc(path)
+			} else {
+				s, err = runc.SealRunc(path)
+			}
 		}
-		log.L.Debugf("runc sealed in %v", time.Since(t0))
 		if err != nil {
 			log.L.Warnf("runc runs from %s: %v", o.runcPath, err)
 		} else {
 			rc.Sealed = s
-			if rc.NoPivot {
-				os.Remove(path)
-			}
+			log.L.Debugf("runc sealed in %v", time.Since(t0))
 		}
 	}
 	mgr, err := container.NewManager(container.Config{
