@@ -208,7 +208,7 @@ func build(agent, out, runcPath, kernelDir, vmlinuxPath string, modules []string
 		data []byte
 	}{{"vmlinuz", kernel}, {"vmlinux", elfKernel}, {"initramfs.cpio", raw}, {"initramfs.cpio.gz", gz.Bytes()}}
 	for _, o := range outputs {
-		if err := os.WriteFile(filepath.Join(out, o.name), o.data, 0o644); err != nil {
+		if err := writeAtomic(filepath.Join(out, o.name), o.data); err != nil {
 			return err
 		}
 	}
@@ -217,6 +217,22 @@ func build(agent, out, runcPath, kernelDir, vmlinuxPath string, modules []string
 		fmt.Printf("  %-18s %9d bytes (%.1f MiB)  sha256 %x\n", o.name, len(o.data), float64(len(o.data))/(1<<20), sha256.Sum256(o.data))
 	}
 	fmt.Printf("  initramfs: agent %d bytes, runc and its libraries, modules\n", len(a))
+	return nil
+}
+
+// writeAtomic replaces path with data through a rename, so that a VMM
+// starting meanwhile reads either the old file or the new one, never a
+// half-written one.
+func writeAtomic(path string, data []byte) error {
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
 	return nil
 }
 
