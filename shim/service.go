@@ -524,18 +524,53 @@ func (s *Service) createInit(ctx context.Context, sb *sandbox.Sandbox, c *contai
 			pio.closeHost()
 		}
 	}()
-	resp, err := sb.Agent().CreateContainer(ctx, r)
+	var resp *agentv1.CreateContainerResponse
+	conns, err, serr := s.streamsDuring(ctx, sb, c.id, "", stdio, func() (err error) {
+		resp, err = sb.Agent().CreateContainer(ctx, r)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("agent create container: %w", err)
 	}
-	conns, err := s.openStreams(ctx, sb, c.id, "", stdio)
-	if err != nil {
+	if serr != nil {
 		sb.Agent().RemoveContainer(ctx, &agentv1.RemoveContainerRequest{ContainerId: c.id, Force: true})
-		return err
+		return serr
 	}
 	pio.attach(conns[0], conns[1], conns[2])
 	c.init.guestPid, c.init.io = resp.Pid, pio
 	return nil
+}
+
+// streamsDuring opens the streams of a process while call (the agent
+// RPC that creates the process) runs: the agent holds a stream until its
+// process exists, so the handshakes overlap the guest's work instead of
+// following it. When call fails the streams are closed and its error is
+// returned; otherwise serr is the streams' error.
+func (s *Service) streamsDuring(ctx context.Context, sb *sandbox.Sandbox, cid, eid string, stdio *agentv1.Stdio, call func() error) (conns [3]netConn, err, serr error) {
+	type streams struct {
+		c   [3]netConn
+		err error
+	}
+	ch := make(chan streams, 1)
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		c, err := s.openStreams(sctx, sb, cid, eid, stdio)
+		ch <- streams{c, err}
+	}()
+	if err := call(); err != nil {
+		cancel()
+		if st := <-ch; st.err == nil {
+			for _, c := range st.c {
+				if c != nil {
+					c.Close()
+				}
+			}
+		}
+		return conns, err, nil
+	}
+	st := <-ch
+	return st.c, nil, st.err
 }
 
 // openStreams dials the requested streams of a process concurrently.
@@ -597,35 +632,19 @@ func (s *Service) Start(ctx context.Context, req *taskAPI.StartRequest) (*taskAP
 	}
 
 	stdio := translate.StdioOf(p.paths.stdin, p.paths.stdout, p.paths.stderr, p.paths.terminal)
-	type streams struct {
-		c   [3]netConn
-		err error
-	}
-	ch := make(chan streams, 1)
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		c, err := s.openStreams(sctx, sb, c.id, p.eid, stdio)
-		ch <- streams{c, err}
-	}()
-	resp, err := sb.Agent().ExecProcess(ctx, &agentv1.ExecProcessRequest{ContainerId: c.id, ExecId: p.eid, Process: p.spec, Stdio: stdio})
+	var resp *agentv1.ExecProcessResponse
+	conns, err, serr := s.streamsDuring(ctx, sb, c.id, p.eid, stdio, func() (err error) {
+		resp, err = sb.Agent().ExecProcess(ctx, &agentv1.ExecProcessRequest{ContainerId: c.id, ExecId: p.eid, Process: p.spec, Stdio: stdio})
+		return err
+	})
 	if err != nil {
-		cancel()
-		if st := <-ch; st.err == nil {
-			for _, c := range st.c {
-				if c != nil {
-					c.Close()
-				}
-			}
-		}
 		return nil, fmt.Errorf("agent exec: %w", err)
 	}
-	st := <-ch
-	if st.err != nil {
+	if serr != nil {
 		sb.Agent().SignalProcess(ctx, &agentv1.SignalProcessRequest{ContainerId: c.id, ExecId: p.eid, Signal: 9})
-		return nil, st.err
+		return nil, serr
 	}
-	p.io.attach(st.c[0], st.c[1], st.c[2])
+	p.io.attach(conns[0], conns[1], conns[2])
 	p.mu.Lock()
 	p.status = task.Status_RUNNING
 	p.guestPid = resp.Pid

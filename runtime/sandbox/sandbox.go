@@ -111,14 +111,24 @@ func Start(ctx context.Context, m Machine, timeout time.Duration) (_ *Sandbox, e
 	}
 	s.agent = agentv1.NewAgentClient(s.client)
 	s.health = agentv1.NewHealthClient(s.client)
-	r, err := s.health.Check(bctx, &agentv1.CheckRequest{})
-	if err != nil {
-		return nil, fmt.Errorf("agent health check: %w", err)
+	// Both calls at once: one round trip to a guest that just booted.
+	var (
+		r    *agentv1.CheckResponse
+		rerr error
+		done = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		r, rerr = s.health.Check(bctx, &agentv1.CheckRequest{})
+	}()
+	d, err := s.agent.GetGuestDetails(bctx, &agentv1.GetGuestDetailsRequest{})
+	<-done
+	if rerr != nil {
+		return nil, fmt.Errorf("agent health check: %w", rerr)
 	}
 	if r.Status != agentv1.CheckResponse_SERVING {
 		return nil, fmt.Errorf("agent health check: status %v", r.Status)
 	}
-	d, err := s.agent.GetGuestDetails(bctx, &agentv1.GetGuestDetailsRequest{})
 	if err != nil {
 		return nil, fmt.Errorf("agent guest details: %w", err)
 	}
