@@ -48,6 +48,28 @@ type Runc struct {
 	// holds it so that it stays open (an unreachable os.File is closed by
 	// its finalizer).
 	Sealed *Sealed
+
+	sealDone <-chan struct{} // closed when SealInBackground is done
+}
+
+// SealInBackground runs seal in a goroutine and makes its result Sealed;
+// runc commands wait for it, and run Binary if it failed. The agent seals
+// while it already serves, so the copy overlaps the host's first calls
+// instead of delaying the boot. Call it before the Runc is used.
+func (r *Runc) SealInBackground(seal func() (*Sealed, error)) {
+	done := make(chan struct{})
+	r.sealDone = done
+	go func() {
+		defer close(done)
+		t0 := time.Now()
+		s, err := seal()
+		if err != nil {
+			log.L.WithError(err).Warnf("runc runs from %s", r.Binary)
+			return
+		}
+		r.Sealed = s
+		log.L.Debugf("runc sealed in %v", time.Since(t0).Round(time.Millisecond))
+	}()
 }
 
 // Stdio is what a detached process gets as standard streams (nil: /dev/null).
@@ -72,6 +94,9 @@ func (e *Error) Error() string {
 }
 
 func (r *Runc) binary() string {
+	if r.sealDone != nil {
+		<-r.sealDone
+	}
 	if r.Sealed != nil {
 		return r.Sealed.Path()
 	}

@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -135,5 +136,35 @@ func TestMoveRunc(t *testing.T) {
 	}
 	if _, err := MoveRunc("/nonexistent/runc"); !os.IsNotExist(err) {
 		t.Fatalf("missing binary: %v", err)
+	}
+}
+
+// TestSealInBackground: runc commands wait for the background seal and
+// run the sealed copy, or Binary when sealing failed.
+func TestSealInBackground(t *testing.T) {
+	bin := mustLook(t, "true")
+	release := make(chan struct{})
+	r := &Runc{Binary: bin}
+	r.SealInBackground(func() (*Sealed, error) {
+		<-release
+		return SealRunc(bin)
+	})
+	got := make(chan string, 1)
+	go func() { got <- r.binary() }()
+	select {
+	case p := <-got:
+		t.Fatalf("binary() = %q before the seal finished", p)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	if p := <-got; !strings.HasPrefix(p, "/proc/") {
+		t.Fatalf("binary() = %q, want the sealed copy", p)
+	}
+	r.Sealed.Close()
+
+	failed := &Runc{Binary: bin}
+	failed.SealInBackground(func() (*Sealed, error) { return nil, os.ErrNotExist })
+	if p := failed.binary(); p != bin {
+		t.Fatalf("binary() after a failed seal = %q, want %q", p, bin)
 	}
 }

@@ -135,21 +135,15 @@ func run(o options, pid1 bool, logs *stdio.LogHub) error {
 		// runc from a sealed memfd skips re-executing itself from a copy
 		// at every create and exec. In the initramfs the file is only
 		// guest memory: it is moved, not copied.
-		path, err := exec.LookPath(o.runcPath)
-		var s *runc.Sealed
-		t0 := time.Now()
-		if err == nil {
-			if rc.NoPivot {
-				s, err = runc.MoveRunc(path)
-			} else {
-				s, err = runc.SealRunc(path)
-			}
-		}
-		if err != nil {
+		if path, err := exec.LookPath(o.runcPath); err != nil {
 			log.L.Warnf("runc runs from %s: %v", o.runcPath, err)
 		} else {
-			rc.Sealed = s
-			log.L.Debugf("runc sealed in %v", time.Since(t0))
+			rc.SealInBackground(func() (*runc.Sealed, error) {
+				if rc.NoPivot {
+					return runc.MoveRunc(path)
+				}
+				return runc.SealRunc(path)
+			})
 		}
 	}
 	mgr, err := container.NewManager(container.Config{
