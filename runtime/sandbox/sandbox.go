@@ -111,24 +111,14 @@ func Start(ctx context.Context, m Machine, timeout time.Duration) (_ *Sandbox, e
 	}
 	s.agent = agentv1.NewAgentClient(s.client)
 	s.health = agentv1.NewHealthClient(s.client)
-	// Both calls at once: one round trip to a guest that just booted.
-	var (
-		r    *agentv1.CheckResponse
-		rerr error
-		done = make(chan struct{})
-	)
-	go func() {
-		defer close(done)
-		r, rerr = s.health.Check(bctx, &agentv1.CheckRequest{})
-	}()
-	d, err := s.agent.GetGuestDetails(bctx, &agentv1.GetGuestDetailsRequest{})
-	<-done
-	if rerr != nil {
-		return nil, fmt.Errorf("agent health check: %w", rerr)
+	r, err := s.health.Check(bctx, &agentv1.CheckRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("agent health check: %w", err)
 	}
 	if r.Status != agentv1.CheckResponse_SERVING {
 		return nil, fmt.Errorf("agent health check: status %v", r.Status)
 	}
+	d, err := s.agent.GetGuestDetails(bctx, &agentv1.GetGuestDetailsRequest{})
 	if err != nil {
 		return nil, fmt.Errorf("agent guest details: %w", err)
 	}
@@ -222,6 +212,13 @@ func (s *Sandbox) dialRetry(ctx context.Context, port uint32) (net.Conn, error) 
 	if r, ok := s.m.(AgentReadier); ok {
 		ready = r.AgentReady()
 	}
+	return DialWhenReady(ctx, ready, s.done, func() (net.Conn, error) { return s.m.Dial(ctx, port) })
+}
+
+// DialWhenReady calls dial, paced by ready (see dialPoll; nil: no ready
+// signal), until it connects, done closes (ErrVMGone) or ctx ends. Both
+// errors carry the last dial error.
+func DialWhenReady(ctx context.Context, ready, done <-chan struct{}, dial func() (net.Conn, error)) (net.Conn, error) {
 	var last error
 	for first := true; ; first = false {
 		wait := dialPoll
@@ -231,7 +228,7 @@ func (s *Sandbox) dialRetry(ctx context.Context, port uint32) (net.Conn, error) 
 			wait = 0
 		}
 		select {
-		case <-s.done:
+		case <-done:
 			return nil, fmt.Errorf("%w (last dial error: %v)", ErrVMGone, last)
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%w (last dial error: %v)", ctx.Err(), last)
@@ -239,7 +236,7 @@ func (s *Sandbox) dialRetry(ctx context.Context, port uint32) (net.Conn, error) 
 			ready = nil
 		case <-time.After(wait):
 		}
-		c, err := s.m.Dial(ctx, port)
+		c, err := dial()
 		if err == nil {
 			return c, nil
 		}

@@ -3,8 +3,10 @@ package bench
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +17,7 @@ import (
 	"time"
 
 	"github.com/stratovirt-go/stratovirt/agent-proto/stream"
+	"github.com/stratovirt-go/stratovirt/runtime/sandbox"
 	"github.com/stratovirt-go/stratovirt/runtime/translate"
 	"github.com/stratovirt-go/stratovirt/vmm/vsockdial"
 )
@@ -91,31 +94,19 @@ func agentBoot(vmm string, img GuestImage, cid uint32, dir, cmdline string) (tim
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	// Dial when the agent says it listens, as the shim does
-	// (runtime/sandbox): polling a booting guest slows it down. A slow
-	// poll covers an image whose agent does not say so.
-	var listening time.Duration
-	var dialErr error
-	said := (<-chan struct{})(ready)
-	wait := 250 * time.Millisecond
-	for {
-		select {
-		case <-exited:
-			return 0, nil, fmt.Errorf("VMM exited before the agent listened: %s", strings.TrimSpace(stderr.String()))
-		case <-ctx.Done():
-			return 0, nil, fmt.Errorf("agent not listening after 3 minutes: %v", dialErr)
-		case <-said:
-			said, wait = nil, 5*time.Millisecond
-		case <-time.After(wait):
-		}
-		c, err := vsockdial.DialOnce(ctx, target, stream.ControlPort)
-		if err == nil {
-			listening = time.Since(start)
-			c.Close()
-			break
-		}
-		dialErr = err
+	// Dial when the agent says it listens, as the shim does: polling a
+	// booting guest slows it down.
+	c, err := sandbox.DialWhenReady(ctx, ready, exited, func() (net.Conn, error) {
+		return vsockdial.DialOnce(ctx, target, stream.ControlPort)
+	})
+	switch {
+	case errors.Is(err, sandbox.ErrVMGone):
+		return 0, nil, fmt.Errorf("VMM exited before the agent listened: %s", strings.TrimSpace(stderr.String()))
+	case err != nil:
+		return 0, nil, fmt.Errorf("agent not listening after 3 minutes: %v", err)
 	}
+	listening := time.Since(start)
+	c.Close()
 	// Let the console catch up with what the agent printed.
 	time.Sleep(300 * time.Millisecond)
 	mu.Lock()
