@@ -173,10 +173,12 @@ func (m *Manager) Create(ctx context.Context, req *agentv1.CreateContainerReques
 	if err := m.joinSandboxNamespaces(id, &spec); err != nil {
 		return 0, err
 	}
+	t0 := time.Now()
 	rootfs := filepath.Join(c.dir, "rootfs")
 	if err := m.mountStorage(ctx, c, req.GetRootfs(), rootfs); err != nil {
 		return 0, fmt.Errorf("rootfs: %w", err)
 	}
+	tRootfs := time.Now()
 	volumes := map[string]string{}
 	for _, v := range req.GetVolumes() {
 		if !stream.ValidID(v.GetName()) || volumes[v.GetName()] != "" {
@@ -211,12 +213,17 @@ func (m *Manager) Create(ctx context.Context, req *agentv1.CreateContainerReques
 	if err := os.WriteFile(filepath.Join(c.dir, "config.json"), b, 0o600); err != nil {
 		return 0, err
 	}
+	tSpec := time.Now()
 	p, err := m.startProcess(ctx, c, "", spec.Process.Terminal, req.GetStdio(), func(o runc.CreateOpts) error {
 		return m.cfg.Runc.Create(ctx, id, c.dir, o)
 	})
 	if err != nil {
 		return 0, err
 	}
+	end := time.Now()
+	log.G(ctx).Debugf("container %s created in %v: rootfs mounted in %v, volumes and bundle %v, runc create with stdio %v",
+		id, end.Sub(t0).Round(time.Millisecond), tRootfs.Sub(t0).Round(time.Millisecond),
+		tSpec.Sub(tRootfs).Round(time.Millisecond), end.Sub(tSpec).Round(time.Millisecond))
 	return p.pid, nil
 }
 

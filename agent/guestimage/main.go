@@ -77,6 +77,10 @@ func (im *image) file(name string, mode uint32, data []byte) {
 	im.modes[strings.TrimPrefix(name, "/")] = mode
 }
 
+func (im *image) symlink(name, target string) {
+	im.symlinks[strings.TrimPrefix(name, "/")] = target
+}
+
 // write emits the archive: every parent directory, then entries sorted.
 func (im *image) write() ([]byte, error) {
 	dirs := map[string]bool{}
@@ -257,6 +261,38 @@ func findKernel(dir string) (lab.Kernel, error) {
 	return lab.Kernel{Dir: dir, Version: v, Image: img}, nil
 }
 
+// addHostFile adds the host file at p (mode 0755) and returns its
+// contents. A symbolic link is added as a link, with what it points to
+// added as well, so that a file reached under two names (the ELF
+// interpreter's /lib64 path and the library directory's) is in the image
+// once.
+func addHostFile(im *image, p string) ([]byte, error) {
+	for range 8 {
+		st, err := os.Lstat(p)
+		if err != nil {
+			return nil, err
+		}
+		if st.Mode()&os.ModeSymlink == 0 {
+			break
+		}
+		t, err := os.Readlink(p)
+		if err != nil {
+			return nil, err
+		}
+		im.symlink(p, t)
+		if !filepath.IsAbs(t) {
+			t = filepath.Join(filepath.Dir(p), t)
+		}
+		p = filepath.Clean(t)
+	}
+	d, err := os.ReadFile(p)
+	if err != nil {
+		return nil, err
+	}
+	im.file(p, 0o755, d)
+	return d, nil
+}
+
 // addELF adds a dynamically linked executable at dst with its interpreter
 // and every shared library it needs (recursively), at their host paths.
 func addELF(im *image, src, dst string) error {
@@ -282,11 +318,9 @@ func addELF(im *image, src, dst string) error {
 				interp := strings.TrimRight(string(ib), "\x00")
 				if !seen[interp] {
 					seen[interp] = true
-					d, err := os.ReadFile(interp)
-					if err != nil {
+					if _, err := addHostFile(im, interp); err != nil {
 						return err
 					}
-					im.file(interp, 0o755, d)
 				}
 			}
 		}
@@ -309,11 +343,10 @@ func addELF(im *image, src, dst string) error {
 			if found == "" {
 				return fmt.Errorf("shared library %s not found", l)
 			}
-			d, err := os.ReadFile(found)
+			d, err := addHostFile(im, found)
 			if err != nil {
 				return err
 			}
-			im.file(found, 0o755, d)
 			if err := walk(d); err != nil {
 				return fmt.Errorf("%s: %w", l, err)
 			}

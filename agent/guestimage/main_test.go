@@ -1,7 +1,10 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -49,5 +52,42 @@ func TestImageReproducible(t *testing.T) {
 	b := mk([]string{"lib/modules/v/x.ko", "init", "usr/bin/runc"})
 	if string(a) != string(b) {
 		t.Fatal("archive depends on insertion order")
+	}
+}
+
+func TestAddHostFileKeepsLinks(t *testing.T) {
+	dir := t.TempDir()
+	lib := filepath.Join(dir, "lib")
+	if err := os.MkdirAll(lib, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	real := filepath.Join(lib, "libx.so.2.5")
+	if err := os.WriteFile(real, []byte("elf"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// interp -> (absolute) lib/libx.so.2 -> (relative) libx.so.2.5
+	if err := os.Symlink("libx.so.2.5", filepath.Join(lib, "libx.so.2")); err != nil {
+		t.Fatal(err)
+	}
+	interp := filepath.Join(dir, "interp")
+	if err := os.Symlink(filepath.Join(lib, "libx.so.2"), interp); err != nil {
+		t.Fatal(err)
+	}
+	im := newImage()
+	for _, p := range []string{interp, filepath.Join(lib, "libx.so.2")} {
+		b, err := addHostFile(im, p)
+		if err != nil || string(b) != "elf" {
+			t.Fatalf("addHostFile(%s) = %q, %v", p, b, err)
+		}
+	}
+	key := func(p string) string { return strings.TrimPrefix(p, "/") }
+	if len(im.files) != 1 || string(im.files[key(real)]) != "elf" {
+		t.Fatalf("files %v, want only %s", im.files, real)
+	}
+	if im.symlinks[key(interp)] != filepath.Join(lib, "libx.so.2") || im.symlinks[key(filepath.Join(lib, "libx.so.2"))] != "libx.so.2.5" {
+		t.Fatalf("symlinks %v", im.symlinks)
+	}
+	if _, err := addHostFile(newImage(), filepath.Join(dir, "missing")); err == nil {
+		t.Fatal("missing file accepted")
 	}
 }

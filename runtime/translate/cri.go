@@ -133,17 +133,19 @@ func ShmStorage() *agentv1.Storage {
 	return &agentv1.Storage{Name: "shm", Source: "shm", Fstype: "tmpfs", Options: ShmOptions}
 }
 
-// TakeNetSysctls removes the net.* sysctls from a spec that joins an
-// existing network namespace (CNI's, a pod's) and returns them: inside
-// the VM that namespace is the guest's own, where runc refuses them, so
-// the agent applies them to the VM once (CreateSandbox).
+// TakeNetSysctls removes the net.* sysctls from a spec with a network
+// namespace, existing (CNI's, a pod's) or new, and returns them: inside
+// the VM that namespace is the guest's own (GuestSpec), where runc
+// refuses them, so the agent applies them to the VM once
+// (CreateSandbox). A spec without one shares the host's network, where
+// runc refuses them as well, and keeps them.
 func TakeNetSysctls(spec *specs.Spec) map[string]string {
 	if spec.Linux == nil || len(spec.Linux.Sysctl) == 0 {
 		return nil
 	}
 	joins := false
 	for _, n := range spec.Linux.Namespaces {
-		joins = joins || n.Type == specs.NetworkNamespace && n.Path != ""
+		joins = joins || n.Type == specs.NetworkNamespace
 	}
 	if !joins {
 		return nil

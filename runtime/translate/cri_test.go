@@ -167,12 +167,17 @@ func TestTakeNetSysctls(t *testing.T) {
 	if len(spec.Linux.Sysctl) != 1 || spec.Linux.Sysctl["kernel.shm_rmid_forced"] != "1" {
 		t.Errorf("left %v", spec.Linux.Sysctl)
 	}
+	// A new namespace is the guest's own as well.
 	own := &specs.Spec{Linux: &specs.Linux{
 		Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace}},
 		Sysctl:     map[string]string{"net.core.somaxconn": "1024"},
 	}}
-	if got := TakeNetSysctls(own); got != nil || len(own.Linux.Sysctl) != 1 {
+	if got := TakeNetSysctls(own); got["net.core.somaxconn"] != "1024" || len(own.Linux.Sysctl) != 0 {
 		t.Errorf("new namespace: taken %v, left %v", got, own.Linux.Sysctl)
+	}
+	hostNet := &specs.Spec{Linux: &specs.Linux{Sysctl: map[string]string{"net.core.somaxconn": "1024"}}}
+	if got := TakeNetSysctls(hostNet); got != nil || len(hostNet.Linux.Sysctl) != 1 {
+		t.Errorf("host network: taken %v, left %v", got, hostNet.Linux.Sysctl)
 	}
 }
 

@@ -346,6 +346,15 @@ func GuestSpec(spec *specs.Spec) ([]byte, error) {
 		typ, _ := oci.TypeOf(spec)
 		var ns []specs.LinuxNamespace
 		for _, n := range s.Linux.Namespaces {
+			if n.Type == specs.NetworkNamespace {
+				// The VM is the container's network namespace: its NICs
+				// are the ones of the host netns the spec names, and a
+				// spec asking for a new one gets a VM without NICs, so
+				// the guest's own namespace holds just lo, as a new one
+				// would. A second one inside the guest would only cost
+				// the container start (about 100 ms in the lab).
+				continue
+			}
 			if n.Path != "" {
 				if typ == oci.PodContainer && podShared[n.Type] {
 					// The pod's IPC, UTS (and shared PID) namespace are the

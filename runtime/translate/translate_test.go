@@ -107,6 +107,19 @@ func TestGuestSpec(t *testing.T) {
 	if s.Linux.CgroupsPath != "/k8s/pod/c" || len(s.Linux.Namespaces) != 2 {
 		t.Fatal("GuestSpec changed its input")
 	}
+	// A new network namespace (ctr run without --net-host) is the VM's
+	// own: the guest adds none.
+	single := spec(nil)
+	single.Linux.Namespaces = []specs.LinuxNamespace{{Type: "mount"}, {Type: "network"}, {Type: "uts"}}
+	b, err = GuestSpec(single)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g = specs.Spec{}
+	json.Unmarshal(b, &g)
+	if len(g.Linux.Namespaces) != 2 || g.Linux.Namespaces[0].Type != "mount" || g.Linux.Namespaces[1].Type != "uts" {
+		t.Fatalf("namespaces of a new-netns container: %+v", g.Linux.Namespaces)
+	}
 	bad := spec(nil)
 	bad.Mounts = []specs.Mount{{Destination: "/data", Type: "bind", Source: "/srv/data"}}
 	bad.Hooks = &specs.Hooks{CreateRuntime: []specs.Hook{{Path: "/usr/bin/hook"}}}
