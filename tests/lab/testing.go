@@ -2,7 +2,9 @@ package lab
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -54,9 +56,16 @@ func reexec(args []string) int {
 		fmt.Fprintln(os.Stderr, "lab:", err)
 		return 1
 	}
-	quoted := []string{shellQuote(exe)}
-	opts := Options{Stdout: os.Stdout, Stderr: os.Stderr, Timeout: 30 * time.Minute}
-	for _, a := range args[1:] {
+	return runTestBinary(exe, args[1:], os.Stdout, Run)
+}
+
+// runTestBinary runs the test binary exe with args in the lab through
+// run, writing its output to stdout, and returns its exit status.
+func runTestBinary(exe string, args []string, stdout io.Writer, run func(context.Context, Options) (*Result, error)) int {
+	opts := Options{Stdout: stdout, Stderr: os.Stderr, Timeout: 30 * time.Minute}
+	var inner []string
+	verbose := ""
+	for _, a := range args {
 		// The binary inside gets a shorter timeout than the lab run so that
 		// a hung test ends in the testing package's panic, which prints
 		// every goroutine's stack, instead of a silent lab kill.
@@ -72,12 +81,13 @@ func reexec(args []string) int {
 		// A verbose binary prints as each test starts and logs; silence
 		// that long means a wedged lab, not a slow test.
 		if a == "-test.v=true" || a == "-test.v=test2json" || a == "-test.v" {
+			verbose = a
 			opts.IdleTimeout = labIdleTimeout
 			if d, err := time.ParseDuration(os.Getenv("LAB_IDLE_TIMEOUT")); err == nil {
 				opts.IdleTimeout = d // 0 turns the limit off
 			}
 		}
-		quoted = append(quoted, shellQuote(a))
+		inner = append(inner, a)
 		// Files go test asks the binary to write must come back.
 		for _, f := range []string{"-test.testlogfile=", "-test.coverprofile=", "-test.outputdir=", "-test.cpuprofile="} {
 			if v, ok := strings.CutPrefix(a, f); ok && opts.OutDir == "" {
@@ -92,14 +102,47 @@ func reexec(args []string) int {
 	if v, err := strconv.Atoi(os.Getenv("LAB_MEMORY")); err == nil && v > 0 {
 		opts.Memory = v
 	}
-	res, err := Run(context.Background(), opts.with(strings.Join(quoted, " ")))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+	progress := &testProgress{w: stdout}
+	if verbose != "" {
+		opts.Stdout = progress
 	}
-	fmt.Fprintf(os.Stderr, "lab: test binary started %.1fs after lab launch, lab run took %.1fs\n", res.Boot.Seconds(), res.Duration.Seconds())
-	return res.ExitCode
+	var wedged []string
+	for attempt := 0; ; attempt++ {
+		quoted := []string{shellQuote(exe)}
+		ended, _ := progress.state()
+		for _, a := range skipArgs(inner, append(ended, wedged...)) {
+			quoted = append(quoted, shellQuote(a))
+		}
+		res, err := run(context.Background(), opts.with(strings.Join(quoted, " ")))
+		if err == nil {
+			fmt.Fprintf(os.Stderr, "lab: test binary started %.1fs after lab launch, lab run took %.1fs\n", res.Boot.Seconds(), res.Duration.Seconds())
+			if len(wedged) > 0 && res.ExitCode == 0 {
+				return 1
+			}
+			return res.ExitCode
+		}
+		fmt.Fprintln(os.Stderr, err)
+		_, running := progress.state()
+		if !errors.Is(err, ErrIdle) || running == "" || attempt == maxContinuations {
+			return 1
+		}
+		// The lab wedged (see docs/performance.md, "the lab freeze") in
+		// the middle of a package: fail the test it was in, so that a
+		// rerun takes it, and go on in a fresh lab with the tests after
+		// it, which would otherwise not run at all.
+		prefix := ""
+		if verbose == "-test.v=test2json" {
+			prefix = testMarker
+		}
+		fmt.Fprintf(stdout, "%s--- FAIL: %s (0.00s)\n    lab wedged during %s; going on with the tests after it in a fresh lab\n", prefix, running, running)
+		wedged = append(wedged, running)
+		progress.forget(running)
+	}
 }
+
+// maxContinuations bounds the fresh labs one test binary gets after its
+// lab wedged.
+const maxContinuations = 2
 
 // labTimeoutMargin is how much sooner than the lab run a test binary
 // inside it times out: lab boot plus the time to print the stacks.
