@@ -118,14 +118,15 @@ func Start(ctx context.Context, m Machine, timeout time.Duration) (_ *Sandbox, e
 	if r.Status != agentv1.CheckResponse_SERVING {
 		return nil, fmt.Errorf("agent health check: status %v", r.Status)
 	}
+	tHealth := time.Now()
 	d, err := s.agent.GetGuestDetails(bctx, &agentv1.GetGuestDetailsRequest{})
 	if err != nil {
 		return nil, fmt.Errorf("agent guest details: %w", err)
 	}
 	s.Details = d
 	s.BootTime = time.Since(t0)
-	log.G(ctx).Debugf("sandbox: agent connected after %v, health check and guest details %v",
-		tConn.Sub(t0).Round(time.Millisecond), time.Since(tConn).Round(time.Millisecond))
+	log.G(ctx).Debugf("sandbox: agent connected after %v, health check %v, guest details %v",
+		tConn.Sub(t0).Round(time.Millisecond), tHealth.Sub(tConn).Round(time.Millisecond), time.Since(tHealth).Round(time.Millisecond))
 	log.G(ctx).Infof("sandbox: agent %s on kernel %s (%d CPUs, %d MiB) after %v",
 		trunc(d.AgentVersion), trunc(d.KernelRelease), d.OnlineCpus, d.MemTotalBytes>>20, s.BootTime.Round(time.Millisecond))
 	return s, nil
