@@ -90,7 +90,10 @@ func (v *VM) setupVirtio() error {
 	if err := v.setupVsock(); err != nil {
 		return err
 	}
-	return v.setupBalloon()
+	if err := v.setupBalloon(); err != nil {
+		return err
+	}
+	return v.setupPmem()
 }
 
 // eventLoop returns the loop of iothread id, or the default loop for "".

@@ -86,8 +86,10 @@ type VM struct {
 	// threads are the vCPU thread ids (process.go).
 	threads vcpuThreads
 	irqfds  []int
-	virtio  virtioDevices // virtio.go
-	hot     hotplug       // hot-replaceable disk and NIC slots (hotplug.go)
+	// nextSlot is the first KVM memory slot after guest RAM's.
+	nextSlot uint32
+	virtio   virtioDevices // virtio.go
+	hot      hotplug       // hot-replaceable disk and NIC slots (hotplug.go)
 
 	mu       sync.Mutex
 	group    *vcpu.Group
@@ -180,10 +182,8 @@ func (v *VM) setupMemory() error {
 	if err != nil {
 		return err
 	}
-	if _, err := v.vm.RegisterMemory(v.mem, 0); err != nil {
-		return err
-	}
-	return nil
+	v.nextSlot, err = v.vm.RegisterMemory(v.mem, 0)
+	return err
 }
 
 // setupPlatform writes what the guest reads at boot: the kernel, initrd

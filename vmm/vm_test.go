@@ -195,3 +195,34 @@ func TestNewErrors(t *testing.T) {
 		t.Error("missing kernel accepted")
 	}
 }
+
+// TestPmem reads and writes a virtio-pmem region from a guest: it starts
+// with the file's bytes, a read-only device keeps the guest's write from
+// the file and a shared one passes it through.
+func TestPmem(t *testing.T) {
+	needKVM(t)
+	for _, ro := range []bool{true, false} {
+		file := filepath.Join(t.TempDir(), "pmem.img")
+		if err := os.WriteFile(file, []byte("PMEM and then some"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		rec := &recorder{}
+		cfg := payloadConfig(t, payload.PmemReadWrite(), 1, 256<<20)
+		cfg.Pmems = []config.Pmem{{ID: "pmem0", File: file, ReadOnly: ro}}
+		reason, err := runPayload(t, cfg, Options{}, 20*time.Second, func(v *VM) {
+			if err := v.pio.Insert(rec, payload.DebugPort, 4); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if err != nil || reason != PowerOff {
+			t.Fatalf("read-only %v: VM ended with %v, %v; want power-off", ro, reason, err)
+		}
+		if want := []uint32{binary.LittleEndian.Uint32([]byte("PMEM")), 0x12345678}; len(rec.vals) != 2 || rec.vals[0] != want[0] || rec.vals[1] != want[1] {
+			t.Fatalf("read-only %v: guest read %#x, want %#x", ro, rec.vals, want)
+		}
+		got, _ := os.ReadFile(file)
+		if wantFile := map[bool]string{true: "PMEM", false: "\x78\x56\x34\x12"}[ro]; string(got[:4]) != wantFile {
+			t.Errorf("read-only %v: file starts with %q, want %q", ro, got[:4], wantFile)
+		}
+	}
+}

@@ -174,3 +174,33 @@ func Output() []byte {
 	}
 	return append(c, powerOff...)
 }
+
+// PmemAt is the guest-physical address PmemReadWrite reads: the first
+// virtio-pmem region of a VM with at most 3 GiB of RAM
+// (amd64.DeviceMemoryStart).
+const PmemAt = 4 << 30
+
+// PmemReadWrite maps the 2 MiB at PmemAt (a page directory at 0x40000 in
+// slot 4 of the boot PDPT at 0xa000), reports the 4 bytes there to
+// DebugPort, writes 0x12345678 over them, reports them again, and powers
+// off.
+func PmemReadWrite() []byte {
+	var c []byte
+	add := func(b ...byte) { c = append(c, b...) }
+	add(0xbf, 0x00, 0x00, 0x04, 0x00)                               // mov edi, 0x40000
+	add(0x48, 0xb8, 0x83, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00) // mov rax, PmemAt | PS|RW|P
+	add(0x48, 0x89, 0x07)                                           // mov [rdi], rax
+	add(0x48, 0xc7, 0xc0, 0x03, 0x00, 0x04, 0x00)                   // mov rax, 0x40000 | RW|P
+	add(0xbf, 0x20, 0xa0, 0x00, 0x00)                               // mov edi, 0xa000 + 4*8
+	add(0x48, 0x89, 0x07)                                           // mov [rdi], rax
+	add(0x0f, 0x20, 0xd8, 0x0f, 0x22, 0xd8)                         // mov rax, cr3; mov cr3, rax
+	add(0x48, 0xbf, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00) // mov rdi, PmemAt
+	add(movEDXDebug...)
+	add(0x8b, 0x07)                         // mov eax, [rdi]
+	add(outEAX...)                          //
+	add(0xc7, 0x07, 0x78, 0x56, 0x34, 0x12) // mov dword [rdi], 0x12345678
+	add(0x8b, 0x07)                         // mov eax, [rdi]
+	add(outEAX...)
+	add(powerOff...)
+	return c
+}

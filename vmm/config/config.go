@@ -62,6 +62,9 @@ type VMConfig struct {
 	// (vsock.go, balloon.go).
 	Vsock   *Vsock   `json:"vsock,omitempty"`
 	Balloon *Balloon `json:"balloon,omitempty"`
+	// Pmems are the virtio-pmem devices (pmem.go), attached after the
+	// other devices; the shim's only.
+	Pmems []Pmem `json:"-"`
 	// Hotplug sets how many empty hot-replaceable disk and NIC slots
 	// the VM gets; nil means the default (hotplug.go).
 	Hotplug *Hotplug `json:"-"`
@@ -182,6 +185,7 @@ func (c *VMConfig) Validate() error {
 	errs = append(errs, c.validateNets()...)
 	errs = append(errs, c.validateVsock()...)
 	errs = append(errs, c.validateBalloon()...)
+	errs = append(errs, c.validatePmems()...)
 	errs = append(errs, c.validateProcess()...)
 	errs = append(errs, c.validateHotplug()...)
 	return errors.Join(errs...)

@@ -63,7 +63,7 @@ type IOThread struct {
 // mmioDeviceCount is how many virtio-mmio devices the config asks for.
 // Other device kinds (net, vsock, console, balloon, rng) add theirs here.
 func (c *VMConfig) mmioDeviceCount() int {
-	n := len(c.Drives) + len(c.Nets) + len(c.Consoles)
+	n := len(c.Drives) + len(c.Nets) + len(c.Consoles) + len(c.Pmems)
 	if c.RNG != nil {
 		n++
 	}

@@ -29,6 +29,7 @@ const (
 	IDRNG     = 4
 	IDBalloon = 5
 	IDVsock   = 19
+	IDPmem    = 27
 )
 
 // Transport feature bits.

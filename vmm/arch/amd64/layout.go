@@ -159,3 +159,18 @@ func MemoryRanges(size uint64) ([]guestmem.Range, error) {
 		{GPA: MMIOHoleEnd, Size: size - MMIOHoleStart},
 	}, nil
 }
+
+// DeviceMemoryAlign aligns where device memory starts.
+const DeviceMemoryAlign = 1 * GiB
+
+// DeviceMemoryStart is the first guest-physical address of device memory
+// (virtio-pmem regions) for a VM with memSize bytes of RAM: above the
+// 32-bit MMIO hole and above RAM, so that it is in no e820 entry and the
+// guest's driver can claim it.
+func DeviceMemoryStart(memSize uint64) uint64 {
+	end := uint64(MMIOHoleEnd)
+	if memSize > MMIOHoleStart {
+		end = MMIOHoleEnd + memSize - MMIOHoleStart
+	}
+	return (end + DeviceMemoryAlign - 1) &^ (DeviceMemoryAlign - 1)
+}

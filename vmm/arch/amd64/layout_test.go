@@ -169,3 +169,27 @@ func TestEncodeE820Bytes(t *testing.T) {
 		t.Fatal("DecodeE820 accepted 19 bytes")
 	}
 }
+
+func TestDeviceMemoryStart(t *testing.T) {
+	for _, tt := range []struct {
+		mem, want uint64
+	}{
+		{256 * MiB, 4 * GiB},
+		{3 * GiB, 4 * GiB},
+		{3*GiB + 2*MiB, 5 * GiB},
+		{4 * GiB, 5 * GiB},
+		{MaxMemorySize, 513 * GiB},
+	} {
+		if got := DeviceMemoryStart(tt.mem); got != tt.want {
+			t.Errorf("DeviceMemoryStart(%#x) = %#x, want %#x", tt.mem, got, tt.want)
+		}
+		ranges, err := MemoryRanges(tt.mem)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last := ranges[len(ranges)-1]
+		if end := last.GPA + last.Size; end > DeviceMemoryStart(tt.mem) {
+			t.Errorf("memory %#x: RAM ends at %#x, after device memory", tt.mem, end)
+		}
+	}
+}
