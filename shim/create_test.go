@@ -168,14 +168,14 @@ func newFakeShim(t *testing.T, boot chan struct{}) (*Service, func(id string) st
 		t.Skip("needs mkfs.ext4 (the rootfs image)")
 	}
 	dir := t.TempDir()
-	for _, f := range []string{"vmlinux", "initrd"} {
+	for _, f := range []string{"vmlinux", "initrd", "runc.erofs"} {
 		if err := os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
 	conf := filepath.Join(dir, "configuration.toml")
 	if err := os.WriteFile(conf, []byte("[hypervisor]\nkernel = \""+filepath.Join(dir, "vmlinux")+"\"\ninitrd = \""+
-		filepath.Join(dir, "initrd")+"\"\nboot_timeout = \"10s\"\n[runtime]\nwork_dir = \""+filepath.Join(dir, "work")+"\"\nsandbox_cgroup_only = false\n"), 0o644); err != nil {
+		filepath.Join(dir, "initrd")+"\"\nrunc_image = \""+filepath.Join(dir, "runc.erofs")+"\"\nboot_timeout = \"10s\"\n[runtime]\nwork_dir = \""+filepath.Join(dir, "work")+"\"\nsandbox_cgroup_only = false\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv(shimconfig.EnvPath, conf)

@@ -1,7 +1,11 @@
 package main
 
 import (
+	"bytes"
+	"encoding/binary"
 	"os"
+	"os/exec"
+	"path"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -89,5 +93,53 @@ func TestAddHostFileKeepsLinks(t *testing.T) {
 	}
 	if _, err := addHostFile(newImage(), filepath.Join(dir, "missing")); err == nil {
 		t.Fatal("missing file accepted")
+	}
+}
+
+func TestRuncImage(t *testing.T) {
+	runc, err := exec.LookPath("runc")
+	if err != nil {
+		t.Skip("no runc on this host")
+	}
+	if _, err := exec.LookPath("mkfs.erofs"); err != nil {
+		t.Skip("no mkfs.erofs (erofs-utils)")
+	}
+	initrd := newImage()
+	tree, err := runcTree(runc, initrd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := tree.files["bin/runc"]; !ok {
+		t.Fatalf("no bin/runc in the tree: %v", tree.files)
+	}
+	for n := range tree.files {
+		if strings.HasPrefix(n, "usr/") {
+			t.Errorf("%s: the tree's root is /usr", n)
+		}
+	}
+	// Every file is reachable at its host path: under /usr, or through a
+	// link from the initramfs into /usr.
+	for n := range tree.files {
+		if strings.HasPrefix(n, "bin/") {
+			continue
+		}
+		d := path.Dir(n)
+		if initrd.symlinks[d] != "/usr/"+d {
+			t.Errorf("%s: initramfs link %s -> %q, want /usr/%s", n, d, initrd.symlinks[d], d)
+		}
+	}
+	img, err := writeErofs(tree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(img) == 0 || len(img)%erofsAlign != 0 {
+		t.Fatalf("image of %d bytes, want a multiple of %d", len(img), erofsAlign)
+	}
+	if magic := binary.LittleEndian.Uint32(img[1024:]); magic != 0xe0f5e1e2 {
+		t.Fatalf("erofs magic %#x", magic)
+	}
+	again, err := writeErofs(tree)
+	if err != nil || !bytes.Equal(img, again) {
+		t.Fatalf("the image is not reproducible (%v)", err)
 	}
 }

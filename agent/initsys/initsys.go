@@ -1,7 +1,7 @@
 // Package initsys does the agent's PID 1 duties in the guest: the base
 // mounts (/proc, /sys, /dev, /run, cgroup2), the console as standard
-// streams, the kernel modules the image lists (finit_module), cgroup
-// controllers, and power-off. It holds no state.
+// streams, the kernel modules the image lists (finit_module), the runc
+// image on /usr, cgroup controllers, and power-off. It holds no state.
 package initsys
 
 import (
@@ -10,7 +10,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
@@ -147,4 +149,65 @@ func PowerOff() {
 		log.L.Errorf("power off: %v", err)
 	}
 	select {}
+}
+
+// MountUsr mounts the read-only erofs at dev (the runc image,
+// agentv1.RuncDevice) on /usr, if the VM has a virtio-pmem device: the
+// guest image keeps runc and its libraries there rather than in the
+// initramfs. It reports how long it waited for dev: the kernel probes the
+// virtio device before /init runs, but registers nvdimm's regions and
+// namespaces asynchronously, in a domain it does not wait for. With a
+// modular kernel, call it after LoadModules.
+func MountUsr(sysVirtio, dev string, wait time.Duration) (mounted bool, waited time.Duration, err error) {
+	if !HasVirtioDevice(sysVirtio, virtioIDPmem) {
+		return false, 0, nil
+	}
+	start := time.Now()
+	for {
+		_, err := os.Stat(dev)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			return false, time.Since(start), err
+		}
+		if time.Since(start) > wait {
+			return false, time.Since(start), fmt.Errorf("the VM has a virtio-pmem device but no %s after %v", dev, wait)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	waited = time.Since(start)
+	if err := os.MkdirAll("/usr", 0o755); err != nil {
+		return false, waited, err
+	}
+	if err := unix.Mount(dev, "/usr", "erofs", unix.MS_RDONLY|unix.MS_NODEV, ""); err != nil {
+		return false, waited, fmt.Errorf("mount %s on /usr: %w", dev, err)
+	}
+	return true, waited, nil
+}
+
+// SysVirtio is where the kernel lists virtio devices.
+const SysVirtio = "/sys/bus/virtio/devices"
+
+// virtioIDPmem is the virtio device type of virtio-pmem.
+const virtioIDPmem = 27
+
+// HasVirtioDevice reports whether a device of virtio type id is listed
+// under sysVirtio (each device's "device" file holds its type, 0x001b).
+func HasVirtioDevice(sysVirtio string, id uint32) bool {
+	ents, err := os.ReadDir(sysVirtio)
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(sysVirtio, e.Name(), "device"))
+		if err != nil {
+			continue
+		}
+		var got uint32
+		if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "0x%x", &got); err == nil && got == id {
+			return true
+		}
+	}
+	return false
 }

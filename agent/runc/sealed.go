@@ -119,3 +119,18 @@ func (s *Sealed) Path() string { return fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(
 
 // Close releases the copy.
 func (s *Sealed) Close() error { return s.f.Close() }
+
+// clonedBinaryEnv is runc's CLONED_BINARY_ENV: set, runc's init takes a
+// binary on a read-only filesystem as safe to run as it is.
+const clonedBinaryEnv = "_LIBCONTAINER_CLONED_BINARY"
+
+// OnReadOnlyFS reports whether the file at path lies on a filesystem
+// mounted read-only, which is what runc checks (fstatfs ST_RDONLY)
+// before it trusts clonedBinaryEnv.
+func OnReadOnlyFS(path string) bool {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return false
+	}
+	return st.Flags&unix.ST_RDONLY != 0
+}

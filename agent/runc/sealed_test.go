@@ -1,14 +1,18 @@
 package runc
 
 import (
+	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/stratovirt-go/stratovirt/agent/reaper"
 )
 
 func TestSealRunc(t *testing.T) {
@@ -166,5 +170,47 @@ func TestSealInBackground(t *testing.T) {
 	failed.SealInBackground(func() (*Sealed, error) { return nil, os.ErrNotExist })
 	if p := failed.binary(); p != bin {
 		t.Fatalf("binary() after a failed seal = %q, want %q", p, bin)
+	}
+}
+
+// TestReadOnlyBinary: runc on a read-only filesystem is found as such and
+// runs with runc's cloned-binary variable; elsewhere it runs without it.
+func TestReadOnlyBinary(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "runc")
+	script := "#!/bin/sh\necho \"runc version ${" + clonedBinaryEnv + ":-unset}\"\n"
+	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if OnReadOnlyFS(bin) {
+		t.Fatalf("%s is on a read-only filesystem", dir)
+	}
+	rp, err := reaper.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ro := range []bool{false, true} {
+		r := &Runc{Binary: bin, Root: dir, Reaper: rp, ReadOnlyBinary: ro}
+		got, err := r.Version(context.Background())
+		want := map[bool]string{false: "runc version unset", true: "runc version 1"}[ro]
+		if err != nil || got != want {
+			t.Errorf("ReadOnlyBinary %v: %q, %v; want %q", ro, got, err, want)
+		}
+	}
+	// A read-only bind mount of the directory, where the test may mount.
+	ro := filepath.Join(t.TempDir(), "ro")
+	os.Mkdir(ro, 0o755)
+	if err := unix.Mount(dir, ro, "", unix.MS_BIND, ""); err != nil {
+		t.Skipf("bind mount: %v", err)
+	}
+	defer unix.Unmount(ro, unix.MNT_DETACH)
+	if err := unix.Mount("", ro, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+		t.Skipf("remount read-only: %v", err)
+	}
+	if !OnReadOnlyFS(filepath.Join(ro, "runc")) {
+		t.Error("a file on a read-only bind mount is not found read-only")
+	}
+	if OnReadOnlyFS(filepath.Join(dir, "missing")) {
+		t.Error("a missing file is found read-only")
 	}
 }

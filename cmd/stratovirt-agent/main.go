@@ -28,6 +28,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/stratovirt-go/stratovirt/agent-proto/agentv1"
 	"github.com/stratovirt-go/stratovirt/agent-proto/stream"
 	"github.com/stratovirt-go/stratovirt/agent/container"
 	"github.com/stratovirt-go/stratovirt/agent/initsys"
@@ -111,6 +112,12 @@ func run(o options, pid1 bool, logs *stdio.LogHub) error {
 		if err := initsys.LoadModules(o.modules); err != nil {
 			log.L.Warnf("modules: %v", err)
 		}
+		// runc and its libraries come as a read-only image of their own.
+		if ok, waited, err := initsys.MountUsr(initsys.SysVirtio, agentv1.RuncDevice, 5*time.Second); err != nil {
+			log.L.Warnf("runc image: %v", err)
+		} else if ok {
+			log.L.Debugf("runc image %s on /usr at kernel clock %d ms (waited %v for it)", agentv1.RuncDevice, bootClock().Milliseconds(), waited.Round(time.Microsecond))
+		}
 		if err := initsys.EnableControllers("/sys/fs/cgroup"); err != nil {
 			log.L.Warnf("cgroup controllers: %v", err)
 		}
@@ -132,11 +139,14 @@ func run(o options, pid1 bool, logs *stdio.LogHub) error {
 		log.L.Info("root is the initramfs: runc create --no-pivot")
 	}
 	if pid1 {
-		// runc from a sealed memfd skips re-executing itself from a copy
-		// at every create and exec. In the initramfs the file is only
+		// runc re-executes itself from a copy at every create and exec
+		// unless it runs from a read-only filesystem (the runc image)
+		// or from a sealed memfd. In the initramfs the file is only
 		// guest memory: it is moved, not copied.
 		if path, err := exec.LookPath(o.runcPath); err != nil {
 			log.L.Warnf("runc runs from %s: %v", o.runcPath, err)
+		} else if rc.ReadOnlyBinary = runc.OnReadOnlyFS(path); rc.ReadOnlyBinary {
+			log.L.Debugf("runc runs from %s, on a read-only filesystem", path)
 		} else {
 			rc.SealInBackground(func() (*runc.Sealed, error) {
 				if rc.NoPivot {

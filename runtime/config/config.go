@@ -51,8 +51,13 @@ type Config struct {
 
 // Hypervisor is the [hypervisor] table: what the microVM looks like.
 type Hypervisor struct {
-	Kernel       string `toml:"kernel"`
-	Initrd       string `toml:"initrd"`
+	Kernel string `toml:"kernel"`
+	Initrd string `toml:"initrd"`
+	// RuncImage is the read-only image of runc and its libraries that the
+	// guest mounts on /usr (the guest image's runc.erofs), attached as
+	// virtio-pmem; "" attaches none, for an initramfs that carries runc
+	// itself.
+	RuncImage    string `toml:"runc_image"`
 	KernelParams string `toml:"kernel_params"`
 	// DefaultVCPUs and DefaultMemoryMiB size a VM before the CRI sandbox
 	// (or a standalone container's) resources are added.
@@ -103,6 +108,7 @@ func Default() Config {
 		Hypervisor: Hypervisor{
 			Kernel:            "/usr/share/stratovirt/vmlinux",
 			Initrd:            "/usr/share/stratovirt/initramfs.cpio",
+			RuncImage:         "/usr/share/stratovirt/runc.erofs",
 			DefaultVCPUs:      1,
 			DefaultMemoryMiB:  512,
 			VsockBackend:      VsockVhost,

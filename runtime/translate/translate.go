@@ -49,6 +49,11 @@ const BaseCmdline = "console=ttyS0 reboot=k panic=1 quiet pci=off 8250.nr_uarts=
 	"i8042.direct=1 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 " +
 	"tsc=reliable no_timer_check cryptomgr.notests noreplace-smp rcupdate.rcu_expedited=1"
 
+// RuncPmemID is the device id of the runc image (Hypervisor.RuncImage),
+// the VM's first virtio-pmem device and so the guest's
+// agentv1.RuncDevice.
+const RuncPmemID = "runc"
+
 // Drive is a disk for the VM: a block device or an image file.
 type Drive struct {
 	// ID is the drive id in the VM config; Serial what the guest sees in
@@ -121,6 +126,11 @@ func VMConfig(cfg *shimconfig.Config, spec *specs.Spec, name string, drives []Dr
 			vd.IOThread = c.IOThreads[i%h.IOThreads].ID
 		}
 		c.Drives = append(c.Drives, vd)
+	}
+	if h.RuncImage != "" {
+		// Shared by every VM through the host's page cache; the guest's
+		// writes, if any, stay in its own pages.
+		c.Pmems = append(c.Pmems, vmconfig.Pmem{ID: RuncPmemID, File: h.RuncImage, ReadOnly: true})
 	}
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("vm config: %w", err)

@@ -4,20 +4,24 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	shimconfig "github.com/stratovirt-go/stratovirt/runtime/config"
+	vmconfig "github.com/stratovirt-go/stratovirt/vmm/config"
 )
 
 func testConfig(t *testing.T) *shimconfig.Config {
 	dir := t.TempDir()
 	k := filepath.Join(dir, "vmlinuz")
 	os.WriteFile(k, []byte("k"), 0o644)
+	r := filepath.Join(dir, "runc.erofs")
+	os.WriteFile(r, []byte("r"), 0o644)
 	c := shimconfig.Default()
-	c.Hypervisor.Kernel, c.Hypervisor.Initrd = k, ""
+	c.Hypervisor.Kernel, c.Hypervisor.Initrd, c.Hypervisor.RuncImage = k, "", r
 	c.Hypervisor.MaxVCPUs, c.Hypervisor.MaxMemoryMiB = 8, 4096
 	c.Hypervisor.EnableAnnotations = []string{"default_vcpus", "default_memory", "kernel", "kernel_params", "disk_iops"}
 	c.Hypervisor.ValidKernelPaths = []string{dir + "/*"}
@@ -78,12 +82,24 @@ func TestVMConfigSizing(t *testing.T) {
 			if len(c.Drives) != 1 || c.Drives[0].Serial != "r" || c.Drives[0].IOThread != "iothread0" || !c.Serial.Stdio {
 				t.Fatalf("drives %+v", c.Drives)
 			}
+			if want := []vmconfig.Pmem{{ID: RuncPmemID, File: cfg.Hypervisor.RuncImage, ReadOnly: true}}; !reflect.DeepEqual(c.Pmems, want) {
+				t.Fatalf("pmems %+v, want %+v", c.Pmems, want)
+			}
 		})
 	}
 	s := spec(map[string]string{"io.stratovirt.hypervisor.kernel_params": "loglevel=7", "io.stratovirt.hypervisor.disk_iops": "100"})
 	c, err := VMConfig(cfg, s, "vm", []Drive{{ID: "d", Path: cfg.Hypervisor.Kernel}})
 	if err != nil || !strings.HasSuffix(c.Boot.Cmdline, " loglevel=7") || c.Drives[0].IOPS != 100 {
 		t.Fatalf("%v %q %+v", err, c.Boot.Cmdline, c.Drives)
+	}
+	// An initramfs that carries runc itself needs no runc image.
+	cfg.Hypervisor.RuncImage = ""
+	if c, err := VMConfig(cfg, spec(nil), "vm", nil); err != nil || len(c.Pmems) != 0 {
+		t.Fatalf("without runc_image: %v %+v", err, c)
+	}
+	cfg.Hypervisor.RuncImage = filepath.Join(t.TempDir(), "missing.erofs")
+	if _, err := VMConfig(cfg, spec(nil), "vm", nil); err == nil || !strings.Contains(err.Error(), "missing.erofs") {
+		t.Fatalf("missing runc_image: %v", err)
 	}
 }
 

@@ -69,6 +69,7 @@ func runBackend(t *testing.T, backend string) {
 		"-smp", "1", "-m", "512M", "-serial", "stdio",
 		"-drive", "id=rootfs,file=" + os.Getenv(envRootfs) + ",direct=off,serial=" + rootSerial,
 		"-device", dev,
+		"-device", "virtio-pmem,id=runc,readonly=on,file=" + os.Getenv(envRunc),
 	}
 	vm := newProcVM(os.Getenv(envVMM), args, target)
 	t.Cleanup(func() {

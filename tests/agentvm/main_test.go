@@ -25,6 +25,7 @@ const (
 	envKernel = "AGENTVM_TEST_KERNEL"
 	envInitrd = "AGENTVM_TEST_INITRD"
 	envRootfs = "AGENTVM_TEST_ROOTFS"
+	envRunc   = "AGENTVM_TEST_RUNC"
 )
 
 func TestMain(m *testing.M) {
@@ -73,6 +74,7 @@ func prepare(dir string) error {
 	os.Setenv(envKernel, filepath.Join(guest, "vmlinux"))
 	os.Setenv(envInitrd, filepath.Join(guest, "initramfs.cpio"))
 	os.Setenv(envRootfs, img)
+	os.Setenv(envRunc, filepath.Join(guest, "runc.erofs"))
 	return nil
 }
 

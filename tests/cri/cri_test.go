@@ -93,6 +93,7 @@ func startContainerd(t *testing.T) *daemon {
 	conf := fmt.Sprintf(`[hypervisor]
 kernel = %q
 initrd = %q
+runc_image = %q
 default_vcpus = 1
 default_memory = 256
 boot_timeout = "60s"
@@ -101,7 +102,7 @@ enable_annotations = ["default_vcpus", "default_memory"]
 [runtime]
 log_level = "debug"
 work_dir = %q
-`, filepath.Join(shimDir, "guest/vmlinux"), filepath.Join(shimDir, "guest/initramfs.cpio"), filepath.Join(dir, "work"))
+`, filepath.Join(shimDir, "guest/vmlinux"), filepath.Join(shimDir, "guest/initramfs.cpio"), filepath.Join(shimDir, "guest/runc.erofs"), filepath.Join(dir, "work"))
 	must(t, os.WriteFile(filepath.Join(dir, "configuration.toml"), []byte(conf), 0o644))
 	must(t, os.MkdirAll(filepath.Join(dir, "net.d"), 0o755))
 	must(t, os.WriteFile(filepath.Join(dir, "net.d/10-svcri.conflist"), []byte(cniConfig()), 0o644))

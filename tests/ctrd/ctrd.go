@@ -30,7 +30,8 @@ const (
 )
 
 // Build builds containerd-shim-stratovirt-v2 into dir and the guest
-// image (make guest: kernel and initramfs with the agent) into dir/guest.
+// image (make guest: kernel, initramfs with the agent, runc image) into
+// dir/guest.
 func Build(repoRoot, dir string) error {
 	for _, c := range [][]string{
 		{"go", "build", "-o", dir + "/", "./cmd/containerd-shim-stratovirt-v2"},
@@ -127,6 +128,7 @@ func Start(o Options) (_ *Daemon, err error) {
 	conf := fmt.Sprintf(`[hypervisor]
 kernel = %q
 initrd = %q
+runc_image = %q
 default_vcpus = %d
 default_memory = %d
 boot_timeout = %q
@@ -134,7 +136,7 @@ console_log = %v
 %s[runtime]
 log_level = %q
 work_dir = %q
-`, filepath.Join(o.ShimDir, "guest/vmlinux"), filepath.Join(o.ShimDir, "guest/initramfs.cpio"),
+`, filepath.Join(o.ShimDir, "guest/vmlinux"), filepath.Join(o.ShimDir, "guest/initramfs.cpio"), filepath.Join(o.ShimDir, "guest/runc.erofs"),
 		o.VCPUs, o.MemoryMiB, o.BootTimeout.String(), o.Debug, enableAnnotations(o.EnableAnnotations), level, filepath.Join(dir, "work"))
 	if err := os.WriteFile(filepath.Join(dir, "configuration.toml"), []byte(conf), 0o644); err != nil {
 		return nil, err

@@ -9,8 +9,10 @@ import (
 const MaxPmems = 4
 
 // Pmem is a virtio-pmem device: a host file the guest sees as persistent
-// memory (/dev/pmemN). It has no StratoVirt command-line or JSON form;
-// the containerd shim uses it for the guest image's read-only erofs.
+// memory (/dev/pmemN), -device virtio-pmem,id=ID,file=PATH
+// [,readonly=on|off]. StratoVirt's command line has no such device and
+// it has no JSON form; the containerd shim uses it for the guest image's
+// read-only runc image.
 type Pmem struct {
 	ID   string `json:"-"`
 	File string `json:"-"`
@@ -23,7 +25,7 @@ type Pmem struct {
 func (c *VMConfig) validatePmems() []error {
 	var errs []error
 	add := func(e *Error) { errs = append(errs, e) }
-	const opt = "pmem"
+	const opt = "-device"
 	if n := len(c.Pmems); n > MaxPmems {
 		add(errorf(opt, "", "virtio-pmem number %d out of range [0, %d]", n, MaxPmems))
 	}

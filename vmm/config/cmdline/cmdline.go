@@ -154,6 +154,13 @@ func Apply(c *config.VMConfig, args []string) (Action, error) {
 			}
 			continue
 		}
+		if o.opt == "-device" && len(o.values) == 1 && isPmemDevice(o.values[0]) {
+			// Unlike vsock, a repeatable device.
+			if err := parsePmem(c, o.values[0]); err != nil {
+				return Run, err
+			}
+			continue
+		}
 		if seen[o.opt] {
 			return Run, fmt.Errorf("%s: provided more than once", o.opt)
 		}
@@ -396,6 +403,10 @@ OPTIONS:
                            <path> (host writes "CONNECT <port>\n"; guest
                            connections to the host's port P go to <path>_P);
                            default: vhost if /dev/vhost-vsock opens, else unix
+  -device virtio-pmem,id=<id>,file=<path>[,readonly=on|off]
+                           add a virtio-pmem device (guest /dev/pmemN; at most
+                           4) mapping <path> into guest memory above RAM;
+                           readonly=on keeps the guest's writes off the file
   -balloon deflate-on-oom=true|false
                            add a memory balloon (not with hugetlbfs -mem-path)
   -mem-path <path>         back guest RAM with a file: a hugetlbfs mount or

@@ -4,15 +4,20 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/stratovirt-go/stratovirt/vmm/config"
 )
 
 // parseDevice handles -device vsock,id=ID,guest-cid=N[,backend=vhost|unix]
-// [,uds-path=PATH]. vsock is the only device type, and there may be one
-// (also counting a "vsock" section of the -config file). The CID range is
-// checked by Validate.
+// [,uds-path=PATH] and -device virtio-pmem,id=ID,file=PATH
+// [,readonly=on|off]. There may be one vsock (also counting a "vsock"
+// section of the -config file). The CID range is checked by Validate.
+// virtio-pmem is this implementation's addition to StratoVirt's devices.
 func parseDevice(c *config.VMConfig, v string) error {
+	if isPmemDevice(v) {
+		return parsePmem(c, v)
+	}
 	kv, err := parseSubOptions("-device", v, "type", "type", "id", "guest-cid", "backend", "uds-path")
 	if err != nil {
 		return err
@@ -22,7 +27,7 @@ func parseDevice(c *config.VMConfig, v string) error {
 		return errors.New("-device: the device type is missing (vsock,id=ID,guest-cid=N)")
 	}
 	if t != "vsock" {
-		return fmt.Errorf("-device: unknown device type '%s' (supported: vsock)", t)
+		return fmt.Errorf("-device: unknown device type '%s' (supported: vsock, virtio-pmem)", t)
 	}
 	if c.Vsock != nil {
 		return config.VsockOnce()
@@ -61,5 +66,35 @@ func parseBalloon(c *config.VMConfig, v string) error {
 		}
 	}
 	c.Balloon = b
+	return nil
+}
+
+// isPmemDevice reports whether a -device value is a virtio-pmem device.
+func isPmemDevice(v string) bool {
+	t, _, _ := strings.Cut(v, ",")
+	return t == "virtio-pmem" || t == "type=virtio-pmem"
+}
+
+// parsePmem handles -device virtio-pmem,id=ID,file=PATH[,readonly=on|off]:
+// the file as guest persistent memory (/dev/pmemN); read-only keeps the
+// guest's writes off the file.
+func parsePmem(c *config.VMConfig, v string) error {
+	kv, err := parseSubOptions("-device", v, "type", "type", "id", "file", "readonly")
+	if err != nil {
+		return err
+	}
+	p := config.Pmem{ID: kv["id"], File: kv["file"]}
+	if _, ok := kv["id"]; !ok {
+		return errors.New("-device: 'id' is missing for 'virtio-pmem' device")
+	}
+	if _, ok := kv["file"]; !ok {
+		return errors.New("-device: 'file' is missing for 'virtio-pmem' device")
+	}
+	if s, ok := kv["readonly"]; ok {
+		if p.ReadOnly, err = parseBool(s); err != nil {
+			return fmt.Errorf("-device: unable to parse '%s' for 'readonly' (on|off)", s)
+		}
+	}
+	c.Pmems = append(c.Pmems, p)
 	return nil
 }

@@ -50,3 +50,42 @@ func TestDeviceAndBalloon(t *testing.T) {
 		}
 	}
 }
+
+func TestDevicePmem(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		pmems []config.Pmem
+		err   string
+	}{
+		{"one", []string{"-device", "virtio-pmem,id=p0,file=/img"}, []config.Pmem{{ID: "p0", File: "/img"}}, ""},
+		{"read-only and a second", []string{"-device", "virtio-pmem,id=p0,file=/a,readonly=on", "-device", "virtio-pmem,id=p1,file=/b,readonly=off"},
+			[]config.Pmem{{ID: "p0", File: "/a", ReadOnly: true}, {ID: "p1", File: "/b"}}, ""},
+		{"with vsock", []string{"-device", "vsock,id=v,guest-cid=3", "-device", "virtio-pmem,id=p0,file=/a"}, []config.Pmem{{ID: "p0", File: "/a"}}, ""},
+		{"no id", []string{"-device", "virtio-pmem,file=/a"}, nil, "'id' is missing for 'virtio-pmem'"},
+		{"no file", []string{"-device", "virtio-pmem,id=p"}, nil, "'file' is missing for 'virtio-pmem'"},
+		{"bad bool", []string{"-device", "virtio-pmem,id=p,file=/a,readonly=maybe"}, nil, "unable to parse 'maybe' for 'readonly'"},
+		{"vsock key", []string{"-device", "virtio-pmem,id=p,file=/a,guest-cid=3"}, nil, "-device: invalid parameter 'guest-cid'"},
+		{"pmem key on vsock", []string{"-device", "vsock,id=v,guest-cid=3,file=/a"}, nil, "-device: invalid parameter 'file'"},
+	} {
+		c, _, err := Parse(tc.args)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%s: err = %v, want %q", tc.name, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		if len(c.Pmems) != len(tc.pmems) {
+			t.Fatalf("%s: pmems %+v, want %+v", tc.name, c.Pmems, tc.pmems)
+		}
+		for i := range c.Pmems {
+			if c.Pmems[i] != tc.pmems[i] {
+				t.Errorf("%s: pmem %d %+v, want %+v", tc.name, i, c.Pmems[i], tc.pmems[i])
+			}
+		}
+	}
+}
