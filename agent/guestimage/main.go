@@ -340,7 +340,7 @@ func writeErofs(tree *image) ([]byte, error) {
 		return nil, err
 	}
 	img := filepath.Join(dir, "image")
-	out, err := exec.Command("mkfs.erofs", "--quiet", "--all-root", "-T0", "-U"+erofsUUID, "-x-1", img, root).CombinedOutput()
+	out, err := exec.Command("mkfs.erofs", "--quiet", "--all-root", "-T0", "-U"+erofsUUID, "-x-1", "-Enoinline_data", img, root).CombinedOutput()
 	if err != nil {
 		return nil, fmt.Errorf("mkfs.erofs (erofs-utils): %v: %s", err, out)
 	}

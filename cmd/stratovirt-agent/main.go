@@ -117,6 +117,11 @@ func run(o options, pid1 bool, logs *stdio.LogHub) error {
 			log.L.Warnf("runc image: %v", err)
 		} else if ok {
 			log.L.Debugf("runc image %s on /usr at kernel clock %d ms (waited %v for it)", agentv1.RuncDevice, bootClock().Milliseconds(), waited.Round(time.Microsecond))
+			go func() {
+				t0 := time.Now()
+				n, err := initsys.Prefault("/usr")
+				log.L.WithError(err).Debugf("runc image: %d bytes prefaulted in %v", n, time.Since(t0).Round(time.Millisecond))
+			}()
 		}
 		if err := initsys.EnableControllers("/sys/fs/cgroup"); err != nil {
 			log.L.Warnf("cgroup controllers: %v", err)
@@ -146,7 +151,7 @@ func run(o options, pid1 bool, logs *stdio.LogHub) error {
 		if path, err := exec.LookPath(o.runcPath); err != nil {
 			log.L.Warnf("runc runs from %s: %v", o.runcPath, err)
 		} else if rc.ReadOnlyBinary = runc.OnReadOnlyFS(path); rc.ReadOnlyBinary {
-			log.L.Debugf("runc runs from %s, on a read-only filesystem", path)
+			log.L.Debugf("runc runs from %s, on a read-only filesystem (DAX %v)", path, initsys.IsDAX(path))
 		} else {
 			rc.SealInBackground(func() (*runc.Sealed, error) {
 				if rc.NoPivot {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -187,20 +188,37 @@ func idleOverhead(cmd *exec.Cmd, guestBytes uint64) (rss, pss float64, err error
 }
 
 func smapsOverhead(pid int, guestBytes uint64) (rssMiB, pssMiB float64, err error) {
-	rssMiB, pssMiB, _, err = smaps(pid, guestBytes)
-	return rssMiB, pssMiB, err
+	m, err := smaps(pid, guestBytes)
+	return m.RSS, m.PSS, err
 }
 
-// smaps sums RSS and PSS over pid's mappings except guest RAM, and the
-// RSS of guest RAM, in MiB.
-func smaps(pid int, guestBytes uint64) (rssMiB, pssMiB, guestMiB float64, err error) {
+// runcImageName is the file name of the guest image's runc image, which
+// the shim maps into the guest as virtio-pmem (host page cache that every
+// VM shares).
+const runcImageName = "runc.erofs"
+
+// memUse is a process's memory in MiB: RSS and PSS of its mappings other
+// than guest RAM and the runc image, the RSS of guest RAM (what the guest
+// touched) and the RSS and PSS of the runc image's mapping.
+type memUse struct {
+	RSS, PSS, GuestRSS, ImageRSS, ImagePSS float64
+}
+
+func (m memUse) add(o memUse) memUse {
+	return memUse{m.RSS + o.RSS, m.PSS + o.PSS, m.GuestRSS + o.GuestRSS, m.ImageRSS + o.ImageRSS, m.ImagePSS + o.ImagePSS}
+}
+
+// smaps reads pid's memory from /proc/PID/smaps: guest RAM is the
+// anonymous mapping of guestBytes (up to 8 MiB more), the runc image the
+// mapping of a file named runcImageName.
+func smaps(pid int, guestBytes uint64) (memUse, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
 	if err != nil {
-		return 0, 0, 0, err
+		return memUse{}, err
 	}
 	defer f.Close()
-	var rss, pss, sizeKB, guestRSS uint64
-	guest := false
+	var rss, pss, guestRSS, imageRSS, imagePSS uint64
+	guest, image := false, false
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
@@ -208,13 +226,16 @@ func smaps(pid int, guestBytes uint64) (rssMiB, pssMiB, guestMiB float64, err er
 			continue
 		}
 		if !strings.HasSuffix(fields[0], ":") { // mapping header
-			guest = false
-			if len(fields) == 5 { // anonymous: no path
+			guest, image = false, false
+			switch {
+			case len(fields) == 5: // anonymous: no path
 				var lo, hi uint64
 				if _, err := fmt.Sscanf(fields[0], "%x-%x", &lo, &hi); err == nil {
 					sz := hi - lo
 					guest = sz >= guestBytes && sz <= guestBytes+8<<20
 				}
+			case len(fields) >= 6:
+				image = filepath.Base(fields[5]) == runcImageName
 			}
 			continue
 		}
@@ -222,20 +243,27 @@ func smaps(pid int, guestBytes uint64) (rssMiB, pssMiB, guestMiB float64, err er
 			continue
 		}
 		v, _ := strconv.ParseUint(fields[1], 10, 64)
-		if guest {
+		switch {
+		case guest:
 			if fields[0] == "Rss:" {
 				guestRSS += v
 			}
-			continue
-		}
-		switch fields[0] {
-		case "Size:":
-			sizeKB += v
-		case "Rss:":
-			rss += v
-		case "Pss:":
-			pss += v
+		case image:
+			switch fields[0] {
+			case "Rss:":
+				imageRSS += v
+			case "Pss:":
+				imagePSS += v
+			}
+		default:
+			switch fields[0] {
+			case "Rss:":
+				rss += v
+			case "Pss:":
+				pss += v
+			}
 		}
 	}
-	return float64(rss) / 1024, float64(pss) / 1024, float64(guestRSS) / 1024, sc.Err()
+	mib := func(kb uint64) float64 { return float64(kb) / 1024 }
+	return memUse{mib(rss), mib(pss), mib(guestRSS), mib(imageRSS), mib(imagePSS)}, sc.Err()
 }

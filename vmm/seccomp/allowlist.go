@@ -71,6 +71,7 @@ func deviceIO() []Rule {
 		allow("lseek", unix.SYS_LSEEK),
 		allow("fsync", unix.SYS_FSYNC),
 		allow("fdatasync", unix.SYS_FDATASYNC),
+		allow("msync", unix.SYS_MSYNC), // virtio-pmem flush
 		allow("close", unix.SYS_CLOSE),
 		allow("epoll_ctl", unix.SYS_EPOLL_CTL),
 		ioctlRule(),
