@@ -10,14 +10,11 @@ import (
 )
 
 // parseDevice handles -device vsock,id=ID,guest-cid=N[,backend=vhost|unix]
-// [,uds-path=PATH] and -device virtio-pmem,id=ID,file=PATH
-// [,readonly=on|off]. There may be one vsock (also counting a "vsock"
+// [,uds-path=PATH]. There may be one vsock (also counting a "vsock"
 // section of the -config file). The CID range is checked by Validate.
-// virtio-pmem is this implementation's addition to StratoVirt's devices.
+// Apply hands -device virtio-pmem, which may repeat, to parsePmem before
+// it gets here.
 func parseDevice(c *config.VMConfig, v string) error {
-	if isPmemDevice(v) {
-		return parsePmem(c, v)
-	}
 	kv, err := parseSubOptions("-device", v, "type", "type", "id", "guest-cid", "backend", "uds-path")
 	if err != nil {
 		return err
@@ -75,9 +72,10 @@ func isPmemDevice(v string) bool {
 	return t == "virtio-pmem" || t == "type=virtio-pmem"
 }
 
-// parsePmem handles -device virtio-pmem,id=ID,file=PATH[,readonly=on|off]:
-// the file as guest persistent memory (/dev/pmemN); read-only keeps the
-// guest's writes off the file.
+// parsePmem handles -device virtio-pmem,id=ID,file=PATH[,readonly=on|off]
+// (this implementation's addition to StratoVirt's devices): the file as
+// guest persistent memory (/dev/pmemN); read-only keeps the guest's writes
+// off the file.
 func parsePmem(c *config.VMConfig, v string) error {
 	kv, err := parseSubOptions("-device", v, "type", "type", "id", "file", "readonly")
 	if err != nil {

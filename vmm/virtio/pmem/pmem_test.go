@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/stratovirt-go/stratovirt/vmm/guestmem"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio/eventloop"
@@ -20,16 +18,12 @@ import (
 
 const memSize = 1 << 20
 
-type irq struct{}
-
-func (irq) Signal(uint32) error { return nil }
-
 type rig struct {
-	t    *testing.T
-	dev  *Pmem
-	mem  *guestmem.Memory
-	drv  *vt.Driver
-	kick int
+	t *testing.T
+	*vt.Single
+	dev *Pmem
+	mem *guestmem.Memory
+	drv *vt.Driver
 
 	mu     sync.Mutex
 	broken error
@@ -56,21 +50,9 @@ func newRig(t *testing.T, cfg Config) *rig {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dev.Close() })
-	mem := vt.NewMemory(memSize)
-	drv := vt.NewDriver(mem, 0x1000, QueueSize, memSize)
-	q := virtio.NewQueue(QueueSize)
-	drv.Configure(q)
-	features := dev.Features() | 1<<virtio.FVersion1
-	if err := q.Activate(mem, features); err != nil {
-		t.Fatal(err)
-	}
-	kick, _ := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
-	t.Cleanup(func() { unix.Close(kick) })
-	r := &rig{t: t, dev: dev, mem: mem, drv: drv, kick: kick}
-	if err := dev.Activate(virtio.Activation{Mem: mem, Features: features, Queues: []*virtio.Queue{q}, Kicks: []int{kick},
-		Interrupt: irq{}, Broken: func(err error) { r.mu.Lock(); r.broken = err; r.mu.Unlock() }}); err != nil {
-		t.Fatal(err)
-	}
+	r := &rig{t: t, dev: dev}
+	r.Single = vt.ActivateSingle(t, dev, memSize, QueueSize, func(err error) { r.mu.Lock(); r.broken = err; r.mu.Unlock() })
+	r.mem, r.drv = r.Single.Mem, r.Single.Drv
 	return r
 }
 
@@ -87,17 +69,7 @@ func (r *rig) request(typ uint32) uint64 {
 
 func (r *rig) wait(n int) []vt.Used {
 	r.t.Helper()
-	unix.Write(r.kick, []byte{1, 0, 0, 0, 0, 0, 0, 0})
-	var got []vt.Used
-	deadline := time.Now().Add(5 * time.Second)
-	for len(got) < n {
-		got = append(got, r.drv.TakeUsed()...)
-		if time.Now().After(deadline) {
-			r.t.Fatalf("%d of %d used elements", len(got), n)
-		}
-		time.Sleep(time.Millisecond)
-	}
-	return got
+	return r.Wait(r.t, n, 5*time.Second)
 }
 
 func (r *rig) response(addr uint64) uint32 {
@@ -179,7 +151,7 @@ func TestBadRequests(t *testing.T) {
 	}
 	// A request without a response buffer breaks the queue.
 	r.drv.AddChain(vt.Buf{Addr: r.drv.Alloc(4, 4), Len: 4})
-	unix.Write(r.kick, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	r.Notify()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		r.mu.Lock()

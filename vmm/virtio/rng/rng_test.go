@@ -7,25 +7,18 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/stratovirt-go/stratovirt/vmm/guestmem"
-	"github.com/stratovirt-go/stratovirt/vmm/virtio"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio/eventloop"
 	vt "github.com/stratovirt-go/stratovirt/vmm/virtio/virtiotest"
 )
 
 const memSize = 4 << 20
 
-type irq struct{}
-
-func (irq) Signal(uint32) error { return nil }
-
 type rig struct {
-	t    *testing.T
-	mem  *guestmem.Memory
-	drv  *vt.Driver
-	kick int
+	t *testing.T
+	*vt.Single
+	mem *guestmem.Memory
+	drv *vt.Driver
 }
 
 func newRig(t *testing.T, cfg Config) *rig {
@@ -40,36 +33,13 @@ func newRig(t *testing.T, cfg Config) *rig {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dev.Close() })
-	mem := vt.NewMemory(memSize)
-	drv := vt.NewDriver(mem, 0x1000, QueueSize, memSize)
-	q := virtio.NewQueue(QueueSize)
-	drv.Configure(q)
-	features := dev.Features() | 1<<virtio.FVersion1
-	if err := q.Activate(mem, features); err != nil {
-		t.Fatal(err)
-	}
-	kick, _ := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
-	t.Cleanup(func() { unix.Close(kick) })
-	if err := dev.Activate(virtio.Activation{Mem: mem, Features: features, Queues: []*virtio.Queue{q}, Kicks: []int{kick},
-		Interrupt: irq{}, Broken: func(err error) { t.Errorf("broken: %v", err) }}); err != nil {
-		t.Fatal(err)
-	}
-	return &rig{t: t, mem: mem, drv: drv, kick: kick}
+	s := vt.ActivateSingle(t, dev, memSize, QueueSize, func(err error) { t.Errorf("broken: %v", err) })
+	return &rig{t: t, Single: s, mem: s.Mem, drv: s.Drv}
 }
 
 func (r *rig) wait(n int, within time.Duration) []vt.Used {
 	r.t.Helper()
-	unix.Write(r.kick, []byte{1, 0, 0, 0, 0, 0, 0, 0})
-	var got []vt.Used
-	deadline := time.Now().Add(within)
-	for len(got) < n {
-		got = append(got, r.drv.TakeUsed()...)
-		if time.Now().After(deadline) {
-			r.t.Fatalf("%d of %d used elements after %v", len(got), n, within)
-		}
-		time.Sleep(time.Millisecond)
-	}
-	return got
+	return r.Wait(r.t, n, within)
 }
 
 func TestGetrandom(t *testing.T) {
