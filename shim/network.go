@@ -9,10 +9,13 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/stratovirt-go/stratovirt/agent-proto/agentv1"
+	shimconfig "github.com/stratovirt-go/stratovirt/runtime/config"
 	"github.com/stratovirt-go/stratovirt/runtime/network"
 	"github.com/stratovirt-go/stratovirt/runtime/sandbox"
 	"github.com/stratovirt-go/stratovirt/runtime/translate"
 	vmconfig "github.com/stratovirt-go/stratovirt/vmm/config"
+	vnet "github.com/stratovirt-go/stratovirt/vmm/virtio/net"
+	"github.com/stratovirt-go/stratovirt/vmm/virtio/vhost"
 )
 
 // netnsPath is the network namespace path of the spec (CNI's netns for
@@ -29,10 +32,25 @@ func netnsPath(spec *specs.Spec) string {
 	return ""
 }
 
+// netVhostType maps the configured network backend to the NICs'
+// vhost_type: "auto" asks for vhost-net when the host has it.
+func netVhostType(backend string, vhostAvailable func() bool) string {
+	switch backend {
+	case shimconfig.NetVhost:
+		return vmconfig.NetVhostKernel
+	case shimconfig.NetAuto:
+		if vhostAvailable() {
+			return vmconfig.NetVhostKernel
+		}
+	}
+	return ""
+}
+
 // attachNetwork pairs every CNI interface of the spec's network
 // namespace with a tap and adds the taps to the VM as virtio-net NICs
-// with the interfaces' MACs. It returns nil without a namespace path.
-func attachNetwork(ctx context.Context, spec *specs.Spec, vmc *vmconfig.VMConfig) (*network.Pod, error) {
+// with the interfaces' MACs, served by the configured backend. It
+// returns nil without a namespace path.
+func attachNetwork(ctx context.Context, spec *specs.Spec, vmc *vmconfig.VMConfig, backend string) (*network.Pod, error) {
 	ns := netnsPath(spec)
 	if ns == "" {
 		return nil, nil
@@ -41,14 +59,15 @@ func attachNetwork(ctx context.Context, spec *specs.Spec, vmc *vmconfig.VMConfig
 	if err != nil {
 		return nil, fmt.Errorf("pod network: %w", err)
 	}
+	vhostType := netVhostType(backend, func() bool { return vhost.Available(vnet.VhostDevice) })
 	for i, ep := range pn.Endpoints {
-		vmc.Nets = append(vmc.Nets, vmconfig.Net{ID: "net" + strconv.Itoa(i), TapFD: int(ep.Tap.Fd()), MAC: ep.MAC.String()})
+		vmc.Nets = append(vmc.Nets, vmconfig.Net{ID: "net" + strconv.Itoa(i), TapFD: int(ep.Tap.Fd()), MAC: ep.MAC.String(), VhostType: vhostType})
 	}
 	if err := vmc.Validate(); err != nil {
 		pn.Close()
 		return nil, fmt.Errorf("vm config with %d NICs: %w", len(pn.Endpoints), err)
 	}
-	log.G(ctx).Debugf("pod network %s: %d interface(s), %d route(s)", ns, len(pn.Endpoints), len(pn.Routes))
+	log.G(ctx).Debugf("pod network %s: %d interface(s), %d route(s), vhost %q", ns, len(pn.Endpoints), len(pn.Routes), vhostType)
 	return pn, nil
 }
 

@@ -390,7 +390,7 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 		}()
 	}
 	tNet := time.Now()
-	pn, err := attachNetwork(ctx, spec, vmc)
+	pn, err := attachNetwork(ctx, spec, vmc, cfg.Hypervisor.NetBackend)
 	if err != nil {
 		return nil, err
 	}

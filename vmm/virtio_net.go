@@ -19,7 +19,7 @@ func (v *VM) setupNetConsoleRNG() error {
 		if err != nil {
 			return err
 		}
-		nc := vnet.Config{ID: n.ID, TapName: n.TapName, TapFD: -1}
+		nc := vnet.Config{ID: n.ID, TapName: n.TapName, TapFD: -1, Vhost: n.VhostType == config.NetVhostKernel}
 		if n.TapName == "" {
 			nc.TapFD = n.TapFD
 		}

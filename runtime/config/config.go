@@ -36,6 +36,14 @@ const (
 	VsockUserspace = "userspace"
 )
 
+// Network backends: NetAuto uses the kernel's vhost-net when
+// /dev/vhost-net opens and the VMM's own backend otherwise.
+const (
+	NetAuto      = "auto"
+	NetVhost     = "vhost"
+	NetUserspace = "userspace"
+)
+
 // Rootfs image formats for snapshotters that hand over a directory.
 const (
 	FormatAuto  = "auto"
@@ -69,6 +77,9 @@ type Hypervisor struct {
 	MaxMemoryMiB uint64 `toml:"max_memory"`
 	// VsockBackend is "vhost" (/dev/vhost-vsock, AF_VSOCK) or "userspace".
 	VsockBackend string `toml:"vsock_backend"`
+	// NetBackend is how the pod's NICs move frames: "vhost" (the host
+	// kernel's vhost-net), "userspace" (the VMM's event loop) or "auto".
+	NetBackend string `toml:"net_backend"`
 	// IOThreads is how many iothreads serve the disks (0: the VMM loop).
 	IOThreads int `toml:"iothreads"`
 	// DiskIOPS limits each disk (0: unlimited).
@@ -112,6 +123,7 @@ func Default() Config {
 			DefaultVCPUs:      1,
 			DefaultMemoryMiB:  512,
 			VsockBackend:      VsockVhost,
+			NetBackend:        NetAuto,
 			IOThreads:         1,
 			BootTimeout:       "30s",
 			EnableAnnotations: []string{"default_vcpus", "default_memory"},
@@ -201,6 +213,9 @@ func (c *Config) Validate() error {
 	}
 	if h.VsockBackend != VsockVhost && h.VsockBackend != VsockUserspace {
 		errs = append(errs, fmt.Errorf("hypervisor.vsock_backend: %q is not %q or %q", h.VsockBackend, VsockVhost, VsockUserspace))
+	}
+	if h.NetBackend != NetAuto && h.NetBackend != NetVhost && h.NetBackend != NetUserspace {
+		errs = append(errs, fmt.Errorf("hypervisor.net_backend: %q is not %q, %q or %q", h.NetBackend, NetAuto, NetVhost, NetUserspace))
 	}
 	if h.IOThreads < 0 || h.IOThreads > 8 {
 		errs = append(errs, fmt.Errorf("hypervisor.iothreads: %d out of range [0, 8]", h.IOThreads))

@@ -12,6 +12,9 @@ import (
 
 	"github.com/stratovirt-go/stratovirt/tests/lab"
 	"github.com/stratovirt-go/stratovirt/vmm/kvmprobe"
+	"github.com/stratovirt-go/stratovirt/vmm/virtio"
+	"github.com/stratovirt-go/stratovirt/vmm/virtio/eventloop"
+	vnet "github.com/stratovirt-go/stratovirt/vmm/virtio/net"
 )
 
 func TestMain(m *testing.M) { lab.Main(m) }
@@ -29,7 +32,7 @@ func TestKVMPayload(t *testing.T) {
 }
 
 func TestDevices(t *testing.T) {
-	for _, p := range []string{"/dev/kvm", "/dev/vhost-vsock", "/dev/net/tun", "/dev/loop-control", "/sys/fs/cgroup/cgroup.controllers"} {
+	for _, p := range []string{"/dev/kvm", "/dev/vhost-vsock", "/dev/vhost-net", "/dev/net/tun", "/dev/loop-control", "/sys/fs/cgroup/cgroup.controllers"} {
 		if _, err := os.Stat(p); err != nil {
 			t.Errorf("%s: %v", p, err)
 		}
@@ -61,5 +64,44 @@ func TestNetworkModules(t *testing.T) {
 		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
 			t.Errorf("%s: %v: %s", strings.Join(args, " "), err, out)
 		}
+	}
+}
+
+// TestVhostNetOffer opens a NIC with the kernel's vhost-net: it offers
+// what the userspace backend offers (the kernel handles mergeable
+// buffers, event index and indirect descriptors), and closing it releases
+// the tap.
+func TestVhostNetOffer(t *testing.T) {
+	if !lab.InLab() {
+		t.Skip("creates taps; runs inside the lab only")
+	}
+	loop, err := eventloop.New("nested-vhost-net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer loop.Close()
+	user, err := vnet.New(vnet.Config{ID: "u", TapName: "labvhu", TapFD: -1}, loop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer user.Close()
+	vh, err := vnet.New(vnet.Config{ID: "v", TapName: "labvhv", TapFD: -1, Vhost: true}, loop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !vh.Vhost() || user.Vhost() {
+		t.Errorf("Vhost() = %v for vhost, %v for userspace", vh.Vhost(), user.Vhost())
+	}
+	if vh.Features() != user.Features() {
+		t.Errorf("vhost-net features %#x, userspace %#x", vh.Features(), user.Features())
+	}
+	for _, f := range []uint{vnet.FMrgRxbuf, virtio.FEventIdx, virtio.FIndirectDesc, vnet.FGuestTSO4} {
+		if !virtio.HasFeature(vh.Features(), f) {
+			t.Errorf("feature %d not offered with vhost-net", f)
+		}
+	}
+	vh.Close()
+	if out, err := exec.Command("ip", "link", "show", "labvhv").CombinedOutput(); err == nil {
+		t.Errorf("tap labvhv left after Close: %s", out)
 	}
 }

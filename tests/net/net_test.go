@@ -103,8 +103,26 @@ func transfer(s string) (kind, n, sha, rate string) {
 	return m[1], m[2], m[3], m[4]
 }
 
+// TestNetConsoleRNG runs the checks with each virtio-net backend: the
+// VMM's own, and the kernel's vhost-net (vhost=on) for both NICs, the
+// named tap on an iothread's relay and the inherited descriptor.
 func TestNetConsoleRNG(t *testing.T) {
 	need(t)
+	for _, backend := range []struct {
+		name, opt string
+	}{{"userspace", ""}, {"vhost", ",vhost=on"}} {
+		t.Run(backend.name, func(t *testing.T) {
+			if backend.opt != "" {
+				if _, err := os.Stat(vnet.VhostDevice); err != nil {
+					t.Skipf("no vhost-net: %v", err)
+				}
+			}
+			testNetConsoleRNG(t, backend.opt)
+		})
+	}
+}
+
+func testNetConsoleRNG(t *testing.T, netdevOpt string) {
 	const size = 100 << 20
 	ns, err := nettest.NewNetNS(fmt.Sprintf("svtnet%d", os.Getpid()))
 	if err != nil {
@@ -132,8 +150,8 @@ func TestNetConsoleRNG(t *testing.T) {
 	args := []string{files.VMM, "-name", "net-test", "-kernel", files.Kernel, "-initrd", files.Initrd,
 		"-m", "512M", "-smp", "2", "-serial", "stdio",
 		"-iothread", "id=iothread1",
-		"-netdev", "id=net0,netdev=tap0,mac=" + mac0 + ",iothread=iothread1",
-		"-netdev", "id=net1,fds=3,mac=" + mac1,
+		"-netdev", "id=net0,netdev=tap0,mac=" + mac0 + ",iothread=iothread1" + netdevOpt,
+		"-netdev", "id=net1,fds=3,mac=" + mac1 + netdevOpt,
 		"-chardev", "id=console0,path=" + sock,
 		"-rng", "getrandom",
 		"-append", fmt.Sprintf("console=ttyS0 reboot=k panic=1 quiet loglevel=4 test.size=%d test.nic=%s/10.0.2.2/10.0.2.1 test.nic=%s/10.0.3.2/10.0.3.1",

@@ -149,7 +149,9 @@ func TestDecodeJSON(t *testing.T) {
 				return len(c.Nets) == 2 && c.Nets[0] == Net{ID: "net0", TapName: "tap0", MAC: "0e:90:df:9f:a8:88", IOThread: "iothread1"} &&
 					c.Nets[1] == Net{ID: "n1", TapFD: 5}
 			}, ""},
-		{"net unknown key", `{"net":[{"iface_id":"n","host_dev_name":"t","vhost_type":"vhost-kernel"}]}`, nil, `"net"[0]."vhost_type": unknown key`},
+		{"net vhost", `{"net":[{"iface_id":"n","host_dev_name":"t","vhost_type":"vhost-kernel"}]}`,
+			func(c *VMConfig) bool { return c.Nets[0] == Net{ID: "n", TapName: "t", VhostType: NetVhostKernel} }, ""},
+		{"net unknown key", `{"net":[{"iface_id":"n","host_dev_name":"t","vhostfds":"3"}]}`, nil, `"net"[0]."vhostfds": unknown key`},
 		{"console", `{"console":[{"console_id":"charconsole0","socket_path":"/path/to/console.socket"}]}`,
 			func(c *VMConfig) bool {
 				return len(c.Consoles) == 1 && c.Consoles[0] == Console{ID: "charconsole0", SocketPath: "/path/to/console.socket"}

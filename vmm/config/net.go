@@ -35,7 +35,14 @@ type Net struct {
 	// 0 means none (descriptor 0 is never a tap).
 	TapFD    int    `json:"tap_fd,omitempty"`
 	IOThread string `json:"iothread,omitempty"`
+	// VhostType is NetVhostKernel (-netdev ...,vhost=on) to have the
+	// host kernel's vhost-net move the frames, or "" for the VMM's own
+	// backend. StratoVirt's "vhost-user" is not supported.
+	VhostType string `json:"vhost_type,omitempty"`
 }
+
+// NetVhostKernel is the vhost_type of a NIC served by vhost-net.
+const NetVhostKernel = "vhost-kernel"
 
 // Console is one virtio-console (-chardev id=ID,path=SOCKET): a listening
 // unix socket for one client at a time; the file must not exist.
@@ -116,6 +123,9 @@ func (c *VMConfig) validateNets() []error {
 		}
 		if n.IOThread != "" && !threads[n.IOThread] {
 			add(errorf("-netdev", f("iothread"), "netdev %q: iothread %q is not configured (add -iothread id=%s)", n.ID, n.IOThread, n.IOThread))
+		}
+		if n.VhostType != "" && n.VhostType != NetVhostKernel {
+			add(errorf("-netdev", f("vhost_type"), "netdev %q: vhost_type %q is not supported (%q, or none for the VMM's own backend)", n.ID, n.VhostType, NetVhostKernel))
 		}
 	}
 

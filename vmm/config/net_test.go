@@ -66,6 +66,8 @@ func TestValidateNets(t *testing.T) {
 		{"bad tap", func(c *VMConfig) { c.Nets = []Net{{ID: "a", TapName: "x/y"}} }, "not a valid interface name"},
 		{"bad mac", func(c *VMConfig) { c.Nets = []Net{{ID: "a", TapName: "t", MAC: "zz"}} }, "mac address \"zz\" is illegal"},
 		{"no iothread", func(c *VMConfig) { c.Nets = []Net{{ID: "a", TapName: "t", IOThread: "io2"}} }, `iothread "io2" is not configured`},
+		{"vhost-kernel", func(c *VMConfig) { c.Nets = []Net{{ID: "a", TapName: "t", VhostType: NetVhostKernel}} }, ""},
+		{"vhost-user", func(c *VMConfig) { c.Nets = []Net{{ID: "a", TapName: "t", VhostType: "vhost-user"}} }, `vhost_type "vhost-user" is not supported`},
 		{"console", func(c *VMConfig) { c.Consoles = []Console{{ID: "c0", SocketPath: filepath.Join(dir, "c.sock")}} }, ""},
 		{"console exists", func(c *VMConfig) { c.Consoles = []Console{{ID: "c0", SocketPath: existing}} }, "already exists"},
 		{"console no path", func(c *VMConfig) { c.Consoles = []Console{{ID: "c0"}} }, "'path' is missing"},

@@ -149,6 +149,11 @@ func (v *vm) cpuTimes() (total, guest time.Duration) {
 	return tick(11) + tick(12), tick(40)
 }
 
+func oursArgs(vhost string) []string {
+	return []string{files.VMM, "-name", "net-bench", "-kernel", files.Kernel, "-initrd", files.Initrd,
+		"-m", "512M", "-smp", "2", "-serial", "stdio", "-netdev", "id=net0,netdev=tap0,mac=" + mac + ",vhost=" + vhost, "-append", cmdline}
+}
+
 func qemuArgs(vhost string) []string {
 	return []string{"qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-cpu", "host",
 		"-m", "512M", "-smp", "2", "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
@@ -177,22 +182,17 @@ func TestNetBench(t *testing.T) {
 	size := int64(envInt("NET_BENCH_SIZE", 32)) << 20
 	runs := envInt("NET_BENCH_RUNS", 5)
 
-	const ours = "stratovirt-go"
-	specs := []struct {
+	type spec struct {
 		name string
 		args []string
-	}{
-		{ours, []string{files.VMM, "-name", "net-bench", "-kernel", files.Kernel, "-initrd", files.Initrd,
-			"-m", "512M", "-smp", "2", "-serial", "stdio", "-netdev", "id=net0,netdev=tap0,mac=" + mac, "-append", cmdline}},
-		{"QEMU vhost=off", qemuArgs("off")},
 	}
+	specs := []spec{{"stratovirt-go", oursArgs("off")}, {"QEMU vhost=off", qemuArgs("off")}}
+	pairs := []pair{{"stratovirt-go", "QEMU vhost=off", ""}}
 	if _, err := os.Stat("/dev/vhost-net"); err == nil {
-		specs = append(specs, struct {
-			name string
-			args []string
-		}{"QEMU vhost=on", qemuArgs("on")})
+		specs = append(specs, spec{"stratovirt-go vhost=on", oursArgs("on")}, spec{"QEMU vhost=on", qemuArgs("on")})
+		pairs = append(pairs, pair{"stratovirt-go vhost=on", "QEMU vhost=on", ", vhost-net"})
 	} else {
-		t.Log("no /dev/vhost-net: no QEMU vhost=on row")
+		t.Log("no /dev/vhost-net: no vhost=on rows")
 	}
 	// All guests run at once, each on its own tap in its own namespace
 	// (same addresses); only one transfers at a time.
@@ -267,21 +267,17 @@ func TestNetBench(t *testing.T) {
 		fmt.Println(line)
 	}
 
-	var peers []string
-	for _, s := range specs[1:] {
-		peers = append(peers, s.name)
-	}
 	where, _ := lab.Where()
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nvirtio-net TCP, stratovirt-go vs QEMU %s microvm virtio-net-device, same tap setup (guest: Debian cloud kernel, 2 vCPUs, 512 MiB; "+
 		"%d MiB per transfer, %d interleaved runs, %d round trips per run; both ends are the static Go benchtool (iperf3 would need its shared libraries in the guest); measured on: %s)\n\n",
 		qemuVersion(), size>>20, runs, rrCount, where)
-	b.WriteString(table(res, ours, peers))
-	if err := bench.EmitRows(benchRows(res, ours, peers)); err != nil {
+	b.WriteString(table(res, pairs))
+	if err := bench.EmitRows(benchRows(res, pairs)); err != nil {
 		t.Error(err)
 	}
 	b.WriteString("\nRatios are ours/peer: above 1 is better for MB/s, worse for µs.\n\n")
-	b.WriteString("VMM process CPU time per GB moved, total (of which running guest code, proc guest_time); a vhost=on kernel worker is not counted:\n\n")
+	b.WriteString("VMM process CPU time per GB moved, total (of which running guest code, proc guest_time); a vhost=on kernel worker (vhost-PID thread) is not counted:\n\n")
 	b.WriteString("| VMM | guest→host CPU s/GB | host→guest CPU s/GB | CPU while idle (others measured) |\n|---|---:|---:|---:|\n")
 	gb := float64(size) * float64(runs) / 1e9
 	for _, v := range vms {

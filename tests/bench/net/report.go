@@ -81,33 +81,39 @@ func (r results) add(vmm, key string, v float64) {
 	r[vmm][key] = append(r[vmm][key], v)
 }
 
-// table formats one row per workload and peer: our median, the peer's,
+// pair is one of our VMMs against its peer: each backend against QEMU
+// with the same data path (userspace against vhost=off, vhost-net
+// against vhost=on). suffix names the backend in report rows.
+type pair struct {
+	ours, peer, suffix string
+}
+
+// table formats one row per workload and pair: our median, the peer's,
 // the ratio ours/peer, the runs and both ranges.
-func table(r results, ours string, peers []string) string {
+func table(r results, pairs []pair) string {
 	var b strings.Builder
-	b.WriteString("| workload | peer | ours (median) | peer (median) | ratio ours/peer | runs | ours min–max | peer min–max |\n")
-	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| workload | ours | peer | ours (median) | peer (median) | ratio ours/peer | runs | ours min–max | peer min–max |\n")
+	b.WriteString("|---|---|---|---:|---:|---:|---:|---:|---:|\n")
 	for _, w := range workloads {
-		o := r[ours][w.key]
-		for _, p := range peers {
-			q := r[p][w.key]
+		for _, p := range pairs {
+			o, q := r[p.ours][w.key], r[p.peer][w.key]
 			ratio := "-"
 			if q.median() > 0 {
 				ratio = fmt.Sprintf("%.2f", o.median()/q.median())
 			}
-			fmt.Fprintf(&b, "| %s (%s) | %s | %.1f | %.1f | %s | %d/%d | %s | %s |\n",
-				w.label, w.unit, p, o.median(), q.median(), ratio, len(o), len(q), o.minMax(), q.minMax())
+			fmt.Fprintf(&b, "| %s (%s) | %s | %s | %.1f | %.1f | %s | %d/%d | %s | %s |\n",
+				w.label, w.unit, p.ours, p.peer, o.median(), q.median(), ratio, len(o), len(q), o.minMax(), q.minMax())
 		}
 	}
 	return b.String()
 }
 
 // benchRows are table's rows for cmd/bench's report.
-func benchRows(r results, ours string, peers []string) []bench.Row {
+func benchRows(r results, pairs []pair) []bench.Row {
 	var rows []bench.Row
 	for _, w := range workloads {
-		for _, p := range peers {
-			row := bench.NewRow("virtio-net "+w.label, w.unit, []float64(r[ours][w.key]), "qemu microvm "+p, []float64(r[p][w.key]))
+		for _, p := range pairs {
+			row := bench.NewRow("virtio-net "+w.label+p.suffix, w.unit, []float64(r[p.ours][w.key]), "qemu microvm "+p.peer, []float64(r[p.peer][w.key]))
 			row.HigherIsBetter = !w.lowerBetter
 			rows = append(rows, row)
 		}

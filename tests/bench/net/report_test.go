@@ -55,15 +55,26 @@ func TestTable(t *testing.T) {
 	}
 	r.add("ours", "rr", 90)
 	r.add("qemu", "rr", 60)
-	got := table(r, "ours", []string{"qemu"})
+	r.add("ours-vh", "rr", 50)
+	r.add("qemu-vh", "rr", 100)
+	pairs := []pair{{"ours", "qemu", ""}, {"ours-vh", "qemu-vh", ", vhost"}}
+	got := table(r, pairs)
 	for _, want := range []string{
-		"| TCP guest→host (MB/s) | qemu | 110.0 | 220.0 | 0.50 | 3/3 | 100.0–120.0 | 200.0–240.0 |",
-		"| TCP host→guest (MB/s) | qemu | 0.0 | 0.0 | - | 0/0 | - | - |",
-		"| TCP 1-byte round trip (µs) | qemu | 90.0 | 60.0 | 1.50 | 1/1 |",
+		"| TCP guest→host (MB/s) | ours | qemu | 110.0 | 220.0 | 0.50 | 3/3 | 100.0–120.0 | 200.0–240.0 |",
+		"| TCP host→guest (MB/s) | ours | qemu | 0.0 | 0.0 | - | 0/0 | - | - |",
+		"| TCP 1-byte round trip (µs) | ours | qemu | 90.0 | 60.0 | 1.50 | 1/1 |",
+		"| TCP 1-byte round trip (µs) | ours-vh | qemu-vh | 50.0 | 100.0 | 0.50 | 1/1 |",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("table lacks %q:\n%s", want, got)
 		}
+	}
+	rows := benchRows(r, pairs)
+	if len(rows) != 6 {
+		t.Fatalf("%d rows, want 6", len(rows))
+	}
+	if rows[5].Name != "virtio-net TCP 1-byte round trip, vhost" || rows[5].HigherIsBetter {
+		t.Errorf("last row %+v", rows[5])
 	}
 }
 

@@ -13,8 +13,8 @@ import (
 // parseNetdev handles the seed's -netdev id=ID,netdev=TAP[,mac=MAC]
 // [,iothread=T] plus StratoVirt LTS's fds=FD (an inherited tap
 // descriptor) and, for StratoVirt 2.x command lines, a leading "tap",
-// ifname= as netdev= and fd= as fds=. vhost=on (vhost-net) is not
-// supported. Validate checks the MAC, lengths and the iothread.
+// ifname= as netdev= and fd= as fds=. vhost=on has the host kernel's
+// vhost-net serve the NIC. Validate checks the MAC, lengths and the iothread.
 func parseNetdev(v string) (config.Net, error) {
 	kv, err := parseSubOptions("-netdev", v, "type", "type", "id", "netdev", "ifname", "mac", "iothread", "fds", "fd", "vhost")
 	if err != nil {
@@ -56,7 +56,7 @@ func parseNetdev(v string) (config.Net, error) {
 			return n, fmt.Errorf("-netdev: unable to parse '%s' for 'vhost' (on|off)", s)
 		}
 		if b {
-			return n, errors.New("-netdev: vhost=on (vhost-net) is not supported; use vhost=off")
+			n.VhostType = config.NetVhostKernel
 		}
 	}
 	return n, nil

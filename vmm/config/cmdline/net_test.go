@@ -28,7 +28,13 @@ func TestNetConsoleRNGOptions(t *testing.T) {
 		{"netdev no tap", []string{"-netdev", "id=a,mac=0e:90:df:9f:a8:88"}, nil, "'netdev' is missing"},
 		{"netdev bad fd", []string{"-netdev", "id=a,fds=x"}, nil, "unable to parse 'x' for 'fds'"},
 		{"netdev fd 0", []string{"-netdev", "id=a,fds=0"}, nil, "unable to parse '0' for 'fds'"},
-		{"netdev vhost", []string{"-netdev", "id=a,netdev=t,vhost=on"}, nil, "vhost-net) is not supported"},
+		{"netdev vhost", []string{"-netdev", "id=a,netdev=t,vhost=on"},
+			func(c *config.VMConfig) bool {
+				return c.Nets[0] == config.Net{ID: "a", TapName: "t", VhostType: config.NetVhostKernel}
+			}, ""},
+		{"netdev vhost off", []string{"-netdev", "tap,id=a,ifname=t,vhost=off"},
+			func(c *config.VMConfig) bool { return c.Nets[0] == config.Net{ID: "a", TapName: "t"} }, ""},
+		{"netdev vhost bad", []string{"-netdev", "id=a,netdev=t,vhost=yes please"}, nil, "unable to parse 'yes please' for 'vhost' (on|off)"},
 		{"netdev user", []string{"-netdev", "user,id=a"}, nil, "type 'user' is not supported"},
 		{"netdev alias twice", []string{"-netdev", "id=a,netdev=t,ifname=u"}, nil, "'netdev' and 'ifname' are the same setting"},
 		{"netdev unknown key", []string{"-netdev", "id=a,netdev=t,queues=2"}, nil, "-netdev: invalid parameter 'queues'"},

@@ -8,6 +8,12 @@
 // out of the loop (the frame read last is kept) until the driver kicks
 // the receive queue.
 //
+// With Config.Vhost the host kernel's vhost-net moves the frames instead:
+// the VMM negotiates features, sets the tap's offloads, hands the kernel
+// the memory table, both rings and the tap (vhost.go), and only relays
+// the kernel's used-buffer notifications to the guest's interrupt; the
+// configuration space stays here.
+//
 // Concurrency: Activate and Reset are called by the transport (vCPU
 // threads, under the transport's lock) and hand the work to the loop with
 // eventloop.Call; queue and tap processing run only on the loop. The
@@ -29,6 +35,7 @@ import (
 
 	"github.com/stratovirt-go/stratovirt/vmm/virtio"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio/eventloop"
+	"github.com/stratovirt-go/stratovirt/vmm/virtio/vhost"
 )
 
 // Feature bits (virtio spec 5.1.3).
@@ -78,9 +85,17 @@ type Config struct {
 	// MAC is the guest's address; the zero value asks New for a random
 	// locally administered unicast address.
 	MAC [6]byte
+	// Vhost has the kernel's vhost-net serve the queues; VhostPath
+	// overrides VhostDevice (tests).
+	Vhost     bool
+	VhostPath string
 }
 
-// Stats are the device's counters.
+// VhostDevice is the vhost-net character device.
+const VhostDevice = "/dev/vhost-net"
+
+// Stats are the device's counters. With vhost the kernel moves the
+// frames and they are not counted here (the tap's own counters have them).
 type Stats struct {
 	RxFrames, RxBytes, RxDropped uint64
 	TxFrames, TxBytes, TxDropped uint64
@@ -92,6 +107,7 @@ type Net struct {
 	loop     *eventloop.Loop
 	tap      *Tap // nil while a hot-replaceable slot is empty
 	features uint64
+	vh       *vhost.Device // nil for the userspace backend
 
 	mu             sync.Mutex
 	mac            [6]byte
@@ -102,19 +118,22 @@ type Net struct {
 	txFrames, txBytes, txDropped atomic.Uint64
 
 	// Owned by the loop while active.
-	act        *virtio.Activation
-	rxq, txq   *virtio.Queue
-	rxKick     int
-	txKick     int
-	mrg        bool
-	tapInLoop  bool
-	stopped    bool
-	rxBuf      []byte
-	rxLen      int // length of the frame waiting in rxBuf; 0 if none
-	chain      virtio.Chain
-	iov        [][]byte
-	rxUsed     []usedElem
-	firstDescs []virtio.Desc
+	act       *virtio.Activation
+	rxq, txq  *virtio.Queue
+	rxKick    int
+	txKick    int
+	mrg       bool
+	tapInLoop bool
+	stopped   bool
+	// vhostRunning: the kernel serves the queues (vhost backend only).
+	vhostRunning  bool
+	vhostFeatures uint64 // negotiated, while vhostRunning
+	rxBuf         []byte
+	rxLen         int // length of the frame waiting in rxBuf; 0 if none
+	chain         virtio.Chain
+	iov           [][]byte
+	rxUsed        []usedElem
+	firstDescs    []virtio.Desc
 }
 
 type usedElem struct {
@@ -135,7 +154,23 @@ func New(cfg Config, loop *eventloop.Loop) (*Net, error) {
 	if err != nil {
 		return nil, fmt.Errorf("virtio-net %s: %w", cfg.ID, err)
 	}
-	return newNet(cfg, loop, tap)
+	if !cfg.Vhost {
+		return newNet(cfg, loop, tap)
+	}
+	vh, err := openVhost(cfg, tap)
+	if err != nil {
+		tap.Close()
+		return nil, err
+	}
+	n, err := newNet(cfg, loop, tap)
+	if err != nil {
+		vh.Close()
+		return nil, err
+	}
+	n.vh = vh
+	// The ring layouts the kernel does not handle are not offered.
+	n.features &^= (1<<virtio.FIndirectDesc | 1<<virtio.FEventIdx | 1<<FMrgRxbuf) &^ vh.Features()
+	return n, nil
 }
 
 // newNet builds the device over an open tap, which it then owns.
@@ -153,7 +188,7 @@ func newNet(cfg Config, loop *eventloop.Loop, tap *Tap) (*Net, error) {
 	n.features = 1<<virtio.FIndirectDesc | 1<<virtio.FEventIdx |
 		1<<FCsum | 1<<FGuestCsum | 1<<FGuestTSO4 | 1<<FGuestTSO6 | 1<<FGuestUFO |
 		1<<FHostTSO4 | 1<<FHostTSO6 | 1<<FHostUFO | 1<<FMrgRxbuf | 1<<FStatus | 1<<FMAC
-	log.L.Debugf("virtio-net %s: tap %s, mac %s, loop %s", cfg.ID, tap.Name(), FormatMAC(mac), loop.Name())
+	log.L.Debugf("virtio-net %s: tap %s, mac %s, loop %s, vhost %v", cfg.ID, tap.Name(), FormatMAC(mac), loop.Name(), cfg.Vhost)
 	return n, nil
 }
 
@@ -228,6 +263,9 @@ func (n *Net) SetLinkUp(up bool) error {
 // Close resets the device and closes the tap.
 func (n *Net) Close() error {
 	n.Reset()
+	if n.vh != nil {
+		n.vh.Close()
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.tap == nil {
@@ -291,6 +329,9 @@ func (n *Net) Activate(a virtio.Activation) error {
 	if len(a.Queues) != 2 || len(a.Kicks) != 2 {
 		return fmt.Errorf("virtio-net %s: %d queues, want 2", n.cfg.ID, len(a.Queues))
 	}
+	if n.vh != nil {
+		return n.activateVhost(a)
+	}
 	var err error
 	n.loop.Call(func() {
 		if n.tap != nil {
@@ -343,6 +384,9 @@ func (n *Net) deactivate() {
 
 // Reset implements virtio.Device.
 func (n *Net) Reset() {
+	if n.vh != nil {
+		n.resetVhost()
+	}
 	n.loop.Call(func() {
 		if n.act != nil {
 			n.deactivate()

@@ -67,6 +67,12 @@ func (n *Net) Plug(cfg Config) error {
 // plugTap attaches an open tap, which the device then owns.
 func (n *Net) plugTap(id string, tap *Tap) error {
 	var err error
+	if n.vh != nil {
+		if err = tap.SetSendBufferUnlimited(); err != nil {
+			tap.Close()
+			return fmt.Errorf("virtio-net %s: %w", id, err)
+		}
+	}
 	n.loop.Call(func() {
 		n.mu.Lock()
 		if n.tap != nil {
@@ -77,6 +83,17 @@ func (n *Net) plugTap(id string, tap *Tap) error {
 		n.tap, n.cfg.ID = tap, id
 		n.mu.Unlock()
 		n.rxLen = 0
+		if n.vhostRunning {
+			if e := tap.SetOffload(offloads(n.vhostFeatures)); e != nil {
+				log.L.Warnf("virtio-net %s: %v", id, e)
+			}
+			if err = n.setVhostBackend(tap.Fd()); err != nil {
+				n.mu.Lock()
+				n.tap = nil
+				n.mu.Unlock()
+			}
+			return
+		}
 		if n.act == nil {
 			return // Activate sets the offloads and polls the tap
 		}
@@ -107,7 +124,11 @@ func (n *Net) Unplug(name string) error {
 	}
 	linkErr := n.SetLinkUp(false)
 	var tap *Tap
+	var backendErr error
 	n.loop.Call(func() {
+		if n.vhostRunning && n.tap != nil {
+			backendErr = n.setVhostBackend(-1)
+		}
 		if n.tapInLoop {
 			_ = n.loop.Remove(n.tap.Fd())
 			n.tapInLoop = false
@@ -120,5 +141,5 @@ func (n *Net) Unplug(name string) error {
 	if tap == nil {
 		return ErrNoTap
 	}
-	return errors.Join(linkErr, tap.Close())
+	return errors.Join(linkErr, backendErr, tap.Close())
 }

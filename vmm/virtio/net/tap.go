@@ -3,6 +3,7 @@ package net
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"runtime"
 
@@ -130,6 +131,18 @@ func (t *Tap) SetOffload(flags int) error {
 	}
 	if err != nil {
 		return fmt.Errorf("tap %s: TUNSETOFFLOAD %#x: %w", t.name, flags, err)
+	}
+	return nil
+}
+
+// SetSendBufferUnlimited lifts the tap's send buffer limit
+// (TUNSETSNDBUF INT_MAX), as a vhost-net backend wants.
+func (t *Tap) SetSendBufferUnlimited() error {
+	if t.fake {
+		return nil
+	}
+	if err := unix.IoctlSetPointerInt(t.fd, unix.TUNSETSNDBUF, math.MaxInt32); err != nil {
+		return fmt.Errorf("tap %s: TUNSETSNDBUF: %w", t.name, err)
 	}
 	return nil
 }

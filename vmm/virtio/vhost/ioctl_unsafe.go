@@ -1,4 +1,4 @@
-package vsock
+package vhost
 
 import (
 	"fmt"
@@ -20,6 +20,7 @@ const (
 	vhostSetVringBase  = 0x4008af12
 	vhostSetVringKick  = 0x4008af20
 	vhostSetVringCall  = 0x4008af21
+	vhostNetSetBackend = 0x4008af30
 	vhostVsockSetCID   = 0x4008af60
 	vhostVsockSetRun   = 0x4004af61
 	vhostMemRegionSize = 32
@@ -66,6 +67,8 @@ func getFeatures(fd int) (uint64, error) {
 	return v, err
 }
 
+// setVringState issues a vring ioctl that takes struct vhost_vring_state
+// or struct vhost_vring_file (an index and a u32 / an fd).
 func setVringState(fd int, req uintptr, index, num uint32) error {
 	s := vringState{index: index, num: num}
 	return ioctlPtr(fd, req, unsafe.Pointer(&s))
