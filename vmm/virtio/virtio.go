@@ -64,6 +64,17 @@ type Interrupt interface {
 	Signal(bits uint32) error
 }
 
+// LineInterrupt is an Interrupt whose line a host kernel agent (vhost)
+// can pulse without the VMM, by writing EventFd. While LatchVring(true)
+// holds, InterruptStatus reads include InterruptVring, so that a driver
+// interrupted that way looks at its queues. A device reset drops the
+// latch.
+type LineInterrupt interface {
+	Interrupt
+	EventFd() int
+	LatchVring(on bool)
+}
+
 // Activation is what a device receives when the driver sets DRIVER_OK.
 type Activation struct {
 	Mem *guestmem.Memory

@@ -76,6 +76,9 @@ type Transport struct {
 	queues []*virtio.Queue
 
 	isr atomic.Uint32 // InterruptStatus
+	// latched bits read as set in InterruptStatus whatever the driver
+	// acknowledges (LatchVring: vhost raises the line itself).
+	latched atomic.Uint32
 	// needsReset is set by Broken from the device's goroutine.
 	needsReset atomic.Bool
 
@@ -143,6 +146,21 @@ func (t *Transport) Signal(bits uint32) error {
 		return fmt.Errorf("virtio-mmio: raise interrupt: %w", err)
 	}
 	return nil
+}
+
+// EventFd is the eventfd bound to the window's interrupt line; it
+// implements virtio.LineInterrupt.
+func (t *Transport) EventFd() int { return t.irq }
+
+// LatchVring makes InterruptStatus report InterruptVring until it is
+// turned off or the device is reset; it implements
+// virtio.LineInterrupt.
+func (t *Transport) LatchVring(on bool) {
+	if on {
+		t.latched.Store(virtio.InterruptVring)
+	} else {
+		t.latched.Store(0)
+	}
 }
 
 // Broken marks the device as needing a reset after a guest protocol
@@ -224,7 +242,7 @@ func (t *Transport) Read(offset uint64, data []byte) {
 			v = 1
 		}
 	case RegInterruptStatus:
-		v = t.isr.Load()
+		v = t.isr.Load() | t.latched.Load()
 	case RegStatus:
 		v = t.statusLocked()
 	case RegConfigGeneration:
@@ -422,6 +440,7 @@ func (t *Transport) reset() {
 	t.status = 0
 	t.devFeatSel, t.drvFeatSel, t.driverFeatures, t.queueSel = 0, 0, 0, 0
 	t.isr.Store(0)
+	t.latched.Store(0)
 	t.needsReset.Store(false)
 	for _, q := range t.queues {
 		q.ResetConfig()

@@ -46,10 +46,7 @@ func (n *Net) Vhost() bool { return n.vh != nil }
 // negotiated).
 func (n *Net) activateVhost(a virtio.Activation) error {
 	a.Features &^= 1 << vhost.FNetVirtioNetHdr
-	if err := n.vh.Setup(a); err != nil {
-		return err
-	}
-	if err := n.vh.StartRelay(n.loop, vhost.SignalVring("virtio-net "+n.cfg.ID, a)); err != nil {
+	if err := n.vh.Start(a, n.loop); err != nil {
 		return err
 	}
 	var err error
@@ -81,7 +78,7 @@ func (n *Net) setVhostBackend(fd int) error {
 }
 
 // resetVhost detaches the tap, so the kernel stops touching the rings,
-// and stops the relay.
+// and ends the interrupt wiring.
 func (n *Net) resetVhost() {
 	running := false
 	n.loop.Call(func() {
@@ -93,5 +90,5 @@ func (n *Net) resetVhost() {
 	if err := n.setVhostBackend(-1); err != nil {
 		log.L.Errorf("virtio-net %s: %v", n.cfg.ID, err)
 	}
-	n.vh.StopRelay()
+	n.vh.Stop()
 }

@@ -2,9 +2,14 @@
 // (<linux/vhost.h>), which the vhost-vsock and vhost-net backends share:
 // opening and owning a vhost character device, its feature bits, the
 // guest memory table, handing virtqueues (size, ring addresses, next
-// index, kick and call eventfds) to the kernel, and relaying the kernel's
-// used-buffer notifications ("call" eventfds) to the guest's interrupt on
-// an event loop. The device-specific ioctls (vsock's guest CID and run
+// index, kick and call eventfds) to the kernel, and wiring the kernel's
+// used-buffer notifications ("call") to the guest's interrupt.
+//
+// The call goes straight to the interrupt line when the transport offers
+// it (virtio.LineInterrupt: the kernel writes the eventfd bound to the
+// GSI with KVM_IRQFD, and the transport reports the vring bit while the
+// device runs), so an interrupt costs no VMM wake-up. Otherwise a call
+// eventfd per queue is relayed to the interrupt on an event loop. The device-specific ioctls (vsock's guest CID and run
 // switch, net's backend socket) are methods here too, so that every raw
 // vhost ioctl lives in one package.
 //
@@ -50,6 +55,9 @@ type Device struct {
 	mu      sync.Mutex // guards signal
 	signal  func()
 	relayOn *eventloop.Loop
+	// line is the transport's interrupt while the kernel raises it
+	// directly (nil when relayed or stopped).
+	line virtio.LineInterrupt
 }
 
 // Open opens the vhost device at path, takes ownership of it for this
@@ -114,29 +122,55 @@ func (d *Device) Close() {
 	d.calls = nil
 }
 
-// Setup hands the kernel the acked features it knows (acked &
+// Start hands the kernel the acked features it knows (acked &
 // Features()), the guest memory table, and the first len(calls) queues
 // of a: size, ring addresses, the next available index, the transport's
-// kick eventfd and the device's call eventfd.
-func (d *Device) Setup(a virtio.Activation) error {
+// kick eventfd, and as call eventfd the interrupt line itself when a's
+// interrupt is a virtio.LineInterrupt, else the device's own call
+// eventfd, relayed to a.Interrupt on loop. The device-specific switch
+// (running, backend) comes after Start.
+func (d *Device) Start(a virtio.Activation, loop *eventloop.Loop) error {
 	if len(a.Queues) < len(d.calls) || len(a.Kicks) < len(d.calls) {
 		return fmt.Errorf("%s: %d queues for %d vhost queues", d.name, len(a.Queues), len(d.calls))
 	}
+	line, direct := a.Interrupt.(virtio.LineInterrupt)
 	if err := ioctlU64(d.fd, vhostSetFeatures, a.Features&d.features); err != nil {
 		return fmt.Errorf("%s: VHOST_SET_FEATURES %#x: %w", d.name, a.Features&d.features, err)
 	}
 	if err := setMemTable(d.fd, a.Mem); err != nil {
 		return fmt.Errorf("%s: VHOST_SET_MEM_TABLE: %w", d.name, err)
 	}
-	for i := range d.calls {
-		if err := d.setupQueue(a, uint32(i)); err != nil {
+	for i, call := range d.calls {
+		if direct {
+			call = line.EventFd()
+		}
+		if err := d.setupQueue(a, uint32(i), call); err != nil {
 			return fmt.Errorf("%s: queue %d: %w", d.name, i, err)
 		}
 	}
-	return nil
+	if direct {
+		line.LatchVring(true)
+		d.line = line
+		return nil
+	}
+	return d.startRelay(loop, func() {
+		if err := a.Interrupt.Signal(virtio.InterruptVring); err != nil {
+			log.L.Errorf("%s: %v", d.name, err)
+		}
+	})
 }
 
-func (d *Device) setupQueue(a virtio.Activation, i uint32) error {
+// Stop ends the interrupt wiring of Start, once the kernel no longer
+// serves the queues.
+func (d *Device) Stop() {
+	if d.line != nil {
+		d.line.LatchVring(false)
+		d.line = nil
+	}
+	d.stopRelay()
+}
+
+func (d *Device) setupQueue(a virtio.Activation, i uint32, call int) error {
 	q := a.Queues[i]
 	n := uint64(q.Size)
 	if err := setVringState(d.fd, vhostSetVringNum, i, uint32(q.Size)); err != nil {
@@ -162,16 +196,16 @@ func (d *Device) setupQueue(a virtio.Activation, i uint32) error {
 	if err := setVringState(d.fd, vhostSetVringKick, i, uint32(a.Kicks[i])); err != nil {
 		return fmt.Errorf("VHOST_SET_VRING_KICK: %w", err)
 	}
-	if err := setVringState(d.fd, vhostSetVringCall, i, uint32(d.calls[i])); err != nil {
+	if err := setVringState(d.fd, vhostSetVringCall, i, uint32(call)); err != nil {
 		return fmt.Errorf("VHOST_SET_VRING_CALL: %w", err)
 	}
 	return nil
 }
 
-// StartRelay watches the call eventfds on loop and runs signal (which
+// startRelay watches the call eventfds on loop and runs signal (which
 // raises the guest's vring interrupt) whenever the kernel has published
 // used buffers. The relay runs on the loop thread.
-func (d *Device) StartRelay(loop *eventloop.Loop, signal func()) error {
+func (d *Device) startRelay(loop *eventloop.Loop, signal func()) error {
 	d.mu.Lock()
 	d.signal = signal
 	d.mu.Unlock()
@@ -193,9 +227,9 @@ func (d *Device) StartRelay(loop *eventloop.Loop, signal func()) error {
 	return nil
 }
 
-// StopRelay stops the relay and drops notifications not yet relayed (the
+// stopRelay stops the relay and drops notifications not yet relayed (the
 // device is being reset: the guest will not look for them).
-func (d *Device) StopRelay() {
+func (d *Device) stopRelay() {
 	d.mu.Lock()
 	d.signal = nil
 	d.mu.Unlock()
@@ -230,16 +264,6 @@ func (d *Device) onCall(fd int) func() {
 func Drain(fd int) {
 	var b [8]byte
 	_, _ = unix.Read(fd, b[:])
-}
-
-// SignalVring returns a relay function that raises a's vring interrupt,
-// logging (not failing) an interrupt that cannot be raised.
-func SignalVring(name string, a virtio.Activation) func() {
-	return func() {
-		if err := a.Interrupt.Signal(virtio.InterruptVring); err != nil {
-			log.L.Errorf("%s: %v", name, err)
-		}
-	}
 }
 
 // SetVsockGuestCID claims cid for this VM (VHOST_VSOCK_SET_GUEST_CID).

@@ -105,10 +105,7 @@ func (d *Vhost) Activate(a virtio.Activation) error {
 		return fmt.Errorf("vsock %s: %d queues, want %d", d.cfg.ID, len(a.Queues), queueCount)
 	}
 	a.Features &= vhostGuestFeatures
-	if err := d.dev.Setup(a); err != nil {
-		return err
-	}
-	if err := d.dev.StartRelay(d.loop, vhost.SignalVring("vsock "+d.cfg.ID, a)); err != nil {
+	if err := d.dev.Start(a, d.loop); err != nil {
 		return err
 	}
 	var err error
@@ -132,7 +129,7 @@ func (d *Vhost) Activate(a virtio.Activation) error {
 }
 
 func (d *Vhost) unregister() {
-	d.dev.StopRelay()
+	d.dev.Stop()
 	d.loop.Call(func() {
 		if d.evKick >= 0 {
 			_ = d.loop.Remove(d.evKick)
