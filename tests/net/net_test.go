@@ -3,7 +3,7 @@
 // tap named on the command line, one opened by the test with
 // OpenTapInNetNS and passed as an inherited descriptor, the shim's way),
 // a virtio-console on a unix socket and virtio-rng, and checks ping, a
-// 100 MiB TCP transfer each way with SHA-256, the console round trip and
+// 32 MiB TCP transfer each way with SHA-256 (each virtio-net backend), the console round trip and
 // /dev/hwrng. Like tests/blk it prepares binaries and the initramfs on the
 // host, then runs in the nested-KVM lab unless the host's KVM can boot
 // Linux.
@@ -104,26 +104,30 @@ func transfer(s string) (kind, n, sha, rate string) {
 }
 
 // TestNetConsoleRNG runs the checks with each virtio-net backend: the
-// VMM's own, and the kernel's vhost-net (vhost=on) for both NICs, the
-// named tap on an iothread's relay and the inherited descriptor.
+// VMM's own, and the kernel's vhost-net (vhost=on) for both NICs (the
+// named tap with an iothread, and the inherited descriptor). Each
+// direction moves 32 MiB: long heavy traffic is what now and then
+// livelocks the lab's emulated SVM (the lab VM stops whole; 1 run in 2
+// with 100 MiB on 2026-11-26, with or without vhost), and the SHA-256
+// check does not need more.
 func TestNetConsoleRNG(t *testing.T) {
 	need(t)
 	for _, backend := range []struct {
 		name, opt string
-	}{{"userspace", ""}, {"vhost", ",vhost=on"}} {
+		size      int
+	}{{"userspace", "", 32 << 20}, {"vhost", ",vhost=on", 32 << 20}} {
 		t.Run(backend.name, func(t *testing.T) {
 			if backend.opt != "" {
 				if _, err := os.Stat(vnet.VhostDevice); err != nil {
 					t.Skipf("no vhost-net: %v", err)
 				}
 			}
-			testNetConsoleRNG(t, backend.opt)
+			testNetConsoleRNG(t, backend.opt, backend.size)
 		})
 	}
 }
 
-func testNetConsoleRNG(t *testing.T, netdevOpt string) {
-	const size = 100 << 20
+func testNetConsoleRNG(t *testing.T, netdevOpt string, size int) {
 	ns, err := nettest.NewNetNS(fmt.Sprintf("svtnet%d", os.Getpid()))
 	if err != nil {
 		t.Skipf("network namespace: %v", err)
