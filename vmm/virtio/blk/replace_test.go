@@ -10,8 +10,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/stratovirt-go/stratovirt/vmm/virtio"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio/eventloop"
 	vt "github.com/stratovirt-go/stratovirt/vmm/virtio/virtiotest"
@@ -43,26 +41,9 @@ func newSlotRig(t *testing.T) *slotRig {
 // activate sets up one queue with the fake driver and activates dev.
 func activate(t *testing.T, dev *Block) *rig {
 	t.Helper()
-	mem := vt.NewMemory(memSize)
-	drv := vt.NewDriver(mem, 0x1000, QueueSize, memSize)
-	q := virtio.NewQueue(QueueSize)
-	drv.Configure(q)
-	features := dev.Features() | 1<<virtio.FVersion1
-	if err := q.Activate(mem, features); err != nil {
-		t.Fatal(err)
-	}
-	kick, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(kick) })
-	r := &rig{t: t, mem: mem, drv: drv, dev: dev, kick: kick, irq: &irqRecorder{}}
-	err = dev.Activate(virtio.Activation{Mem: mem, Features: features, Queues: []*virtio.Queue{q}, Kicks: []int{kick},
-		Interrupt: r.irq, Broken: func(err error) { t.Errorf("device broken: %v", err) }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
+	irq := &irqRecorder{}
+	one := vt.ActivateSingleIRQ(t, dev, memSize, QueueSize, irq, func(err error) { t.Errorf("device broken: %v", err) })
+	return &rig{t: t, mem: one.Mem, drv: one.Drv, dev: dev, kick: one.Kick, irq: irq}
 }
 
 func writeDisk(t *testing.T, data []byte) string {

@@ -30,6 +30,12 @@ func (NoIRQ) Signal(uint32) error { return nil }
 // errors. The kick eventfd is closed when the test ends.
 func ActivateSingle(t testing.TB, dev virtio.Device, memSize int, size uint16, broken func(error)) *Single {
 	t.Helper()
+	return ActivateSingleIRQ(t, dev, memSize, size, NoIRQ{}, broken)
+}
+
+// ActivateSingleIRQ is ActivateSingle with the device's interrupt irq.
+func ActivateSingleIRQ(t testing.TB, dev virtio.Device, memSize int, size uint16, irq virtio.Interrupt, broken func(error)) *Single {
+	t.Helper()
 	mem := NewMemory(memSize)
 	drv := NewDriver(mem, 0x1000, size, uint64(memSize))
 	q := virtio.NewQueue(size)
@@ -44,7 +50,7 @@ func ActivateSingle(t testing.TB, dev virtio.Device, memSize int, size uint16, b
 	}
 	t.Cleanup(func() { unix.Close(kick) })
 	if err := dev.Activate(virtio.Activation{Mem: mem, Features: features, Queues: []*virtio.Queue{q}, Kicks: []int{kick},
-		Interrupt: NoIRQ{}, Broken: broken}); err != nil {
+		Interrupt: irq, Broken: broken}); err != nil {
 		t.Fatal(err)
 	}
 	return &Single{Mem: mem, Drv: drv, Kick: kick}
