@@ -6,6 +6,10 @@
 // particular would race with the reaper, so commands are started through
 // Start and waited on through the returned channel.
 //
+// Only one Reaper may run in a process at a time: two wait4(-1) loops
+// would take each other's children, and the waiter of a stolen pid would
+// wait forever. New refuses a second one until the first is closed.
+//
 // Lock order: Reaper.mu only; it is never held while calling out.
 package reaper
 
@@ -16,6 +20,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -44,13 +49,25 @@ type Reaper struct {
 	unclaimed map[int]Exit
 	sig       chan os.Signal
 	done      chan struct{}
+	stopped   chan struct{} // closed when loop has returned
+	closeOnce sync.Once
 }
+
+// running is set while a Reaper's loop may call wait4(-1).
+var running atomic.Bool
+
+// ErrRunning is returned by New while another Reaper runs in the process.
+var ErrRunning = errors.New("a reaper already runs in this process")
 
 // New starts reaping. Unless the process is PID 1 it makes itself a child
 // subreaper so that orphans of its descendants come back to it.
 func New() (*Reaper, error) {
+	if !running.CompareAndSwap(false, true) {
+		return nil, ErrRunning
+	}
 	if os.Getpid() != 1 {
 		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+			running.Store(false)
 			return nil, fmt.Errorf("set child subreaper: %w", err)
 		}
 	}
@@ -59,19 +76,26 @@ func New() (*Reaper, error) {
 		unclaimed: map[int]Exit{},
 		sig:       make(chan os.Signal, 1),
 		done:      make(chan struct{}),
+		stopped:   make(chan struct{}),
 	}
 	signal.Notify(r.sig, unix.SIGCHLD)
 	go r.loop()
 	return r, nil
 }
 
-// Close stops the reaping goroutine.
+// Close stops the reaping goroutine and returns once it can no longer
+// reap, so that a new Reaper (or exec.Cmd.Wait) may take over.
 func (r *Reaper) Close() {
-	signal.Stop(r.sig)
-	close(r.done)
+	r.closeOnce.Do(func() {
+		signal.Stop(r.sig)
+		close(r.done)
+		<-r.stopped
+		running.Store(false)
+	})
 }
 
 func (r *Reaper) loop() {
+	defer close(r.stopped)
 	// SIGCHLDs coalesce; the ticker is a backstop for any that are lost.
 	t := time.NewTicker(time.Second)
 	defer t.Stop()

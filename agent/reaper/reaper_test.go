@@ -1,6 +1,7 @@
 package reaper
 
 import (
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -97,5 +98,31 @@ func TestReaper(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		st, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 		t.Fatalf("orphan exit not delivered; /proc/%d/status:\n%s", pid, st)
+	}
+}
+
+// TestOnePerProcess: a second Reaper would steal the first one's children,
+// so New refuses it until the first is closed; Close may be called twice.
+func TestOnePerProcess(t *testing.T) {
+	r, err := New()
+	if err != nil {
+		t.Skip("cannot become a subreaper:", err)
+	}
+	if r2, err := New(); !errors.Is(err, ErrRunning) {
+		if r2 != nil {
+			r2.Close()
+		}
+		r.Close()
+		t.Fatalf("second New: %v, want ErrRunning", err)
+	}
+	r.Close()
+	r.Close()
+	r3, err := New()
+	if err != nil {
+		t.Fatalf("New after Close: %v", err)
+	}
+	defer r3.Close()
+	if e, err := r3.Run(exec.Command("/bin/true")); err != nil || e.Status != 0 {
+		t.Fatalf("run under the new reaper: %+v, %v", e, err)
 	}
 }

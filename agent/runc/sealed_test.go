@@ -189,6 +189,7 @@ func TestReadOnlyBinary(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer rp.Close()
 	for _, ro := range []bool{false, true} {
 		r := &Runc{Binary: bin, Root: dir, Reaper: rp, ReadOnlyBinary: ro}
 		got, err := r.Version(context.Background())

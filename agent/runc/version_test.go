@@ -25,6 +25,7 @@ func TestVersion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer rp.Close()
 	for _, tc := range []struct {
 		name, file, want string
 	}{
