@@ -118,10 +118,11 @@ clean:
 # The main job: boot a microVM with cmd/stratovirt and show its console,
 # then run a container in a microVM through containerd 2.4.2 and the shim
 # (both inside the lab where the host's KVM cannot boot Linux).
+# DEMO_FLAGS=-debug prints containerd's and the shim's debug log (phase timings).
 demo: deps
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./cmd/stratovirt ./tests/demo
-	$(BIN)/demo -vmm $(BIN)/stratovirt
+	$(BIN)/demo -vmm $(BIN)/stratovirt $(DEMO_FLAGS)
 
 # Benchmarks against their peers in one run (in the lab where the host's
 # KVM cannot boot Linux): results.{md,json,svg} under BENCH_OUT. Every row

@@ -54,6 +54,10 @@ type Runc struct {
 	// holds it so that it stays open (an unreachable os.File is closed by
 	// its finalizer).
 	Sealed *Sealed
+	// Debug runs runc with --debug and logs every line of runc's log
+	// (runc's and runc init's phases, with runc's own timestamps) at
+	// trace level: where a create spends its time.
+	Debug bool
 
 	sealDone <-chan struct{} // closed when SealInBackground is done
 }
@@ -125,7 +129,13 @@ func (r *Runc) run(ctx context.Context, stdio *Stdio, stdout io.Writer, logDir s
 	}
 	logPath := filepath.Join(logDir, "runc.log")
 	os.Remove(logPath)
-	full := append([]string{"--root", r.Root, "--log", logPath, "--log-format", "json"}, args...)
+	full := []string{"--root", r.Root, "--log", logPath, "--log-format", "json"}
+	if r.Debug {
+		full = append(full, "--debug")
+		stop := followLog(ctx, args[0], logPath)
+		defer stop()
+	}
+	full = append(full, args...)
 	cmd := exec.Command(r.binary(), full...)
 	if r.ReadOnlyBinary && r.Sealed == nil {
 		cmd.Env = append(os.Environ(), clonedBinaryEnv+"=1")
@@ -228,6 +238,52 @@ func logError(path string) string {
 		}
 	}
 	return last
+}
+
+// followLog logs, at trace level, each line of runc's JSON log with the
+// time since the start at which it appeared (runc's own timestamps have
+// whole seconds), polling the file every 10 ms until stop is called.
+func followLog(ctx context.Context, cmd, path string) (stop func()) {
+	done, finished := make(chan struct{}), make(chan struct{})
+	t0 := time.Now()
+	go func() {
+		defer close(finished)
+		var off int64
+		var partial []byte
+		poll := func() {
+			f, err := os.Open(path)
+			if err != nil {
+				return
+			}
+			defer f.Close()
+			b, _ := io.ReadAll(io.NewSectionReader(f, off, 1<<20))
+			off += int64(len(b))
+			partial = append(partial, b...)
+			for {
+				line, rest, ok := bytes.Cut(partial, []byte("\n"))
+				if !ok {
+					break
+				}
+				partial = rest
+				var l struct{ Level, Msg string }
+				if json.Unmarshal(line, &l) == nil {
+					log.G(ctx).Tracef("runc %s +%v: %s: %s", cmd, time.Since(t0).Round(time.Millisecond), l.Level, l.Msg)
+				}
+			}
+		}
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				poll()
+				return
+			case <-t.C:
+				poll()
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
 }
 
 // CreateOpts are the options of Create and Exec.

@@ -45,6 +45,7 @@ type options struct {
 	runcVersion          string
 	modules              string
 	logLevel             string
+	quietConsole         bool
 	guest                bool
 	attachWait           time.Duration
 	network              bool
@@ -60,6 +61,7 @@ func main() {
 	flag.StringVar(&o.runcVersion, "runc-version-file", "/etc/stratovirt/runc-version", "first line of `runc --version`, recorded when the guest image was built (runc is asked when the file is missing)")
 	flag.StringVar(&o.modules, "modules", "/etc/stratovirt/modules", "kernel modules to load at start (PID 1)")
 	flag.StringVar(&o.logLevel, "log-level", "info", "log level")
+	flag.BoolVar(&o.quietConsole, "quiet-console", false, "at debug and trace level too, write only warnings and errors to the console (the log stream gets every line): a serial console slows the guest")
 	flag.BoolVar(&o.guest, "guest", pid1, "apply machine-wide settings (hostname, sysctls, resolv.conf)")
 	flag.DurationVar(&o.attachWait, "stream-attach-wait", 30*time.Second, "how long a stream waits for its process to be created")
 	flag.BoolVar(&o.network, "network", pid1, "serve network configuration RPCs")
@@ -101,7 +103,7 @@ func run(o options, pid1 bool, logs *stdio.LogHub) error {
 	// The log always goes to the log stream (the shim follows it). On the
 	// console, a serial port that costs the guest two port exits a byte,
 	// only warnings and errors, unless the log level asks for debugging.
-	if log.GetLevel() >= log.DebugLevel {
+	if log.GetLevel() >= log.DebugLevel && !o.quietConsole {
 		logrus.SetOutput(io.MultiWriter(os.Stderr, logs))
 	} else {
 		logrus.SetOutput(logs)
@@ -139,7 +141,8 @@ func run(o options, pid1 bool, logs *stdio.LogHub) error {
 	// does for initrd guests. Copying / into a tmpfs and switching root
 	// at boot would cost ~18 MiB of guest RAM and boot time for a
 	// boundary the VM already provides.
-	rc := &runc.Runc{Binary: o.runcPath, Root: filepath.Join(o.stateDir, "runc"), Reaper: rp, NoPivot: runc.RootIsInitramfs(), VersionFile: o.runcVersion}
+	rc := &runc.Runc{Binary: o.runcPath, Root: filepath.Join(o.stateDir, "runc"), Reaper: rp, NoPivot: runc.RootIsInitramfs(), VersionFile: o.runcVersion,
+		Debug: log.GetLevel() >= log.TraceLevel}
 	if rc.NoPivot {
 		log.L.Info("root is the initramfs: runc create --no-pivot")
 	}

@@ -61,6 +61,10 @@ type Options struct {
 	BootTimeout time.Duration
 	// Debug turns on containerd's and the shim's debug logs.
 	Debug bool
+	// AgentLogLevel, when set, is the guest agent's log level. Its lines
+	// reach the shim's log through the agent's log stream; at debug and
+	// trace they also go to the serial console, which slows the guest.
+	AgentLogLevel string
 	// Log receives containerd's output (and so the shims' logs); nil
 	// discards it.
 	Log io.Writer
@@ -121,9 +125,12 @@ func Start(o Options) (_ *Daemon, err error) {
 			d.Stop()
 		}
 	}()
-	level := "info"
+	level, agentParams := "info", ""
 	if o.Debug {
 		level = "debug"
+	}
+	if o.AgentLogLevel != "" {
+		agentParams = fmt.Sprintf("kernel_params = \"-- -log-level %s\"\n", o.AgentLogLevel)
 	}
 	conf := fmt.Sprintf(`[hypervisor]
 kernel = %q
@@ -133,11 +140,11 @@ default_vcpus = %d
 default_memory = %d
 boot_timeout = %q
 console_log = %v
-%s[runtime]
+%s%s[runtime]
 log_level = %q
 work_dir = %q
 `, filepath.Join(o.ShimDir, "guest/vmlinux"), filepath.Join(o.ShimDir, "guest/initramfs.cpio"), filepath.Join(o.ShimDir, "guest/runc.erofs"),
-		o.VCPUs, o.MemoryMiB, o.BootTimeout.String(), o.Debug, enableAnnotations(o.EnableAnnotations), level, filepath.Join(dir, "work"))
+		o.VCPUs, o.MemoryMiB, o.BootTimeout.String(), o.Debug, agentParams, enableAnnotations(o.EnableAnnotations), level, filepath.Join(dir, "work"))
 	if err := os.WriteFile(filepath.Join(dir, "configuration.toml"), []byte(conf), 0o644); err != nil {
 		return nil, err
 	}

@@ -47,11 +47,12 @@ func main() {
 	initrd := flag.String("initrd", "", "(internal) prepared initramfs")
 	container := flag.Bool("container", true, "also run a container in a microVM through containerd and the shim")
 	shimDir := flag.String("shim-dir", "", "(internal) prepared shim and guest image")
+	debug := flag.Bool("debug", false, "run containerd and the shim at debug level, the agent at trace (runc --debug), and print their log: the shim's, the agent's and runc's phase timings")
 	flag.Parse()
-	os.Exit(run(*vmm, *smp, *mem, *initrd, *container, *shimDir))
+	os.Exit(run(*vmm, *smp, *mem, *initrd, *container, *shimDir, *debug))
 }
 
-func run(vmm string, smp int, mem, initrd string, container bool, shimDir string) int {
+func run(vmm string, smp int, mem, initrd string, container bool, shimDir string, debug bool) int {
 	vmm, _ = filepath.Abs(vmm)
 	if container && shimDir == "" {
 		root, err := lab.RepoRoot()
@@ -93,8 +94,8 @@ func run(vmm string, smp int, mem, initrd string, container bool, shimDir string
 		fmt.Fprintf(os.Stderr, "demo: this host's KVM cannot boot Linux (%s); booting the microVM inside the nested-KVM lab\n", why)
 		self, _ := os.Executable()
 		res, err := lab.Run(context.Background(), lab.Options{
-			Cmd: fmt.Sprintf("%s -vmm %s -smp %d -m %s -initrd %s -container=%v -shim-dir '%s'",
-				self, vmm, smp, mem, initrd, container, shimDir),
+			Cmd: fmt.Sprintf("%s -vmm %s -smp %d -m %s -initrd %s -container=%v -shim-dir '%s' -debug=%v",
+				self, vmm, smp, mem, initrd, container, shimDir, debug),
 			Stdout: os.Stdout, Stderr: os.Stderr, Timeout: 15 * time.Minute,
 		})
 		if err != nil {
@@ -122,12 +123,12 @@ func run(vmm string, smp int, mem, initrd string, container bool, shimDir string
 	if !container {
 		return 0
 	}
-	return runContainer(shimDir)
+	return runContainer(shimDir, debug)
 }
 
 // runContainer starts containerd 2.4.2 with the shim, imports the busybox
 // image and runs one container in its own microVM.
-func runContainer(shimDir string) int {
+func runContainer(shimDir string, debug bool) int {
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "demo: running a container needs root (containerd)")
 		return 1
@@ -140,7 +141,8 @@ func runContainer(shimDir string) int {
 	fmt.Fprintln(os.Stderr, "\ndemo: now a container in a microVM, through containerd 2.4.2 and containerd-shim-stratovirt-v2")
 	var log bytes.Buffer
 	t0 := time.Now()
-	d, err := ctrd.Start(ctrd.Options{BinDir: filepath.Join(root, ".cache/bin"), ConfigVersion: 3, ShimDir: shimDir, Log: &log})
+	d, err := ctrd.Start(ctrd.Options{BinDir: filepath.Join(root, ".cache/bin"), ConfigVersion: 3, ShimDir: shimDir, Log: &log, Debug: debug,
+		AgentLogLevel: map[bool]string{true: "trace"}[debug]})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "demo: containerd: %v\n%s", err, log.String())
 		return 1
@@ -168,6 +170,9 @@ func runContainer(shimDir string) int {
 	// The shim logs its own breakdown of Create.
 	if m := regexp.MustCompile(`create demo: [^"]*`).FindString(log.String()); m != "" {
 		fmt.Fprintf(os.Stderr, "demo: shim: %s\n", m)
+	}
+	if debug {
+		fmt.Fprintf(os.Stderr, "demo: containerd and shim log:\n%s", log.String())
 	}
 	return 0
 }
