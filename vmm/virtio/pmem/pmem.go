@@ -127,6 +127,18 @@ func mapFile(f *os.File, size uint64, readOnly bool) ([]byte, uint64, error) {
 		_ = unix.Munmap(m)
 		return nil, 0, err
 	}
+	if readOnly {
+		// Map the file's pages (host page cache, shared by every VM) into
+		// this process now: a guest's first access of each page is a
+		// nested-paging exit either way, but KVM then finds the page
+		// mapped instead of taking a host page fault for it. Read only,
+		// so nothing is copied. Measured in the lab: the first runc create
+		// of a VM 1.07 -> 0.88 s (docs/performance.md). Best effort: old
+		// kernels lack MADV_POPULATE_READ (5.14).
+		if err := unix.Madvise(m[:fileLen], unix.MADV_POPULATE_READ); err != nil {
+			log.L.WithError(err).Debug("virtio-pmem: populate the file mapping")
+		}
+	}
 	return m, fileLen, nil
 }
 
