@@ -62,8 +62,9 @@ type Options struct {
 	// Debug turns on containerd's and the shim's debug logs.
 	Debug bool
 	// AgentLogLevel, when set, is the guest agent's log level. Its lines
-	// reach the shim's log through the agent's log stream; at debug and
-	// trace they also go to the serial console, which slows the guest.
+	// reach the shim's log through the agent's log stream only (the agent
+	// runs with -quiet-console: a verbose serial console slows the guest
+	// and makes the lab freeze).
 	AgentLogLevel string
 	// Log receives containerd's output (and so the shims' logs); nil
 	// discards it.
@@ -130,7 +131,7 @@ func Start(o Options) (_ *Daemon, err error) {
 		level = "debug"
 	}
 	if o.AgentLogLevel != "" {
-		agentParams = fmt.Sprintf("kernel_params = \"-- -log-level %s\"\n", o.AgentLogLevel)
+		agentParams = fmt.Sprintf("kernel_params = \"-- -log-level %s -quiet-console\"\n", o.AgentLogLevel)
 	}
 	conf := fmt.Sprintf(`[hypervisor]
 kernel = %q
