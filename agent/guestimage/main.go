@@ -6,7 +6,10 @@
 // agent loads at start (with their dependencies, in load order, listed in
 // /etc/stratovirt/modules) and runc's version line
 // (/etc/stratovirt/runc-version); and runc.erofs, a read-only erofs image
-// of runc and the shared libraries it needs, laid out as the guest's /usr.
+// of runc and the shared libraries it needs, laid out as the guest's /usr;
+// and root.erofs, both in one read-only erofs that the kernel mounts as /
+// from virtio-pmem with DAX (what the shim boots by default: no initramfs,
+// so nothing of the guest's userland is copied into guest RAM at boot).
 //
 // runc and its libraries are most of the guest's userland (11 of 17.5
 // MB). In the initramfs every boot copied them into guest RAM twice (the
@@ -48,6 +51,16 @@ var defaultModules = []string{
 // RuncImage is the file name of the runc image in the output.
 const RuncImage = "runc.erofs"
 
+// RootImage is the file name of the root image in the output: the
+// initramfs's files and runc's /usr in one read-only erofs, which the
+// kernel mounts as / from virtio-pmem with DAX (no initramfs at all).
+const RootImage = "root.erofs"
+
+// rootDirs are the mount points and writable places the root image
+// provides as empty directories (the agent mounts proc, sysfs, devtmpfs
+// and tmpfs on them; the image itself is read-only).
+var rootDirs = []string{"dev", "proc", "sys", "run", "tmp", "root", "mnt"}
+
 // Library directories searched for runc's DT_NEEDED entries.
 var libDirs = []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"}
 
@@ -76,10 +89,35 @@ type image struct {
 	files    map[string][]byte
 	modes    map[string]uint32
 	symlinks map[string]string
+	dirs     map[string]bool // empty directories (writeTree)
 }
 
 func newImage() *image {
-	return &image{files: map[string][]byte{}, modes: map[string]uint32{}, symlinks: map[string]string{}}
+	return &image{files: map[string][]byte{}, modes: map[string]uint32{}, symlinks: map[string]string{}, dirs: map[string]bool{}}
+}
+
+// rootTree is the root image: the initramfs's entries, tree under /usr,
+// the mount points, and /etc/resolv.conf as a link into /run (the agent
+// writes the sandbox's DNS there; / is read-only).
+func rootTree(initrd, usr *image) *image {
+	root := newImage()
+	for n, b := range initrd.files {
+		root.file(n, initrd.modes[n], b)
+	}
+	for n, t := range initrd.symlinks {
+		root.symlink(n, t)
+	}
+	for n, b := range usr.files {
+		root.file(path.Join("usr", n), usr.modes[n], b)
+	}
+	for n, t := range usr.symlinks {
+		root.symlink(path.Join("usr", n), t)
+	}
+	root.symlink("etc/resolv.conf", "/run/resolv.conf")
+	for _, d := range rootDirs {
+		root.dirs[d] = true
+	}
+	return root
 }
 
 func (im *image) file(name string, mode uint32, data []byte) {
@@ -222,10 +260,14 @@ func build(agent, out, runcPath, kernelDir, vmlinuxPath string, modules []string
 	if err != nil {
 		return err
 	}
+	rootImage, err := writeErofs(rootTree(im, usr))
+	if err != nil {
+		return err
+	}
 	outputs := []struct {
 		name string
 		data []byte
-	}{{"vmlinuz", kernel}, {"vmlinux", elfKernel}, {"initramfs.cpio", raw}, {"initramfs.cpio.gz", gz.Bytes()}, {RuncImage, runcImage}}
+	}{{"vmlinuz", kernel}, {"vmlinux", elfKernel}, {"initramfs.cpio", raw}, {"initramfs.cpio.gz", gz.Bytes()}, {RuncImage, runcImage}, {RootImage, rootImage}}
 	for _, o := range outputs {
 		if err := writeAtomic(filepath.Join(out, o.name), o.data); err != nil {
 			return err
@@ -235,7 +277,8 @@ func build(agent, out, runcPath, kernelDir, vmlinuxPath string, modules []string
 	for _, o := range outputs {
 		fmt.Printf("  %-18s %9d bytes (%.1f MiB)  sha256 %x\n", o.name, len(o.data), float64(len(o.data))/(1<<20), sha256.Sum256(o.data))
 	}
-	fmt.Printf("  initramfs: agent %d bytes, modules; %s: runc and its libraries as /usr (%s)\n", len(a), RuncImage, agentv1.RuncDevice)
+	fmt.Printf("  initramfs: agent %d bytes, modules; %s: runc and its libraries as /usr (%s); %s: both as the root filesystem (%s, no initramfs)\n",
+		len(a), RuncImage, agentv1.RuncDevice, RootImage, agentv1.RuncDevice)
 	return nil
 }
 
@@ -306,6 +349,11 @@ func (im *image) writeTree(dir string) error {
 			return err
 		}
 		if err := os.Symlink(t, p); err != nil {
+			return err
+		}
+	}
+	for d := range im.dirs {
+		if err := mkdir(filepath.Join(dir, filepath.FromSlash(d), "x")); err != nil {
 			return err
 		}
 	}

@@ -143,3 +143,41 @@ func TestRuncImage(t *testing.T) {
 		t.Fatalf("the image is not reproducible (%v)", err)
 	}
 }
+
+// TestRootTree: the root image holds the initramfs's entries, runc's tree
+// under usr/, the mount points the agent uses, and resolv.conf as a link
+// into the writable /run.
+func TestRootTree(t *testing.T) {
+	initrd, usr := newImage(), newImage()
+	initrd.file("init", 0o755, []byte("agent"))
+	initrd.file("etc/stratovirt/runc-version", 0o644, []byte("runc version 1\n"))
+	initrd.symlink("lib64", "/usr/lib64")
+	usr.file("bin/runc", 0o755, []byte("runc"))
+	usr.symlink("lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
+	root := rootTree(initrd, usr)
+	for n, mode := range map[string]uint32{"init": 0o755, "etc/stratovirt/runc-version": 0o644, "usr/bin/runc": 0o755} {
+		if _, ok := root.files[n]; !ok || root.modes[n] != mode {
+			t.Errorf("%s: present %v, mode %o; want mode %o", n, ok, root.modes[n], mode)
+		}
+	}
+	for n, target := range map[string]string{"lib64": "/usr/lib64", "usr/lib64/ld-linux-x86-64.so.2": "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "etc/resolv.conf": "/run/resolv.conf"} {
+		if root.symlinks[n] != target {
+			t.Errorf("link %s -> %q, want %q", n, root.symlinks[n], target)
+		}
+	}
+	for _, d := range []string{"dev", "proc", "sys", "run", "tmp"} {
+		if !root.dirs[d] {
+			t.Errorf("no mount point /%s", d)
+		}
+	}
+	dir := t.TempDir()
+	if err := root.writeTree(dir); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "proc")); err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o755 {
+		t.Errorf("written mount point /proc: %v %v", fi, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "usr/bin/runc")); err != nil || string(b) != "runc" {
+		t.Errorf("written usr/bin/runc: %q %v", b, err)
+	}
+}

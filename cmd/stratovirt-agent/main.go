@@ -114,11 +114,19 @@ func run(o options, pid1 bool, logs *stdio.LogHub) error {
 		if err := initsys.LoadModules(o.modules); err != nil {
 			log.L.Warnf("modules: %v", err)
 		}
-		// runc and its libraries come as a read-only image of their own.
-		if ok, waited, err := initsys.MountUsr(initsys.SysVirtio, agentv1.RuncDevice, 5*time.Second); err != nil {
+		// runc and its libraries come as a read-only image of their own,
+		// unless / is already the root image that holds them.
+		usrReady := false
+		if _, err := os.Stat("/usr/bin/runc"); err == nil {
+			usrReady = true
+			log.L.Debugf("runc on the root image at kernel clock %d ms", bootClock().Milliseconds())
+		} else if ok, waited, err := initsys.MountUsr(initsys.SysVirtio, agentv1.RuncDevice, 5*time.Second); err != nil {
 			log.L.Warnf("runc image: %v", err)
 		} else if ok {
+			usrReady = true
 			log.L.Debugf("runc image %s on /usr at kernel clock %d ms (waited %v for it)", agentv1.RuncDevice, bootClock().Milliseconds(), waited.Round(time.Microsecond))
+		}
+		if usrReady {
 			go func() {
 				t0 := time.Now()
 				n, err := initsys.Prefault("/usr")

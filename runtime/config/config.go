@@ -65,7 +65,13 @@ type Hypervisor struct {
 	// guest mounts on /usr (the guest image's runc.erofs), attached as
 	// virtio-pmem; "" attaches none, for an initramfs that carries runc
 	// itself.
-	RuncImage    string `toml:"runc_image"`
+	RuncImage string `toml:"runc_image"`
+	// Image is the guest's root filesystem (the guest image's root.erofs:
+	// the agent, runc and its libraries), attached read-only as the VM's
+	// first virtio-pmem device and mounted as / with DAX, so the VM boots
+	// without an initramfs. It is used when Initrd is "" (an initrd, from
+	// this file or an annotation, boots that initramfs with RuncImage).
+	Image        string `toml:"image"`
 	KernelParams string `toml:"kernel_params"`
 	// DefaultVCPUs and DefaultMemoryMiB size a VM before the CRI sandbox
 	// (or a standalone container's) resources are added.
@@ -118,7 +124,7 @@ func Default() Config {
 	return Config{
 		Hypervisor: Hypervisor{
 			Kernel:            "/usr/share/stratovirt/vmlinux",
-			Initrd:            "/usr/share/stratovirt/initramfs.cpio",
+			Image:             "/usr/share/stratovirt/root.erofs",
 			RuncImage:         "/usr/share/stratovirt/runc.erofs",
 			DefaultVCPUs:      1,
 			DefaultMemoryMiB:  512,
@@ -198,6 +204,9 @@ func (c *Config) Validate() error {
 	h := &c.Hypervisor
 	if h.Kernel == "" {
 		errs = append(errs, errors.New("hypervisor.kernel: required"))
+	}
+	if h.Image == "" && h.Initrd == "" {
+		errs = append(errs, errors.New("hypervisor.image or hypervisor.initrd: one is required (the guest's root filesystem)"))
 	}
 	if h.DefaultVCPUs < 1 || h.DefaultVCPUs > 254 {
 		errs = append(errs, fmt.Errorf("hypervisor.default_vcpus: %d out of range [1, 254]", h.DefaultVCPUs))

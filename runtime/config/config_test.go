@@ -22,6 +22,11 @@ func TestParse(t *testing.T) {
 			return c.Hypervisor.Kernel == "/k" && c.Hypervisor.DefaultVCPUs == 2 && c.Hypervisor.DefaultMemoryMiB == 1024 &&
 				c.Hypervisor.VsockBackend == VsockUserspace && d == 5*time.Second && c.Runtime.RootfsFormat == FormatErofs
 		}},
+		{"root image by default", "", "", func(c *Config) bool {
+			return c.Hypervisor.Image == "/usr/share/stratovirt/root.erofs" && c.Hypervisor.Initrd == ""
+		}},
+		{"initrd", "[hypervisor]\ninitrd='/i'\n", "", func(c *Config) bool { return c.Hypervisor.Initrd == "/i" }},
+		{"no root filesystem", "[hypervisor]\nimage=''\n", "hypervisor.image or hypervisor.initrd: one is required", nil},
 		{"unknown key", "[hypervisor]\nkernal='/k'\n", "unknown key", nil},
 		{"vcpus range", "[hypervisor]\ndefault_vcpus=0\n", "default_vcpus: 0 out of range", nil},
 		{"memory range", "[hypervisor]\ndefault_memory=100\n", "default_memory: 100 MiB out of range", nil},

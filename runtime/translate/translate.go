@@ -49,6 +49,15 @@ const BaseCmdline = "console=ttyS0 reboot=k panic=1 quiet pci=off 8250.nr_uarts=
 	"i8042.direct=1 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 " +
 	"tsc=reliable no_timer_check cryptomgr.notests noreplace-smp rcupdate.rcu_expedited=1"
 
+// RootCmdline boots from the root image (Hypervisor.Image), the VM's
+// first virtio-pmem device: erofs, read-only, with DAX (its pages are the
+// host's page cache, never copied into guest RAM), the agent as init.
+// rootwait: the pmem namespace is probed asynchronously.
+const RootCmdline = "root=/dev/pmem0 rootfstype=erofs rootflags=dax=always ro rootwait init=/init"
+
+// RootPmemID is the device id of the root image (Hypervisor.Image).
+const RootPmemID = "root"
+
 // RuncPmemID is the device id of the runc image (Hypervisor.RuncImage),
 // the VM's first virtio-pmem device and so the guest's
 // agentv1.RuncDevice.
@@ -115,6 +124,14 @@ func VMConfig(cfg *shimconfig.Config, spec *specs.Spec, name string, drives []Dr
 	c.Boot.Kernel = h.Kernel
 	c.Boot.Initrd = h.Initrd
 	c.Boot.Cmdline = strings.TrimSpace(BaseCmdline + " " + h.KernelParams)
+	rootImage := h.Initrd == "" && h.Image != ""
+	if rootImage {
+		// Before kernel_params: they may end with "-- agent flags".
+		c.Boot.Cmdline = strings.TrimSpace(BaseCmdline + " " + RootCmdline + " " + h.KernelParams)
+		// Shared by every VM through the host's page cache, like the
+		// runc image; the first pmem device, so the guest's /dev/pmem0.
+		c.Pmems = append(c.Pmems, vmconfig.Pmem{ID: RootPmemID, File: h.Image, ReadOnly: true})
+	}
 	c.Serial.Stdio = true
 	for i := 0; i < h.IOThreads; i++ {
 		c.IOThreads = append(c.IOThreads, vmconfig.IOThread{ID: "iothread" + strconv.Itoa(i)})
@@ -127,7 +144,7 @@ func VMConfig(cfg *shimconfig.Config, spec *specs.Spec, name string, drives []Dr
 		}
 		c.Drives = append(c.Drives, vd)
 	}
-	if h.RuncImage != "" {
+	if h.RuncImage != "" && !rootImage {
 		// Shared by every VM through the host's page cache; the guest's
 		// writes, if any, stay in its own pages.
 		c.Pmems = append(c.Pmems, vmconfig.Pmem{ID: RuncPmemID, File: h.RuncImage, ReadOnly: true})

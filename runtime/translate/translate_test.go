@@ -20,8 +20,10 @@ func testConfig(t *testing.T) *shimconfig.Config {
 	os.WriteFile(k, []byte("k"), 0o644)
 	r := filepath.Join(dir, "runc.erofs")
 	os.WriteFile(r, []byte("r"), 0o644)
+	root := filepath.Join(dir, "root.erofs")
+	os.WriteFile(root, []byte("root"), 0o644)
 	c := shimconfig.Default()
-	c.Hypervisor.Kernel, c.Hypervisor.Initrd, c.Hypervisor.RuncImage = k, "", r
+	c.Hypervisor.Kernel, c.Hypervisor.Initrd, c.Hypervisor.RuncImage, c.Hypervisor.Image = k, "", r, root
 	c.Hypervisor.MaxVCPUs, c.Hypervisor.MaxMemoryMiB = 8, 4096
 	c.Hypervisor.EnableAnnotations = []string{"default_vcpus", "default_memory", "kernel", "kernel_params", "disk_iops"}
 	c.Hypervisor.ValidKernelPaths = []string{dir + "/*"}
@@ -82,7 +84,7 @@ func TestVMConfigSizing(t *testing.T) {
 			if len(c.Drives) != 1 || c.Drives[0].Serial != "r" || c.Drives[0].IOThread != "iothread0" || !c.Serial.Stdio {
 				t.Fatalf("drives %+v", c.Drives)
 			}
-			if want := []vmconfig.Pmem{{ID: RuncPmemID, File: cfg.Hypervisor.RuncImage, ReadOnly: true}}; !reflect.DeepEqual(c.Pmems, want) {
+			if want := []vmconfig.Pmem{{ID: RootPmemID, File: cfg.Hypervisor.Image, ReadOnly: true}}; !reflect.DeepEqual(c.Pmems, want) {
 				t.Fatalf("pmems %+v, want %+v", c.Pmems, want)
 			}
 		})
@@ -91,6 +93,18 @@ func TestVMConfigSizing(t *testing.T) {
 	c, err := VMConfig(cfg, s, "vm", []Drive{{ID: "d", Path: cfg.Hypervisor.Kernel}})
 	if err != nil || !strings.HasSuffix(c.Boot.Cmdline, " loglevel=7") || c.Drives[0].IOPS != 100 {
 		t.Fatalf("%v %q %+v", err, c.Boot.Cmdline, c.Drives)
+	}
+	// The root image: root= before kernel_params (which may end with
+	// "-- agent flags"), no initrd.
+	if c.Boot.Initrd != "" || !strings.Contains(c.Boot.Cmdline, BaseCmdline+" "+RootCmdline+" loglevel=7") {
+		t.Fatalf("root image boot: initrd %q, cmdline %q", c.Boot.Initrd, c.Boot.Cmdline)
+	}
+	// An initrd boots that initramfs with the runc image, without root=.
+	cfg.Hypervisor.Initrd = cfg.Hypervisor.Kernel
+	c, err = VMConfig(cfg, spec(nil), "vm", nil)
+	if err != nil || c.Boot.Initrd != cfg.Hypervisor.Kernel || strings.Contains(c.Boot.Cmdline, "root=") ||
+		!reflect.DeepEqual(c.Pmems, []vmconfig.Pmem{{ID: RuncPmemID, File: cfg.Hypervisor.RuncImage, ReadOnly: true}}) {
+		t.Fatalf("initrd boot: %v %+v", err, c)
 	}
 	// An initramfs that carries runc itself needs no runc image.
 	cfg.Hypervisor.RuncImage = ""

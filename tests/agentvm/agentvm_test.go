@@ -41,13 +41,17 @@ func TestAgentVM(t *testing.T) {
 		f.Close()
 	}
 	for _, backend := range []string{"vhost", "unix"} {
-		t.Run(backend, func(t *testing.T) { runBackend(t, backend) })
+		t.Run(backend, func(t *testing.T) { runBackend(t, backend, false) })
 	}
+	// What the shim boots by default: no initramfs, / is root.erofs on
+	// virtio-pmem (DAX), and runc pivots into containers.
+	t.Run("root-image", func(t *testing.T) { runBackend(t, "vhost", true) })
 }
 
-// runBackend boots one VM with the given vsock backend, runs both
-// containers in it, shuts it down and checks for leftovers.
-func runBackend(t *testing.T, backend string) {
+// runBackend boots one VM with the given vsock backend, from the
+// initramfs with the runc image or (rootImage) from the root image, runs
+// both containers in it, shuts it down and checks for leftovers.
+func runBackend(t *testing.T, backend string, rootImage bool) {
 	if backend == "vhost" {
 		if _, err := os.Stat("/dev/vhost-vsock"); err != nil {
 			t.Skip("no /dev/vhost-vsock")
@@ -62,15 +66,19 @@ func runBackend(t *testing.T, backend string) {
 		dev += ",uds-path=" + uds
 		target = vsockdial.Target{UDSPath: uds}
 	}
-	args := []string{
+	boot := []string{"-initrd", os.Getenv(envInitrd), "-append", translate.BaseCmdline,
+		"-device", "virtio-pmem,id=runc,readonly=on,file=" + os.Getenv(envRunc)}
+	if rootImage {
+		boot = []string{"-append", translate.BaseCmdline + " " + translate.RootCmdline,
+			"-device", "virtio-pmem,id=root,readonly=on,file=" + os.Getenv(envRoot)}
+	}
+	args := append([]string{
 		"-name", "agentvm-" + backend,
-		"-kernel", os.Getenv(envKernel), "-initrd", os.Getenv(envInitrd),
-		"-append", translate.BaseCmdline,
+		"-kernel", os.Getenv(envKernel),
 		"-smp", "1", "-m", "512M", "-serial", "stdio",
 		"-drive", "id=rootfs,file=" + os.Getenv(envRootfs) + ",direct=off,serial=" + rootSerial,
 		"-device", dev,
-		"-device", "virtio-pmem,id=runc,readonly=on,file=" + os.Getenv(envRunc),
-	}
+	}, boot...)
 	vm := newProcVM(os.Getenv(envVMM), args, target)
 	t.Cleanup(func() {
 		if t.Failed() {

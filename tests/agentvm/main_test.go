@@ -26,6 +26,7 @@ const (
 	envInitrd = "AGENTVM_TEST_INITRD"
 	envRootfs = "AGENTVM_TEST_ROOTFS"
 	envRunc   = "AGENTVM_TEST_RUNC"
+	envRoot   = "AGENTVM_TEST_ROOT"
 )
 
 func TestMain(m *testing.M) {
@@ -75,6 +76,7 @@ func prepare(dir string) error {
 	os.Setenv(envInitrd, filepath.Join(guest, "initramfs.cpio"))
 	os.Setenv(envRootfs, img)
 	os.Setenv(envRunc, filepath.Join(guest, "runc.erofs"))
+	os.Setenv(envRoot, filepath.Join(guest, "root.erofs"))
 	return nil
 }
 

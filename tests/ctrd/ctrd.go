@@ -135,7 +135,7 @@ func Start(o Options) (_ *Daemon, err error) {
 	}
 	conf := fmt.Sprintf(`[hypervisor]
 kernel = %q
-initrd = %q
+image = %q
 runc_image = %q
 default_vcpus = %d
 default_memory = %d
@@ -144,7 +144,7 @@ console_log = %v
 %s%s[runtime]
 log_level = %q
 work_dir = %q
-`, filepath.Join(o.ShimDir, "guest/vmlinux"), filepath.Join(o.ShimDir, "guest/initramfs.cpio"), filepath.Join(o.ShimDir, "guest/runc.erofs"),
+`, filepath.Join(o.ShimDir, "guest/vmlinux"), filepath.Join(o.ShimDir, "guest/root.erofs"), filepath.Join(o.ShimDir, "guest/runc.erofs"),
 		o.VCPUs, o.MemoryMiB, o.BootTimeout.String(), o.Debug, agentParams, enableAnnotations(o.EnableAnnotations), level, filepath.Join(dir, "work"))
 	if err := os.WriteFile(filepath.Join(dir, "configuration.toml"), []byte(conf), 0o644); err != nil {
 		return nil, err
