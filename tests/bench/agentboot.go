@@ -22,10 +22,11 @@ import (
 	"github.com/stratovirt-go/stratovirt/vmm/vsockdial"
 )
 
-// GuestImage is a kernel and initramfs that boot to the stratovirt agent
-// (make guest).
+// GuestImage is a kernel and an initramfs, or a kernel and a root image
+// (virtio-pmem, mounted as /), that boot to the stratovirt agent (make
+// guest).
 type GuestImage struct {
-	Name, Kernel, Initrd string
+	Name, Kernel, Initrd, Image string
 }
 
 // AgentCmdline is the shim's kernel command line.
@@ -51,8 +52,18 @@ func agentBoot(vmm string, img GuestImage, cid uint32, dir, cmdline string) (tim
 		dev += ",backend=unix,uds-path=" + uds
 		target = vsockdial.Target{UDSPath: uds}
 	}
-	args := []string{"-name", "bench-agent", "-kernel", img.Kernel, "-initrd", img.Initrd, "-append", cmdline,
-		"-smp", "1", "-m", "256M", "-serial", "stdio", "-device", dev}
+	boot := []string{"-initrd", img.Initrd}
+	if img.Image != "" {
+		// root= and the rest before the agent's own flags ("-- ...").
+		kernel, agent, hasAgent := strings.Cut(cmdline, " -- ")
+		cmdline = kernel + " " + translate.RootCmdline
+		if hasAgent {
+			cmdline += " -- " + agent
+		}
+		boot = []string{"-device", "virtio-pmem,id=root,readonly=on,file=" + img.Image}
+	}
+	args := append([]string{"-name", "bench-agent", "-kernel", img.Kernel, "-append", cmdline,
+		"-smp", "1", "-m", "256M", "-serial", "stdio", "-device", dev}, boot...)
 	cmd := exec.Command(vmm, args...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {

@@ -192,10 +192,11 @@ func smapsOverhead(pid int, guestBytes uint64) (rssMiB, pssMiB float64, err erro
 	return m.RSS, m.PSS, err
 }
 
-// runcImageName is the file name of the guest image's runc image, which
-// the shim maps into the guest as virtio-pmem (host page cache that every
-// VM shares).
-const runcImageName = "runc.erofs"
+// imageNames are the file names of the guest image's read-only images
+// (the root image the shim boots by default, the runc image of an
+// initramfs boot), which the shim maps into the guest as virtio-pmem:
+// host page cache that every VM shares.
+var imageNames = map[string]bool{"root.erofs": true, "runc.erofs": true}
 
 // memUse is a process's memory in MiB: RSS and PSS of its mappings other
 // than guest RAM and the runc image, the RSS of guest RAM (what the guest
@@ -210,7 +211,7 @@ func (m memUse) add(o memUse) memUse {
 
 // smaps reads pid's memory from /proc/PID/smaps: guest RAM is the
 // anonymous mapping of guestBytes (up to 8 MiB more), the runc image the
-// mapping of a file named runcImageName.
+// mapping of a file named in imageNames.
 func smaps(pid int, guestBytes uint64) (memUse, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
 	if err != nil {
@@ -235,7 +236,7 @@ func smaps(pid int, guestBytes uint64) (memUse, error) {
 					guest = sz >= guestBytes && sz <= guestBytes+8<<20
 				}
 			case len(fields) >= 6:
-				image = filepath.Base(fields[5]) == runcImageName
+				image = imageNames[filepath.Base(fields[5])]
 			}
 			continue
 		}

@@ -113,8 +113,9 @@ func treeMemory(pid int, guestBytes uint64) (memUse, error) {
 // ShimMemRows measures the host memory of an idle container beside its
 // guest RAM: our shim process (the VMM runs inside it) against runc's
 // shim plus the container's process, both on d, guestMiB of guest RAM.
-// The runc image's pages the guest mapped (host page cache, shared by
-// every VM) are a row of their own.
+// The guest image's pages mapped (the root image, or the runc image of an
+// initramfs boot: host page cache, shared by every VM) are a row of
+// their own.
 func ShimMemRows(d *ctrd.Daemon, runs, guestMiB int) ([]Row, error) {
 	var oRSS, oPSS, oGuest, oImage, pRSS, pPSS []float64
 	for i := 0; i < runs; i++ {
@@ -141,11 +142,11 @@ func ShimMemRows(d *ctrd.Daemon, runs, guestMiB int) ([]Row, error) {
 		}
 	}
 	peer := "runc (shim + container process)"
-	name := fmt.Sprintf("host memory per idle container, %d MiB guest, excluding guest RAM and the runc image", guestMiB)
+	name := fmt.Sprintf("host memory per idle container, %d MiB guest, excluding guest RAM and the guest image", guestMiB)
 	g := NewRow(fmt.Sprintf("guest RAM touched per idle container (%d MiB guest)", guestMiB), "MiB", oGuest, "", nil)
-	g.Note = "RSS of the guest RAM mapping in the shim: kernel, initramfs, agent; counted once per VM on top of the shim's own memory"
-	im := NewRow(fmt.Sprintf("runc image mapped per idle container (%d MiB guest)", guestMiB), "MiB", oImage, "", nil)
-	im.Note = "RSS of the runc image's virtio-pmem mapping in the shim: the host page cache of runc.erofs, one copy for all VMs on the host (the density rows count it once)"
+	g.Note = "RSS of the guest RAM mapping in the shim: the kernel and what the guest allocated (the agent and runc run from the guest image, not from guest RAM); counted once per VM on top of the shim's own memory"
+	im := NewRow(fmt.Sprintf("guest image mapped per idle container (%d MiB guest)", guestMiB), "MiB", oImage, "", nil)
+	im.Note = "RSS of the guest image's virtio-pmem mapping in the shim (root.erofs, populated when the VM is built): host page cache, one copy for all VMs on the host (the density rows count it once)"
 	return []Row{
 		NewRow(name+", PSS (shim with in-process VMM)", "MiB", oPSS, peer, pPSS),
 		NewRow(name+", RSS (shim with in-process VMM)", "MiB", oRSS, peer, pRSS),

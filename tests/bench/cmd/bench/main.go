@@ -190,13 +190,15 @@ func has(list string, names ...string) bool {
 // guestImages are the images the agent group boots: the `make guest`
 // image with Debian's cloud kernel and its modules first (the reference
 // the ratios are taken against), then with the microVM kernel
-// (agent/kernel), as bzImage and as PVH vmlinux (make guest's default).
+// (agent/kernel), as bzImage and as PVH vmlinux with the initramfs, and
+// as PVH vmlinux with the root image (what the shim boots by default).
 func guestImages(shimDir string) []bench.GuestImage {
 	g, c := filepath.Join(shimDir, "guest"), filepath.Join(shimDir, "guest-cloud")
 	imgs := []bench.GuestImage{
 		{Name: "Debian cloud kernel + modules, PVH vmlinux (before)", Kernel: filepath.Join(c, "vmlinux"), Initrd: filepath.Join(c, "initramfs.cpio")},
 		{Name: "microVM kernel, bzImage", Kernel: filepath.Join(g, "vmlinuz"), Initrd: filepath.Join(g, "initramfs.cpio")},
-		{Name: "microVM kernel, PVH vmlinux (make guest default)", Kernel: filepath.Join(g, "vmlinux"), Initrd: filepath.Join(g, "initramfs.cpio")},
+		{Name: "microVM kernel, PVH vmlinux, initramfs", Kernel: filepath.Join(g, "vmlinux"), Initrd: filepath.Join(g, "initramfs.cpio")},
+		{Name: "microVM kernel, PVH vmlinux, root image (the shim's default)", Kernel: filepath.Join(g, "vmlinux"), Image: filepath.Join(g, "root.erofs")},
 	}
 	// BENCH_GUEST_IMAGES adds NAME=KERNEL:INITRD,... (development).
 	for _, e := range strings.Split(os.Getenv("BENCH_GUEST_IMAGES"), ",") {
