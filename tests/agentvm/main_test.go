@@ -1,6 +1,7 @@
 // Package agentvm is the lab test of the guest image (`make guest`) under
-// cmd/stratovirt: for each vsock backend (vhost, unix) it boots the image
-// with a busybox ext4 rootfs on virtio-blk, connects to the agent through
+// cmd/stratovirt: for each vsock backend (vhost, unix) it boots the
+// initramfs with the runc image, and with vhost also the root image (what
+// the shim boots by default), with a busybox ext4 rootfs on virtio-blk, connects to the agent through
 // runtime/sandbox (the shim's client code) and vmm/vsockdial, runs
 // `echo hello` and `sh -c 'exit 3'` as containers, checks their output and
 // exit status, shuts the VM down and checks that nothing is left behind

@@ -92,7 +92,7 @@ func startContainerd(t *testing.T) *daemon {
 		crictlBin: filepath.Join(root, ".cache/bin/crictl"), ctr: filepath.Join(root, ".cache/bin/ctr")}
 	conf := fmt.Sprintf(`[hypervisor]
 kernel = %q
-initrd = %q
+image = %q
 runc_image = %q
 default_vcpus = 1
 default_memory = 256
@@ -102,7 +102,7 @@ enable_annotations = ["default_vcpus", "default_memory"]
 [runtime]
 log_level = "debug"
 work_dir = %q
-`, filepath.Join(shimDir, "guest/vmlinux"), filepath.Join(shimDir, "guest/initramfs.cpio"), filepath.Join(shimDir, "guest/runc.erofs"), filepath.Join(dir, "work"))
+`, filepath.Join(shimDir, "guest/vmlinux"), filepath.Join(shimDir, "guest/root.erofs"), filepath.Join(shimDir, "guest/runc.erofs"), filepath.Join(dir, "work"))
 	must(t, os.WriteFile(filepath.Join(dir, "configuration.toml"), []byte(conf), 0o644))
 	must(t, os.MkdirAll(filepath.Join(dir, "net.d"), 0o755))
 	must(t, os.WriteFile(filepath.Join(dir, "net.d/10-svcri.conflist"), []byte(cniConfig()), 0o644))
