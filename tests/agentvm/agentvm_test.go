@@ -66,19 +66,13 @@ func runBackend(t *testing.T, backend string, rootImage bool) {
 		dev += ",uds-path=" + uds
 		target = vsockdial.Target{UDSPath: uds}
 	}
-	boot := []string{"-initrd", os.Getenv(envInitrd), "-append", translate.BaseCmdline,
-		"-device", "virtio-pmem,id=runc,readonly=on,file=" + os.Getenv(envRunc)}
-	if rootImage {
-		boot = []string{"-append", translate.BaseCmdline + " " + translate.RootCmdline,
-			"-device", "virtio-pmem,id=root,readonly=on,file=" + os.Getenv(envRoot)}
-	}
 	args := append([]string{
 		"-name", "agentvm-" + backend,
 		"-kernel", os.Getenv(envKernel),
 		"-smp", "1", "-m", "512M", "-serial", "stdio",
 		"-drive", "id=rootfs,file=" + os.Getenv(envRootfs) + ",direct=off,serial=" + rootSerial,
 		"-device", dev,
-	}, boot...)
+	}, bootArgs(rootImage, "")...)
 	vm := newProcVM(os.Getenv(envVMM), args, target)
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -128,6 +122,18 @@ func runBackend(t *testing.T, backend string, rootImage bool) {
 		tDestroy.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 
 	checkLeftovers(t, vm, uds, socketsBefore)
+}
+
+// bootArgs are the VMM arguments that boot the guest image: the
+// initramfs with the runc image, or (rootImage) the root image as the
+// shim boots it; extra goes at the end of the kernel command line.
+func bootArgs(rootImage bool, extra string) []string {
+	if rootImage {
+		return []string{"-append", strings.TrimSpace(translate.BaseCmdline + " " + translate.RootCmdline + " " + extra),
+			"-device", "virtio-pmem,id=root,readonly=on,file=" + os.Getenv(envRoot)}
+	}
+	return []string{"-initrd", os.Getenv(envInitrd), "-append", strings.TrimSpace(translate.BaseCmdline + " " + extra),
+		"-device", "virtio-pmem,id=runc,readonly=on,file=" + os.Getenv(envRunc)}
 }
 
 // healthCheck asks the agent's Health service over a new control

@@ -59,19 +59,13 @@ func TestCreateProfile(t *testing.T) {
 
 func profileVM(t *testing.T, rounds int) {
 	dir := t.TempDir()
-	boot := []string{"-initrd", os.Getenv(envInitrd), "-append", strings.TrimSpace(translate.BaseCmdline + " " + os.Getenv("AGENTVM_CREATE_CMDLINE")),
-		"-device", "virtio-pmem,id=runc,readonly=on,file=" + os.Getenv(envRunc)}
-	if os.Getenv("AGENTVM_CREATE_ROOT") != "" {
-		boot = []string{"-append", strings.TrimSpace(translate.BaseCmdline + " " + translate.RootCmdline + " " + os.Getenv("AGENTVM_CREATE_CMDLINE")),
-			"-device", "virtio-pmem,id=root,readonly=on,file=" + os.Getenv(envRoot)}
-	}
 	args := append([]string{
 		"-name", "createprofile",
 		"-kernel", os.Getenv(envKernel),
 		"-smp", "1", "-m", "256M", "-serial", "stdio",
 		"-drive", "id=rootfs,file=" + os.Getenv(envRootfs) + ",direct=off,serial=" + rootSerial,
 		"-device", fmt.Sprintf("vsock,id=vsock0,guest-cid=%d,backend=unix,uds-path=%s", vhostCID, filepath.Join(dir, "v.sock")),
-	}, boot...)
+	}, bootArgs(os.Getenv("AGENTVM_CREATE_ROOT") != "", os.Getenv("AGENTVM_CREATE_CMDLINE"))...)
 	vm := newProcVM(os.Getenv(envVMM), args, vsockdial.Target{UDSPath: filepath.Join(dir, "v.sock")})
 	ctx := context.Background()
 	sb, err := sandbox.Start(ctx, vm, bootTimeout)
