@@ -69,6 +69,12 @@ type Options struct {
 	// (nested virtualisation under TCG now and then stops making
 	// progress) then fails in minutes rather than at Timeout.
 	IdleTimeout time.Duration
+	// FreezeTimeout ends the run with ErrFrozen once the lab's heartbeat
+	// (a line stage 2 writes to a serial port of its own every few
+	// seconds) has been silent for that long: the lab kernel no longer
+	// runs. Default labFreezeTimeout, or $LAB_FREEZE_TIMEOUT; negative
+	// turns the watch off.
+	FreezeTimeout time.Duration
 }
 
 // Result is the outcome of a run whose command ran to completion.
@@ -88,6 +94,23 @@ var ErrTimeout = errors.New("lab: timed out")
 // ErrIdle is returned (wrapped) when the command was silent for longer
 // than Options.IdleTimeout.
 var ErrIdle = errors.New("lab: no output")
+
+// ErrFrozen is returned (wrapped) when the lab's heartbeat stopped: the
+// lab VM froze (see docs/performance.md, "the lab freeze": QEMU's TCG
+// holds every interrupt back from the lab's halted CPU), whatever the
+// command was doing.
+var ErrFrozen = errors.New("lab: froze")
+
+// labFreezeTimeout is the default Options.FreezeTimeout. Stage 2 beats
+// every heartbeatPeriod; a busy lab still schedules that loop within a
+// second or two, a frozen one never again.
+const (
+	labFreezeTimeout = 45 * time.Second
+	heartbeatPeriod  = 5 * time.Second
+	// labFirstBeat bounds the time from starting QEMU to the first beat
+	// (a lab boots in about 8 s).
+	labFirstBeat = 2 * time.Minute
+)
 
 // Modules loaded in the lab's stage 1 (to reach the host's root) and
 // stage 2 (for what the tests use). Dependencies are resolved from the
@@ -189,6 +212,15 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if opts.Timeout == 0 {
 		opts.Timeout = 10 * time.Minute
 	}
+	if opts.FreezeTimeout == 0 {
+		opts.FreezeTimeout = labFreezeTimeout
+		if d, err := time.ParseDuration(os.Getenv("LAB_FREEZE_TIMEOUT")); err == nil {
+			opts.FreezeTimeout = d
+			if d == 0 {
+				opts.FreezeTimeout = -1
+			}
+		}
+	}
 	if opts.Dir == "" {
 		wd, err := os.Getwd()
 		if err != nil {
@@ -242,10 +274,15 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	defer cancel()
 	ctx, cancelIdle := context.WithCancelCause(ctx)
 	defer cancelIdle(nil)
-	var lastOutput atomic.Int64
+	var lastOutput, lastBeat atomic.Int64
 	lastOutput.Store(time.Now().UnixNano())
 	if opts.IdleTimeout > 0 {
-		go watchIdle(ctx, &lastOutput, opts.IdleTimeout, cancelIdle)
+		go watchSilence(ctx, &lastOutput, opts.IdleTimeout, ErrIdle, cancelIdle)
+	}
+	if opts.FreezeTimeout > 0 {
+		// Until the first beat the limit is labFirstBeat from now.
+		lastBeat.Store(time.Now().Add(max(labFirstBeat-opts.FreezeTimeout, 0)).UnixNano())
+		go watchSilence(ctx, &lastBeat, opts.FreezeTimeout, ErrFrozen, cancelIdle)
 	}
 	args := []string{
 		"-M", "q35,accel=tcg", "-cpu", "qemu64,+svm,+npt",
@@ -261,6 +298,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		"-chardev", "file,id=con,path=/dev/fd/3", "-serial", "chardev:con",
 		"-chardev", "file,id=out,path=/dev/fd/4", "-serial", "chardev:out",
 		"-chardev", "file,id=err,path=/dev/fd/5", "-serial", "chardev:err",
+		"-chardev", "file,id=beat,path=/dev/fd/6", "-serial", "chardev:beat",
 		"-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
 	}
 	if opts.OutDir != "" {
@@ -288,7 +326,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 			opts.Console = cf
 		}
 	}
-	var console, stdout, stderr SyncBuffer
+	var console, stdout, stderr, beats SyncBuffer
 	var wg sync.WaitGroup
 	var files []*os.File
 	var started time.Time
@@ -296,8 +334,8 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	for _, sink := range []struct {
 		buf  *SyncBuffer
 		tee  io.Writer
-		mark bool
-	}{{&console, opts.Console, false}, {&stdout, opts.Stdout, true}, {&stderr, opts.Stderr, true}} {
+		last *atomic.Int64 // the time of the latest output, if kept
+	}{{&console, opts.Console, nil}, {&stdout, opts.Stdout, &lastOutput}, {&stderr, opts.Stderr, &lastOutput}, {&beats, nil, &lastBeat}} {
 		r, w, err := os.Pipe()
 		if err != nil {
 			return nil, err
@@ -309,17 +347,18 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 			dst = io.MultiWriter(sink.buf, sink.tee)
 		}
 		wg.Add(1)
-		go func(mark bool) {
+		isOutput := sink.last == &lastOutput
+		go func(last *atomic.Int64) {
 			defer wg.Done()
 			buf := make([]byte, 32*1024)
 			first := true
 			for {
 				n, err := r.Read(buf)
 				if n > 0 {
-					if mark {
-						lastOutput.Store(time.Now().UnixNano())
+					if last != nil {
+						last.Store(time.Now().UnixNano())
 					}
-					if first && mark {
+					if first && isOutput {
 						select {
 						case cmdStart <- time.Now():
 						default:
@@ -332,7 +371,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 					return
 				}
 			}
-		}(sink.mark)
+		}(sink.last)
 	}
 	cmd.ExtraFiles = files
 	cmd.WaitDelay = 5 * time.Second
@@ -357,6 +396,10 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if errors.Is(context.Cause(ctx), ErrIdle) {
 		return res, fmt.Errorf("%w for %v running %q; console tail:\n%s", ErrIdle, opts.IdleTimeout, opts.Cmd, tail(res.Console, 2000))
 	}
+	if errors.Is(context.Cause(ctx), ErrFrozen) {
+		return res, fmt.Errorf("%w: no heartbeat for %v (%d beats before) running %q; console tail:\n%s",
+			ErrFrozen, opts.FreezeTimeout, bytes.Count(beats.Bytes(), []byte("\n")), opts.Cmd, tail(res.Console, 2000))
+	}
 	if ctx.Err() == context.DeadlineExceeded {
 		return res, fmt.Errorf("%w after %v running %q; console tail:\n%s", ErrTimeout, opts.Timeout, opts.Cmd, tail(res.Console, 2000))
 	}
@@ -375,18 +418,18 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	return res, nil
 }
 
-// watchIdle cancels ctx with ErrIdle once last (unix nanoseconds of the
-// command's latest output) is older than idle.
-func watchIdle(ctx context.Context, last *atomic.Int64, idle time.Duration, cancel context.CancelCauseFunc) {
-	tick := time.NewTicker(min(idle/4, 10*time.Second))
+// watchSilence cancels ctx with cause once last (unix nanoseconds of the
+// latest output or beat) is older than limit.
+func watchSilence(ctx context.Context, last *atomic.Int64, limit time.Duration, cause error, cancel context.CancelCauseFunc) {
+	tick := time.NewTicker(min(limit/4, 10*time.Second))
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-tick.C:
-			if now.Sub(time.Unix(0, last.Load())) > idle {
-				cancel(ErrIdle)
+			if now.Sub(time.Unix(0, last.Load())) > limit {
+				cancel(cause)
 				return
 			}
 		}
@@ -433,6 +476,7 @@ func writeJob(job string, k Kernel, opts Options, nonce string) error {
 		"LAB_KERNEL_DIR":     k.Dir,
 		"LAB_KERNEL_VERSION": k.Version,
 		"LAB_MODULES":        strings.Join(stage2Modules, " "),
+		"LAB_BEAT_SECONDS":   strconv.Itoa(int(heartbeatPeriod / time.Second)),
 		"STRATOVIRT_IN_LAB":  "1",
 	}
 	for key, val := range lab {

@@ -153,3 +153,29 @@ func TestInnerTimeout(t *testing.T) {
 		}
 	}
 }
+
+// A lab whose heartbeat stops (here: killed; in the real freeze the lab
+// kernel no longer runs) ends in ErrFrozen soon after, though the command
+// would run for minutes.
+func TestFreezeTimeout(t *testing.T) {
+	needLab(t)
+	start := time.Now()
+	res, err := Run(context.Background(), Options{
+		Cmd:     `kill "$(cat /run/lab-heartbeat.pid)"; echo killed; sleep 600`,
+		Timeout: 5 * time.Minute, FreezeTimeout: 10 * time.Second,
+	})
+	if !errors.Is(err, ErrFrozen) {
+		t.Fatalf("want ErrFrozen, got %v", err)
+	}
+	if res == nil || string(res.Stdout) != "killed\n" {
+		t.Fatalf("the command did not run before the heartbeat stopped: %+v", res)
+	}
+	if d := time.Since(start); d > 2*time.Minute {
+		t.Fatalf("freeze found after %v", d)
+	}
+	// A lab that beats runs on past FreezeTimeout.
+	res = RunT(t, Options{Cmd: "sleep 15; echo done", Timeout: 5 * time.Minute, FreezeTimeout: 10 * time.Second})
+	if string(res.Stdout) != "done\n" {
+		t.Fatalf("stdout %q", res.Stdout)
+	}
+}

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"regexp"
 	"slices"
@@ -24,6 +25,7 @@ type testProgress struct {
 	partial []byte
 	ended   []string
 	running string
+	open    []string // tests and subtests started and not ended, in start order
 }
 
 func (p *testProgress) Write(b []byte) (int, error) {
@@ -43,17 +45,26 @@ func (p *testProgress) Write(b []byte) (int, error) {
 }
 
 // line notes "=== RUN   TestX" and "--- PASS|FAIL|SKIP: TestX (…)" of
-// top-level tests (subtests are indented or have a slash).
+// tests and subtests (subtests have a slash; outside test2json their
+// result lines are indented).
 func (p *testProgress) line(l string) {
 	l = strings.TrimPrefix(l, testMarker)
-	if name, ok := strings.CutPrefix(l, "=== RUN   "); ok && !strings.Contains(name, "/") {
-		p.running = strings.TrimSpace(name)
+	if name, ok := strings.CutPrefix(l, "=== RUN   "); ok {
+		name = strings.TrimSpace(name)
+		if !slices.Contains(p.open, name) {
+			p.open = append(p.open, name)
+		}
+		if !strings.Contains(name, "/") {
+			p.running = name
+		}
 		return
 	}
+	trimmed := strings.TrimLeft(l, " ")
 	for _, r := range []string{"--- PASS: ", "--- FAIL: ", "--- SKIP: "} {
-		if rest, ok := strings.CutPrefix(l, r); ok {
+		if rest, ok := strings.CutPrefix(trimmed, r); ok {
 			name, _, _ := strings.Cut(rest, " ")
-			if !strings.Contains(name, "/") {
+			p.open = slices.DeleteFunc(p.open, func(o string) bool { return o == name })
+			if trimmed == l && !strings.Contains(name, "/") {
 				p.ended = append(p.ended, name)
 				if p.running == name {
 					p.running = ""
@@ -71,13 +82,24 @@ func (p *testProgress) state() ([]string, string) {
 	return slices.Clone(p.ended), p.running
 }
 
-// forget clears the running test (the lab that ran it is gone).
-func (p *testProgress) forget(name string) {
+// closeOpen writes a result line (verdict is FAIL or SKIP) for every test
+// and subtest that started and did not end, innermost first, with why
+// under each, and forgets them: the lab that ran them is gone, and a test
+// left without an end would read as a failure of its own. prefix is
+// testMarker under -test.v=test2json; otherwise subtests' lines are
+// indented as the testing package indents them.
+func (p *testProgress) closeOpen(w io.Writer, prefix, verdict, why string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.running == name {
-		p.running = ""
+	for _, name := range slices.Backward(p.open) {
+		indent := ""
+		if prefix == "" {
+			indent = strings.Repeat("    ", strings.Count(name, "/"))
+		}
+		fmt.Fprintf(w, "%s%s--- %s: %s (0.00s)\n%s    %s\n", prefix, indent, verdict, name, indent, why)
 	}
+	p.open = nil
+	p.running = ""
 }
 
 // skipArgs returns args with -test.skip extended to the named top-level

@@ -2,7 +2,8 @@
 # Stage 2 of the lab guest: runs in the overlay of the host's root. Mounts
 # the usual filesystems, loads the modules KVM, vsock, tap, loop, ext4 and
 # CNI need, runs the job's command with stdout on ttyS1 and stderr on ttyS2,
-# reports its exit status on the console and powers off.
+# reports its exit status on the console and powers off. A heartbeat on
+# ttyS3 tells the host that the lab kernel still runs (lab.Options.FreezeTimeout).
 job=$1
 . "$job/env.sh"
 export PATH=$LAB_PATH
@@ -14,6 +15,9 @@ mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
 mount -t tmpfs -o mode=1777 shm /dev/shm
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t tmpfs -o mode=0755 run /run
+stty -F /dev/ttyS3 raw -echo 2>/dev/null
+(while :; do echo; sleep "$LAB_BEAT_SECONDS"; done) </dev/null >/dev/ttyS3 2>/dev/null &
+echo $! >/run/lab-heartbeat.pid
 mkdir -p /var/lib/containerd /run/lock
 mount -t tmpfs -o mode=0711 containerd /var/lib/containerd
 # Nothing persists: give the command its own /var/tmp as well.

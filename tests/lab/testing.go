@@ -106,43 +106,71 @@ func runTestBinary(exe string, args []string, stdout io.Writer, run func(context
 	if verbose != "" {
 		opts.Stdout = progress
 	}
-	var wedged []string
-	for attempt := 0; ; attempt++ {
+	prefix := ""
+	if verbose == "-test.v=test2json" {
+		prefix = testMarker
+	}
+	var failed []string       // tests failed because their lab went silent or froze too often
+	froze := map[string]int{} // how often each test's lab froze
+	for labs := 1; ; labs++ {
 		quoted := []string{shellQuote(exe)}
 		ended, _ := progress.state()
-		for _, a := range skipArgs(inner, append(ended, wedged...)) {
+		for _, a := range skipArgs(inner, append(ended, failed...)) {
 			quoted = append(quoted, shellQuote(a))
 		}
 		res, err := run(context.Background(), opts.with(strings.Join(quoted, " ")))
 		if err == nil {
 			fmt.Fprintf(os.Stderr, "lab: test binary started %.1fs after lab launch, lab run took %.1fs\n", res.Boot.Seconds(), res.Duration.Seconds())
-			if len(wedged) > 0 && res.ExitCode == 0 {
+			if len(failed) > 0 && res.ExitCode == 0 {
 				return 1
 			}
 			return res.ExitCode
 		}
 		fmt.Fprintln(os.Stderr, err)
 		_, running := progress.state()
-		if !errors.Is(err, ErrIdle) || running == "" || attempt == maxContinuations {
+		frozen := errors.Is(err, ErrFrozen)
+		if verbose == "" || labs == maxLabs || !frozen && (running == "" || !errors.Is(err, ErrIdle)) {
+			progress.closeOpen(stdout, prefix, "FAIL", "the lab run ended: "+firstLine(err))
 			return 1
 		}
-		// The lab wedged (see docs/performance.md, "the lab freeze") in
-		// the middle of a package: fail the test it was in, so that a
-		// rerun takes it, and go on in a fresh lab with the tests after
-		// it, which would otherwise not run at all.
-		prefix := ""
-		if verbose == "-test.v=test2json" {
-			prefix = testMarker
+		switch {
+		case frozen && running == "":
+			// Between tests: the ones not yet ended run in a fresh lab.
+			fmt.Fprintln(os.Stderr, "lab: the lab froze between tests; going on in a fresh lab")
+		case frozen && froze[running] < maxFreezes:
+			// The lab froze under the test (see docs/performance.md, "the
+			// lab freeze": QEMU's emulated SVM, not the test): the test
+			// did not end, so it runs again, whole, in a fresh lab.
+			froze[running]++
+			progress.closeOpen(stdout, prefix, "SKIP", fmt.Sprintf("the lab froze (%d of %d allowed); %s runs again in a fresh lab", froze[running], maxFreezes, running))
+		default:
+			// Silent while the lab lived (a hung test), or froze again
+			// and again: fail the test, so that a rerun takes it, and go
+			// on in a fresh lab with the tests after it, which would
+			// otherwise not run at all.
+			why := "the lab froze too often during " + running
+			if !frozen {
+				why = "the lab was alive but " + running + " printed nothing for " + opts.IdleTimeout.String()
+			}
+			progress.closeOpen(stdout, prefix, "FAIL", why+"; going on with the tests after it in a fresh lab")
+			failed = append(failed, running)
 		}
-		fmt.Fprintf(stdout, "%s--- FAIL: %s (0.00s)\n    lab wedged during %s; going on with the tests after it in a fresh lab\n", prefix, running, running)
-		wedged = append(wedged, running)
-		progress.forget(running)
 	}
 }
 
-// maxContinuations bounds the fresh labs one test binary gets after its
-// lab wedged.
-const maxContinuations = 2
+// firstLine is the first line of err's message.
+func firstLine(err error) string {
+	l, _, _ := strings.Cut(err.Error(), "\n")
+	return l
+}
+
+// maxLabs bounds the labs one test binary runs in: its own and the fresh
+// ones after labs that froze or went silent.
+const maxLabs = 8
+
+// maxFreezes is how often the lab may freeze under one test before that
+// test fails: each freeze costs a lab boot and the test's rerun.
+const maxFreezes = 2
 
 // labTimeoutMargin is how much sooner than the lab run a test binary
 // inside it times out: lab boot plus the time to print the stacks.
