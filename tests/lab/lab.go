@@ -289,12 +289,12 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		"-smp", strconv.Itoa(opts.CPUs), "-m", strconv.Itoa(opts.Memory),
 		"-nodefaults", "-display", "none", "-no-reboot",
 		"-kernel", kernel.Image, "-initrd", initrd,
-		// transparent_hugepage=never: khugepaged collapsing a nested
-		// guest's RAM under emulated nested paging soft-locked a lab CPU
-		// for minutes (seen in CI). With madvise and khugepaged asleep,
-		// boot to the agent took 2.2 s instead of 3.3 s, but that
-		// setting is not yet proven in CI (docs/performance.md).
-		"-append", "console=ttyS0 quiet loglevel=" + labLogLevel() + " panic=-1 mitigations=off tsc=reliable transparent_hugepage=never lab.job=" + job,
+		// transparent_hugepage=never by default (labTHP): khugepaged
+		// collapsing a nested guest's RAM under emulated nested paging
+		// soft-locked a lab CPU for minutes (seen in CI). LAB_THP=madvise
+		// gives the VMMs' guest RAM 2 MiB pages at fault time, with
+		// khugepaged asleep (stage2.sh).
+		"-append", "console=ttyS0 quiet loglevel=" + labLogLevel() + " panic=-1 mitigations=off tsc=reliable transparent_hugepage=" + labTHP() + " lab.job=" + job,
 		"-chardev", "file,id=con,path=/dev/fd/3", "-serial", "chardev:con",
 		"-chardev", "file,id=out,path=/dev/fd/4", "-serial", "chardev:out",
 		"-chardev", "file,id=err,path=/dev/fd/5", "-serial", "chardev:err",
@@ -434,6 +434,16 @@ func watchSilence(ctx context.Context, last *atomic.Int64, limit time.Duration, 
 			}
 		}
 	}
+}
+
+// labTHP is the lab kernel's transparent huge page mode: never, unless
+// LAB_THP says madvise or always.
+func labTHP() string {
+	switch v := os.Getenv("LAB_THP"); v {
+	case "madvise", "always":
+		return v
+	}
+	return "never"
 }
 
 // labLogLevel is the lab kernel's console log level: 2 (emergencies and

@@ -22,6 +22,16 @@ mkdir -p /var/lib/containerd /run/lock
 mount -t tmpfs -o mode=0711 containerd /var/lib/containerd
 # Nothing persists: give the command its own /var/tmp as well.
 mount -t tmpfs -o mode=1777 vartmp /var/tmp
+# With huge pages on (LAB_THP), they come only at fault time: khugepaged
+# collapsing a nested guest's RAM soft-locked a lab CPU for minutes (seen
+# in CI), so it sleeps and never defragments.
+thp=/sys/kernel/mm/transparent_hugepage
+if ! grep -q '\[never\]' $thp/enabled 2>/dev/null; then
+	echo never >$thp/defrag
+	echo 0 >$thp/khugepaged/defrag
+	echo 4294967295 >$thp/khugepaged/scan_sleep_millisecs
+	echo 4294967295 >$thp/khugepaged/alloc_sleep_millisecs
+fi
 for m in $LAB_MODULES; do
 	modprobe -d "$LAB_KERNEL_DIR" -S "$LAB_KERNEL_VERSION" "$m" 2>/dev/console ||
 		echo "lab: modprobe $m failed" >/dev/console

@@ -133,7 +133,7 @@ func run(runs, memRuns int, out, rows, vmm, shimDir string) error {
 	}
 	rep := &bench.Report{Generated: time.Now(), Where: fmt.Sprintf("%s KVM (%s)", where, why)}
 	if lab.InLab() {
-		rep.Where = "nested KVM in the lab (QEMU TCG, qemu64+svm+npt)"
+		rep.Where = "nested KVM in the lab (QEMU TCG, qemu64+svm+npt, transparent huge pages " + thpMode() + ")"
 	}
 	var failed []error
 	for _, group := range strings.Split(rows, ",") {
@@ -175,6 +175,21 @@ func run(runs, memRuns int, out, rows, vmm, shimDir string) error {
 		return err
 	}
 	return errors.Join(failed...)
+}
+
+// thpMode is this kernel's transparent huge page mode (the bracketed word
+// of /sys/kernel/mm/transparent_hugepage/enabled), or "unknown".
+func thpMode() string {
+	b, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
+	if err != nil {
+		return "unknown"
+	}
+	_, rest, ok := strings.Cut(string(b), "[")
+	mode, _, ok2 := strings.Cut(rest, "]")
+	if !ok || !ok2 {
+		return "unknown"
+	}
+	return mode
 }
 
 // has reports whether the comma-separated list holds any of names.
