@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"reflect"
 	"testing"
 	"time"
 
@@ -61,5 +62,26 @@ func TestAgentClock(t *testing.T) {
 	}
 	if ClockNote(nil) != "" {
 		t.Fatal("a note without boots")
+	}
+}
+
+// A report read back from its results.json keeps its rows and the groups
+// that ended, which cmd/bench resumes after when a lab freezes.
+func TestReadReport(t *testing.T) {
+	dir := t.TempDir()
+	want := &Report{Generated: time.Unix(1700000000, 0).UTC(), Where: "here",
+		Rows: []Row{NewRow("boot", "ms", []float64{1, 2, 3}, "qemu", []float64{2, 4})}, Groups: []string{"boot"}}
+	if err := want.Write(dir); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ReadReport(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("read back %+v, want %+v", got, want)
+	}
+	if _, err := ReadReport(t.TempDir()); err == nil {
+		t.Fatal("no results.json: no error")
 	}
 }

@@ -75,6 +75,22 @@ type Report struct {
 	Generated time.Time `json:"generated"`
 	Where     string    `json:"where"`
 	Rows      []Row     `json:"rows"`
+	// Groups are the row groups that ran to their end (cmd/bench resumes
+	// after them when a lab freezes).
+	Groups []string `json:"groups,omitempty"`
+}
+
+// ReadReport reads the results.json Write stored in dir.
+func ReadReport(dir string) (*Report, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "results.json"))
+	if err != nil {
+		return nil, err
+	}
+	var r Report
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, "results.json"), err)
+	}
+	return &r, nil
 }
 
 func num(v float64) string {

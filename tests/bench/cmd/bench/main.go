@@ -26,6 +26,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -56,14 +57,15 @@ func main() {
 	rows := flag.String("rows", allGroups, "comma-separated row groups: "+allGroups)
 	vmm := flag.String("vmm", "bin/stratovirt", "our VMM binary")
 	shimDir := flag.String("shim-dir", "", "(internal) prepared shim and guest image")
+	resume := flag.Bool("resume", false, "(internal) keep the groups -out's results.json already has and run the others")
 	flag.Parse()
-	if err := run(*runs, *memRuns, *out, *rows, *vmm, *shimDir); err != nil {
+	if err := run(*runs, *memRuns, *out, *rows, *vmm, *shimDir, *resume); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(runs, memRuns int, out, rows, vmm, shimDir string) error {
+func run(runs, memRuns int, out, rows, vmm, shimDir string, resume bool) error {
 	out, err := filepath.Abs(out)
 	if err != nil {
 		return err
@@ -110,18 +112,29 @@ func run(runs, memRuns int, out, rows, vmm, shimDir string) error {
 		if err != nil {
 			return err
 		}
-		cmd := fmt.Sprintf("%s -runs %d -mem-runs %d -out %s -rows %s -vmm %s -shim-dir '%s'", self, runs, memRuns, out, rows, vmm, shimDir)
-		// A lab that prints nothing for 10 minutes is wedged (every group
-		// reports as it goes): end it instead of waiting out the hour.
-		res, err := lab.Run(context.Background(), lab.Options{Cmd: cmd, OutDir: out, Stdout: os.Stdout, Stderr: os.Stderr,
-			Timeout: 50 * time.Minute, IdleTimeout: 10 * time.Minute})
-		if err != nil {
-			return err
+		// A lab that freezes (lab.ErrFrozen: QEMU's, not the benchmark's)
+		// loses only the group it was in: a fresh lab resumes from the
+		// groups results.json already has.
+		for labs := 1; ; labs++ {
+			cmd := fmt.Sprintf("%s -runs %d -mem-runs %d -out %s -rows %s -vmm %s -shim-dir '%s' -resume=%t",
+				self, runs, memRuns, out, rows, vmm, shimDir, labs > 1)
+			// A lab that prints nothing for 10 minutes is wedged (every
+			// group reports as it goes): end it instead of waiting out the
+			// hour.
+			res, err := lab.Run(context.Background(), lab.Options{Cmd: cmd, OutDir: out, Stdout: os.Stdout, Stderr: os.Stderr,
+				Timeout: 50 * time.Minute, IdleTimeout: 10 * time.Minute})
+			if errors.Is(err, lab.ErrFrozen) && labs < maxBenchLabs {
+				fmt.Fprintf(os.Stderr, "bench: %v\nbench: the lab froze; going on in a fresh lab (%d of %d)\n", err, labs+1, maxBenchLabs)
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if res.ExitCode != 0 {
+				return fmt.Errorf("benchmark in the lab exited %d", res.ExitCode)
+			}
+			return nil
 		}
-		if res.ExitCode != 0 {
-			return fmt.Errorf("benchmark in the lab exited %d", res.ExitCode)
-		}
-		return nil
 	}
 	var env bench.BootEnv
 	if has(rows, "boot", "mem") {
@@ -132,11 +145,23 @@ func run(runs, memRuns int, out, rows, vmm, shimDir string) error {
 		defer cleanup()
 	}
 	rep := &bench.Report{Generated: time.Now(), Where: fmt.Sprintf("%s KVM (%s)", where, why)}
+	if resume {
+		if rep, err = bench.ReadReport(out); err != nil {
+			return fmt.Errorf("resume: %w", err)
+		}
+	} else if err := rep.Write(out); err != nil {
+		// At once, so that a resumed run never finds an older run's.
+		return err
+	}
 	if lab.InLab() {
 		rep.Where = "nested KVM in the lab (QEMU TCG, qemu64+svm+npt, transparent huge pages " + thpMode() + ")"
 	}
 	var failed []error
 	for _, group := range strings.Split(rows, ",") {
+		if slices.Contains(rep.Groups, group) {
+			fmt.Fprintf(os.Stderr, "bench: group %s: done in an earlier lab\n", group)
+			continue
+		}
 		var r []bench.Row
 		t0 := time.Now()
 		switch group {
@@ -157,6 +182,7 @@ func run(runs, memRuns int, out, rows, vmm, shimDir string) error {
 		}
 		fmt.Fprintf(os.Stderr, "bench: group %s: %d rows in %v\n", group, len(r), time.Since(t0).Round(time.Second))
 		rep.Rows = append(rep.Rows, r...)
+		rep.Groups = append(rep.Groups, group)
 		// Write what is there after every group: a run cut short by the
 		// lab's timeout keeps its finished groups.
 		if werr := rep.Write(out); werr != nil {
@@ -176,6 +202,9 @@ func run(runs, memRuns int, out, rows, vmm, shimDir string) error {
 	}
 	return errors.Join(failed...)
 }
+
+// maxBenchLabs bounds the labs one bench run uses when labs freeze.
+const maxBenchLabs = 3
 
 // thpMode is this kernel's transparent huge page mode (the bracketed word
 // of /sys/kernel/mm/transparent_hugepage/enabled), or "unknown".
