@@ -7,9 +7,11 @@
 #                     lab from bookworm-backports
 #   Go tools          pinned versions, built into $CACHE/bin (and CNI plugins
 #                     into $CACHE/cni/bin)
-#   guest kernels     Debian's linux-image-*-amd64 (lab, has 9p) and
-#                     -cloud-amd64 (nested guests), downloaded and unpacked
-#                     under $CACHE/kernel/<flavour>, never installed in /boot;
+#   guest kernels     Debian's linux-image-amd64 6.12 from bookworm-backports
+#                     (the lab: has 9p; its nested KVM froze far less under
+#                     QEMU's SVM emulation than 6.1's) and -cloud-amd64 6.1
+#                     (nested guests), downloaded and unpacked under
+#                     $CACHE/kernel/<flavour>, never installed in /boot;
 #                     the microVM guest kernel built from linux-source-6.1
 #                     with agent/kernel/microvm.config ($CACHE/kernel/microvm)
 #   containerd 1.6    Debian's containerd package (1.6.20), unpacked under
@@ -32,12 +34,13 @@ TTRPC_VERSION=v1.2.10
 STATICCHECK_VERSION=v0.8.2
 GOTESTSUM_VERSION=v1.13.0
 KERNEL_SERIES=6.1
+LAB_KERNEL_SERIES=6.12
 CONTAINERD16_SERIES=1.6.20
 LAB_QEMU_SERIES=10.0
 
 APT_PACKAGES=(qemu-system-x86 qemu-utils cpio kmod lz4 e2fsprogs iproute2 busybox-static
 	protobuf-compiler ca-certificates runc iptables erofs-utils gcc libc6-dev make git
-	linux-source-$KERNEL_SERIES bc flex bison libelf-dev libssl-dev)
+	linux-source-$KERNEL_SERIES bc flex bison libelf-dev libssl-dev xz-utils)
 
 log() { printf 'deps: %s\n' "$*" >&2; }
 
@@ -75,11 +78,17 @@ install_lab_qemu() {
 	need_root "qemu-system-x86 from bookworm-backports"
 	log "apt-get install -t bookworm-backports qemu-system-x86 (have ${v:-none})"
 	export DEBIAN_FRONTEND=noninteractive
+	ensure_backports
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
+}
+
+# ensure_backports adds bookworm-backports to apt's sources (the caller
+# runs apt-get update).
+ensure_backports() {
 	if [ ! -f /etc/apt/sources.list.d/bookworm-backports.list ]; then
 		echo "deb http://deb.debian.org/debian bookworm-backports main" >/etc/apt/sources.list.d/bookworm-backports.list
 	fi
-	apt-get update -qq
-	apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
 }
 
 # go_tool NAME VERSION PKG...: go install PKG@VERSION unless the stamp says so.
@@ -131,22 +140,34 @@ install_cni() {
 	echo "$CNI_PLUGINS_VERSION" >"$stamp"
 }
 
-# install_kernel FLAVOUR ("" for the standard one, "cloud-" for cloud):
-# resolve the newest linux-image-6.1.0-N-<flavour>amd64 the archive offers
-# through the metapackage, download it, unpack it and run depmod on it.
+# install_kernel FLAVOUR SERIES [SUITE]: FLAVOUR is "" for the standard
+# kernel, "cloud-" for cloud. Resolve the newest linux-image-SERIES…-
+# <flavour>amd64 that the metapackage of SUITE (default: the release's
+# own) depends on, download it, unpack it with its modules uncompressed
+# (the lab's busybox insmod reads plain .ko files) and run depmod on it.
 install_kernel() {
-	local flavour=$1 dir=$CACHE/kernel/${1}amd64
-	if [ -f "$dir/.complete" ]; then
+	local flavour=$1 series=$2 suite=${3:-} dir=$CACHE/kernel/${1}amd64
+	if [ -f "$dir/.complete" ] && [ "$(cat "$dir/.complete")" = "$series" ]; then
 		return 0
 	fi
-	local meta=linux-image-${flavour}amd64 pkg
-	pkg=$(apt-cache depends "$meta" 2>/dev/null | sed -n "s/^  Depends: \(linux-image-${KERNEL_SERIES}[^ ]*\)$/\1/p" | head -n1)
+	local meta=linux-image-${flavour}amd64 pkg resolve
+	resolve() {
+		local m=$meta v
+		if [ -n "$suite" ]; then
+			v=$(apt-cache madison "$meta" 2>/dev/null | awk -v s="$suite" '$0 ~ s { print $3; exit }')
+			[ -n "$v" ] || return 0
+			m="$meta=$v"
+		fi
+		apt-cache depends "$m" 2>/dev/null | sed -n "s/^  Depends: \(linux-image-${series}[^ ]*\)$/\1/p" | head -n1
+	}
+	pkg=$(resolve)
 	if [ -z "$pkg" ]; then
 		need_root "apt-get update to find $meta"
+		[ -z "$suite" ] || ensure_backports
 		apt-get update -qq
-		pkg=$(apt-cache depends "$meta" | sed -n "s/^  Depends: \(linux-image-${KERNEL_SERIES}[^ ]*\)$/\1/p" | head -n1)
+		pkg=$(resolve)
 	fi
-	[ -n "$pkg" ] || { log "cannot resolve a kernel package for $meta"; exit 1; }
+	[ -n "$pkg" ] || { log "cannot resolve a $series kernel package for $meta ${suite:+in $suite}"; exit 1; }
 	log "download and unpack $pkg"
 	local tmp
 	tmp=$(mktemp -d)
@@ -158,12 +179,13 @@ install_kernel() {
 	mkdir -p "$dir"
 	dpkg-deb -x "$tmp"/*.deb "$dir"
 	rm -rf "$tmp"
+	find "$dir/lib/modules" -name '*.ko.xz' -print0 | xargs -0 -r xz -d
 	local kver
 	kver=$(ls "$dir/lib/modules")
 	depmod -b "$dir" "$kver"
 	ln -sf "boot/vmlinuz-$kver" "$dir/vmlinuz"
 	echo "$kver" >"$dir/version"
-	touch "$dir/.complete"
+	echo "$series" >"$dir/.complete"
 }
 
 # install_microvm_kernel builds the guest kernel `make guest` uses
@@ -238,8 +260,8 @@ go_tool protoc-gen-go-ttrpc "$TTRPC_VERSION" github.com/containerd/ttrpc/cmd/pro
 go_tool staticcheck "$STATICCHECK_VERSION" honnef.co/go/tools/cmd/staticcheck
 # runs the lab packages and reruns a failed test once (make test)
 go_tool gotestsum "$GOTESTSUM_VERSION" gotest.tools/gotestsum
-install_kernel ""
-install_kernel "cloud-"
+install_kernel "" "$LAB_KERNEL_SERIES" bookworm-backports
+install_kernel "cloud-" "$KERNEL_SERIES"
 install_microvm_kernel
 install_containerd16
 log "ok: tools in $BIN, kernels in $CACHE/kernel"

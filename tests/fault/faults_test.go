@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/stratovirt-go/stratovirt/tests/ctrd"
+	"github.com/stratovirt-go/stratovirt/tests/lab"
 )
 
 // privileged gives a container the guest's /proc/sys and sysrq without
@@ -80,6 +81,11 @@ func TestFaults(t *testing.T) {
 	// namespace (a namespace path means the VM's; see docs/shim.md) sends
 	// it SIGABRT, the kernel panics on init's exit and reboots.
 	t.Run("agentdeath", func(t *testing.T) {
+		if lab.InLab() && os.Getenv("FAULT_FULL") == "" {
+			// On the shim's side this is guestpanic again (the VM ends
+			// with a reset); the guest's side is the kernel's.
+			t.Skip("in the lab the agent's death froze QEMU's emulated SVM in 6 tries of 6 (2026-11-27; docs/performance.md, \"the lab freeze\"); FAULT_FULL=1 runs it anyway, and hosts whose KVM boots Linux always run it")
+		}
 		ch := d.runAsync(append(env, "--with-ns", "pid:/proc/1/ns/pid"), "agentdeath", "sh", "-c", "sleep 1; kill -ABRT 1; sleep 1000")
 		r := wait(t, ch, 3*time.Minute)
 		if r.code != 255 {

@@ -3,7 +3,8 @@
 // paging, so that Debian's kvm_amd gives a real /dev/kvm inside it. It is
 // how this project boots Linux guests on hosts whose own /dev/kvm cannot.
 //
-// The lab guest runs the standard Debian kernel unpacked by `make deps`.
+// The lab guest runs Debian's standard 6.12 kernel (bookworm-backports),
+// unpacked by `make deps`.
 // The host's root is shared read-only over 9p with a tmpfs overlay on top,
 // so the command sees the same paths (checkout, Go tools, kernels) as on
 // the host; writes stay in the guest except under Options.OutDir, which is
@@ -131,7 +132,7 @@ var (
 // Kernel is an unpacked Debian kernel package.
 type Kernel struct {
 	Dir     string // unpack root (holds boot/ and lib/modules/)
-	Version string // e.g. 6.1.0-56-amd64
+	Version string // e.g. 6.12.95+deb12-amd64
 	Image   string // bzImage path
 }
 

@@ -38,6 +38,13 @@ func TestModuleDeps(t *testing.T) {
 	if _, err := moduleDeps(dir, []string{"nosuch"}); err == nil {
 		t.Fatal("missing module accepted")
 	}
+	// A built-in module needs no file.
+	if err := os.WriteFile(filepath.Join(dir, "modules.builtin"), []byte("kernel/drivers/virtio/virtio_pci.ko\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := moduleDeps(dir, []string{"virtio_pci", "9pnet"}); err != nil || strings.Join(got, " ") != "kernel/net/9p/9pnet.ko" {
+		t.Fatalf("with a built-in module: %v, %v", got, err)
+	}
 }
 
 func TestShellQuote(t *testing.T) {

@@ -10,8 +10,15 @@ import (
 
 // moduleDeps reads modules.dep of an unpacked kernel and returns the
 // module files (relative to the modules directory) needed to load each of
-// names, dependencies first, each once.
+// names, dependencies first, each once. A module the kernel has built in
+// (modules.builtin) needs no file.
 func moduleDeps(modDir string, names []string) ([]string, error) {
+	builtin := map[string]bool{}
+	if b, err := os.ReadFile(filepath.Join(modDir, "modules.builtin")); err == nil {
+		for _, l := range strings.Fields(string(b)) {
+			builtin[moduleName(l)] = true
+		}
+	}
 	f, err := os.Open(filepath.Join(modDir, "modules.dep"))
 	if err != nil {
 		return nil, fmt.Errorf("read module dependencies: %w", err)
@@ -47,6 +54,9 @@ func moduleDeps(modDir string, names []string) ([]string, error) {
 	}
 	for _, n := range names {
 		file, ok := byName[strings.ReplaceAll(n, "-", "_")]
+		if !ok && builtin[strings.ReplaceAll(n, "-", "_")] {
+			continue
+		}
 		if !ok {
 			return nil, fmt.Errorf("module %s not found in %s (built in or missing)", n, modDir)
 		}

@@ -2,8 +2,8 @@
 // virtio-net NICs on taps in a network namespace made by the test (one
 // tap named on the command line, one opened by the test with
 // OpenTapInNetNS and passed as an inherited descriptor, the shim's way),
-// a virtio-console on a unix socket and virtio-rng, and checks ping, a
-// 32 MiB TCP transfer each way with SHA-256 (each virtio-net backend), the console round trip and
+// a virtio-console on a unix socket and virtio-rng, and checks ping, an
+// 8 MiB TCP transfer each way with SHA-256 (each virtio-net backend), the console round trip and
 // /dev/hwrng. Like tests/blk it prepares binaries and the initramfs on the
 // host, then runs in the nested-KVM lab unless the host's KVM can boot
 // Linux.
@@ -106,16 +106,17 @@ func transfer(s string) (kind, n, sha, rate string) {
 // TestNetConsoleRNG runs the checks with each virtio-net backend: the
 // VMM's own, and the kernel's vhost-net (vhost=on) for both NICs (the
 // named tap with an iothread, and the inherited descriptor). Each
-// direction moves 32 MiB: long heavy traffic is what now and then
-// livelocks the lab's emulated SVM (the lab VM stops whole; 1 run in 2
-// with 100 MiB on 2026-11-26, with or without vhost), and the SHA-256
-// check does not need more.
+// direction moves 8 MiB: long heavy traffic is what freezes the lab's
+// emulated SVM (the lab VM stops whole; 1 run in 2 with 100 MiB on
+// 2026-11-26, 3 tries in 3 with 32 MiB and vhost-net in CI on
+// 2026-11-27), and the SHA-256 check does not need more. Throughput is
+// the bench's business (tests/bench/net).
 func TestNetConsoleRNG(t *testing.T) {
 	need(t)
 	for _, backend := range []struct {
 		name, opt string
 		size      int
-	}{{"userspace", "", 32 << 20}, {"vhost", ",vhost=on", 32 << 20}} {
+	}{{"userspace", "", 8 << 20}, {"vhost", ",vhost=on", 8 << 20}} {
 		t.Run(backend.name, func(t *testing.T) {
 			if backend.opt != "" {
 				if _, err := os.Stat(vnet.VhostDevice); err != nil {
