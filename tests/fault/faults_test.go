@@ -1,11 +1,13 @@
 package fault
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -203,30 +205,55 @@ func TestFaults(t *testing.T) {
 
 // checkSeccomp asserts that the shim runs each vCPU thread (and only
 // those) under a seccomp filter: /proc/<pid>/task/*/status Seccomp: 2.
-// Kernels since 6.4 run each vhost device's worker as a task of the
-// process that set it up (named vhost-<pid>, forked from the vCPU thread
-// that drove the device, so it inherits that filter); it runs only kernel
-// code and is not counted.
+// Newer kernels run some of their workers as tasks of the process they
+// serve (PF_USER_WORKER: vhost-<pid> since 6.4, KVM's
+// kvm-nx-lpage-recovery in 6.12), forked from the thread that set them up
+// and so with its filter; they run only kernel code and are not counted.
 func checkSeccomp(t *testing.T, pid int) {
 	t.Helper()
 	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
-	filtered := 0
+	var filtered []string // the filtered tasks' names
 	for _, p := range tasks {
 		b, err := os.ReadFile(p)
 		if err != nil {
 			continue
 		}
-		if comm, err := os.ReadFile(filepath.Join(filepath.Dir(p), "comm")); err == nil && strings.HasPrefix(string(comm), "vhost-") {
+		comm, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "comm"))
+		name := strings.TrimSpace(string(comm))
+		if userWorker(filepath.Join(filepath.Dir(p), "stat")) {
 			continue
 		}
 		if strings.Contains(string(b), "\nSeccomp:\t2\n") {
-			filtered++
+			filtered = append(filtered, name)
 		}
 	}
 	// ctrd sizes each VM with one vCPU.
-	if filtered != 1 {
-		t.Errorf("%d of the shim's %d threads run under seccomp, want 1 (the vCPU)", filtered, len(tasks))
+	if len(filtered) != 1 {
+		t.Errorf("%d of the shim's %d threads run under seccomp (%q), want 1 (the vCPU)", len(filtered), len(tasks), filtered)
 	}
+}
+
+// pfUserWorker is the kernel's PF_USER_WORKER task flag.
+const pfUserWorker = 0x4000
+
+// userWorker reports whether the task whose /proc stat file is at path is
+// a kernel worker attached to a user process (PF_USER_WORKER in the
+// flags, the ninth field).
+func userWorker(path string) bool {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 7 {
+		return false
+	}
+	flags, err := strconv.ParseUint(f[6], 10, 64)
+	return err == nil && flags&pfUserWorker != 0
 }
 
 func newSecret() string {
