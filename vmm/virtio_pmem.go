@@ -48,6 +48,7 @@ func (v *VM) setupPmem() error {
 			return fmt.Errorf("virtio-pmem %q: %w", c.ID, err)
 		}
 		v.nextSlot++
+		v.preFaultRanges = append(v.preFaultRanges, guestRange{gpa: gpa, host: dev.Mapping()})
 		gpa += uint64(len(dev.Mapping()))
 	}
 	return nil

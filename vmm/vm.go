@@ -90,6 +90,11 @@ type VM struct {
 	nextSlot uint32
 	virtio   virtioDevices // virtio.go
 	hot      hotplug       // hot-replaceable disk and NIC slots (hotplug.go)
+	// preFaultRanges are device memory (pmem images) the boot vCPU maps
+	// ahead of the guest (prefault.go).
+	preFaultRanges []guestRange
+	// preFaultRuns are the guest-physical runs the boot vCPU maps.
+	preFaultRuns [][2]uint64
 
 	mu       sync.Mutex
 	group    *vcpu.Group
@@ -145,6 +150,7 @@ func New(cfg *config.VMConfig, opts Options) (_ *VM, err error) {
 	}{
 		{"memory", v.setupMemory}, {"devices", v.setupDevices}, {"virtio", v.setupVirtio},
 		{"hotplug", v.setupHotplug}, {"tables and kernel", v.setupPlatform},
+		{"pre-fault plan", v.planPreFault},
 	}
 	var took strings.Builder
 	t := time.Now()
@@ -313,7 +319,11 @@ func (v *VM) setupVCPU(c *kvm.VCPU) error {
 	if err := c.SetRegs(v.boot.Regs()); err != nil {
 		return err
 	}
-	return c.SetFPU(amd64.FPUBoot())
+	if err := c.SetFPU(amd64.FPUBoot()); err != nil {
+		return err
+	}
+	v.preFault(c)
+	return nil
 }
 
 // Start creates and starts the vCPUs.

@@ -40,6 +40,7 @@ func TestIoctlNumbers(t *testing.T) {
 		{"KVM_SET_CPUID2", kvmSetCPUID2, 0x4008AE90},
 		{"KVM_GET_MP_STATE", kvmGetMPState, 0x8004AE98},
 		{"KVM_SET_MP_STATE", kvmSetMPState, 0x4004AE99},
+		{"KVM_PRE_FAULT_MEMORY", kvmPreFaultMemory, 0xC040AED5},
 	}
 	for _, tc := range tests {
 		if tc.got != tc.want {
@@ -59,6 +60,7 @@ func TestStructSizes(t *testing.T) {
 		{"kvm_pit_config", unsafe.Sizeof(pitConfig{}), 64},
 		{"kvm_irq_level", unsafe.Sizeof(irqLevel{}), 8},
 		{"kvm_msi", unsafe.Sizeof(msi{}), 32},
+		{"kvm_pre_fault_memory", unsafe.Sizeof(preFaultMemory{}), 64},
 		{"kvm_run header", unsafe.Sizeof(runHeader{}), 32},
 		{"kvm_run.exit_reason offset", unsafe.Offsetof(runHeader{}.ExitReason), 8},
 		{"kvm_run.if_flag offset", unsafe.Offsetof(runHeader{}.IfFlag), 13},

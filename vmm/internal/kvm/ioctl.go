@@ -52,6 +52,8 @@ var (
 	kvmSetCPUID2  = ioc(iocWrite, 0x90, 8)
 	kvmGetMPState = ioc(iocRead, 0x98, 4)
 	kvmSetMPState = ioc(iocWrite, 0x99, 4)
+	// KVM_PRE_FAULT_MEMORY (Linux 6.10+).
+	kvmPreFaultMemory = ioc(iocRead|iocWrite, 0xd5, 64)
 )
 
 // Capabilities for System.CheckExtension (KVM_CAP_*).
@@ -81,6 +83,7 @@ const (
 	CapX2APICAPI              Cap = 129
 	CapImmediateExit          Cap = 136
 	CapExitOnEmulationFailure Cap = 204
+	CapPreFaultMemory         Cap = 236
 )
 
 var capNames = map[Cap]string{
@@ -106,6 +109,7 @@ var capNames = map[Cap]string{
 	CapX2APICAPI:              "KVM_CAP_X2APIC_API",
 	CapImmediateExit:          "KVM_CAP_IMMEDIATE_EXIT",
 	CapExitOnEmulationFailure: "KVM_CAP_EXIT_ON_EMULATION_FAILURE",
+	CapPreFaultMemory:         "KVM_CAP_PRE_FAULT_MEMORY",
 }
 
 // String returns the kernel's name for the capability.

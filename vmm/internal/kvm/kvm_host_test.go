@@ -448,3 +448,19 @@ func TestKickInterruptsRun(t *testing.T) {
 	}
 	cpu.SetImmediateExit(false)
 }
+
+func TestPreFaultMemory(t *testing.T) {
+	vm := kvmtest.NewVM(t, 1<<20, false)
+	if n, err := vm.VM.CheckExtension(kvm.CapPreFaultMemory); err != nil || n == 0 {
+		t.Skipf("host KVM lacks %v (%d, %v)", kvm.CapPreFaultMemory, n, err)
+	}
+	cpu := newCPU(t, vm, 0)
+	if n, err := cpu.PreFaultMemory(0x10000, 0x20000); err != nil || n != 0x20000 {
+		t.Fatalf("PreFaultMemory in RAM = %#x, %v; want %#x, nil", n, err, 0x20000)
+	}
+	// Past the only memory slot: nothing is mapped and the error says why.
+	n, err := cpu.PreFaultMemory(1<<30, 0x1000)
+	if !errors.Is(err, unix.ENOENT) || n != 0 || !strings.Contains(err.Error(), "KVM_PRE_FAULT_MEMORY") {
+		t.Fatalf("PreFaultMemory outside memory = %#x, %v; want 0, ENOENT", n, err)
+	}
+}
