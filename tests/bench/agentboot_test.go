@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"path/filepath"
 	"reflect"
 	"testing"
 	"time"
@@ -83,5 +84,39 @@ func TestReadReport(t *testing.T) {
 	}
 	if _, err := ReadReport(t.TempDir()); err == nil {
 		t.Fatal("no results.json: no error")
+	}
+}
+
+func TestSaveRuns(t *testing.T) {
+	type runs struct{ A, B []float64 }
+	t.Setenv(EnvRowsOut, "")
+	if err := SaveRuns("x", runs{A: []float64{1}}); err != nil {
+		t.Fatalf("SaveRuns without %s: %v", EnvRowsOut, err)
+	}
+	var got runs
+	if ok, err := LoadRuns("x", &got); ok || err != nil {
+		t.Fatalf("LoadRuns without %s = %v, %v; want nothing kept", EnvRowsOut, ok, err)
+	}
+	t.Setenv(EnvRowsOut, filepath.Join(t.TempDir(), "rows.json"))
+	if ok, err := LoadRuns("x", &got); ok || err != nil {
+		t.Fatalf("LoadRuns before any save = %v, %v", ok, err)
+	}
+	want := map[string]runs{"x": {A: []float64{1, 2}, B: []float64{3, 4}}, "y": {A: []float64{5}}}
+	for _, k := range []string{"x", "y"} {
+		if err := SaveRuns(k, runs{A: want[k].A[:1]}); err != nil {
+			t.Fatal(err)
+		}
+		if err := SaveRuns(k, want[k]); err != nil { // replaces the first save
+			t.Fatal(err)
+		}
+	}
+	for k, w := range want {
+		var r runs
+		if ok, err := LoadRuns(k, &r); !ok || err != nil || !reflect.DeepEqual(r, w) {
+			t.Errorf("LoadRuns(%q) = %+v, %v, %v; want %+v", k, r, ok, err, w)
+		}
+	}
+	if ok, err := LoadRuns("z", &got); ok || err != nil {
+		t.Errorf("LoadRuns of an unsaved key = %v, %v", ok, err)
 	}
 }

@@ -6,6 +6,7 @@ package bench
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"html"
 	"io"
@@ -212,4 +213,72 @@ func EmitRows(rows []Row) error {
 		return err
 	}
 	return os.WriteFile(p, b, 0o644)
+}
+
+// Finished runs of a benchmark test binary are kept beside its rows file
+// ($BENCH_ROWS_OUT.runs): when the lab freezes (tests/lab ErrFrozen) and
+// cmd/bench goes on in a fresh lab, the binary runs again and loads what
+// it finished, so a freeze costs one run instead of the whole group.
+
+// LoadRuns reads the runs saved under key into v (a pointer) and reports
+// whether there were any. Without $BENCH_ROWS_OUT nothing is kept.
+func LoadRuns(key string, v any) (bool, error) {
+	all, err := readRuns()
+	if err != nil || all[key] == nil {
+		return false, err
+	}
+	if err := json.Unmarshal(all[key], v); err != nil {
+		return false, fmt.Errorf("saved runs %q: %w", key, err)
+	}
+	return true, nil
+}
+
+// SaveRuns stores v (the runs finished so far) under key.
+func SaveRuns(key string, v any) error {
+	p := os.Getenv(EnvRowsOut)
+	if p == "" {
+		return nil
+	}
+	all, err := readRuns()
+	if err != nil {
+		return err
+	}
+	if all == nil {
+		all = map[string]json.RawMessage{}
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	all[key] = b
+	out, err := json.Marshal(all)
+	if err != nil {
+		return err
+	}
+	// Written whole and renamed, so a lab that freezes mid-write leaves
+	// the previous runs intact.
+	tmp := p + ".runs.tmp"
+	if err := os.WriteFile(tmp, out, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, p+".runs")
+}
+
+func readRuns() (map[string]json.RawMessage, error) {
+	p := os.Getenv(EnvRowsOut)
+	if p == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(p + ".runs")
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var all map[string]json.RawMessage
+	if err := json.Unmarshal(b, &all); err != nil {
+		return nil, fmt.Errorf("%s.runs: %w", p, err)
+	}
+	return all, nil
 }

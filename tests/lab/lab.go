@@ -76,6 +76,9 @@ type Options struct {
 	// runs. Default labFreezeTimeout, or $LAB_FREEZE_TIMEOUT; negative
 	// turns the watch off.
 	FreezeTimeout time.Duration
+	// THP is the lab kernel's transparent huge page mode: never, madvise
+	// or always. Empty: $LAB_THP, else never (labTHP).
+	THP string
 }
 
 // Result is the outcome of a run whose command ran to completion.
@@ -295,7 +298,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		// soft-locked a lab CPU for minutes (seen in CI). LAB_THP=madvise
 		// gives the VMMs' guest RAM 2 MiB pages at fault time, with
 		// khugepaged asleep (stage2.sh).
-		"-append", "console=ttyS0 quiet loglevel=" + labLogLevel() + " panic=-1 mitigations=off tsc=reliable transparent_hugepage=" + labTHP() + " lab.job=" + job,
+		"-append", "console=ttyS0 quiet loglevel=" + labLogLevel() + " panic=-1 mitigations=off tsc=reliable transparent_hugepage=" + labTHP(opts.THP) + " lab.job=" + job,
 		"-chardev", "file,id=con,path=/dev/fd/3", "-serial", "chardev:con",
 		"-chardev", "file,id=out,path=/dev/fd/4", "-serial", "chardev:out",
 		"-chardev", "file,id=err,path=/dev/fd/5", "-serial", "chardev:err",
@@ -437,12 +440,14 @@ func watchSilence(ctx context.Context, last *atomic.Int64, limit time.Duration, 
 	}
 }
 
-// labTHP is the lab kernel's transparent huge page mode: never, unless
-// LAB_THP says madvise or always.
-func labTHP() string {
-	switch v := os.Getenv("LAB_THP"); v {
-	case "madvise", "always":
-		return v
+// labTHP is the lab kernel's transparent huge page mode: want if it
+// names one, else $LAB_THP if that does, else never.
+func labTHP(want string) string {
+	for _, v := range []string{want, os.Getenv("LAB_THP")} {
+		switch v {
+		case "never", "madvise", "always":
+			return v
+		}
 	}
 	return "never"
 }

@@ -61,6 +61,22 @@ func TestShellQuote(t *testing.T) {
 	}
 }
 
+func TestLabTHP(t *testing.T) {
+	for _, tc := range []struct{ want, env, mode string }{
+		{"", "", "never"},
+		{"", "madvise", "madvise"},
+		{"", "bogus", "never"},
+		{"always", "", "always"},
+		{"madvise", "never", "madvise"},
+		{"bogus", "always", "always"},
+	} {
+		t.Setenv("LAB_THP", tc.env)
+		if got := labTHP(tc.want); got != tc.mode {
+			t.Errorf("labTHP(%q) with LAB_THP=%q = %q, want %q", tc.want, tc.env, got, tc.mode)
+		}
+	}
+}
+
 func TestMissingQEMU(t *testing.T) {
 	t.Setenv("PATH", t.TempDir())
 	_, err := Run(context.Background(), Options{Cmd: "true"})

@@ -155,6 +155,15 @@ func runCount() int {
 	return 2
 }
 
+// pairs are the runs finished so far, QEMU's and ours, in step.
+type pairs struct{ QEMU, Ours []map[string]float64 }
+
+// trim keeps whole pairs, at most n.
+func (p *pairs) trim(n int) {
+	n = min(n, len(p.QEMU), len(p.Ours))
+	p.QEMU, p.Ours = p.QEMU[:n], p.Ours[:n]
+}
+
 // samples collects one metric over runs.
 func samples(runs []map[string]float64, key string) []float64 {
 	var v []float64
@@ -196,10 +205,23 @@ func TestBlkBench(t *testing.T) {
 	for _, md := range modes {
 		// Interleave the runs (QEMU first) so neither VMM always runs on a
 		// warm cache or in a quiet moment of the host.
-		var os_, qs []map[string]float64
-		for i := range runs {
+		// Each finished pair is saved (bench.SaveRuns): after a lab
+		// freeze the group goes on from there in a fresh lab.
+		var saved pairs
+		key := "blk " + md.name
+		if ok, err := bench.LoadRuns(key, &saved); err != nil {
+			t.Fatal(err)
+		} else if ok {
+			saved.trim(runs)
+			t.Logf("%s: %d runs each saved by an earlier lab", md.name, len(saved.Ours))
+		}
+		qs, os_ := saved.QEMU, saved.Ours
+		for i := len(os_); i < runs; i++ {
 			qs = append(qs, run(t, fmt.Sprintf("qemu (%d/%d) %s", i+1, runs, md.name), qemu(md.disk, md.direct)))
 			os_ = append(os_, run(t, fmt.Sprintf("stratovirt (%d/%d) %s", i+1, runs, md.name), ours(md.disk, md.direct)))
+			if err := bench.SaveRuns(key, pairs{QEMU: qs, Ours: os_}); err != nil {
+				t.Fatal(err)
+			}
 		}
 		fmt.Fprintf(&table, "\n%s (median of %d runs each)\n\n| workload | stratovirt-go IOPS | QEMU IOPS | ratio |\n|---|---:|---:|---:|\n", md.name, runs)
 		for _, m := range metrics {

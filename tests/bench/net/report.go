@@ -74,6 +74,19 @@ var workloads = []workload{
 // results holds, per VMM name, per workload key, the runs.
 type results map[string]map[string]series
 
+// rounds is how many rounds every VMM has every result of.
+func (r results) rounds() int {
+	n := -1
+	for _, m := range r {
+		for _, s := range m {
+			if n < 0 || len(s) < n {
+				n = len(s)
+			}
+		}
+	}
+	return max(n, 0)
+}
+
 func (r results) add(vmm, key string, v float64) {
 	if r[vmm] == nil {
 		r[vmm] = map[string]series{}

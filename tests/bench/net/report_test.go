@@ -94,3 +94,22 @@ func TestFindModule(t *testing.T) {
 		t.Error("failover found (it is only a dependency's prefix)")
 	}
 }
+
+func TestRounds(t *testing.T) {
+	r := results{}
+	if n := r.rounds(); n != 0 {
+		t.Errorf("empty: %d rounds", n)
+	}
+	r.add("a", "source", 1)
+	r.add("a", "sink", 1)
+	r.add("b", "source", 1)
+	r.add("a", "source", 2)
+	r.add("a", "sink", 2)
+	if n := r.rounds(); n != 1 {
+		t.Errorf("b has one round: rounds() = %d", n)
+	}
+	r.add("b", "source", 2)
+	if n := r.rounds(); n != 2 {
+		t.Errorf("rounds() = %d, want 2", n)
+	}
+}
