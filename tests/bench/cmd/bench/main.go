@@ -203,10 +203,11 @@ func run(runs, memRuns int, out, rows, vmm, shimDir string, resume bool) error {
 	return errors.Join(failed...)
 }
 
-// maxBenchLabs bounds the labs one bench run uses when labs freeze.
-const maxBenchLabs = 3
+// maxBenchLabs bounds the labs one bench run uses when labs freeze. The
+// I/O groups keep their finished runs (bench.SaveRuns), so each fresh lab
+// makes progress.
+const maxBenchLabs = 6
 
-// thpMode is this kernel's transparent huge page mode (the bracketed word
 // benchTHP is the lab's transparent huge page mode for benchmarks:
 // $LAB_THP, else madvise. A stock host gives guest RAM huge pages (Debian's
 // kernel defaults to always; QEMU and our VMM madvise guest RAM), so the
@@ -219,6 +220,7 @@ func benchTHP() string {
 	return "madvise"
 }
 
+// thpMode is this kernel's transparent huge page mode (the bracketed word
 // of /sys/kernel/mm/transparent_hugepage/enabled), or "unknown".
 func thpMode() string {
 	b, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
