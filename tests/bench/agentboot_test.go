@@ -89,15 +89,15 @@ func TestReadReport(t *testing.T) {
 
 func TestSaveRuns(t *testing.T) {
 	type runs struct{ A, B []float64 }
-	t.Setenv(EnvRowsOut, "")
+	t.Setenv(EnvRunsFile, "")
 	if err := SaveRuns("x", runs{A: []float64{1}}); err != nil {
-		t.Fatalf("SaveRuns without %s: %v", EnvRowsOut, err)
+		t.Fatalf("SaveRuns without %s: %v", EnvRunsFile, err)
 	}
 	var got runs
 	if ok, err := LoadRuns("x", &got); ok || err != nil {
-		t.Fatalf("LoadRuns without %s = %v, %v; want nothing kept", EnvRowsOut, ok, err)
+		t.Fatalf("LoadRuns without %s = %v, %v; want nothing kept", EnvRunsFile, ok, err)
 	}
-	t.Setenv(EnvRowsOut, filepath.Join(t.TempDir(), "rows.json"))
+	t.Setenv(EnvRunsFile, filepath.Join(t.TempDir(), "runs.json"))
 	if ok, err := LoadRuns("x", &got); ok || err != nil {
 		t.Fatalf("LoadRuns before any save = %v, %v", ok, err)
 	}

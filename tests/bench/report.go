@@ -215,13 +215,16 @@ func EmitRows(rows []Row) error {
 	return os.WriteFile(p, b, 0o644)
 }
 
-// Finished runs of a benchmark test binary are kept beside its rows file
-// ($BENCH_ROWS_OUT.runs): when the lab freezes (tests/lab ErrFrozen) and
+// EnvRunsFile names the file a benchmark test binary keeps its finished
+// runs in (SaveRuns): when the lab freezes (tests/lab ErrFrozen) and
 // cmd/bench goes on in a fresh lab, the binary runs again and loads what
-// it finished, so a freeze costs one run instead of the whole group.
+// it finished, so a freeze costs one run instead of the whole group. The
+// file must be where a lab can write for the next one to read (cmd/bench
+// puts it in its output directory).
+const EnvRunsFile = "BENCH_RUNS_FILE"
 
 // LoadRuns reads the runs saved under key into v (a pointer) and reports
-// whether there were any. Without $BENCH_ROWS_OUT nothing is kept.
+// whether there were any. Without $BENCH_RUNS_FILE nothing is kept.
 func LoadRuns(key string, v any) (bool, error) {
 	all, err := readRuns()
 	if err != nil || all[key] == nil {
@@ -235,7 +238,7 @@ func LoadRuns(key string, v any) (bool, error) {
 
 // SaveRuns stores v (the runs finished so far) under key.
 func SaveRuns(key string, v any) error {
-	p := os.Getenv(EnvRowsOut)
+	p := os.Getenv(EnvRunsFile)
 	if p == "" {
 		return nil
 	}
@@ -257,19 +260,19 @@ func SaveRuns(key string, v any) error {
 	}
 	// Written whole and renamed, so a lab that freezes mid-write leaves
 	// the previous runs intact.
-	tmp := p + ".runs.tmp"
+	tmp := p + ".tmp"
 	if err := os.WriteFile(tmp, out, 0o644); err != nil {
 		return err
 	}
-	return os.Rename(tmp, p+".runs")
+	return os.Rename(tmp, p)
 }
 
 func readRuns() (map[string]json.RawMessage, error) {
-	p := os.Getenv(EnvRowsOut)
+	p := os.Getenv(EnvRunsFile)
 	if p == "" {
 		return nil, nil
 	}
-	b, err := os.ReadFile(p + ".runs")
+	b, err := os.ReadFile(p)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -278,7 +281,7 @@ func readRuns() (map[string]json.RawMessage, error) {
 	}
 	var all map[string]json.RawMessage
 	if err := json.Unmarshal(b, &all); err != nil {
-		return nil, fmt.Errorf("%s.runs: %w", p, err)
+		return nil, fmt.Errorf("%s: %w", p, err)
 	}
 	return all, nil
 }

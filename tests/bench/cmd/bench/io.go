@@ -65,13 +65,14 @@ func prepareIO(root, dir, rows string) error {
 }
 
 // ioRows runs one I/O benchmark's test binary and reads the rows it
-// wrote (bench.EmitRows).
-func ioRows(group, dir string) ([]bench.Row, error) {
+// wrote (bench.EmitRows). Its finished runs are kept in resultsDir, which
+// the next lab sees when this one freezes (ioRunsFile).
+func ioRows(group, dir, resultsDir string) ([]bench.Row, error) {
 	b := ioBench[group]
 	out := filepath.Join(dir, group+"-rows.json")
 	os.Remove(out)
 	cmd := exec.Command(filepath.Join(dir, group+".test"), "-test.run", "^"+b.test+"$", "-test.v", "-test.count=1", "-test.timeout=40m")
-	cmd.Env = append(os.Environ(), b.env+"=1", bench.EnvRowsOut+"="+out)
+	cmd.Env = append(os.Environ(), b.env+"=1", bench.EnvRowsOut+"="+out, bench.EnvRunsFile+"="+ioRunsFile(resultsDir, group))
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	t0 := time.Now()
 	if err := cmd.Run(); err != nil {
@@ -87,4 +88,10 @@ func ioRows(group, dir string) ([]bench.Row, error) {
 		return nil, fmt.Errorf("%s rows: %w", group, err)
 	}
 	return rows, nil
+}
+
+// ioRunsFile is where an I/O group keeps its finished runs: in the
+// results directory, the one a lab shares read-write with the host.
+func ioRunsFile(resultsDir, group string) string {
+	return filepath.Join(resultsDir, "."+group+"-runs.json")
 }

@@ -149,9 +149,17 @@ func run(runs, memRuns int, out, rows, vmm, shimDir string, resume bool) error {
 		if rep, err = bench.ReadReport(out); err != nil {
 			return fmt.Errorf("resume: %w", err)
 		}
-	} else if err := rep.Write(out); err != nil {
-		// At once, so that a resumed run never finds an older run's.
-		return err
+	} else {
+		// At once, so that a resumed run never finds an older run's
+		// report or I/O runs.
+		if err := rep.Write(out); err != nil {
+			return err
+		}
+		for g := range ioBench {
+			if err := os.Remove(ioRunsFile(out, g)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+		}
 	}
 	if lab.InLab() {
 		rep.Where = "nested KVM in the lab (QEMU TCG, qemu64+svm+npt, transparent huge pages " + thpMode() + ")"
@@ -176,7 +184,7 @@ func run(runs, memRuns int, out, rows, vmm, shimDir string, resume bool) error {
 		case "pod":
 			r, err = podRows(shimDir, runs)
 		case "blk", "net", "vsock":
-			r, err = ioRows(group, shimDir)
+			r, err = ioRows(group, shimDir, out)
 		default:
 			return fmt.Errorf("unknown row group %q", group)
 		}
