@@ -44,7 +44,7 @@ func (v *VM) bootRanges() []guestRange {
 	}
 	var out []guestRange
 	for _, s := range spans {
-		start, end := alignDown(s[0]), alignUp(s[1])
+		start, end := s[0]&^(amd64.PageSize-1), (s[1]+amd64.PageSize-1)&^(amd64.PageSize-1)
 		if end <= start {
 			continue
 		}
@@ -108,7 +108,7 @@ func residentRuns(host []byte) ([][2]uint64, error) {
 	if len(host) == 0 {
 		return nil, nil
 	}
-	page := uint64(os.Getpagesize())
+	const page = amd64.PageSize
 	vec := make([]byte, (uint64(len(host))+page-1)/page)
 	if err := mincore(host, vec); err != nil {
 		return nil, fmt.Errorf("mincore %d bytes: %w", len(host), err)
@@ -129,8 +129,3 @@ func residentRuns(host []byte) ([][2]uint64, error) {
 	}
 	return runs, nil
 }
-
-func alignDown(x uint64) uint64 { return x &^ (pageSize - 1) }
-func alignUp(x uint64) uint64   { return (x + pageSize - 1) &^ (pageSize - 1) }
-
-const pageSize = 4096

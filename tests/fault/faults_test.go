@@ -218,13 +218,12 @@ func checkSeccomp(t *testing.T, pid int) {
 		if err != nil {
 			continue
 		}
-		comm, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "comm"))
-		name := strings.TrimSpace(string(comm))
 		if userWorker(filepath.Join(filepath.Dir(p), "stat")) {
 			continue
 		}
 		if strings.Contains(string(b), "\nSeccomp:\t2\n") {
-			filtered = append(filtered, name)
+			comm, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "comm"))
+			filtered = append(filtered, strings.TrimSpace(string(comm)))
 		}
 	}
 	// ctrd sizes each VM with one vCPU.
