@@ -59,6 +59,12 @@ func run(args []string, created time.Time) int {
 		return code
 	}
 	defer proc.cleanup()
+	stopProfile, err := startCPUProfile(os.Getenv(envCPUProfile), cfg.Process.DisableSeccomp)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "stratovirt: %v\n", err)
+		return 1
+	}
+	defer stopProfile()
 
 	exitCode := 0
 	opts := vmm.Options{

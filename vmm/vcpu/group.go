@@ -21,6 +21,7 @@ import (
 
 	"github.com/stratovirt-go/stratovirt/vmm/bus"
 	"github.com/stratovirt-go/stratovirt/vmm/internal/kvm"
+	"github.com/stratovirt-go/stratovirt/vmm/internal/procs"
 )
 
 // kickSignal interrupts a vCPU thread blocked in KVM_RUN. SIGURG is the Go
@@ -113,6 +114,10 @@ func (g *Group) thread(st *vcpuState, ready chan<- error, gate <-chan bool) {
 	// never unlocked, so the runtime discards it when this goroutine ends.
 	runtime.LockOSThread()
 	st.tid = unix.Gettid()
+	// The thread lives in KVM_RUN: a P of its own spares it waiting for
+	// one after every exit (package procs). It is given back before
+	// finish, so that it is back once Wait returns.
+	procs.Add()
 
 	cpu, err := g.cfg.VM.CreateVCPU(st.id)
 	if err == nil && g.cfg.Setup != nil {
@@ -122,6 +127,7 @@ func (g *Group) thread(st *vcpuState, ready chan<- error, gate <-chan bool) {
 		}
 	}
 	if err != nil {
+		procs.Remove()
 		g.finish(st, err)
 		ready <- err
 		return
@@ -140,6 +146,7 @@ func (g *Group) thread(st *vcpuState, ready chan<- error, gate <-chan bool) {
 	if cerr := cpu.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("vcpu %d close: %w", st.id, cerr)
 	}
+	procs.Remove()
 	g.finish(st, err)
 }
 

@@ -3,6 +3,7 @@ package vcpu_test
 import (
 	"encoding/binary"
 	"errors"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -242,6 +243,28 @@ func TestStopWhilePaused(t *testing.T) {
 	g.Stop(vcpu.Reset)
 	if reason, err := waitTimeout(t, g, time.Second); reason != vcpu.Reset || err != nil {
 		t.Fatalf("Wait = %v, %v; want reset", reason, err)
+	}
+}
+
+// TestProcs checks that each running vCPU thread holds a P of its own
+// (package procs) and gives it back by the time Wait returns.
+func TestProcs(t *testing.T) {
+	vm := kvmtest.NewVM(t, 1<<16, false)
+	vm.Load(t, 0x1000, spin)
+	base := runtime.GOMAXPROCS(0)
+	g, err := vcpu.Start(vcpu.Config{VM: vm.VM, Count: 3, Setup: realMode(0x1000)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := runtime.GOMAXPROCS(0); got != base+3 {
+		t.Errorf("3 vCPUs running: GOMAXPROCS %d, want %d", got, base+3)
+	}
+	g.Stop(vcpu.Reset)
+	if reason, err := waitTimeout(t, g, time.Second); reason != vcpu.Reset || err != nil {
+		t.Fatalf("Wait = %v, %v; want reset", reason, err)
+	}
+	if got := runtime.GOMAXPROCS(0); got != base {
+		t.Errorf("after Wait: GOMAXPROCS %d, want %d", got, base)
 	}
 }
 

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -80,6 +82,8 @@ type vm struct {
 	// idleCPU and idleWall: CPU time the VMM used while it was idle
 	// (another VMM was being measured), over that wall time.
 	idleCPU, idleWall time.Duration
+	// kvm: the VM's KVM exit counters per workload (bench.KVMStats).
+	kvm map[string]map[string]int64
 }
 
 func startVM(t *testing.T, i int, name string, args []string) *vm {
@@ -92,8 +96,15 @@ func startVM(t *testing.T, i int, name string, args []string) *vm {
 	if err := ns.AddTap("tap0", hostIP+"/24"); err != nil {
 		t.Fatal(err)
 	}
-	v := &vm{name: name, ns: ns, cmd: ns.Command(args...), out: &syncBuf{}, done: make(chan error, 1), cpu: map[string]time.Duration{}, gcpu: map[string]time.Duration{}}
+	prof := profileDir()
+	if prof != "" && strings.HasPrefix(name, "stratovirt") {
+		args = append(args, "-disable-seccomp") // the profiler's timers need it
+	}
+	v := &vm{name: name, ns: ns, cmd: ns.Command(args...), out: &syncBuf{}, done: make(chan error, 1), cpu: map[string]time.Duration{}, gcpu: map[string]time.Duration{}, kvm: map[string]map[string]int64{}}
 	v.cmd.Stdout, v.cmd.Stderr = v.out, v.out
+	if prof != "" && strings.HasPrefix(name, "stratovirt") {
+		v.cmd.Env = append(os.Environ(), "STRATOVIRT_CPUPROFILE="+filepath.Join(prof, strings.ReplaceAll(name, " ", "-")+".pprof"))
+	}
 	if err := v.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -108,14 +119,36 @@ func startVM(t *testing.T, i int, name string, args []string) *vm {
 	return v
 }
 
+// profileDir is NET_BENCH_PROFILE: a directory where each of our VMMs
+// writes a CPU profile of its run (STRATOVIRT_CPUPROFILE), for
+// go tool pprof with the stratovirt binary. In a lab, it must be under
+// the results directory to come back.
+func profileDir() string { return os.Getenv("NET_BENCH_PROFILE") }
+
+// stop ends v with SIGTERM, which lets our VMM write its profile.
+func (v *vm) stop(t *testing.T) {
+	v.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-v.done:
+		v.done <- err
+	case <-time.After(time.Minute):
+		t.Errorf("%s: still running a minute after SIGTERM", v.name)
+	}
+}
+
 // client runs benchtool's client for one workload from v's namespace and
 // returns its result fields (see parseResult).
 func (v *vm) client(kind string, n int64) ([]float64, error) {
 	cpu0, g0 := v.cpuTimes()
+	k0 := bench.KVMStats(v.cmd.Process.Pid, bench.KVMExitCounters)
 	out, err := v.ns.Command(files.Tool, "client", guestIP+":5201", kind, strconv.FormatInt(n, 10)).CombinedOutput()
 	cpu1, g1 := v.cpuTimes()
 	v.cpu[kind] += cpu1 - cpu0
 	v.gcpu[kind] += g1 - g0
+	if v.kvm[kind] == nil {
+		v.kvm[kind] = map[string]int64{}
+	}
+	bench.AddStatsDiff(v.kvm[kind], k0, bench.KVMStats(v.cmd.Process.Pid, bench.KVMExitCounters))
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %v: %s", v.name, kind, err, strings.TrimSpace(string(out)))
 	}
@@ -179,8 +212,13 @@ func TestNetBench(t *testing.T) {
 			t.Skipf("needs %s", p)
 		}
 	}
+	if prof := profileDir(); prof != "" {
+		if err := os.MkdirAll(prof, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	size := int64(envInt("NET_BENCH_SIZE", 32)) << 20
-	runs := envInt("NET_BENCH_RUNS", 5)
+	runs := envInt("NET_BENCH_RUNS", envInt("BENCH_RUNS", 5)) // make bench BENCH_RUNS=N exports it
 
 	type spec struct {
 		name string
@@ -194,6 +232,7 @@ func TestNetBench(t *testing.T) {
 	} else {
 		t.Log("no /dev/vhost-net: no vhost=on rows")
 	}
+	bench.MountDebugfs()
 	// All guests run at once, each on its own tap in its own namespace
 	// (same addresses); only one transfers at a time.
 	var vms []*vm
@@ -225,10 +264,15 @@ func TestNetBench(t *testing.T) {
 			}
 		}
 		fmt.Printf("%s: guest ready and warmed up in %v\n", v.name, time.Since(start).Round(time.Millisecond))
+		if len(v.kvm["source"]) == 0 {
+			dirs, _ := filepath.Glob("/sys/kernel/debug/kvm/*-*")
+			fmt.Printf("%s (pid %d): no KVM counters; VM directories: %v\n", v.name, v.cmd.Process.Pid, dirs)
+		}
 	}
 	for _, v := range vms {
 		clear(v.cpu)
 		clear(v.gcpu)
+		clear(v.kvm)
 	}
 
 	// The rounds finished are saved after each (bench.SaveRuns): after a
@@ -278,6 +322,13 @@ func TestNetBench(t *testing.T) {
 		}
 	}
 
+	if prof := profileDir(); prof != "" {
+		for _, v := range vms {
+			v.stop(t)
+		}
+		fmt.Printf("CPU profiles of our VMMs in %s\n", prof)
+	}
+
 	where, _ := lab.Where()
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nvirtio-net TCP, stratovirt-go vs QEMU %s microvm virtio-net-device, same tap setup (guest: Debian cloud kernel, 2 vCPUs, 512 MiB; "+
@@ -298,6 +349,19 @@ func TestNetBench(t *testing.T) {
 		}
 		fmt.Fprintf(&b, "| %s | %.1f (%.1f) | %.1f (%.1f) | %.1f%% |\n", v.name, v.cpu["source"].Seconds()/gb, v.gcpu["source"].Seconds()/gb,
 			v.cpu["sink"].Seconds()/gb, v.gcpu["sink"].Seconds()/gb, idle)
+	}
+	if len(vms[0].kvm) > 0 {
+		mb := gb * 1000
+		b.WriteString("\nKVM exits of the VM (the lab's KVM debugfs counters, summed over vCPUs), per MB moved and per round trip:\n\n")
+		b.WriteString("| VMM | workload | per unit |\n|---|---|---|\n")
+		for _, v := range vms {
+			for _, k := range []struct {
+				kind, name string
+				per        float64
+			}{{"source", "guest→host, per MB", mb}, {"sink", "host→guest, per MB", mb}, {"rr", "round trip", float64(rrCount * max(runs-first, 1))}} {
+				fmt.Fprintf(&b, "| %s | %s | %s |\n", v.name, k.name, bench.FormatStats(v.kvm[k.kind], k.per))
+			}
+		}
 	}
 	fmt.Println(b.String())
 	t.Log(b.String())

@@ -14,7 +14,8 @@
 //	NET_BENCH=1 go test ./tests/bench/net/ -v -count=1 -timeout 30m
 //
 // NET_BENCH_SIZE (MiB per transfer, default 32) and NET_BENCH_RUNS
-// (default 5) tune it.
+// (else BENCH_RUNS, else 5) tune it; NET_BENCH_PROFILE=DIR has our VMMs
+// write CPU profiles there.
 package net
 
 import (

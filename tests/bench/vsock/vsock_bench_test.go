@@ -3,8 +3,10 @@
 // backend against QEMU microvm's vhost-vsock-device, inside one lab run
 // (or on the host when its KVM boots Linux). The guest runs the static
 // peer of tests/vsock; the workloads are a 32 MiB echo started by the
-// host, the same started by the guest, and 32 parallel 1 MiB echoes. It
-// prints a Markdown ratio table.
+// host, the same started by the guest, and 32 parallel 1 MiB echoes. The
+// three guests run at once and take turns, a round each, for
+// VSOCK_BENCH_RUNS (else BENCH_RUNS, else 3) rounds. It prints a Markdown
+// table of the medians and their ratios.
 //
 // It runs only when VSOCK_BENCH=1 (it takes a few minutes):
 //
@@ -18,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -74,40 +77,69 @@ var workloads = []struct{ key, label string }{
 	{"par", "32 parallel host-initiated echoes of 1 MiB"},
 }
 
-func measure(t *testing.T, name string, args []string, target vsockdial.Target) result {
+// vmm is one VMM under test, running its guest for the whole benchmark.
+type vmm struct {
+	name   string
+	vm     *vsocktest.VM
+	target vsockdial.Target
+	// kvm: the VM's KVM exit counters over its measured rounds.
+	kvm map[string]int64
+}
+
+// measure runs the workloads once against v's guest.
+func (v *vmm) measure(t *testing.T) result {
 	t.Helper()
-	v := vsocktest.Start(t, args)
-	defer v.Stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	k0 := bench.KVMStats(v.vm.Cmd.Process.Pid, bench.KVMExitCounters)
 	r := result{}
-	// Warm up (and wait for the guest to answer).
-	if err := vsocktest.EchoTransfer(ctx, target, 0, 1<<20); err != nil {
-		t.Fatalf("%s: warm-up: %v", name, err)
-	}
 	start := time.Now()
-	if err := vsocktest.EchoTransfer(ctx, target, 1, large); err != nil {
-		t.Fatalf("%s: %v", name, err)
+	if err := vsocktest.EchoTransfer(ctx, v.target, 1, large); err != nil {
+		t.Fatalf("%s: %v", v.name, err)
 	}
 	r["h2g"] = large / (1 << 20) / time.Since(start).Seconds()
 	start = time.Now()
-	if rep := vsocktest.Control(t, target, fmt.Sprintf("connect %d 1 %d", vsocktest.HostPort, large), 5*time.Minute); !strings.HasPrefix(rep, "OK") {
-		t.Fatalf("%s: guest-initiated: %s", name, rep)
+	if rep := vsocktest.Control(t, v.target, fmt.Sprintf("connect %d 1 %d", vsocktest.HostPort, large), 5*time.Minute); !strings.HasPrefix(rep, "OK") {
+		t.Fatalf("%s: guest-initiated: %s", v.name, rep)
 	}
 	r["g2h"] = large / (1 << 20) / time.Since(start).Seconds()
 	start = time.Now()
 	errs := make(chan error, conns)
 	for i := range conns {
-		go func() { errs <- vsocktest.EchoTransfer(ctx, target, i+2, each) }()
+		go func() { errs <- vsocktest.EchoTransfer(ctx, v.target, i+2, each) }()
 	}
 	for range conns {
 		if err := <-errs; err != nil {
-			t.Fatalf("%s: %v", name, err)
+			t.Fatalf("%s: %v", v.name, err)
 		}
 	}
 	r["par"] = conns * each / (1 << 20) / time.Since(start).Seconds()
-	t.Logf("%s: %.1f / %.1f / %.1f MiB/s", name, r["h2g"], r["g2h"], r["par"])
+	bench.AddStatsDiff(v.kvm, k0, bench.KVMStats(v.vm.Cmd.Process.Pid, bench.KVMExitCounters))
 	return r
+}
+
+// start boots v's guest and warms it up (which also waits for it to
+// answer).
+func (v *vmm) start(t *testing.T, args []string) {
+	t.Helper()
+	v.vm = vsocktest.Start(t, args)
+	v.kvm = map[string]int64{}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := vsocktest.EchoTransfer(ctx, v.target, 0, 1<<20); err != nil {
+		t.Fatalf("%s: warm-up: %v", v.name, err)
+	}
+}
+
+// runCount is how many rounds each VMM gets: VSOCK_BENCH_RUNS, else
+// BENCH_RUNS (make bench BENCH_RUNS=N exports it), else 3.
+func runCount() int {
+	for _, e := range []string{"VSOCK_BENCH_RUNS", "BENCH_RUNS"} {
+		if n, err := strconv.Atoi(os.Getenv(e)); err == nil && n > 0 {
+			return n
+		}
+	}
+	return 3
 }
 
 func TestVsockBench(t *testing.T) {
@@ -133,30 +165,74 @@ func TestVsockBench(t *testing.T) {
 	defer ul.Close()
 	go vsocktest.EchoServer(ul)
 
-	ours := measureSaved(t, "stratovirt vhost", bin.StratoVirtArgs("512M", "-device", "vsock,id=v,guest-cid=11,backend=vhost"),
-		vsockdial.Target{CID: 11})
-	qemu := measureSaved(t, "qemu vhost-vsock-device", []string{"qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-cpu", "host",
+	// The three guests run at once (each with its own CID); only one
+	// transfers at a time, in an order that rotates every round.
+	vmms := []*vmm{
+		{name: "stratovirt vhost", target: vsockdial.Target{CID: 11}},
+		{name: "qemu vhost-vsock-device", target: vsockdial.Target{CID: 12}},
+		{name: "stratovirt unix", target: vsockdial.Target{UDSPath: uds}},
+	}
+	bench.MountDebugfs()
+	vmms[0].start(t, bin.StratoVirtArgs("512M", "-device", "vsock,id=v,guest-cid=11,backend=vhost"))
+	vmms[1].start(t, []string{"qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-cpu", "host",
 		"-m", "512M", "-smp", "2", "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
 		"-kernel", bin.Kernel, "-initrd", bin.Initrd, "-append", vsocktest.Cmdline,
-		"-device", "vhost-vsock-device,guest-cid=12"}, vsockdial.Target{CID: 12})
-	user := measureSaved(t, "stratovirt unix", bin.StratoVirtArgs("512M", "-device", "vsock,id=v,guest-cid=13,backend=unix,uds-path="+uds),
-		vsockdial.Target{UDSPath: uds})
+		"-device", "vhost-vsock-device,guest-cid=12"})
+	vmms[2].start(t, bin.StratoVirtArgs("512M", "-device", "vsock,id=v,guest-cid=13,backend=unix,uds-path="+uds))
+
+	// Finished rounds are saved after each (bench.SaveRuns): after a lab
+	// freeze the benchmark goes on from there in a fresh lab.
+	runs := runCount()
+	res := map[string][]result{}
+	if ok, err := bench.LoadRuns("vsock", &res); err != nil {
+		t.Fatal(err)
+	} else if ok {
+		t.Logf("%d rounds saved by an earlier lab", len(res[vmms[0].name]))
+	}
+	first := min(len(res[vmms[0].name]), runs)
+	for r := first; r < runs; r++ {
+		line := fmt.Sprintf("round %d/%d:", r+1, runs)
+		for j := range vmms {
+			v := vmms[(r+j)%len(vmms)]
+			m := v.measure(t)
+			res[v.name] = append(res[v.name], m)
+			line += fmt.Sprintf(" %s %.1f/%.1f/%.1f MiB/s;", v.name, m["h2g"], m["g2h"], m["par"])
+		}
+		fmt.Println(line)
+		if err := bench.SaveRuns("vsock", res); err != nil {
+			t.Fatal(err)
+		}
+	}
+	samples := func(name, key string) []float64 {
+		var out []float64
+		for _, m := range res[name] {
+			out = append(out, m[key])
+		}
+		return out
+	}
+	median := func(xs []float64) float64 { return bench.Summarize("", xs).Median }
+	ours, qemu, user := vmms[0].name, vmms[1].name, vmms[2].name
 
 	where, _ := lab.Where()
 	var b strings.Builder
-	fmt.Fprintf(&b, "\nvsock throughput, stratovirt-go vs QEMU %s microvm vhost-vsock-device (guest: Debian cloud kernel, 2 vCPUs, 512 MiB; measured on: %s)\n\n", qemuVersion(), where)
+	fmt.Fprintf(&b, "\nvsock throughput, stratovirt-go vs QEMU %s microvm vhost-vsock-device (guest: Debian cloud kernel, 2 vCPUs, 512 MiB; medians of %d interleaved rounds; measured on: %s)\n\n",
+		qemuVersion(), runs, where)
 	b.WriteString("| workload | ours vhost MiB/s | ours unix MiB/s | QEMU vhost MiB/s | vhost ratio | unix ratio |\n|---|---:|---:|---:|---:|---:|\n")
 	var rows []bench.Row
 	for _, w := range workloads {
-		q := qemu[w.key]
-		fmt.Fprintf(&b, "| %s | %.1f | %.1f | %.1f | %.2f | %.2f |\n", w.label, ours[w.key], user[w.key], q, ours[w.key]/q, user[w.key]/q)
-		for _, side := range []struct {
-			name string
-			r    map[string]float64
-		}{{"vhost", ours}, {"unix backend", user}} {
-			r := bench.NewRow("vsock "+w.label+", ours "+side.name, "MiB/s", []float64{side.r[w.key]}, "qemu vhost-vsock-device", []float64{q})
+		o, u, q := median(samples(ours, w.key)), median(samples(user, w.key)), median(samples(qemu, w.key))
+		fmt.Fprintf(&b, "| %s | %.1f | %.1f | %.1f | %.2f | %.2f |\n", w.label, o, u, q, o/q, u/q)
+		for _, side := range []struct{ label, name string }{{"vhost", ours}, {"unix backend", user}} {
+			r := bench.NewRow("vsock "+w.label+", ours "+side.label, "MiB/s", samples(side.name, w.key), "qemu vhost-vsock-device", samples(qemu, w.key))
 			r.HigherIsBetter = true
 			rows = append(rows, r)
+		}
+	}
+	if len(vmms[0].kvm) > 0 {
+		mib := float64(large+large+conns*each) * 2 / (1 << 20) // each echo moves its bytes both ways
+		b.WriteString("\nKVM exits of the VM (the lab's KVM debugfs counters, summed over vCPUs) per MiB moved, this lab's rounds:\n\n| VMM | per MiB |\n|---|---|\n")
+		for _, v := range vmms {
+			fmt.Fprintf(&b, "| %s | %s |\n", v.name, bench.FormatStats(v.kvm, mib*float64(max(runs-first, 1))))
 		}
 	}
 	if err := bench.EmitRows(rows); err != nil {
@@ -164,24 +240,6 @@ func TestVsockBench(t *testing.T) {
 	}
 	fmt.Println(b.String())
 	t.Log(b.String())
-}
-
-// measureSaved is measure, or the result an earlier lab saved of it
-// (bench.SaveRuns): after a lab freeze the benchmark goes on in a fresh
-// lab without measuring again what it has.
-func measureSaved(t *testing.T, name string, args []string, target vsockdial.Target) result {
-	var m result
-	if ok, err := bench.LoadRuns("vsock "+name, &m); err != nil {
-		t.Fatal(err)
-	} else if ok {
-		t.Logf("%s: measured by an earlier lab", name)
-		return m
-	}
-	m = measure(t, name, args, target)
-	if err := bench.SaveRuns("vsock "+name, m); err != nil {
-		t.Fatal(err)
-	}
-	return m
 }
 
 func qemuVersion() string {

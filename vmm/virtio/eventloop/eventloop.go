@@ -3,8 +3,8 @@
 // that it shows up as such in /proc/<pid>/task/*/comm, blocking in
 // epoll_wait on the file descriptors (eventfds, timerfds, taps) that
 // devices register. There is no polling. Each running loop adds one to
-// GOMAXPROCS (procs.go) so that its thread does not wait for a P each
-// time it comes back from a syscall.
+// GOMAXPROCS (package procs) so that its thread does not wait for a P
+// each time it comes back from a syscall.
 //
 // Handlers run on the loop's thread, one at a time. Add, Remove and Call
 // may be used from any goroutine; Call runs a function on the loop thread
@@ -21,6 +21,8 @@ import (
 
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
+
+	"github.com/stratovirt-go/stratovirt/vmm/internal/procs"
 )
 
 // MaxNameLen is the longest thread name Linux keeps (TASK_COMM_LEN - 1).
@@ -58,7 +60,7 @@ func New(name string) (*Loop, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("event loop %q: %w", name, err)
 	}
-	addProc() // procs.go; removed when the loop thread ends
+	procs.Add() // given back when the loop thread ends
 	started := make(chan int)
 	go l.run(started)
 	l.thread = <-started
@@ -172,7 +174,7 @@ func (l *Loop) run(started chan<- int) {
 	}
 	started <- unix.Gettid()
 	defer close(l.done)
-	defer removeProc()
+	defer procs.Remove()
 	events := make([]unix.EpollEvent, 32)
 	for {
 		n, err := unix.EpollWait(l.epfd, events, -1)

@@ -1,0 +1,98 @@
+package bench
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// kvmDebugfs is where KVM keeps a directory of counters per VM, named
+// "<tid>-<vm fd>" after the thread that created the VM (for a Go VMM
+// rarely the main thread), each counter summed over the VM's vCPUs.
+const kvmDebugfs = "/sys/kernel/debug/kvm"
+
+// MountDebugfs mounts debugfs where it is not mounted yet (a lab boots
+// without it). Errors are ignored: without it KVMStats reports nothing.
+func MountDebugfs() {
+	if _, err := os.Stat(kvmDebugfs); err == nil {
+		return
+	}
+	syscall.Mount("debugfs", "/sys/kernel/debug", "debugfs", 0, "")
+}
+
+// KVMExitCounters are the counters the I/O benchmarks report: what a
+// guest's I/O costs in exits to the host's KVM, the expensive unit under
+// nested virtualization.
+var KVMExitCounters = []string{"exits", "io_exits", "mmio_exits", "halt_exits", "irq_exits", "irq_injections", "irq_window_exits", "halt_wakeup"}
+
+// KVMStats reads names from the debugfs directories of the VMs that
+// process pid's threads created, summed over them. A counter that cannot
+// be read is left out.
+func KVMStats(pid int, names []string) map[string]int64 {
+	var dirs []string
+	tids, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	for _, tid := range tids {
+		d, _ := filepath.Glob(fmt.Sprintf("%s/%s-*", kvmDebugfs, tid.Name()))
+		dirs = append(dirs, d...)
+	}
+	m := map[string]int64{}
+	for _, d := range dirs {
+		for _, n := range names {
+			b, err := os.ReadFile(filepath.Join(d, n))
+			if err != nil {
+				continue
+			}
+			v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+			if err != nil {
+				continue
+			}
+			m[n] += v
+		}
+	}
+	return m
+}
+
+// AddStatsDiff adds after-before, counter by counter, to sum.
+func AddStatsDiff(sum, before, after map[string]int64) {
+	for k, v := range after {
+		if b, ok := before[k]; ok {
+			sum[k] += v - b
+		}
+	}
+}
+
+// FormatStats writes counters (in KVMExitCounters' order) divided by per,
+// as "exits 123.4, io_exits 5.6", leaving out counters never seen.
+func FormatStats(m map[string]int64, per float64) string {
+	if per <= 0 {
+		per = 1
+	}
+	order := map[string]int{}
+	for i, n := range KVMExitCounters {
+		order[n] = i
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(a, b int) bool {
+		oa, aok := order[keys[a]]
+		ob, bok := order[keys[b]]
+		if aok != bok {
+			return aok
+		}
+		if oa != ob {
+			return oa < ob
+		}
+		return keys[a] < keys[b]
+	})
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s %.1f", k, float64(m[k])/per))
+	}
+	return strings.Join(parts, ", ")
+}
