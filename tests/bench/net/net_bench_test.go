@@ -79,8 +79,8 @@ type vm struct {
 	done chan error
 	cpu  map[string]time.Duration // VMM process CPU time per workload
 	gcpu map[string]time.Duration // of which running guest code (guest_time)
-	// idleCPU and idleWall: CPU time the VMM used while it was idle
-	// (another VMM was being measured), over that wall time.
+	// idleCPU and idleWall: CPU time the VMM used while every guest
+	// was idle, over that wall time.
 	idleCPU, idleWall time.Duration
 	// kvm: the VM's KVM exit counters per workload (bench.KVMStats).
 	kvm map[string]map[string]int64
@@ -124,6 +124,16 @@ func startVM(t *testing.T, i int, name string, args []string) *vm {
 // go tool pprof with the stratovirt binary. In a lab, it must be under
 // the results directory to come back.
 func profileDir() string { return os.Getenv("NET_BENCH_PROFILE") }
+
+// idleWindow is how long the idle CPU time of the VMMs is measured.
+const idleWindow = 10 * time.Second
+
+// signal sends sig to v's VMM (ip netns exec runs it in its own place).
+func (v *vm) signal(t *testing.T, sig syscall.Signal) {
+	if err := v.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("%s: %v: %v", v.name, sig, err)
+	}
+}
 
 // stop ends v with SIGTERM, which lets our VMM write its profile.
 func (v *vm) stop(t *testing.T) {
@@ -234,7 +244,8 @@ func TestNetBench(t *testing.T) {
 	}
 	bench.MountDebugfs()
 	// All guests run at once, each on its own tap in its own namespace
-	// (same addresses); only one transfers at a time.
+	// (same addresses); only one transfers at a time, with the other
+	// VMMs stopped (SIGSTOP).
 	var vms []*vm
 	for i, s := range specs {
 		vms = append(vms, startVM(t, i, s.name, s.args))
@@ -274,6 +285,15 @@ func TestNetBench(t *testing.T) {
 		clear(v.gcpu)
 		clear(v.kvm)
 	}
+	// What each VMM costs while its guest idles, all of them running.
+	idle0, idleStart := make([]time.Duration, len(vms)), time.Now()
+	for i, v := range vms {
+		idle0[i] = v.cpuTime()
+	}
+	time.Sleep(idleWindow)
+	for i, v := range vms {
+		v.idleCPU, v.idleWall = v.cpuTime()-idle0[i], time.Since(idleStart)
+	}
 
 	// The rounds finished are saved after each (bench.SaveRuns): after a
 	// lab freeze the benchmark goes on from there in a fresh lab.
@@ -288,9 +308,13 @@ func TestNetBench(t *testing.T) {
 		// Rotate the order each round so that no VMM always goes first.
 		for j := range vms {
 			v := vms[(r+j)%len(vms)]
-			start, idle0 := time.Now(), make([]time.Duration, len(vms))
-			for i, o := range vms {
-				idle0[i] = o.cpuTime()
+			// The other VMMs are stopped while v is measured: their
+			// guests' timers would otherwise take turns on the lab's
+			// CPU at random moments of v's transfers.
+			for _, o := range vms {
+				if o != v {
+					o.signal(t, syscall.SIGSTOP)
+				}
 			}
 			for _, k := range []string{"source", "sink"} {
 				f, err := v.client(k, size)
@@ -304,10 +328,9 @@ func TestNetBench(t *testing.T) {
 				t.Fatal(err)
 			}
 			res.add(v.name, "rr", f[1])
-			for i, o := range vms {
+			for _, o := range vms {
 				if o != v {
-					o.idleCPU += o.cpuTime() - idle0[i]
-					o.idleWall += time.Since(start)
+					o.signal(t, syscall.SIGCONT)
 				}
 			}
 		}
@@ -332,7 +355,7 @@ func TestNetBench(t *testing.T) {
 	where, _ := lab.Where()
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nvirtio-net TCP, stratovirt-go vs QEMU %s microvm virtio-net-device, same tap setup (guest: Debian cloud kernel, 2 vCPUs, 512 MiB; "+
-		"%d MiB per transfer, %d interleaved runs, %d round trips per run; both ends are the static Go benchtool (iperf3 would need its shared libraries in the guest); measured on: %s)\n\n",
+		"%d MiB per transfer, %d interleaved runs with the other VMMs stopped, %d round trips per run; both ends are the static Go benchtool (iperf3 would need its shared libraries in the guest); measured on: %s)\n\n",
 		qemuVersion(), size>>20, runs, rrCount, where)
 	b.WriteString(table(res, pairs))
 	if err := bench.EmitRows(benchRows(res, pairs)); err != nil {
@@ -340,7 +363,7 @@ func TestNetBench(t *testing.T) {
 	}
 	b.WriteString("\nRatios are ours/peer: above 1 is better for MB/s, worse for µs.\n\n")
 	b.WriteString("VMM process CPU time per GB moved, total (of which running guest code, proc guest_time); a vhost=on kernel worker (vhost-PID thread) is not counted:\n\n")
-	b.WriteString("| VMM | guest→host CPU s/GB | host→guest CPU s/GB | CPU while idle (others measured) |\n|---|---:|---:|---:|\n")
+	b.WriteString("| VMM | guest→host CPU s/GB | host→guest CPU s/GB | CPU while idle (all guests idle) |\n|---|---:|---:|---:|\n")
 	gb := float64(size) * float64(max(runs-first, 1)) / 1e9 // CPU time counts this lab's rounds
 	for _, v := range vms {
 		idle := 0.0

@@ -4,7 +4,7 @@
 // (or on the host when its KVM boots Linux). The guest runs the static
 // peer of tests/vsock; the workloads are a 32 MiB echo started by the
 // host, the same started by the guest, and 32 parallel 1 MiB echoes. The
-// three guests run at once and take turns, a round each, for
+// three guests run at once and take turns, the others stopped, for
 // VSOCK_BENCH_RUNS (else BENCH_RUNS, else 3) rounds. It prints a Markdown
 // table of the medians and their ratios.
 //
@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -118,6 +119,13 @@ func (v *vmm) measure(t *testing.T) result {
 	return r
 }
 
+// signal sends sig to v's VMM.
+func (v *vmm) signal(t *testing.T, sig syscall.Signal) {
+	if err := v.vm.Cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("%s: %v: %v", v.name, sig, err)
+	}
+}
+
 // start boots v's guest and warms it up (which also waits for it to
 // answer).
 func (v *vmm) start(t *testing.T, args []string) {
@@ -166,7 +174,8 @@ func TestVsockBench(t *testing.T) {
 	go vsocktest.EchoServer(ul)
 
 	// The three guests run at once (each with its own CID); only one
-	// transfers at a time, in an order that rotates every round.
+	// transfers at a time, in an order that rotates every round, with the
+	// other VMMs stopped (SIGSTOP).
 	vmms := []*vmm{
 		{name: "stratovirt vhost", target: vsockdial.Target{CID: 11}},
 		{name: "qemu vhost-vsock-device", target: vsockdial.Target{CID: 12}},
@@ -194,7 +203,19 @@ func TestVsockBench(t *testing.T) {
 		line := fmt.Sprintf("round %d/%d:", r+1, runs)
 		for j := range vmms {
 			v := vmms[(r+j)%len(vmms)]
+			// The other VMMs are stopped while v is measured, so that
+			// their guests' timers do not take turns on the lab's CPU.
+			for _, o := range vmms {
+				if o != v {
+					o.signal(t, syscall.SIGSTOP)
+				}
+			}
 			m := v.measure(t)
+			for _, o := range vmms {
+				if o != v {
+					o.signal(t, syscall.SIGCONT)
+				}
+			}
 			res[v.name] = append(res[v.name], m)
 			line += fmt.Sprintf(" %s %.1f/%.1f/%.1f MiB/s;", v.name, m["h2g"], m["g2h"], m["par"])
 		}
