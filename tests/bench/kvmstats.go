@@ -96,3 +96,36 @@ func FormatStats(m map[string]int64, per float64) string {
 	}
 	return strings.Join(parts, ", ")
 }
+
+// ThreadSwitches returns the context switches (voluntary and not) of
+// process pid's threads so far, summed by thread name: how often the
+// host's scheduler had to run each kind of thread, which under nested
+// virtualization interrupts the guest each time.
+func ThreadSwitches(pid int) map[string]int64 {
+	m := map[string]int64{}
+	tids, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	for _, tid := range tids {
+		dir := fmt.Sprintf("/proc/%d/task/%s", pid, tid.Name())
+		b, err := os.ReadFile(dir + "/status")
+		if err != nil {
+			continue
+		}
+		name, n := "", int64(0)
+		for _, line := range strings.Split(string(b), "\n") {
+			k, v, ok := strings.Cut(line, ":")
+			if !ok {
+				continue
+			}
+			v = strings.TrimSpace(v)
+			switch k {
+			case "Name":
+				name = v
+			case "voluntary_ctxt_switches", "nonvoluntary_ctxt_switches":
+				x, _ := strconv.ParseInt(v, 10, 64)
+				n += x
+			}
+		}
+		m[name] += n
+	}
+	return m
+}

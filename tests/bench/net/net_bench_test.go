@@ -82,8 +82,9 @@ type vm struct {
 	// idleCPU and idleWall: CPU time the VMM used while every guest
 	// was idle, over that wall time.
 	idleCPU, idleWall time.Duration
-	// kvm: the VM's KVM exit counters per workload (bench.KVMStats).
-	kvm map[string]map[string]int64
+	// kvm: the VM's KVM exit counters per workload (bench.KVMStats); sw:
+	// the VMM's context switches by thread name (bench.ThreadSwitches).
+	kvm, sw map[string]map[string]int64
 }
 
 func startVM(t *testing.T, i int, name string, args []string) *vm {
@@ -100,7 +101,7 @@ func startVM(t *testing.T, i int, name string, args []string) *vm {
 	if prof != "" && strings.HasPrefix(name, "stratovirt") {
 		args = append(args, "-disable-seccomp") // the profiler's timers need it
 	}
-	v := &vm{name: name, ns: ns, cmd: ns.Command(args...), out: &syncBuf{}, done: make(chan error, 1), cpu: map[string]time.Duration{}, gcpu: map[string]time.Duration{}, kvm: map[string]map[string]int64{}}
+	v := &vm{name: name, ns: ns, cmd: ns.Command(args...), out: &syncBuf{}, done: make(chan error, 1), cpu: map[string]time.Duration{}, gcpu: map[string]time.Duration{}, kvm: map[string]map[string]int64{}, sw: map[string]map[string]int64{}}
 	v.cmd.Stdout, v.cmd.Stderr = v.out, v.out
 	if prof != "" && strings.HasPrefix(name, "stratovirt") {
 		v.cmd.Env = append(os.Environ(), "STRATOVIRT_CPUPROFILE="+filepath.Join(prof, strings.ReplaceAll(name, " ", "-")+".pprof"))
@@ -151,6 +152,7 @@ func (v *vm) stop(t *testing.T) {
 func (v *vm) client(kind string, n int64) ([]float64, error) {
 	cpu0, g0 := v.cpuTimes()
 	k0 := bench.KVMStats(v.cmd.Process.Pid, bench.KVMExitCounters)
+	sw0 := bench.ThreadSwitches(v.cmd.Process.Pid)
 	out, err := v.ns.Command(files.Tool, "client", guestIP+":5201", kind, strconv.FormatInt(n, 10)).CombinedOutput()
 	cpu1, g1 := v.cpuTimes()
 	v.cpu[kind] += cpu1 - cpu0
@@ -159,6 +161,10 @@ func (v *vm) client(kind string, n int64) ([]float64, error) {
 		v.kvm[kind] = map[string]int64{}
 	}
 	bench.AddStatsDiff(v.kvm[kind], k0, bench.KVMStats(v.cmd.Process.Pid, bench.KVMExitCounters))
+	if v.sw[kind] == nil {
+		v.sw[kind] = map[string]int64{}
+	}
+	bench.AddStatsDiff(v.sw[kind], sw0, bench.ThreadSwitches(v.cmd.Process.Pid))
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %v: %s", v.name, kind, err, strings.TrimSpace(string(out)))
 	}
@@ -284,6 +290,7 @@ func TestNetBench(t *testing.T) {
 		clear(v.cpu)
 		clear(v.gcpu)
 		clear(v.kvm)
+		clear(v.sw)
 	}
 	// What each VMM costs while its guest idles, all of them running.
 	idle0, idleStart := make([]time.Duration, len(vms)), time.Now()
@@ -375,14 +382,15 @@ func TestNetBench(t *testing.T) {
 	}
 	if len(vms[0].kvm) > 0 {
 		mb := gb * 1000
-		b.WriteString("\nKVM exits of the VM (the lab's KVM debugfs counters, summed over vCPUs), per MB moved and per round trip:\n\n")
-		b.WriteString("| VMM | workload | per unit |\n|---|---|---|\n")
+		units := []struct {
+			kind, name string
+			per        float64
+		}{{"source", "guest→host, per MB", mb}, {"sink", "host→guest, per MB", mb}, {"rr", "round trip", float64(rrCount * max(runs-first, 1))}}
+		b.WriteString("\nKVM exits of the VM (the lab's KVM debugfs counters, summed over vCPUs) and context switches of the VMM's threads (by thread name, vhost workers included), per MB moved and per round trip:\n\n")
+		b.WriteString("| VMM | workload | KVM exits | context switches |\n|---|---|---|---|\n")
 		for _, v := range vms {
-			for _, k := range []struct {
-				kind, name string
-				per        float64
-			}{{"source", "guest→host, per MB", mb}, {"sink", "host→guest, per MB", mb}, {"rr", "round trip", float64(rrCount * max(runs-first, 1))}} {
-				fmt.Fprintf(&b, "| %s | %s | %s |\n", v.name, k.name, bench.FormatStats(v.kvm[k.kind], k.per))
+			for _, k := range units {
+				fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", v.name, k.name, bench.FormatStats(v.kvm[k.kind], k.per), bench.FormatStats(v.sw[k.kind], k.per))
 			}
 		}
 	}

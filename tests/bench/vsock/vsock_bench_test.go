@@ -83,8 +83,9 @@ type vmm struct {
 	name   string
 	vm     *vsocktest.VM
 	target vsockdial.Target
-	// kvm: the VM's KVM exit counters over its measured rounds.
-	kvm map[string]int64
+	// kvm: the VM's KVM exit counters over its measured rounds; sw: the
+	// VMM's context switches by thread name (bench.ThreadSwitches).
+	kvm, sw map[string]int64
 }
 
 // measure runs the workloads once against v's guest.
@@ -93,6 +94,7 @@ func (v *vmm) measure(t *testing.T) result {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	k0 := bench.KVMStats(v.vm.Cmd.Process.Pid, bench.KVMExitCounters)
+	sw0 := bench.ThreadSwitches(v.vm.Cmd.Process.Pid)
 	r := result{}
 	start := time.Now()
 	if err := vsocktest.EchoTransfer(ctx, v.target, 1, large); err != nil {
@@ -116,6 +118,7 @@ func (v *vmm) measure(t *testing.T) result {
 	}
 	r["par"] = conns * each / (1 << 20) / time.Since(start).Seconds()
 	bench.AddStatsDiff(v.kvm, k0, bench.KVMStats(v.vm.Cmd.Process.Pid, bench.KVMExitCounters))
+	bench.AddStatsDiff(v.sw, sw0, bench.ThreadSwitches(v.vm.Cmd.Process.Pid))
 	return r
 }
 
@@ -131,7 +134,7 @@ func (v *vmm) signal(t *testing.T, sig syscall.Signal) {
 func (v *vmm) start(t *testing.T, args []string) {
 	t.Helper()
 	v.vm = vsocktest.Start(t, args)
-	v.kvm = map[string]int64{}
+	v.kvm, v.sw = map[string]int64{}, map[string]int64{}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	if err := vsocktest.EchoTransfer(ctx, v.target, 0, 1<<20); err != nil {
@@ -254,6 +257,10 @@ func TestVsockBench(t *testing.T) {
 		b.WriteString("\nKVM exits of the VM (the lab's KVM debugfs counters, summed over vCPUs) per MiB moved, this lab's rounds:\n\n| VMM | per MiB |\n|---|---|\n")
 		for _, v := range vmms {
 			fmt.Fprintf(&b, "| %s | %s |\n", v.name, bench.FormatStats(v.kvm, mib*float64(max(runs-first, 1))))
+		}
+		b.WriteString("\nContext switches of the VMM's threads (by thread name; vhost workers included) per MiB moved:\n\n| VMM | per MiB |\n|---|---|\n")
+		for _, v := range vmms {
+			fmt.Fprintf(&b, "| %s | %s |\n", v.name, bench.FormatStats(v.sw, mib*float64(max(runs-first, 1))))
 		}
 	}
 	if err := bench.EmitRows(rows); err != nil {
