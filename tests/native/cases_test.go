@@ -230,8 +230,8 @@ func TestQMPSession(t *testing.T) {
 		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/comm", p.cmd.Process.Pid, tid))
 		if m["CPU"] != float64(i) || err != nil {
 			t.Errorf("query-cpus[%d] = %v: thread %d not in the VMM (%v)", i, m, tid, err)
-		} else {
-			t.Logf("vCPU %d is thread %d (%s)", i, tid, strings.TrimSpace(string(comm)))
+		} else if name, want := strings.TrimSpace(string(comm)), fmt.Sprintf("CPU %d/KVM", i); name != want {
+			t.Errorf("vCPU %d's thread %d is named %q, want %q", i, tid, name, want)
 		}
 	}
 

@@ -21,7 +21,7 @@ import (
 
 	"github.com/stratovirt-go/stratovirt/vmm/bus"
 	"github.com/stratovirt-go/stratovirt/vmm/internal/kvm"
-	"github.com/stratovirt-go/stratovirt/vmm/internal/procs"
+	"github.com/stratovirt-go/stratovirt/vmm/internal/threads"
 )
 
 // kickSignal interrupts a vCPU thread blocked in KVM_RUN. SIGURG is the Go
@@ -114,10 +114,12 @@ func (g *Group) thread(st *vcpuState, ready chan<- error, gate <-chan bool) {
 	// never unlocked, so the runtime discards it when this goroutine ends.
 	runtime.LockOSThread()
 	st.tid = unix.Gettid()
+	// Named as QEMU and StratoVirt name theirs, for top -H and perf.
+	_ = threads.SetName(fmt.Sprintf("CPU %d/KVM", st.id))
 	// The thread lives in KVM_RUN: a P of its own spares it waiting for
-	// one after every exit (package procs). It is given back before
+	// one after every exit (package threads). It is given back before
 	// finish, so that it is back once Wait returns.
-	procs.Add()
+	threads.AddP()
 
 	cpu, err := g.cfg.VM.CreateVCPU(st.id)
 	if err == nil && g.cfg.Setup != nil {
@@ -127,7 +129,7 @@ func (g *Group) thread(st *vcpuState, ready chan<- error, gate <-chan bool) {
 		}
 	}
 	if err != nil {
-		procs.Remove()
+		threads.RemoveP()
 		g.finish(st, err)
 		ready <- err
 		return
@@ -146,7 +148,7 @@ func (g *Group) thread(st *vcpuState, ready chan<- error, gate <-chan bool) {
 	if cerr := cpu.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("vcpu %d close: %w", st.id, cerr)
 	}
-	procs.Remove()
+	threads.RemoveP()
 	g.finish(st, err)
 }
 

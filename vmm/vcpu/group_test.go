@@ -3,6 +3,7 @@ package vcpu_test
 import (
 	"encoding/binary"
 	"errors"
+	"os"
 	"runtime"
 	"slices"
 	"strings"
@@ -246,9 +247,10 @@ func TestStopWhilePaused(t *testing.T) {
 	}
 }
 
-// TestProcs checks that each running vCPU thread holds a P of its own
-// (package procs) and gives it back by the time Wait returns.
-func TestProcs(t *testing.T) {
+// TestThreads checks that each running vCPU thread is named as QEMU's
+// are and holds a P of its own (package threads), which it gives back by
+// the time Wait returns.
+func TestThreads(t *testing.T) {
 	vm := kvmtest.NewVM(t, 1<<16, false)
 	vm.Load(t, 0x1000, spin)
 	base := runtime.GOMAXPROCS(0)
@@ -258,6 +260,18 @@ func TestProcs(t *testing.T) {
 	}
 	if got := runtime.GOMAXPROCS(0); got != base+3 {
 		t.Errorf("3 vCPUs running: GOMAXPROCS %d, want %d", got, base+3)
+	}
+	names := map[string]bool{}
+	tasks, _ := os.ReadDir("/proc/self/task")
+	for _, task := range tasks {
+		if b, err := os.ReadFile("/proc/self/task/" + task.Name() + "/comm"); err == nil {
+			names[strings.TrimSpace(string(b))] = true
+		}
+	}
+	for _, want := range []string{"CPU 0/KVM", "CPU 1/KVM", "CPU 2/KVM"} {
+		if !names[want] {
+			t.Errorf("no thread named %q among %v", want, names)
+		}
 	}
 	g.Stop(vcpu.Reset)
 	if reason, err := waitTimeout(t, g, time.Second); reason != vcpu.Reset || err != nil {

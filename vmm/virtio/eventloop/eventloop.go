@@ -3,7 +3,7 @@
 // that it shows up as such in /proc/<pid>/task/*/comm, blocking in
 // epoll_wait on the file descriptors (eventfds, timerfds, taps) that
 // devices register. There is no polling. Each running loop adds one to
-// GOMAXPROCS (package procs) so that its thread does not wait for a P
+// GOMAXPROCS (package threads) so that its thread does not wait for a P
 // each time it comes back from a syscall.
 //
 // Handlers run on the loop's thread, one at a time. Add, Remove and Call
@@ -22,11 +22,8 @@ import (
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
-	"github.com/stratovirt-go/stratovirt/vmm/internal/procs"
+	"github.com/stratovirt-go/stratovirt/vmm/internal/threads"
 )
-
-// MaxNameLen is the longest thread name Linux keeps (TASK_COMM_LEN - 1).
-const MaxNameLen = 15
 
 // Loop is one event-loop thread.
 type Loop struct {
@@ -42,8 +39,8 @@ type Loop struct {
 	thread   int // tid of the loop thread
 }
 
-// New starts a loop thread called name (truncated to MaxNameLen bytes for
-// the kernel's thread name).
+// New starts a loop thread called name (truncated to threads.MaxNameLen
+// bytes for the kernel's thread name).
 func New(name string) (*Loop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
@@ -60,7 +57,7 @@ func New(name string) (*Loop, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("event loop %q: %w", name, err)
 	}
-	procs.Add() // given back when the loop thread ends
+	threads.AddP() // given back when the loop thread ends
 	started := make(chan int)
 	go l.run(started)
 	l.thread = <-started
@@ -165,16 +162,12 @@ func (l *Loop) run(started chan<- int) {
 	// The thread is never unlocked: when run returns, the Go runtime ends
 	// it instead of reusing a thread with our name.
 	runtime.LockOSThread()
-	name := l.name
-	if len(name) > MaxNameLen {
-		name = name[:MaxNameLen]
-	}
-	if err := setThreadName(name); err != nil {
+	if err := threads.SetName(l.name); err != nil {
 		log.L.Warnf("event loop %q: name thread: %v", l.name, err)
 	}
 	started <- unix.Gettid()
 	defer close(l.done)
-	defer procs.Remove()
+	defer threads.RemoveP()
 	events := make([]unix.EpollEvent, 32)
 	for {
 		n, err := unix.EpollWait(l.epfd, events, -1)

@@ -1,9 +1,9 @@
-// Package procs owns the VMM's additions to GOMAXPROCS: one P for each
-// thread that spends its life in blocking syscalls, the event loops
-// (epoll_wait, then reads, preadv/pwritev and irqfd writes) and the vCPUs
-// (KVM_RUN).
+// Package threads owns what the VMM sets on its long-lived locked OS
+// threads, the event loops (epoll_wait, then reads, preadv/pwritev and
+// irqfd writes) and the vCPUs (KVM_RUN): their names (SetName), and one P
+// each added to GOMAXPROCS (AddP, RemoveP).
 //
-// Why: such a thread is locked to its goroutine, and a thread leaving a
+// Why a P each: such a thread is locked to its goroutine, and a thread leaving a
 // syscall needs a P (a GOMAXPROCS slot) to run Go code again. It gets one
 // at once only if one is idle or still marked as in a syscall. With
 // GOMAXPROCS at the CPU count (1 in a one-CPU host or VM) a loop thread
@@ -17,7 +17,7 @@
 //
 // A P only runs Go code: it adds no thread, and no CPU time while its
 // thread waits in the kernel.
-package procs
+package threads
 
 import (
 	"runtime"
@@ -29,16 +29,16 @@ var procs struct {
 	added int
 }
 
-// Add raises GOMAXPROCS by one for a new syscall-bound thread.
-func Add() {
+// AddP raises GOMAXPROCS by one for a new syscall-bound thread.
+func AddP() {
 	procs.Lock()
 	defer procs.Unlock()
 	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + 1)
 	procs.added++
 }
 
-// Remove undoes one Add; without a matching Add it does nothing.
-func Remove() {
+// RemoveP undoes one AddP; without a matching AddP it does nothing.
+func RemoveP() {
 	procs.Lock()
 	defer procs.Unlock()
 	if procs.added == 0 {
