@@ -147,8 +147,9 @@ func Process(def Action) Filter {
 		allow("io_getevents", unix.SYS_IO_GETEVENTS),
 		allow("io_destroy", unix.SYS_IO_DESTROY),
 		// Installing the per-thread vCPU filter after this one (it can
-		// only add restrictions).
-		Rule{Name: "prctl", Nr: unix.SYS_PRCTL, Cond: &Cond{Arg: 0, Mask: 0xffffffff, Values: []uint32{unix.PR_SET_NO_NEW_PRIVS}}},
+		// only add restrictions), and naming the vCPU and I/O threads,
+		// which start after it.
+		Rule{Name: "prctl", Nr: unix.SYS_PRCTL, Cond: &Cond{Arg: 0, Mask: 0xffffffff, Values: []uint32{unix.PR_SET_NO_NEW_PRIVS, unix.PR_SET_NAME}}},
 		allow("seccomp", unix.SYS_SECCOMP),
 	)
 	return Filter{Rules: rules, Default: def}
