@@ -52,7 +52,9 @@ const (
 	guestIP = "10.0.2.2"
 	mac     = "0e:90:df:9f:a8:90"
 	rrCount = 200
-	cmdline = "console=ttyS0 reboot=k panic=1 quiet loglevel=3 test.mac=" + mac + " test.ip=" + guestIP
+	// nowatchdog: the guests are stopped (SIGSTOP) while another is
+	// measured, which the lockup watchdog would take for a stuck CPU.
+	cmdline = "console=ttyS0 reboot=k panic=1 nowatchdog quiet loglevel=3 test.mac=" + mac + " test.ip=" + guestIP
 )
 
 func envInt(name string, def int) int {

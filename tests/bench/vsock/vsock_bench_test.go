@@ -185,12 +185,12 @@ func TestVsockBench(t *testing.T) {
 		{name: "stratovirt unix", target: vsockdial.Target{UDSPath: uds}},
 	}
 	bench.MountDebugfs()
-	vmms[0].start(t, bin.StratoVirtArgs("512M", "-device", "vsock,id=v,guest-cid=11,backend=vhost"))
+	vmms[0].start(t, bin.StratoVirtArgsCmdline("512M", vsocktest.StoppableCmdline, "-device", "vsock,id=v,guest-cid=11,backend=vhost"))
 	vmms[1].start(t, []string{"qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-cpu", "host",
 		"-m", "512M", "-smp", "2", "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
-		"-kernel", bin.Kernel, "-initrd", bin.Initrd, "-append", vsocktest.Cmdline,
+		"-kernel", bin.Kernel, "-initrd", bin.Initrd, "-append", vsocktest.StoppableCmdline,
 		"-device", "vhost-vsock-device,guest-cid=12"})
-	vmms[2].start(t, bin.StratoVirtArgs("512M", "-device", "vsock,id=v,guest-cid=13,backend=unix,uds-path="+uds))
+	vmms[2].start(t, bin.StratoVirtArgsCmdline("512M", vsocktest.StoppableCmdline, "-device", "vsock,id=v,guest-cid=13,backend=unix,uds-path="+uds))
 
 	// Finished rounds are saved after each (bench.SaveRuns): after a lab
 	// freeze the benchmark goes on from there in a fresh lab.

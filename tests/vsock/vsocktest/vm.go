@@ -30,7 +30,15 @@ const (
 // large host->guest transfer) panics at once, printing the stuck task's
 // stack, which the quiet log level would hide, instead of leaving the test
 // to time out.
-const Cmdline = "console=ttyS0 reboot=k panic=1 softlockup_panic=1 quiet loglevel=3"
+const Cmdline = baseCmdline + " softlockup_panic=1"
+
+// StoppableCmdline is the command line for a guest whose VMM is stopped
+// (SIGSTOP) for long stretches, as the benchmark does: without the
+// lockup watchdog, which takes such a stop for a stuck CPU (and with
+// softlockup_panic, panics).
+const StoppableCmdline = baseCmdline + " nowatchdog"
+
+const baseCmdline = "console=ttyS0 reboot=k panic=1 quiet loglevel=3"
 
 // syncBuf collects a VMM's output.
 type syncBuf struct {
@@ -51,9 +59,15 @@ type VM struct {
 // StratoVirtArgs is the command line booting f's guest with mem and extra
 // options.
 func (f Files) StratoVirtArgs(mem string, extra ...string) []string {
+	return f.StratoVirtArgsCmdline(mem, Cmdline, extra...)
+}
+
+// StratoVirtArgsCmdline is StratoVirtArgs with the guest command line
+// cmdline.
+func (f Files) StratoVirtArgsCmdline(mem, cmdline string, extra ...string) []string {
 	args := append([]string{f.VMM, "-name", "vsock-test", "-kernel", f.Kernel, "-initrd", f.Initrd, "-m", mem, "-smp", "2",
 		"-serial", "stdio"}, extra...)
-	return append(args, "-append", Cmdline)
+	return append(args, "-append", cmdline)
 }
 
 // Start runs args (a VMM command line) and waits for the guest peer to
