@@ -97,20 +97,22 @@ func FormatStats(m map[string]int64, per float64) string {
 	return strings.Join(parts, ", ")
 }
 
-// ThreadSwitches returns the context switches (voluntary and not) of
-// process pid's threads so far, summed by thread name: how often the
-// host's scheduler had to run each kind of thread, which under nested
-// virtualization interrupts the guest each time.
+// ThreadSwitches returns the context switches of process pid's threads
+// so far, summed by thread name: how often the host's scheduler switched
+// away from each kind of thread, which under nested virtualization costs
+// the guest each time. Voluntary switches (the thread blocked) count
+// under the name, involuntary ones (it was preempted) under
+// "name (preempted)".
 func ThreadSwitches(pid int) map[string]int64 {
 	m := map[string]int64{}
 	tids, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 	for _, tid := range tids {
-		dir := fmt.Sprintf("/proc/%d/task/%s", pid, tid.Name())
-		b, err := os.ReadFile(dir + "/status")
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, tid.Name()))
 		if err != nil {
 			continue
 		}
-		name, n := "", int64(0)
+		var name string
+		var vol, invol int64
 		for _, line := range strings.Split(string(b), "\n") {
 			k, v, ok := strings.Cut(line, ":")
 			if !ok {
@@ -120,12 +122,14 @@ func ThreadSwitches(pid int) map[string]int64 {
 			switch k {
 			case "Name":
 				name = v
-			case "voluntary_ctxt_switches", "nonvoluntary_ctxt_switches":
-				x, _ := strconv.ParseInt(v, 10, 64)
-				n += x
+			case "voluntary_ctxt_switches":
+				vol, _ = strconv.ParseInt(v, 10, 64)
+			case "nonvoluntary_ctxt_switches":
+				invol, _ = strconv.ParseInt(v, 10, 64)
 			}
 		}
-		m[name] += n
+		m[name] += vol
+		m[name+" (preempted)"] += invol
 	}
 	return m
 }
