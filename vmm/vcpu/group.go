@@ -114,12 +114,9 @@ func (g *Group) thread(st *vcpuState, ready chan<- error, gate <-chan bool) {
 	// never unlocked, so the runtime discards it when this goroutine ends.
 	runtime.LockOSThread()
 	st.tid = unix.Gettid()
-	// Named as QEMU and StratoVirt name theirs, for top -H and perf.
+	// Named as QEMU and StratoVirt name theirs, for top -H and perf. No
+	// P of its own (package threads says why).
 	_ = threads.SetName(fmt.Sprintf("CPU %d/KVM", st.id))
-	// The thread lives in KVM_RUN: a P of its own spares it waiting for
-	// one after every exit (package threads). It is given back before
-	// finish, so that it is back once Wait returns.
-	threads.AddP()
 
 	cpu, err := g.cfg.VM.CreateVCPU(st.id)
 	if err == nil && g.cfg.Setup != nil {
@@ -129,7 +126,6 @@ func (g *Group) thread(st *vcpuState, ready chan<- error, gate <-chan bool) {
 		}
 	}
 	if err != nil {
-		threads.RemoveP()
 		g.finish(st, err)
 		ready <- err
 		return
@@ -148,7 +144,6 @@ func (g *Group) thread(st *vcpuState, ready chan<- error, gate <-chan bool) {
 	if cerr := cpu.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("vcpu %d close: %w", st.id, cerr)
 	}
-	threads.RemoveP()
 	g.finish(st, err)
 }
 
