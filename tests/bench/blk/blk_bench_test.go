@@ -67,9 +67,6 @@ const (
 	append_ = "console=ttyS0 reboot=k panic=1 quiet loglevel=4 test.run=" + steps
 )
 
-// settle is the pause after each VMM's run (see run).
-const settle = 5 * time.Second
-
 // run boots one VMM and returns the metrics (name → IOPS) it printed.
 func run(t *testing.T, name string, args []string) map[string]float64 {
 	t.Helper()
@@ -104,10 +101,6 @@ loop:
 			t.Fatalf("%s did not finish in 4 minutes:\n%s", name, out.String())
 		}
 	}
-	// Let the lab's KVM finish tearing the VM down before the next one
-	// starts: the lab froze most often right after one VMM's run had
-	// been killed, as the next one started (twelfth session).
-	time.Sleep(settle)
 	s := out.String()
 	if !strings.Contains(s, "GUESTIO OK") {
 		t.Fatalf("%s: guest failed:\n%s", name, s)
