@@ -133,3 +133,18 @@ func ThreadSwitches(pid int) map[string]int64 {
 	}
 	return m
 }
+
+// SignalOthers sends sig to every process of procs but keep: the I/O
+// benchmarks stop (SIGSTOP) the VMMs not being measured and resume them
+// (SIGCONT) after.
+func SignalOthers(procs []*os.Process, keep *os.Process, sig os.Signal) error {
+	for _, p := range procs {
+		if p == keep {
+			continue
+		}
+		if err := p.Signal(sig); err != nil {
+			return fmt.Errorf("pid %d: %v: %w", p.Pid, sig, err)
+		}
+	}
+	return nil
+}

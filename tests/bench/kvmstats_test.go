@@ -2,7 +2,9 @@ package bench
 
 import (
 	"os"
+	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -43,5 +45,33 @@ func TestStatsDiffAndFormat(t *testing.T) {
 	// KVMExitCounters' order first, then by name.
 	if got, want := FormatStats(sum, 4), "exits 10.0, io_exits 0.0, zzz 1.0"; got != want {
 		t.Errorf("FormatStats = %q, want %q", got, want)
+	}
+}
+
+func TestSignalOthers(t *testing.T) {
+	var cmds []*exec.Cmd
+	var procs []*os.Process
+	for range 3 {
+		c := exec.Command("sleep", "30")
+		if err := c.Start(); err != nil {
+			t.Skipf("sleep: %v", err)
+		}
+		t.Cleanup(func() { c.Process.Kill(); c.Wait() })
+		cmds = append(cmds, c)
+		procs = append(procs, c.Process)
+	}
+	if err := SignalOthers(procs, procs[1], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range cmds {
+		if i == 1 {
+			continue
+		}
+		if err := c.Wait(); err == nil || !strings.Contains(err.Error(), "killed") {
+			t.Errorf("process %d: %v, want killed", i, err)
+		}
+	}
+	if err := procs[1].Signal(syscall.Signal(0)); err != nil {
+		t.Errorf("the kept process was signalled: %v", err)
 	}
 }

@@ -99,14 +99,14 @@ func startVM(t *testing.T, i int, name string, args []string) *vm {
 	if err := ns.AddTap("tap0", hostIP+"/24"); err != nil {
 		t.Fatal(err)
 	}
-	prof := profileDir()
-	if prof != "" && strings.HasPrefix(name, "stratovirt") {
+	profile := profileDir() != "" && strings.HasPrefix(name, "stratovirt")
+	if profile {
 		args = append(args, "-disable-seccomp") // the profiler's timers need it
 	}
 	v := &vm{name: name, ns: ns, cmd: ns.Command(args...), out: &syncBuf{}, done: make(chan error, 1), cpu: map[string]time.Duration{}, gcpu: map[string]time.Duration{}, kvm: map[string]map[string]int64{}, sw: map[string]map[string]int64{}}
 	v.cmd.Stdout, v.cmd.Stderr = v.out, v.out
-	if prof != "" && strings.HasPrefix(name, "stratovirt") {
-		v.cmd.Env = append(os.Environ(), "STRATOVIRT_CPUPROFILE="+filepath.Join(prof, strings.ReplaceAll(name, " ", "-")+".pprof"))
+	if profile {
+		v.cmd.Env = append(os.Environ(), "STRATOVIRT_CPUPROFILE="+filepath.Join(profileDir(), strings.ReplaceAll(name, " ", "-")+".pprof"))
 	}
 	if err := v.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -131,13 +131,6 @@ func profileDir() string { return os.Getenv("NET_BENCH_PROFILE") }
 // idleWindow is how long the idle CPU time of the VMMs is measured.
 const idleWindow = 10 * time.Second
 
-// signal sends sig to v's VMM (ip netns exec runs it in its own place).
-func (v *vm) signal(t *testing.T, sig syscall.Signal) {
-	if err := v.cmd.Process.Signal(sig); err != nil {
-		t.Fatalf("%s: %v: %v", v.name, sig, err)
-	}
-}
-
 // stop ends v with SIGTERM, which lets our VMM write its profile.
 func (v *vm) stop(t *testing.T) {
 	v.cmd.Process.Signal(syscall.SIGTERM)
@@ -147,6 +140,14 @@ func (v *vm) stop(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Errorf("%s: still running a minute after SIGTERM", v.name)
 	}
+}
+
+// addDiff adds after-before to the counters m keeps for kind.
+func addDiff(m map[string]map[string]int64, kind string, before, after map[string]int64) {
+	if m[kind] == nil {
+		m[kind] = map[string]int64{}
+	}
+	bench.AddStatsDiff(m[kind], before, after)
 }
 
 // client runs benchtool's client for one workload from v's namespace and
@@ -159,14 +160,8 @@ func (v *vm) client(kind string, n int64) ([]float64, error) {
 	cpu1, g1 := v.cpuTimes()
 	v.cpu[kind] += cpu1 - cpu0
 	v.gcpu[kind] += g1 - g0
-	if v.kvm[kind] == nil {
-		v.kvm[kind] = map[string]int64{}
-	}
-	bench.AddStatsDiff(v.kvm[kind], k0, bench.KVMStats(v.cmd.Process.Pid, bench.KVMExitCounters))
-	if v.sw[kind] == nil {
-		v.sw[kind] = map[string]int64{}
-	}
-	bench.AddStatsDiff(v.sw[kind], sw0, bench.ThreadSwitches(v.cmd.Process.Pid))
+	addDiff(v.kvm, kind, k0, bench.KVMStats(v.cmd.Process.Pid, bench.KVMExitCounters))
+	addDiff(v.sw, kind, sw0, bench.ThreadSwitches(v.cmd.Process.Pid))
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %v: %s", v.name, kind, err, strings.TrimSpace(string(out)))
 	}
@@ -255,8 +250,10 @@ func TestNetBench(t *testing.T) {
 	// (same addresses); only one transfers at a time, with the other
 	// VMMs stopped (SIGSTOP).
 	var vms []*vm
+	var procs []*os.Process // ip netns exec runs each VMM in its own place
 	for i, s := range specs {
 		vms = append(vms, startVM(t, i, s.name, s.args))
+		procs = append(procs, vms[i].cmd.Process)
 	}
 	for _, v := range vms {
 		start := time.Now()
@@ -283,10 +280,6 @@ func TestNetBench(t *testing.T) {
 			}
 		}
 		fmt.Printf("%s: guest ready and warmed up in %v\n", v.name, time.Since(start).Round(time.Millisecond))
-		if len(v.kvm["source"]) == 0 {
-			dirs, _ := filepath.Glob("/sys/kernel/debug/kvm/*-*")
-			fmt.Printf("%s (pid %d): no KVM counters; VM directories: %v\n", v.name, v.cmd.Process.Pid, dirs)
-		}
 	}
 	for _, v := range vms {
 		clear(v.cpu)
@@ -320,10 +313,8 @@ func TestNetBench(t *testing.T) {
 			// The other VMMs are stopped while v is measured: their
 			// guests' timers would otherwise take turns on the lab's
 			// CPU at random moments of v's transfers.
-			for _, o := range vms {
-				if o != v {
-					o.signal(t, syscall.SIGSTOP)
-				}
+			if err := bench.SignalOthers(procs, v.cmd.Process, syscall.SIGSTOP); err != nil {
+				t.Fatal(err)
 			}
 			for _, k := range []string{"source", "sink"} {
 				f, err := v.client(k, size)
@@ -337,10 +328,8 @@ func TestNetBench(t *testing.T) {
 				t.Fatal(err)
 			}
 			res.add(v.name, "rr", f[1])
-			for _, o := range vms {
-				if o != v {
-					o.signal(t, syscall.SIGCONT)
-				}
+			if err := bench.SignalOthers(procs, v.cmd.Process, syscall.SIGCONT); err != nil {
+				t.Fatal(err)
 			}
 		}
 		line := fmt.Sprintf("round %d/%d:", r+1, runs)

@@ -122,13 +122,6 @@ func (v *vmm) measure(t *testing.T) result {
 	return r
 }
 
-// signal sends sig to v's VMM.
-func (v *vmm) signal(t *testing.T, sig syscall.Signal) {
-	if err := v.vm.Cmd.Process.Signal(sig); err != nil {
-		t.Fatalf("%s: %v: %v", v.name, sig, err)
-	}
-}
-
 // start boots v's guest and warms it up (which also waits for it to
 // answer).
 func (v *vmm) start(t *testing.T, args []string) {
@@ -191,6 +184,10 @@ func TestVsockBench(t *testing.T) {
 		"-kernel", bin.Kernel, "-initrd", bin.Initrd, "-append", vsocktest.StoppableCmdline,
 		"-device", "vhost-vsock-device,guest-cid=12"})
 	vmms[2].start(t, bin.StratoVirtArgsCmdline("512M", vsocktest.StoppableCmdline, "-device", "vsock,id=v,guest-cid=13,backend=unix,uds-path="+uds))
+	var procs []*os.Process
+	for _, v := range vmms {
+		procs = append(procs, v.vm.Cmd.Process)
+	}
 
 	// Finished rounds are saved after each (bench.SaveRuns): after a lab
 	// freeze the benchmark goes on from there in a fresh lab.
@@ -208,16 +205,12 @@ func TestVsockBench(t *testing.T) {
 			v := vmms[(r+j)%len(vmms)]
 			// The other VMMs are stopped while v is measured, so that
 			// their guests' timers do not take turns on the lab's CPU.
-			for _, o := range vmms {
-				if o != v {
-					o.signal(t, syscall.SIGSTOP)
-				}
+			if err := bench.SignalOthers(procs, v.vm.Cmd.Process, syscall.SIGSTOP); err != nil {
+				t.Fatal(err)
 			}
 			m := v.measure(t)
-			for _, o := range vmms {
-				if o != v {
-					o.signal(t, syscall.SIGCONT)
-				}
+			if err := bench.SignalOthers(procs, v.vm.Cmd.Process, syscall.SIGCONT); err != nil {
+				t.Fatal(err)
 			}
 			res[v.name] = append(res[v.name], m)
 			line += fmt.Sprintf(" %s %.1f/%.1f/%.1f MiB/s;", v.name, m["h2g"], m["g2h"], m["par"])
