@@ -150,6 +150,13 @@ func (v *VM) attachVirtio(dev virtio.Device, closer io.Closer) (err error) {
 	if err = v.mmio.Insert(s.transport, base, amd64.VirtioMMIOWindowSize); err != nil {
 		return fmt.Errorf("virtio-mmio window %#x: %w", base, err)
 	}
+	status, latched := s.transport.InterruptWords()
+	if err = v.fastMMIO.Add(
+		kvm.FastReg{Addr: base + mmio.RegInterruptStatus, Value: status, Or: latched},
+		kvm.FastReg{Addr: base + mmio.RegInterruptACK, Write: true, Value: status},
+	); err != nil {
+		return fmt.Errorf("virtio-mmio window %#x: %w", base, err)
+	}
 	s.dev = closer
 	v.virtio.slots = append(v.virtio.slots, s)
 	return nil
@@ -159,6 +166,7 @@ func (v *VM) attachVirtio(dev virtio.Device, closer io.Closer) (err error) {
 func (s *virtioSlot) close(v *VM) error {
 	var errs []error
 	if s.transport != nil {
+		v.fastMMIO.Remove(s.base+mmio.RegInterruptStatus, s.base+mmio.RegInterruptACK)
 		v.mmio.Remove(s.base)
 		for _, e := range s.ioevents {
 			errs = append(errs, v.vm.DeassignIOEventFD(e))

@@ -74,15 +74,18 @@ type VM struct {
 	cfg  *config.VMConfig
 	opts Options
 
-	sys    *kvm.System
-	vm     *kvm.VM
-	mem    *guestmem.Memory
-	boot   *loader.Boot
-	cpuid  []kvm.CPUIDEntry
-	pio    bus.Bus
-	mmio   bus.Bus
-	serial *legacy.Serial
-	marker *legacy.BootMarker
+	sys   *kvm.System
+	vm    *kvm.VM
+	mem   *guestmem.Memory
+	boot  *loader.Boot
+	cpuid []kvm.CPUIDEntry
+	pio   bus.Bus
+	mmio  bus.Bus
+	// fastMMIO: the virtio-mmio interrupt registers, which the vCPU
+	// threads serve themselves (attachVirtio).
+	fastMMIO kvm.FastMMIO
+	serial   *legacy.Serial
+	marker   *legacy.BootMarker
 	// threads are the vCPU thread ids (process.go).
 	threads vcpuThreads
 	irqfds  []int
@@ -337,7 +340,7 @@ func (v *VM) Start() error {
 		return errors.New("vm already started")
 	}
 	g, err := vcpu.Start(vcpu.Config{
-		VM: v.vm, Count: v.cfg.Machine.VCPUs, PIO: &v.pio, MMIO: &v.mmio, Setup: v.setupVCPUThread,
+		VM: v.vm, Count: v.cfg.Machine.VCPUs, PIO: &v.pio, MMIO: &v.mmio, FastMMIO: &v.fastMMIO, Setup: v.setupVCPUThread,
 	})
 	if err != nil {
 		return err

@@ -36,6 +36,10 @@ type Config struct {
 	Count int      // number of vCPUs, ids 0..Count-1
 	PIO   *bus.Bus // port I/O; nil means nothing claims any port
 	MMIO  *bus.Bus // MMIO; nil means nothing claims any address
+	// FastMMIO lists MMIO registers the vCPU threads serve without
+	// leaving KVM_RUN's system call (kvm.FastMMIO); nil means none. An
+	// access to one never reaches MMIO.
+	FastMMIO *kvm.FastMMIO
 	// Setup runs on the vCPU's own locked thread right after
 	// KVM_CREATE_VCPU and before the first KVM_RUN; it sets CPUID, MSRs,
 	// registers, FPU and LAPIC. No vCPU runs until every Setup returned.
@@ -130,6 +134,7 @@ func (g *Group) thread(st *vcpuState, ready chan<- error, gate <-chan bool) {
 		ready <- err
 		return
 	}
+	cpu.ServeFast(g.cfg.FastMMIO)
 	st.cpu = cpu
 	g.mu.Lock()
 	st.alive = true

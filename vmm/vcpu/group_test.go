@@ -160,6 +160,53 @@ func TestPortIOAndMMIO(t *testing.T) {
 	}
 }
 
+// TestFastMMIO checks that the vCPU threads serve Config.FastMMIO: a read
+// of a register it lists never reaches the MMIO bus, even where a device
+// covers the address.
+func TestFastMMIO(t *testing.T) {
+	vm := kvmtest.NewVM(t, 1<<16, false)
+	vm.Load(t, 0x1000, []byte{
+		0xb8, 0x00, 0x10, // mov ax, 0x1000
+		0x8e, 0xd8, // mov ds, ax
+		0x66, 0xa1, 0x20, 0x00, // mov eax, [0x20]  -> 0x10020, served
+		0xba, 0xf8, 0x03, // mov dx, 0x3f8
+		0x66, 0xef, // out dx, eax
+		0xf4, // hlt
+	})
+	serial := &recorder{}
+	var busReads int
+	dev := &recorder{read: func(off uint64, data []byte) {
+		busReads++
+		binary.LittleEndian.PutUint32(data, 0xcafef00d)
+	}}
+	var pio, mb bus.Bus
+	if err := pio.Insert(serial, 0x3f8, 8); err != nil {
+		t.Fatal(err)
+	}
+	if err := mb.Insert(dev, 0x10000, 0x1000); err != nil {
+		t.Fatal(err)
+	}
+	status := uint32(5)
+	var fast kvm.FastMMIO
+	if err := fast.Add(kvm.FastReg{Addr: 0x10020, Value: &status}); err != nil {
+		t.Fatal(err)
+	}
+	g, err := vcpu.Start(vcpu.Config{VM: vm.VM, Count: 1, PIO: &pio, MMIO: &mb, FastMMIO: &fast, Setup: realMode(0x1000)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reason, err := waitTimeout(t, g, 2*time.Second); reason != vcpu.Halted || err != nil {
+		t.Fatalf("Wait = %v, %v; want halted", reason, err)
+	}
+	want, wantBusReads := []byte{5, 0, 0, 0}, 0
+	if !kvm.ServesFastMMIO {
+		want, wantBusReads = []byte{0x0d, 0xf0, 0xfe, 0xca}, 1
+	}
+	if got := serial.got(); !slices.Equal(got, want) || busReads != wantBusReads {
+		t.Fatalf("guest read % x with %d bus reads, want % x with %d", got, busReads, want, wantBusReads)
+	}
+}
+
 // spin increments the dword at 0x800 forever.
 var spin = []byte{
 	0x66, 0xff, 0x06, 0x00, 0x08, // inc dword [0x800]

@@ -37,13 +37,6 @@ func ioctlPtr(fd int, req uintptr, arg unsafe.Pointer) (uintptr, error) {
 	}
 }
 
-// ioctlRun issues one KVM_RUN without retrying, so the caller sees EINTR
-// and EAGAIN.
-func ioctlRun(fd int) unix.Errno {
-	_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), kvmRun, 0)
-	return e
-}
-
 // ioctlStruct issues an ioctl on a typed kernel ABI struct.
 func ioctlStruct[T any](fd int, req uintptr, p *T) (uintptr, error) {
 	return ioctlPtr(fd, req, unsafe.Pointer(p))

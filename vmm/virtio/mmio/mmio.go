@@ -75,10 +75,12 @@ type Transport struct {
 	kicks  []int // one eventfd per queue
 	queues []*virtio.Queue
 
-	isr atomic.Uint32 // InterruptStatus
-	// latched bits read as set in InterruptStatus whatever the driver
-	// acknowledges (LatchVring: vhost raises the line itself).
-	latched atomic.Uint32
+	// isr is InterruptStatus; latched bits read as set in it whatever the
+	// driver acknowledges (LatchVring: vhost raises the line itself). Both
+	// are only accessed atomically: vCPU threads may serve the two
+	// interrupt registers from them directly (InterruptWords).
+	isr     uint32
+	latched uint32
 	// needsReset is set by Broken from the device's goroutine.
 	needsReset atomic.Bool
 
@@ -140,7 +142,7 @@ func (t *Transport) Close() error {
 // Signal sets bits in InterruptStatus and pulses the interrupt line. It
 // implements virtio.Interrupt and is safe from any goroutine.
 func (t *Transport) Signal(bits uint32) error {
-	t.isr.Or(bits)
+	atomic.OrUint32(&t.isr, bits)
 	one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
 	if _, err := unix.Write(t.irq, one); err != nil && !errors.Is(err, unix.EAGAIN) {
 		return fmt.Errorf("virtio-mmio: raise interrupt: %w", err)
@@ -152,14 +154,21 @@ func (t *Transport) Signal(bits uint32) error {
 // implements virtio.LineInterrupt.
 func (t *Transport) EventFd() int { return t.irq }
 
+// InterruptWords returns the words behind the interrupt registers: a
+// read of InterruptStatus returns *status | *latched, a write to
+// InterruptACK clears its bits in *status. Access them only atomically.
+// They let a vCPU serve both registers without a call into the transport
+// (kvm.FastMMIO).
+func (t *Transport) InterruptWords() (status, latched *uint32) { return &t.isr, &t.latched }
+
 // LatchVring makes InterruptStatus report InterruptVring until it is
 // turned off or the device is reset; it implements
 // virtio.LineInterrupt.
 func (t *Transport) LatchVring(on bool) {
 	if on {
-		t.latched.Store(virtio.InterruptVring)
+		atomic.StoreUint32(&t.latched, virtio.InterruptVring)
 	} else {
-		t.latched.Store(0)
+		atomic.StoreUint32(&t.latched, 0)
 	}
 }
 
@@ -242,7 +251,7 @@ func (t *Transport) Read(offset uint64, data []byte) {
 			v = 1
 		}
 	case RegInterruptStatus:
-		v = t.isr.Load() | t.latched.Load()
+		v = atomic.LoadUint32(&t.isr) | atomic.LoadUint32(&t.latched)
 	case RegStatus:
 		v = t.statusLocked()
 	case RegConfigGeneration:
@@ -295,7 +304,7 @@ func (t *Transport) Write(offset uint64, data []byte) {
 			_, _ = unix.Write(t.kicks[v], one)
 		}
 	case RegInterruptACK:
-		t.isr.And(^v)
+		atomic.AndUint32(&t.isr, ^v)
 	case RegStatus:
 		t.writeStatus(v)
 	case RegQueueNum, RegQueueReady, RegQueueDescLow, RegQueueDescHigh,
@@ -439,8 +448,8 @@ func (t *Transport) reset() {
 	}
 	t.status = 0
 	t.devFeatSel, t.drvFeatSel, t.driverFeatures, t.queueSel = 0, 0, 0, 0
-	t.isr.Store(0)
-	t.latched.Store(0)
+	atomic.StoreUint32(&t.isr, 0)
+	atomic.StoreUint32(&t.latched, 0)
 	t.needsReset.Store(false)
 	for _, q := range t.queues {
 		q.ResetConfig()

@@ -3,6 +3,7 @@ package mmio
 import (
 	"encoding/binary"
 	"errors"
+	"sync/atomic"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -334,7 +335,13 @@ func TestLatchVring(t *testing.T) {
 	if li.EventFd() != r.irq {
 		t.Errorf("EventFd %d, want the line's %d", li.EventFd(), r.irq)
 	}
+	// The words a vCPU serves the interrupt registers from
+	// (InterruptWords) are the registers' own.
+	status, latched := r.tr.InterruptWords()
 	li.LatchVring(true)
+	if atomic.LoadUint32(latched) != virtio.InterruptVring || atomic.LoadUint32(status) != 0 {
+		t.Fatalf("InterruptWords status %#x latched %#x after LatchVring", *status, *latched)
+	}
 	// What vhost does: pulse the line without the VMM.
 	unix.Write(li.EventFd(), []byte{1, 0, 0, 0, 0, 0, 0, 0})
 	if r.irqCount() != 1 || r.read(RegInterruptStatus) != virtio.InterruptVring {
@@ -351,7 +358,13 @@ func TestLatchVring(t *testing.T) {
 	if r.read(RegInterruptStatus) != virtio.InterruptVring|virtio.InterruptConfig {
 		t.Errorf("isr %#x with config change", r.read(RegInterruptStatus))
 	}
-	r.write(RegInterruptACK, virtio.InterruptConfig)
+	if atomic.LoadUint32(status) != virtio.InterruptConfig {
+		t.Errorf("InterruptWords status %#x, want the config bit", *status)
+	}
+	atomic.AndUint32(status, ^uint32(virtio.InterruptConfig)) // an ACK served by a vCPU
+	if r.read(RegInterruptStatus) != virtio.InterruptVring {
+		t.Errorf("isr %#x after an ACK through InterruptWords", r.read(RegInterruptStatus))
+	}
 	li.LatchVring(false)
 	if r.read(RegInterruptStatus) != 0 {
 		t.Errorf("isr %#x after unlatch", r.read(RegInterruptStatus))
