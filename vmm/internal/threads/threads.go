@@ -20,7 +20,9 @@
 // (docs/performance.md), a P per vCPU made the VMM's threads switch more
 // often, not less (with vhost-net, 24-29 context switches per TCP round
 // trip against 19 without, the vCPU threads' own 11-14 against 7-8), with
-// no throughput gain in the lab.
+// no throughput gain in the lab. What helped instead is needing a P less
+// often: a vCPU thread serves the virtio-mmio interrupt registers without
+// leaving KVM_RUN's system call (kvm.FastMMIO).
 package threads
 
 import (
