@@ -75,6 +75,11 @@ func TestHotplugSlotsLayout(t *testing.T) {
 	if _, err := acpi.Build(acpi.Config{VCPUs: 1, MMIODevices: devs}); err != nil {
 		t.Errorf("DSDT with slots: %v", err)
 	}
+	// The vCPUs serve every window's InterruptStatus and InterruptACK,
+	// empty slots' included.
+	if n := v.fastMMIO.Len(); n != 2*len(devs) {
+		t.Errorf("%d fast MMIO registers, want 2 for each of %d windows", n, len(devs))
+	}
 }
 
 func TestNoSlotsByDefaultWithoutQMP(t *testing.T) {
