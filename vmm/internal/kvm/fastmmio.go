@@ -87,7 +87,8 @@ func (f *FastMMIO) Add(regs ...FastReg) error {
 }
 
 // Remove stops serving the registers (both directions) at addrs; their
-// accesses reach the vCPU's exit handling again.
+// accesses reach the vCPUs' exit handling again, each vCPU from its next
+// exit to Go code on (see FastMMIO).
 func (f *FastMMIO) Remove(addrs ...uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
