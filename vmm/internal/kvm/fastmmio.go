@@ -2,6 +2,7 @@ package kvm
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -92,19 +93,7 @@ func (f *FastMMIO) Add(regs ...FastReg) error {
 func (f *FastMMIO) Remove(addrs ...uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var next []fastReg
-	for _, r := range f.regs {
-		keep := true
-		for _, a := range addrs {
-			if r.addr == a {
-				keep = false
-			}
-		}
-		if keep {
-			next = append(next, r)
-		}
-	}
-	f.publishLocked(next)
+	f.publishLocked(slices.DeleteFunc(slices.Clone(f.regs), func(r fastReg) bool { return slices.Contains(addrs, r.addr) }))
 }
 
 // Len reports how many registers are served.
