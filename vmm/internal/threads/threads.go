@@ -1,7 +1,8 @@
 // Package threads owns what the VMM sets on its long-lived locked OS
 // threads: their names (SetName: the event loops by their id, the vCPUs
-// "CPU N/KVM" as QEMU's and StratoVirt's), and one P added to GOMAXPROCS
-// for each event loop (AddP, RemoveP).
+// "CPU N/KVM" as QEMU's and StratoVirt's), one P added to GOMAXPROCS
+// for each event loop (AddP, RemoveP), and when a busy loop passes through
+// the scheduler (Busy).
 //
 // Why a P for each loop: a loop thread is locked to its goroutine and
 // spends its life in syscalls (epoll_wait, then reads, preadv/pwritev and

@@ -4,7 +4,9 @@
 // epoll_wait on the file descriptors (eventfds, timerfds, taps) that
 // devices register. There is no polling. Each running loop adds one to
 // GOMAXPROCS (package threads) so that its thread does not wait for a P
-// each time it comes back from a syscall.
+// each time it comes back from a syscall, and a busy loop passes through
+// the Go scheduler every few milliseconds (threads.Busy) so that sysmon
+// leaves that P alone.
 //
 // Handlers run on the loop's thread, one at a time. Add, Remove and Call
 // may be used from any goroutine; Call runs a function on the loop thread
@@ -18,6 +20,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"time"
 
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
@@ -169,6 +172,7 @@ func (l *Loop) run(started chan<- int) {
 	defer close(l.done)
 	defer threads.RemoveP()
 	events := make([]unix.EpollEvent, 32)
+	var busy threads.Busy
 	for {
 		n, err := unix.EpollWait(l.epfd, events, -1)
 		if errors.Is(err, unix.EINTR) {
@@ -201,5 +205,6 @@ func (l *Loop) run(started chan<- int) {
 				h()
 			}
 		}
+		busy.Handled(n, time.Now())
 	}
 }
