@@ -10,18 +10,28 @@ import (
 
 func TestBusy(t *testing.T) {
 	ms := func(f float64) time.Duration { return time.Duration(f * float64(time.Millisecond)) }
+	// every returns the times of a batch every period up to span, with
+	// the batch's events spread by gap.
+	every := func(period, span time.Duration, batch int, gap time.Duration) (at []time.Duration) {
+		for t := period; t <= span; t += period {
+			for i := range batch {
+				at = append(at, t+time.Duration(i)*gap)
+			}
+		}
+		return at
+	}
 	tests := []struct {
 		name   string
-		period time.Duration // between batches
-		batch  int           // events a batch
-		span   time.Duration
-		want   int // yields
+		events []time.Duration // one event each
+		want   int             // yields
 	}{
-		{"idle: one event every 20 ms", ms(20), 1, ms(200), 0},
-		{"slow: one event every 2 ms", ms(2), 1, ms(200), 0},
-		{"busy: one event a ms", ms(1), 1, ms(100), 20},
-		{"very busy: one event every 20 µs", ms(0.02), 1, ms(100), 20},
-		{"batched: 8 events every 4 ms", ms(4), 8, ms(100), 12},
+		{"idle: one event every 20 ms", every(ms(20), ms(200), 1, 0), 0},
+		{"rare: one event every 6 ms", every(ms(6), ms(200), 1, 0), 0},
+		{"bursts: two events 0.1 ms apart every 20 ms", every(ms(20), ms(200), 2, ms(0.1)), 0},
+		{"one event every 2 ms", every(ms(2), ms(200), 1, 0), 33},
+		{"one event a ms", every(ms(1), ms(100), 1, 0), 20},
+		{"one event every 20 µs", every(ms(0.02), ms(100), 1, 0), 20},
+		{"8 events at once every 4 ms", every(ms(4), ms(100), 8, 0), 12},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -29,8 +39,8 @@ func TestBusy(t *testing.T) {
 			b := Busy{yield: func() { yields++ }}
 			t0 := time.Unix(1000, 0)
 			b.start = t0
-			for at := tt.period; at <= tt.span; at += tt.period {
-				b.Handled(tt.batch, t0.Add(at))
+			for _, at := range tt.events {
+				b.Handled(1, t0.Add(at))
 			}
 			if yields != tt.want {
 				t.Errorf("%d yields, want %d", yields, tt.want)
