@@ -20,8 +20,10 @@ import (
 	"github.com/stratovirt-go/stratovirt/vmm/virtio/vsock"
 )
 
-// DefaultLoopName names the event-loop thread that serves devices without
-// an iothread.
+// DefaultLoopName names the event loop that serves devices without an
+// iothread. It has no thread of its own (eventloop.Poller): the runtime's
+// poller thread runs its handlers, which wakes fewer threads per event;
+// iothreads are threads, named after their ids, as in StratoVirt.
 const DefaultLoopName = "vmm-io"
 
 // virtioDevices are the VM's virtio-mmio devices and the event loops that
@@ -62,7 +64,7 @@ const maxVirtioSlots = config.MaxMMIODevices
 func (v *VM) setupVirtio() error {
 	v.virtio.loops = map[string]*eventloop.Loop{}
 	for _, t := range v.cfg.IOThreads {
-		l, err := eventloop.New(t.ID)
+		l, err := eventloop.New(t.ID, eventloop.Thread)
 		if err != nil {
 			return fmt.Errorf("iothread %q: %w", t.ID, err)
 		}
@@ -104,7 +106,7 @@ func (v *VM) eventLoop(id string) (*eventloop.Loop, error) {
 	if id != "" {
 		return nil, fmt.Errorf("iothread %q is not configured", id)
 	}
-	l, err := eventloop.New(DefaultLoopName)
+	l, err := eventloop.New(DefaultLoopName, eventloop.Poller)
 	if err != nil {
 		return nil, fmt.Errorf("default event loop: %w", err)
 	}

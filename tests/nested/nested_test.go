@@ -75,7 +75,7 @@ func TestVhostNetOffer(t *testing.T) {
 	if !lab.InLab() {
 		t.Skip("creates taps; runs inside the lab only")
 	}
-	loop, err := eventloop.New("nested-vhost-net")
+	loop, err := eventloop.New("nested-vhost-net", eventloop.Poller)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,7 +40,7 @@ func newRig(t *testing.T, cfg Config, shared bool) *rig {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { mem.Close() })
-	loop, err := eventloop.New("test-balloon")
+	loop, err := eventloop.New("test-balloon", eventloop.Poller)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
+	"github.com/stratovirt-go/stratovirt/vmm/internal/rawsys"
 	"github.com/stratovirt-go/stratovirt/vmm/ratelimit"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio/eventloop"
@@ -225,16 +226,14 @@ func (b *Block) Reset() {
 }
 
 func (b *Block) onKick() {
-	var buf [8]byte
-	_, _ = unix.Read(b.kick, buf[:])
+	_ = rawsys.Drain(b.kick)
 	if !b.throttled {
 		b.process()
 	}
 }
 
 func (b *Block) onTimer() {
-	var buf [8]byte
-	_, _ = unix.Read(b.timer, buf[:])
+	_ = rawsys.Drain(b.timer)
 	b.throttled = false
 	b.process()
 }

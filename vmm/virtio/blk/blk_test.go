@@ -67,7 +67,7 @@ func newRig(t testing.TB, cfg Config, disk []byte, features uint64) *rig {
 			t.Fatal(err)
 		}
 	}
-	loop, err := eventloop.New("test-iothread")
+	loop, err := eventloop.New("test-iothread", eventloop.Thread)
 	if err != nil {
 		t.Fatal(err)
 	}

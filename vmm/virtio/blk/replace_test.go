@@ -23,7 +23,7 @@ type slotRig struct {
 
 func newSlotRig(t *testing.T) *slotRig {
 	t.Helper()
-	loop, err := eventloop.New("test-slot")
+	loop, err := eventloop.New("test-slot", eventloop.Poller)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -36,7 +36,7 @@ type rig struct {
 
 func newRig(t *testing.T) *rig {
 	t.Helper()
-	loop, err := eventloop.New("test-console")
+	loop, err := eventloop.New("test-console", eventloop.Poller)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +206,7 @@ func TestLargeTransfer(t *testing.T) {
 }
 
 func TestExistingPath(t *testing.T) {
-	loop, err := eventloop.New("test-console")
+	loop, err := eventloop.New("test-console", eventloop.Poller)
 	if err != nil {
 		t.Fatal(err)
 	}

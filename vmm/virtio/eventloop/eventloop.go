@@ -1,50 +1,73 @@
-// Package eventloop owns the VMM's I/O threads: each Loop is one OS thread,
-// named after the loop (the -iothread id, or the default loop's name) so
-// that it shows up as such in /proc/<pid>/task/*/comm, blocking in
-// epoll_wait on the file descriptors (eventfds, timerfds, taps) that
-// devices register. There is no polling. Each running loop adds one to
-// GOMAXPROCS (package threads) so that its thread does not wait for a P
-// each time it comes back from a syscall, and a busy loop passes through
-// the Go scheduler every few milliseconds (threads.Busy) so that sysmon
-// leaves that P alone.
+// Package eventloop owns the VMM's I/O event loops: each Loop waits on an
+// epoll descriptor for the file descriptors (eventfds, timerfds, taps,
+// sockets) that devices register and runs their handlers, one at a time.
+// There is no polling. A loop waits in one of two ways (Mode):
 //
-// Handlers run on the loop's thread, one at a time. Add, Remove and Call
-// may be used from any goroutine; Call runs a function on the loop thread
-// and waits for it, which is how devices stop their queue processing
-// synchronously. Lock order: a Loop's mutex is innermost; handlers run
-// without it.
+//   - Thread: an OS thread of its own, named after the loop (the -iothread
+//     id) so that it shows up as such in /proc/<pid>/task/*/comm, blocking
+//     in epoll_wait. A busy loop passes through the Go scheduler every few
+//     milliseconds (threads.Busy) so that sysmon leaves its P alone.
+//   - Poller: a goroutine parked in the Go runtime's network poller on the
+//     epoll descriptor. The thread that polls runs the handlers itself,
+//     without waking the runtime's sysmon thread, as long as the handlers
+//     make their system calls through package rawsys (bookkept ones wake
+//     it). The default loop, which has no name users configure, is one.
+//
+// Each running loop adds one to GOMAXPROCS (package threads) so that it
+// does not wait for a P each time it wakes up.
+//
+// Add, Remove and Call may be used from any goroutine; Call runs a
+// function on the loop and waits for it, which is how devices stop their
+// queue processing synchronously. Lock order: a Loop's mutex is
+// innermost; handlers run without it.
 package eventloop
 
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
+	"github.com/stratovirt-go/stratovirt/vmm/internal/rawsys"
 	"github.com/stratovirt-go/stratovirt/vmm/internal/threads"
 )
 
-// Loop is one event-loop thread.
+// Mode says how a Loop waits for events.
+type Mode int
+
+const (
+	// Thread: an OS thread of the loop's own, named after it.
+	Thread Mode = iota
+	// Poller: parked in the Go runtime's network poller between events.
+	Poller
+)
+
+// Loop is one event loop.
 type Loop struct {
 	name string
+	mode Mode
 	epfd int
-	wake int // eventfd: Call and Close
+	// epoll is epfd registered with the runtime's poller (Poller mode).
+	epoll *os.File
+	wake  int // eventfd: Call and Close
 
 	mu       sync.Mutex
 	handlers map[int32]func()
 	calls    []func()
 	closing  bool
 	done     chan struct{}
-	thread   int // tid of the loop thread
+	thread   int // tid of the loop thread (Thread mode)
 }
 
-// New starts a loop thread called name (truncated to threads.MaxNameLen
-// bytes for the kernel's thread name).
-func New(name string) (*Loop, error) {
+// New starts a loop called name; a Thread loop's thread takes the name
+// (truncated to threads.MaxNameLen bytes).
+func New(name string, mode Mode) (*Loop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("event loop %q: epoll_create1: %w", name, err)
@@ -54,13 +77,35 @@ func New(name string) (*Loop, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("event loop %q: eventfd: %w", name, err)
 	}
-	l := &Loop{name: name, epfd: epfd, wake: wake, handlers: map[int32]func(){}, done: make(chan struct{})}
+	l := &Loop{name: name, mode: mode, epfd: epfd, wake: wake, handlers: map[int32]func(){}, done: make(chan struct{})}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}); err != nil {
 		unix.Close(wake)
 		unix.Close(epfd)
 		return nil, fmt.Errorf("event loop %q: %w", name, err)
 	}
-	threads.AddP() // given back when the loop thread ends
+	var epoll syscall.RawConn
+	if mode == Poller {
+		// The runtime's poller takes only non-blocking descriptors.
+		err := unix.SetNonblock(epfd, true)
+		if err == nil {
+			l.epoll = os.NewFile(uintptr(epfd), "epoll "+name)
+			epoll, err = l.epoll.SyscallConn()
+		}
+		if err != nil {
+			unix.Close(wake)
+			if l.epoll != nil {
+				l.epoll.Close()
+			} else {
+				unix.Close(epfd)
+			}
+			return nil, fmt.Errorf("event loop %q: poll epoll descriptor: %w", name, err)
+		}
+	}
+	threads.AddP() // given back when the loop ends
+	if mode == Poller {
+		go l.poll(epoll)
+		return l, nil
+	}
 	started := make(chan int)
 	go l.run(started)
 	l.thread = <-started
@@ -70,7 +115,10 @@ func New(name string) (*Loop, error) {
 // Name is the loop's name.
 func (l *Loop) Name() string { return l.name }
 
-// ThreadID is the Linux thread id of the loop.
+// Mode is how the loop waits.
+func (l *Loop) Mode() Mode { return l.mode }
+
+// ThreadID is the Linux thread id of a Thread loop, 0 for a Poller loop.
 func (l *Loop) ThreadID() int { return l.thread }
 
 // Add calls h on the loop thread whenever fd is readable (level
@@ -139,8 +187,7 @@ func (l *Loop) Call(f func()) {
 }
 
 func (l *Loop) kick() {
-	one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
-	if _, err := unix.Write(l.wake, one); err != nil && !errors.Is(err, unix.EAGAIN) {
+	if err := rawsys.Signal(l.wake); err != nil {
 		log.L.Warnf("event loop %q: wake: %v", l.name, err)
 	}
 }
@@ -158,7 +205,11 @@ func (l *Loop) Close() error {
 	l.mu.Unlock()
 	l.kick()
 	<-l.done
-	return errors.Join(unix.Close(l.wake), unix.Close(l.epfd))
+	closeEpoll := func() error { return unix.Close(l.epfd) }
+	if l.epoll != nil {
+		closeEpoll = l.epoll.Close
+	}
+	return errors.Join(unix.Close(l.wake), closeEpoll())
 }
 
 func (l *Loop) run(started chan<- int) {
@@ -182,29 +233,63 @@ func (l *Loop) run(started chan<- int) {
 			log.L.Errorf("event loop %q: epoll_wait: %v", l.name, err)
 			return
 		}
-		for _, ev := range events[:n] {
-			if int(ev.Fd) == l.wake {
-				var b [8]byte
-				_, _ = unix.Read(l.wake, b[:])
-				l.mu.Lock()
-				calls, closing := l.calls, l.closing
-				l.calls = nil
-				l.mu.Unlock()
-				for _, f := range calls {
-					f()
-				}
-				if closing {
-					return
-				}
-				continue
-			}
-			l.mu.Lock()
-			h := l.handlers[ev.Fd]
-			l.mu.Unlock()
-			if h != nil {
-				h()
-			}
+		if l.dispatch(events[:n]) {
+			return
 		}
-		busy.Handled(n, time.Now())
+		busy.Woke(time.Now())
 	}
+}
+
+// poll is a Poller loop: it takes the ready events without blocking and
+// otherwise parks in the runtime's poller until epfd is readable.
+func (l *Loop) poll(epoll syscall.RawConn) {
+	defer close(l.done)
+	defer threads.RemoveP()
+	events := make([]unix.EpollEvent, 32)
+	for {
+		var n int
+		var werr error
+		err := epoll.Read(func(uintptr) bool {
+			n, werr = rawsys.EpollWaitNow(l.epfd, events)
+			return n > 0 || (werr != nil && !errors.Is(werr, unix.EINTR))
+		})
+		if err == nil {
+			err = werr
+		}
+		if err != nil {
+			log.L.Errorf("event loop %q: epoll_wait: %v", l.name, err)
+			return
+		}
+		if l.dispatch(events[:n]) {
+			return
+		}
+	}
+}
+
+// dispatch runs the handlers of events and reports whether the loop must
+// end (Close).
+func (l *Loop) dispatch(events []unix.EpollEvent) (closing bool) {
+	for _, ev := range events {
+		if int(ev.Fd) == l.wake {
+			_ = rawsys.Drain(l.wake)
+			l.mu.Lock()
+			calls, closing := l.calls, l.closing
+			l.calls = nil
+			l.mu.Unlock()
+			for _, f := range calls {
+				f()
+			}
+			if closing {
+				return true
+			}
+			continue
+		}
+		l.mu.Lock()
+		h := l.handlers[ev.Fd]
+		l.mu.Unlock()
+		if h != nil {
+			h()
+		}
+	}
+	return false
 }

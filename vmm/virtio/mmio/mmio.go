@@ -26,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stratovirt-go/stratovirt/vmm/guestmem"
+	"github.com/stratovirt-go/stratovirt/vmm/internal/rawsys"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio"
 )
 
@@ -143,8 +144,7 @@ func (t *Transport) Close() error {
 // implements virtio.Interrupt and is safe from any goroutine.
 func (t *Transport) Signal(bits uint32) error {
 	atomic.OrUint32(&t.isr, bits)
-	one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
-	if _, err := unix.Write(t.irq, one); err != nil && !errors.Is(err, unix.EAGAIN) {
+	if err := rawsys.Signal(t.irq); err != nil {
 		return fmt.Errorf("virtio-mmio: raise interrupt: %w", err)
 	}
 	return nil
@@ -300,8 +300,7 @@ func (t *Transport) Write(offset uint64, data []byte) {
 		// Normally consumed by the ioeventfd; a write that reaches us (no
 		// ioeventfd, or a queue index no ioeventfd matches) is forwarded.
 		if int(v) < len(t.kicks) {
-			one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
-			_, _ = unix.Write(t.kicks[v], one)
+			_ = rawsys.Signal(t.kicks[v])
 		}
 	case RegInterruptACK:
 		atomic.AndUint32(&t.isr, ^v)
@@ -427,9 +426,8 @@ func (t *Transport) activate() {
 	}
 	t.active = true
 	// A kick that raced with DRIVER_OK is not lost: look at every queue.
-	one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
 	for _, fd := range kicks {
-		_, _ = unix.Write(fd, one)
+		_ = rawsys.Signal(fd)
 	}
 }
 
@@ -455,8 +453,7 @@ func (t *Transport) reset() {
 		q.ResetConfig()
 	}
 	// Drain stale kicks.
-	var b [8]byte
 	for _, fd := range t.kicks {
-		_, _ = unix.Read(fd, b[:])
+		_ = rawsys.Drain(fd)
 	}
 }

@@ -33,6 +33,7 @@ import (
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
+	"github.com/stratovirt-go/stratovirt/vmm/internal/rawsys"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio/eventloop"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio/vhost"
@@ -419,10 +420,7 @@ func (n *Net) signal(q *virtio.Queue) {
 	}
 }
 
-func drain(fd int) {
-	var b [8]byte
-	_, _ = unix.Read(fd, b[:])
-}
+func drain(fd int) { _ = rawsys.Drain(fd) }
 
 func (n *Net) onTxKick() {
 	drain(n.txKick)
@@ -463,7 +461,7 @@ func (n *Net) processRx() {
 	delivered := 0
 	for range budget {
 		if n.rxLen == 0 {
-			k, err := unix.Read(n.tap.Fd(), n.rxBuf)
+			k, err := rawsys.Read(n.tap.Fd(), n.rxBuf)
 			if errors.Is(err, unix.EINTR) {
 				continue
 			}
@@ -634,7 +632,7 @@ func (n *Net) processTx() {
 	for done := 0; ; done++ {
 		if done == budget {
 			// Let the loop serve others; come back through the kick.
-			_, _ = unix.Write(n.txKick, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+			_ = rawsys.Signal(n.txKick)
 			break
 		}
 		ok, err := q.Pop(&n.chain)
@@ -714,7 +712,7 @@ func (n *Net) transmit() error {
 		return nil
 	}
 	for {
-		_, err := unix.Writev(n.tap.Fd(), n.iov)
+		_, err := rawsys.Writev(n.tap.Fd(), n.iov)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}

@@ -52,7 +52,7 @@ func newRig(t *testing.T, features uint64) *rig {
 	t.Cleanup(func() { unix.Close(sp[1]) })
 	unix.SetsockoptInt(sp[0], unix.SOL_SOCKET, unix.SO_SNDBUF, 1<<20)
 	unix.SetsockoptInt(sp[1], unix.SOL_SOCKET, unix.SO_SNDBUF, 1<<20)
-	loop, err := eventloop.New("test-net")
+	loop, err := eventloop.New("test-net", eventloop.Poller)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,7 +19,7 @@ import (
 // counts configuration interrupts.
 func newSlotRig(t *testing.T, notified *atomic.Int32) *rig {
 	t.Helper()
-	loop, err := eventloop.New("test-slot")
+	loop, err := eventloop.New("test-slot", eventloop.Poller)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +149,7 @@ func TestNICSlotPlugUnplug(t *testing.T) {
 // A tap plugged before the driver activates the device is polled from
 // activation on.
 func TestNICPlugBeforeActivate(t *testing.T) {
-	loop, err := eventloop.New("test-slot")
+	loop, err := eventloop.New("test-slot", eventloop.Poller)
 	if err != nil {
 		t.Fatal(err)
 	}

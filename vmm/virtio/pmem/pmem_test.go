@@ -40,7 +40,7 @@ func writeFile(t *testing.T, data []byte) string {
 
 func newRig(t *testing.T, cfg Config) *rig {
 	t.Helper()
-	loop, err := eventloop.New("test-pmem")
+	loop, err := eventloop.New("test-pmem", eventloop.Poller)
 	if err != nil {
 		t.Fatal(err)
 	}

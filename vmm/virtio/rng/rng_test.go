@@ -23,7 +23,7 @@ type rig struct {
 
 func newRig(t *testing.T, cfg Config) *rig {
 	t.Helper()
-	loop, err := eventloop.New("test-rng")
+	loop, err := eventloop.New("test-rng", eventloop.Poller)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stratovirt-go/stratovirt/vmm/guestmem"
+	"github.com/stratovirt-go/stratovirt/vmm/internal/rawsys"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio"
 )
 
@@ -317,7 +318,7 @@ func (d *Unix) handleTx(ch *virtio.Chain) {
 		}
 		c.state = stateEstablished
 		ok := []byte("OK " + strconv.FormatUint(uint64(c.key.hostPort), 10) + "\n")
-		if n, err := unix.Write(c.fd, ok); err != nil || n != len(ok) {
+		if n, err := rawsys.Write(c.fd, ok); err != nil || n != len(ok) {
 			d.reset(c)
 			break
 		}
@@ -395,7 +396,7 @@ func (d *Unix) guestData(c *conn, payload [][]byte, n uint32) {
 	c.recvCnt += n
 	if len(c.txBuf) == 0 {
 		for len(payload) > 0 {
-			w, err := unix.Writev(c.fd, payload)
+			w, err := rawsys.Writev(c.fd, payload)
 			if err != nil {
 				if errors.Is(err, unix.EINTR) {
 					continue
@@ -436,7 +437,7 @@ func (d *Unix) creditCheck(c *conn) {
 // reset.
 func (d *Unix) flushTx(c *conn) bool {
 	for len(c.txBuf) > 0 {
-		w, err := unix.Write(c.fd, c.txBuf)
+		w, err := rawsys.Write(c.fd, c.txBuf)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue

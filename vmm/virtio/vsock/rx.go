@@ -5,6 +5,8 @@ import (
 
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
+
+	"github.com/stratovirt-go/stratovirt/vmm/internal/rawsys"
 )
 
 // processRx fills the guest's rx buffers with what connections owe it,
@@ -114,7 +116,7 @@ func (d *Unix) nextPacket(c *conn, segs [][]byte, room uint64) (Header, uint64, 
 		limit := min(room, uint64(c.peerCredit()), MaxPayload)
 		data, _ := Segments(d.act.Mem, &d.chain, true, HeaderSize, limit, d.data[:0])
 		d.data = data[:0]
-		n, err := unix.Readv(c.fd, data)
+		n, err := rawsys.Readv(c.fd, data)
 		switch {
 		case err == nil && n > 0:
 			h := d.header(c, OpRW)

@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
+	"github.com/stratovirt-go/stratovirt/vmm/internal/rawsys"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio/eventloop"
 )
@@ -244,10 +245,7 @@ func (d *Unix) resetLocked() {
 	_ = unix.TimerfdSettime(d.timer, 0, &unix.ItimerSpec{}, nil)
 }
 
-func drain(fd int) {
-	var b [8]byte
-	_, _ = unix.Read(fd, b[:])
-}
+func drain(fd int) { _ = rawsys.Drain(fd) }
 
 func (d *Unix) onRxKick() {
 	drain(d.kicks[rxQueue])

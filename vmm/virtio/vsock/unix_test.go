@@ -53,7 +53,7 @@ func newGuest(t *testing.T) (*guest, string) {
 	t.Helper()
 	dir := t.TempDir()
 	uds := filepath.Join(dir, "v.sock")
-	loop, err := eventloop.New("test-vsock")
+	loop, err := eventloop.New("test-vsock", eventloop.Poller)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,7 +27,7 @@ func TestVhostCIDConflict(t *testing.T) {
 	if !VhostAvailable() {
 		t.Skip("no usable " + VhostDevice)
 	}
-	loop, err := eventloop.New("test-vhost")
+	loop, err := eventloop.New("test-vhost", eventloop.Poller)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,120 @@
+// Package rawsys makes the event loops' hot-path system calls (reads and
+// writes on eventfds, taps and sockets) without the Go runtime's
+// system-call bookkeeping (entersyscall/exitsyscall).
+//
+// Why: in Go 1.26 the first bookkept system call after every P went idle
+// wakes the runtime's sysmon thread, which then polls every 20 µs until
+// the Ps are idle again; a loop parked in the runtime's poller between
+// events (eventloop.Poller) that made its calls this way would wake it on
+// every event. Measured on a small program (docs/performance.md, fifteenth
+// session): 3 context switches per event with bookkept calls in the
+// handler, 1 without.
+//
+// Only for descriptors in non-blocking mode: the calling thread keeps its
+// P for the whole call, so a call that blocked would hold up every
+// stop-the-world (garbage collection) of the process until it returned.
+// Disk reads and writes (preadv, pwritev, fdatasync) therefore stay
+// ordinary system calls.
+package rawsys
+
+import (
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// maxIov is how many buffers readv and writev take (UIO_MAXIOV).
+const maxIov = 1024
+
+// Read is read(2) on a non-blocking descriptor.
+func Read(fd int, p []byte) (int, error) {
+	var ptr unsafe.Pointer
+	if len(p) > 0 {
+		ptr = unsafe.Pointer(&p[0])
+	}
+	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(ptr), uintptr(len(p)))
+	return result(n, e)
+}
+
+// Write is write(2) on a non-blocking descriptor.
+func Write(fd int, p []byte) (int, error) {
+	var ptr unsafe.Pointer
+	if len(p) > 0 {
+		ptr = unsafe.Pointer(&p[0])
+	}
+	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(ptr), uintptr(len(p)))
+	return result(n, e)
+}
+
+// one is the value an eventfd write adds.
+var one = [8]byte{1}
+
+// Signal adds one to eventfd fd. A full counter (EAGAIN) already wakes
+// its reader, so it is not an error.
+func Signal(fd int) error {
+	if _, err := Write(fd, one[:]); err != nil && err != unix.EAGAIN {
+		return err
+	}
+	return nil
+}
+
+// Drain resets eventfd fd (or reads a timerfd's expirations); nothing to
+// read is not an error.
+func Drain(fd int) error {
+	var b [8]byte
+	if _, err := Read(fd, b[:]); err != nil && err != unix.EAGAIN {
+		return err
+	}
+	return nil
+}
+
+// Readv is readv(2) on a non-blocking descriptor; more than 1024 buffers
+// (UIO_MAXIOV) fail with EINVAL, as the kernel's call does.
+func Readv(fd int, bufs [][]byte) (int, error) {
+	return vectored(unix.SYS_READV, fd, bufs)
+}
+
+// Writev is writev(2) on a non-blocking descriptor; more than 1024
+// buffers fail with EINVAL.
+func Writev(fd int, bufs [][]byte) (int, error) {
+	return vectored(unix.SYS_WRITEV, fd, bufs)
+}
+
+func vectored(trap uintptr, fd int, bufs [][]byte) (int, error) {
+	// Up to 16 buffers (every hot path here) need no allocation.
+	if len(bufs) > maxIov {
+		return 0, unix.EINVAL
+	}
+	var stack [16]unix.Iovec
+	iov := stack[:0]
+	for _, b := range bufs {
+		if len(b) == 0 {
+			continue
+		}
+		v := unix.Iovec{Base: &b[0]}
+		v.SetLen(len(b))
+		iov = append(iov, v)
+	}
+	if len(iov) == 0 {
+		return 0, nil
+	}
+	n, _, e := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+	return result(n, e)
+}
+
+func result(n uintptr, e unix.Errno) (int, error) {
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// EpollWaitNow is epoll_wait(2) with a zero timeout: the events ready on
+// epfd now, without blocking.
+func EpollWaitNow(epfd int, events []unix.EpollEvent) (int, error) {
+	if len(events) == 0 {
+		return 0, nil
+	}
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+	return result(n, e)
+}

@@ -1,0 +1,137 @@
+package rawsys
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func pipe(t *testing.T) (r, w int) {
+	t.Helper()
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(p[0]); unix.Close(p[1]) })
+	return p[0], p[1]
+}
+
+func TestReadWrite(t *testing.T) {
+	r, w := pipe(t)
+	if n, err := Write(w, []byte("hello")); n != 5 || err != nil {
+		t.Fatalf("Write: %d, %v", n, err)
+	}
+	b := make([]byte, 16)
+	if n, err := Read(r, b); n != 5 || err != nil || string(b[:n]) != "hello" {
+		t.Fatalf("Read: %d, %v, %q", n, err, b[:n])
+	}
+	if _, err := Read(r, b); !errors.Is(err, unix.EAGAIN) {
+		t.Errorf("Read of an empty pipe: %v, want EAGAIN", err)
+	}
+	if n, err := Write(w, nil); n != 0 || err != nil {
+		t.Errorf("empty Write: %d, %v", n, err)
+	}
+	if _, err := Read(-1, b); !errors.Is(err, unix.EBADF) {
+		t.Errorf("Read(-1): %v, want EBADF", err)
+	}
+}
+
+func TestVectored(t *testing.T) {
+	r, w := pipe(t)
+	// More buffers than fit on the stack, empty ones among them.
+	var out [][]byte
+	var want []byte
+	for i := range 40 {
+		b := bytes.Repeat([]byte{byte(i)}, i%3)
+		out = append(out, b)
+		want = append(want, b...)
+	}
+	if n, err := Writev(w, out); n != len(want) || err != nil {
+		t.Fatalf("Writev: %d, %v; want %d", n, err, len(want))
+	}
+	in := [][]byte{make([]byte, 7), {}, make([]byte, len(want))}
+	n, err := Readv(r, in)
+	if n != len(want) || err != nil {
+		t.Fatalf("Readv: %d, %v; want %d", n, err, len(want))
+	}
+	got := append(append([]byte{}, in[0]...), in[2][:n-7]...)
+	if !bytes.Equal(got, want) {
+		t.Errorf("read %v, want %v", got, want)
+	}
+	if n, err := Readv(r, [][]byte{{}}); n != 0 || err != nil {
+		t.Errorf("Readv into no room: %d, %v", n, err)
+	}
+	if _, err := Readv(r, in); !errors.Is(err, unix.EAGAIN) {
+		t.Errorf("Readv of an empty pipe: %v, want EAGAIN", err)
+	}
+}
+
+func TestEventfd(t *testing.T) {
+	fd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := Drain(fd); err != nil {
+		t.Errorf("Drain of an unsignalled eventfd: %v", err)
+	}
+	for range 3 {
+		if err := Signal(fd); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var b [8]byte
+	if n, err := unix.Read(fd, b[:]); n != 8 || err != nil || b[0] != 3 {
+		t.Fatalf("eventfd read %d, %v, %v; want the count 3", n, err, b)
+	}
+	if err := Signal(fd); err != nil {
+		t.Fatal(err)
+	}
+	if err := Drain(fd); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.Read(fd, b[:]); !errors.Is(err, unix.EAGAIN) {
+		t.Errorf("after Drain: %v, want EAGAIN", err)
+	}
+	// A full counter wakes its reader already: not an error.
+	max := [8]byte{0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+	if _, err := unix.Write(fd, max[:]); err != nil {
+		t.Fatal(err)
+	}
+	if err := Signal(fd); err != nil {
+		t.Errorf("Signal of a full eventfd: %v", err)
+	}
+	if err := Signal(-1); !errors.Is(err, unix.EBADF) {
+		t.Errorf("Signal(-1): %v, want EBADF", err)
+	}
+}
+
+func TestEpollWaitNow(t *testing.T) {
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(ep)
+	r, w := pipe(t)
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, r, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(r)}); err != nil {
+		t.Fatal(err)
+	}
+	evs := make([]unix.EpollEvent, 4)
+	if n, err := EpollWaitNow(ep, evs); n != 0 || err != nil {
+		t.Errorf("nothing ready: %d, %v", n, err)
+	}
+	if _, err := Write(w, []byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := EpollWaitNow(ep, evs); n != 1 || err != nil || evs[0].Fd != int32(r) {
+		t.Errorf("one ready: %d, %v, fd %d", n, err, evs[0].Fd)
+	}
+	if n, err := EpollWaitNow(ep, nil); n != 0 || err != nil {
+		t.Errorf("no room: %d, %v", n, err)
+	}
+	if _, err := EpollWaitNow(-1, evs); !errors.Is(err, unix.EBADF) {
+		t.Errorf("EpollWaitNow(-1): %v, want EBADF", err)
+	}
+}
