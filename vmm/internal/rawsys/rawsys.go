@@ -1,6 +1,7 @@
 // Package rawsys makes the event loops' hot-path system calls (reads and
-// writes on eventfds, taps and sockets) without the Go runtime's
-// system-call bookkeeping (entersyscall/exitsyscall).
+// writes on eventfds, taps and sockets; zero-timeout epoll_wait and
+// epoll_ctl) without the Go runtime's system-call bookkeeping
+// (entersyscall/exitsyscall).
 //
 // Why: in Go 1.26 the first bookkept system call after every P went idle
 // wakes the runtime's sysmon thread, which then polls every 20 µs until
@@ -117,4 +118,14 @@ func EpollWaitNow(epfd int, events []unix.EpollEvent) (int, error) {
 	}
 	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
 	return result(n, e)
+}
+
+// EpollCtl is epoll_ctl(2); it never blocks. ev may be nil for
+// EPOLL_CTL_DEL.
+func EpollCtl(epfd, op, fd int, ev *unix.EpollEvent) error {
+	_, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(epfd), uintptr(op), uintptr(fd), uintptr(unsafe.Pointer(ev)), 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
 }

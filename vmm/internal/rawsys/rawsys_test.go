@@ -115,8 +115,11 @@ func TestEpollWaitNow(t *testing.T) {
 	}
 	defer unix.Close(ep)
 	r, w := pipe(t)
-	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, r, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(r)}); err != nil {
+	if err := EpollCtl(ep, unix.EPOLL_CTL_ADD, r, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(r)}); err != nil {
 		t.Fatal(err)
+	}
+	if err := EpollCtl(ep, unix.EPOLL_CTL_ADD, r, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(r)}); !errors.Is(err, unix.EEXIST) {
+		t.Errorf("second add: %v, want EEXIST", err)
 	}
 	evs := make([]unix.EpollEvent, 4)
 	if n, err := EpollWaitNow(ep, evs); n != 0 || err != nil {
@@ -130,6 +133,18 @@ func TestEpollWaitNow(t *testing.T) {
 	}
 	if n, err := EpollWaitNow(ep, nil); n != 0 || err != nil {
 		t.Errorf("no room: %d, %v", n, err)
+	}
+	if err := EpollCtl(ep, unix.EPOLL_CTL_MOD, r, &unix.EpollEvent{Events: unix.EPOLLOUT, Fd: int32(r)}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := EpollWaitNow(ep, evs); n != 0 || err != nil {
+		t.Errorf("after MOD to EPOLLOUT on a read end: %d, %v", n, err)
+	}
+	if err := EpollCtl(ep, unix.EPOLL_CTL_DEL, r, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := EpollCtl(ep, unix.EPOLL_CTL_DEL, r, nil); !errors.Is(err, unix.ENOENT) {
+		t.Errorf("second delete: %v, want ENOENT", err)
 	}
 	if _, err := EpollWaitNow(-1, evs); !errors.Is(err, unix.EBADF) {
 		t.Errorf("EpollWaitNow(-1): %v, want EBADF", err)

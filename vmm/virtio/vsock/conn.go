@@ -121,11 +121,11 @@ func (d *Unix) updateInterest(c *conn) {
 	var err error
 	switch {
 	case ev == 0:
-		err = unix.EpollCtl(d.epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
+		err = rawsys.EpollCtl(d.epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
 	case c.events == 0:
-		err = unix.EpollCtl(d.epfd, unix.EPOLL_CTL_ADD, c.fd, &unix.EpollEvent{Events: ev, Fd: int32(c.fd), Pad: c.gen})
+		err = rawsys.EpollCtl(d.epfd, unix.EPOLL_CTL_ADD, c.fd, &unix.EpollEvent{Events: ev, Fd: int32(c.fd), Pad: c.gen})
 	default:
-		err = unix.EpollCtl(d.epfd, unix.EPOLL_CTL_MOD, c.fd, &unix.EpollEvent{Events: ev, Fd: int32(c.fd), Pad: c.gen})
+		err = rawsys.EpollCtl(d.epfd, unix.EPOLL_CTL_MOD, c.fd, &unix.EpollEvent{Events: ev, Fd: int32(c.fd), Pad: c.gen})
 	}
 	if err != nil {
 		log.L.Warnf("vsock %s: epoll for port %d: %v", d.cfg.ID, c.key.guestPort, err)

@@ -274,7 +274,7 @@ func (d *Unix) fail(err error) {
 // sockets and the timer. It handles one batch; the loop calls it again
 // while more is ready (level triggered).
 func (d *Unix) onEvents() {
-	n, err := unix.EpollWait(d.epfd, d.events, 0)
+	n, err := rawsys.EpollWaitNow(d.epfd, d.events)
 	if err != nil {
 		if !errors.Is(err, unix.EINTR) {
 			log.L.Errorf("vsock %s: epoll_wait: %v", d.cfg.ID, err)
