@@ -28,6 +28,7 @@ import (
 	"github.com/stratovirt-go/stratovirt/vmm/devices/legacy"
 	"github.com/stratovirt-go/stratovirt/vmm/guestmem"
 	"github.com/stratovirt-go/stratovirt/vmm/internal/kvm"
+	"github.com/stratovirt-go/stratovirt/vmm/internal/rawsys"
 	"github.com/stratovirt-go/stratovirt/vmm/loader"
 	"github.com/stratovirt-go/stratovirt/vmm/vcpu"
 )
@@ -276,14 +277,8 @@ func (v *VM) irqfd(gsi uint32) (legacy.IRQ, error) {
 	if err := v.vm.AssignIRQFD(fd, gsi, -1); err != nil {
 		return nil, err
 	}
-	one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
-	return legacy.IRQFunc(func() error {
-		_, err := unix.Write(fd, one)
-		if errors.Is(err, unix.EAGAIN) { // counter saturated: already pending
-			return nil
-		}
-		return err
-	}), nil
+	// A saturated counter is already pending: rawsys.Signal ignores it.
+	return legacy.IRQFunc(func() error { return rawsys.Signal(fd) }), nil
 }
 
 // setupVCPU runs on each vCPU's own thread before it first enters the

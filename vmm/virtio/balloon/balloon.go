@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stratovirt-go/stratovirt/vmm/guestmem"
+	"github.com/stratovirt-go/stratovirt/vmm/internal/rawsys"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio/eventloop"
 )
@@ -218,8 +219,7 @@ func (b *Balloon) Close() error {
 
 func (b *Balloon) onKick(q int) func() {
 	return func() {
-		var buf [8]byte
-		_, _ = unix.Read(b.kicks[q], buf[:])
+		_ = rawsys.Drain(b.kicks[q])
 		if b.act == nil || b.stopped {
 			return
 		}

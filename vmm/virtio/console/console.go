@@ -26,6 +26,7 @@ import (
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
+	"github.com/stratovirt-go/stratovirt/vmm/internal/rawsys"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio/eventloop"
 )
@@ -157,15 +158,6 @@ func (c *Console) Close() error {
 	return errors.Join(err, rmErr)
 }
 
-func poke(fd int) {
-	_, _ = unix.Write(fd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
-}
-
-func drain(fd int) {
-	var b [8]byte
-	_, _ = unix.Read(fd, b[:])
-}
-
 // acceptLoop accepts clients until the listener is closed.
 func (c *Console) acceptLoop() {
 	defer c.wg.Done()
@@ -222,7 +214,7 @@ func (c *Console) dropClient(f *os.File) {
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	cur.Close()
-	poke(c.txEv) // output the guest is blocked on is now discarded
+	_ = rawsys.Signal(c.txEv) // output the guest is blocked on is now discarded
 }
 
 func (c *Console) reader(f *os.File) {
@@ -241,7 +233,7 @@ func (c *Console) reader(f *os.File) {
 			}
 			c.in = append(c.in, buf[:n]...)
 			c.mu.Unlock()
-			poke(c.rxEv)
+			_ = rawsys.Signal(c.rxEv)
 		}
 		if err != nil {
 			c.dropClient(f)
@@ -264,7 +256,7 @@ func (c *Console) writer(f *os.File) {
 		data := c.out
 		c.out = nil
 		c.mu.Unlock()
-		poke(c.txEv)
+		_ = rawsys.Signal(c.txEv)
 		if _, err := f.Write(data); err != nil {
 			c.dropClient(f)
 			return
@@ -381,8 +373,8 @@ func (c *Console) pop(q *virtio.Queue) (bool, error) {
 
 // onRx moves buffered client input into the guest's receive buffers.
 func (c *Console) onRx() {
-	drain(c.kicks[RxQueue])
-	drain(c.rxEv)
+	_ = rawsys.Drain(c.kicks[RxQueue])
+	_ = rawsys.Drain(c.rxEv)
 	if c.act == nil || c.stopped {
 		return
 	}
@@ -429,8 +421,8 @@ func (c *Console) onRx() {
 // onTx moves the guest's output to the client's buffer (or discards it
 // without a client); it stops while the buffer is full.
 func (c *Console) onTx() {
-	drain(c.kicks[TxQueue])
-	drain(c.txEv)
+	_ = rawsys.Drain(c.kicks[TxQueue])
+	_ = rawsys.Drain(c.txEv)
 	if c.act == nil || c.stopped {
 		return
 	}

@@ -420,15 +420,13 @@ func (n *Net) signal(q *virtio.Queue) {
 	}
 }
 
-func drain(fd int) { _ = rawsys.Drain(fd) }
-
 func (n *Net) onTxKick() {
-	drain(n.txKick)
+	_ = rawsys.Drain(n.txKick)
 	n.processTx()
 }
 
 func (n *Net) onRxKick() {
-	drain(n.rxKick)
+	_ = rawsys.Drain(n.rxKick)
 	if n.act == nil || n.stopped || n.tap == nil {
 		return
 	}

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stratovirt-go/stratovirt/vmm/guestmem"
+	"github.com/stratovirt-go/stratovirt/vmm/internal/rawsys"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio/eventloop"
 )
@@ -230,8 +231,7 @@ func (p *Pmem) Reset() {
 }
 
 func (p *Pmem) onKick() {
-	var b [8]byte
-	_, _ = unix.Read(p.kick, b[:])
+	_ = rawsys.Drain(p.kick)
 	p.process()
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
+	"github.com/stratovirt-go/stratovirt/vmm/internal/rawsys"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio/eventloop"
 )
@@ -163,16 +164,14 @@ func (r *RNG) Reset() {
 }
 
 func (r *RNG) onKick() {
-	var b [8]byte
-	_, _ = unix.Read(r.kick, b[:])
+	_ = rawsys.Drain(r.kick)
 	if !r.throttled {
 		r.process()
 	}
 }
 
 func (r *RNG) onTimer() {
-	var b [8]byte
-	_, _ = unix.Read(r.timer, b[:])
+	_ = rawsys.Drain(r.timer)
 	r.throttled = false
 	r.process()
 }

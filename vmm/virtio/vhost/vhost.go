@@ -25,6 +25,7 @@ import (
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
+	"github.com/stratovirt-go/stratovirt/vmm/internal/rawsys"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio/eventloop"
 )
@@ -244,13 +245,13 @@ func (d *Device) stopRelay() {
 		}
 	})
 	for _, fd := range d.calls {
-		Drain(fd)
+		_ = rawsys.Drain(fd)
 	}
 }
 
 func (d *Device) onCall(fd int) func() {
 	return func() {
-		Drain(fd)
+		_ = rawsys.Drain(fd)
 		d.mu.Lock()
 		signal := d.signal
 		d.mu.Unlock()
@@ -258,12 +259,6 @@ func (d *Device) onCall(fd int) func() {
 			signal()
 		}
 	}
-}
-
-// Drain clears an eventfd.
-func Drain(fd int) {
-	var b [8]byte
-	_, _ = unix.Read(fd, b[:])
 }
 
 // SetVsockGuestCID claims cid for this VM (VHOST_VSOCK_SET_GUEST_CID).

@@ -245,22 +245,20 @@ func (d *Unix) resetLocked() {
 	_ = unix.TimerfdSettime(d.timer, 0, &unix.ItimerSpec{}, nil)
 }
 
-func drain(fd int) { _ = rawsys.Drain(fd) }
-
 func (d *Unix) onRxKick() {
-	drain(d.kicks[rxQueue])
+	_ = rawsys.Drain(d.kicks[rxQueue])
 	d.processRx()
 }
 
 func (d *Unix) onTxKick() {
-	drain(d.kicks[txQueue])
+	_ = rawsys.Drain(d.kicks[txQueue])
 	d.processTx()
 	d.processRx()
 }
 
 // onEventKick: the driver posted event buffers; the device keeps them
 // (it sends no events: there is no migration or snapshot restore).
-func (d *Unix) onEventKick() { drain(d.kicks[eventQueue]) }
+func (d *Unix) onEventKick() { _ = rawsys.Drain(d.kicks[eventQueue]) }
 
 func (d *Unix) fail(err error) {
 	if d.stopped || d.act == nil {
@@ -294,7 +292,7 @@ func (d *Unix) dispatch(ev unix.EpollEvent) {
 	case fd == d.listener:
 		d.accept()
 	case fd == d.timer:
-		drain(d.timer)
+		_ = rawsys.Drain(d.timer)
 		d.expire(time.Now())
 	default:
 		switch o := d.fds[ev.Fd].(type) {

@@ -8,6 +8,7 @@ import (
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
+	"github.com/stratovirt-go/stratovirt/vmm/internal/rawsys"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio/eventloop"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio/vhost"
@@ -110,7 +111,7 @@ func (d *Vhost) Activate(a virtio.Activation) error {
 	}
 	var err error
 	d.loop.Call(func() {
-		if err = d.loop.Add(a.Kicks[eventQueue], func() { drain(a.Kicks[eventQueue]) }); err == nil {
+		if err = d.loop.Add(a.Kicks[eventQueue], func() { _ = rawsys.Drain(a.Kicks[eventQueue]) }); err == nil {
 			d.evKick = a.Kicks[eventQueue]
 		}
 	})
