@@ -137,15 +137,16 @@ func Process(def Action) Filter {
 		allow("fallocate", unix.SYS_FALLOCATE),
 		allow("ftruncate", unix.SYS_FTRUNCATE),
 		allow("unlinkat", unix.SYS_UNLINKAT),
-		// Device timers (balloon, iops throttling) and Linux AIO for
-		// direct disk I/O.
+		// Device timers (balloon, iops throttling) and the disks'
+		// io_uring rings (set up again when a disk is plugged; each ring
+		// is restricted to vectored reads, writes and fdatasync on its
+		// own file before it is enabled: package uring).
 		allow("timerfd_create", unix.SYS_TIMERFD_CREATE),
 		allow("timerfd_settime", unix.SYS_TIMERFD_SETTIME),
 		allow("timerfd_gettime", unix.SYS_TIMERFD_GETTIME),
-		allow("io_setup", unix.SYS_IO_SETUP),
-		allow("io_submit", unix.SYS_IO_SUBMIT),
-		allow("io_getevents", unix.SYS_IO_GETEVENTS),
-		allow("io_destroy", unix.SYS_IO_DESTROY),
+		allow("io_uring_setup", unix.SYS_IO_URING_SETUP),
+		allow("io_uring_enter", unix.SYS_IO_URING_ENTER),
+		allow("io_uring_register", unix.SYS_IO_URING_REGISTER),
 		// Installing the per-thread vCPU filter after this one (it can
 		// only add restrictions), and naming the vCPU and I/O threads,
 		// which start after it.

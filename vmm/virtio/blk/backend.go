@@ -7,6 +7,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/stratovirt-go/stratovirt/vmm/internal/uring"
 )
 
 // backend is the host file or block device behind a disk.
@@ -20,6 +22,7 @@ type backend struct {
 	blockDev bool
 	discard  bool // fallocate(PUNCH_HOLE) works
 	bounce   []byte
+	ring     *uring.Ring // nil: synchronous I/O (aio.go)
 }
 
 // maxBounce is the largest bounce buffer kept between requests.
@@ -98,6 +101,10 @@ func (b *backend) close() error {
 	if b.bounce != nil {
 		_ = unix.Munmap(b.bounce)
 		b.bounce = nil
+	}
+	if b.ring != nil {
+		_ = b.ring.Close()
+		b.ring = nil
 	}
 	return b.f.Close()
 }

@@ -78,6 +78,11 @@ type Block struct {
 	notify   func() error
 
 	timer int // timerfd for the rate limiter
+	done  int // eventfd: the ring posted completions (aio.go)
+
+	// Request slots for the ring, owned by the loop (aio.go).
+	reqs []aioReq
+	free []uint16
 
 	// Owned by the loop while active.
 	act       *virtio.Activation
@@ -102,7 +107,14 @@ func New(cfg Config, loop *eventloop.Loop) (*Block, error) {
 		be.close()
 		return nil, fmt.Errorf("disk %q: timerfd: %w", cfg.ID, err)
 	}
-	b := &Block{cfg: cfg, loop: loop, be: be, timer: timer, kick: -1}
+	done, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		be.close()
+		unix.Close(timer)
+		return nil, fmt.Errorf("disk %q: eventfd: %w", cfg.ID, err)
+	}
+	b := &Block{cfg: cfg, loop: loop, be: be, timer: timer, done: done, kick: -1}
+	b.openRing(be)
 	b.capacity = be.size / SectorSize
 	b.blkSize = be.blockSize()
 	b.features = 1<<virtio.FIndirectDesc | 1<<virtio.FEventIdx | 1<<FSegMax | 1<<FFlush | 1<<FBlkSize
@@ -114,8 +126,8 @@ func New(cfg Config, loop *eventloop.Loop) (*Block, error) {
 			b.features |= 1 << FDiscard
 		}
 	}
-	log.L.Debugf("virtio-blk %s: %s, %d sectors, block %d, direct %v, ro %v, iops %d, loop %s",
-		cfg.ID, cfg.Path, b.capacity, be.blockSize(), cfg.Direct, cfg.ReadOnly, cfg.IOPS, loop.Name())
+	log.L.Debugf("virtio-blk %s: %s, %d sectors, block %d, direct %v, ro %v, iops %d, loop %s, io_uring %v",
+		cfg.ID, cfg.Path, b.capacity, be.blockSize(), cfg.Direct, cfg.ReadOnly, cfg.IOPS, loop.Name(), be.ring != nil)
 	return b, nil
 }
 
@@ -143,7 +155,7 @@ func (b *Block) Close() error {
 		err = b.be.close()
 		b.be = nil
 	}
-	return errors.Join(err, unix.Close(b.timer))
+	return errors.Join(err, unix.Close(b.timer), unix.Close(b.done))
 }
 
 // DeviceID implements virtio.Device.
@@ -201,6 +213,9 @@ func (b *Block) Activate(a virtio.Activation) error {
 		}
 		if err = b.loop.Add(b.timer, b.onTimer); err != nil {
 			_ = b.loop.Remove(b.kick)
+		} else if err = b.loop.Add(b.done, b.onDone); err != nil {
+			_ = b.loop.Remove(b.kick)
+			_ = b.loop.Remove(b.timer)
 		}
 		if err != nil {
 			b.act, b.q, b.kick = nil, nil, -1
@@ -220,8 +235,11 @@ func (b *Block) Reset() {
 		}
 		_ = b.loop.Remove(b.kick)
 		_ = b.loop.Remove(b.timer)
+		_ = b.loop.Remove(b.done)
 		_ = unix.TimerfdSettime(b.timer, 0, &unix.ItimerSpec{}, nil)
-		b.act, b.q, b.kick = nil, nil, -1
+		b.q = nil // completions from now on are dropped
+		b.drain(b.be)
+		b.act, b.kick = nil, -1
 	})
 }
 
@@ -251,7 +269,7 @@ func (b *Block) process() {
 		return
 	}
 	q := b.q
-	pushed := 0
+	pushed, queued := 0, 0
 	for {
 		ok, err := q.Pop(&b.chain)
 		if err != nil {
@@ -273,7 +291,11 @@ func (b *Block) process() {
 			q.Undo()
 			break
 		}
-		written := b.handle(&b.chain)
+		written, done := b.handle(&b.chain)
+		if !done {
+			queued++
+			continue
+		}
 		if err := q.Push(b.chain.Head, written); err != nil {
 			b.fail(err)
 			return
@@ -282,7 +304,12 @@ func (b *Block) process() {
 			b.signal()
 		}
 	}
-	b.signal()
+	if queued > 0 {
+		b.submit()
+	}
+	if !b.stopped {
+		b.signal()
+	}
 }
 
 // throttle takes a token for one request; without one it arms the timer
@@ -314,21 +341,55 @@ func (b *Block) signal() {
 	}
 }
 
-// handle runs one request and returns the bytes written into the chain.
-func (b *Block) handle(c *virtio.Chain) uint32 {
-	r, err := ParseRequest(b.act.Mem, c, b.data)
-	b.data = r.Data[:0]
+// handle runs one request and returns the bytes written into the chain,
+// or done false when the request was queued on the ring (aio.go).
+func (b *Block) handle(c *virtio.Chain) (written uint32, done bool) {
+	s := b.slot()
+	scratch := b.data
+	if s >= 0 {
+		scratch = b.reqs[s].data
+	}
+	r, err := ParseRequest(b.act.Mem, c, scratch[:0])
+	if s >= 0 {
+		b.reqs[s].data = r.Data
+		if err == nil && b.start(s, c.Head, &r) {
+			return 0, false
+		}
+		b.release(s)
+	} else {
+		b.data = r.Data[:0]
+	}
 	if err != nil {
 		log.L.Debugf("virtio-blk %s: %v", b.cfg.ID, err)
 		if r.Status != nil {
 			r.Status[0] = StatusIOErr
-			return 1
+			return 1, true
 		}
-		return 0
+		return 0, true
 	}
 	status, n := b.execute(&r)
 	r.Status[0] = status
-	return uint32(n) + 1
+	return uint32(n) + 1, true
+}
+
+// checkRW validates a read or write against the disk and its alignment.
+func (b *Block) checkRW(r *Request) uint8 {
+	if r.Len%SectorSize != 0 || !b.inRange(r.Sector, r.Len) {
+		return StatusIOErr
+	}
+	off := r.Sector * SectorSize
+	if b.cfg.Direct && (off%b.be.offAlign != 0 || r.Len%b.be.offAlign != 0) {
+		return StatusIOErr
+	}
+	if r.Type == TypeOut && b.cfg.ReadOnly {
+		return StatusIOErr
+	}
+	return StatusOK
+}
+
+// inRange reports whether bytes at sector fit on the disk.
+func (b *Block) inRange(sector, bytes uint64) bool {
+	return sector <= b.capacity && bytes <= b.capacity*SectorSize-sector*SectorSize
 }
 
 // execute performs r and returns its status and the data bytes written
@@ -337,28 +398,18 @@ func (b *Block) execute(r *Request) (uint8, uint64) {
 	if b.be == nil && r.Type != TypeGetID {
 		return StatusIOErr, 0 // empty slot (replace.go)
 	}
-	capBytes := b.capacity * SectorSize
-	inRange := func(sector, bytes uint64) bool {
-		return sector <= b.capacity && bytes <= capBytes-sector*SectorSize
-	}
 	switch r.Type {
 	case TypeIn, TypeOut:
-		if r.Len%SectorSize != 0 || !inRange(r.Sector, r.Len) {
-			return StatusIOErr, 0
+		if st := b.checkRW(r); st != StatusOK {
+			return st, 0
 		}
 		off := r.Sector * SectorSize
-		if b.cfg.Direct && (off%b.be.offAlign != 0 || r.Len%b.be.offAlign != 0) {
-			return StatusIOErr, 0
-		}
 		if r.Type == TypeIn {
 			if err := b.be.readAt(r.Data, off, r.Len); err != nil {
 				log.L.Warnf("virtio-blk %s: read %d bytes at %d: %v", b.cfg.ID, r.Len, off, err)
 				return StatusIOErr, 0
 			}
 			return StatusOK, r.Len
-		}
-		if b.cfg.ReadOnly {
-			return StatusIOErr, 0
 		}
 		if err := b.be.writeAt(r.Data, off, r.Len); err != nil {
 			log.L.Warnf("virtio-blk %s: write %d bytes at %d: %v", b.cfg.ID, r.Len, off, err)
@@ -400,7 +451,7 @@ func (b *Block) execute(r *Request) (uint8, uint64) {
 		}
 		for _, s := range segs {
 			n := uint64(s.Sectors) * SectorSize
-			if !inRange(s.Sector, n) || uint64(s.Sectors) > MaxDiscardSectors {
+			if !b.inRange(s.Sector, n) || uint64(s.Sectors) > MaxDiscardSectors {
 				return StatusIOErr, 0
 			}
 			if r.Type == TypeDiscard {

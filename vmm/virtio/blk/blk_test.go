@@ -167,7 +167,9 @@ func (r *rig) request(typ uint32, sector uint64, data []byte, segLen int, indire
 	return s[0], u
 }
 
-func TestReadWrite(t *testing.T) {
+func TestReadWrite(t *testing.T) { ioModes(t, testReadWrite) }
+
+func testReadWrite(t *testing.T) {
 	disk := pattern(1<<20, 1)
 	for _, tc := range []struct {
 		name     string
@@ -199,7 +201,9 @@ func TestReadWrite(t *testing.T) {
 	}
 }
 
-func TestRequestErrors(t *testing.T) {
+func TestRequestErrors(t *testing.T) { ioModes(t, testRequestErrors) }
+
+func testRequestErrors(t *testing.T) {
 	r := newRig(t, Config{ID: "d", Serial: "serial-123"}, make([]byte, 64<<10), 0)
 	buf := make([]byte, 1024)
 	for _, tc := range []struct {
@@ -240,7 +244,9 @@ func TestRequestErrors(t *testing.T) {
 	}
 }
 
-func TestReadOnly(t *testing.T) {
+func TestReadOnly(t *testing.T) { ioModes(t, testReadOnly) }
+
+func testReadOnly(t *testing.T) {
 	disk := pattern(64<<10, 3)
 	r := newRig(t, Config{ID: "ro", ReadOnly: true}, disk, 0)
 	if !virtio.HasFeature(r.dev.Features(), FRO) || virtio.HasFeature(r.dev.Features(), FWriteZeroes) {
@@ -295,7 +301,9 @@ func TestDiscardWriteZeroes(t *testing.T) {
 	}
 }
 
-func TestDirectBounce(t *testing.T) {
+func TestDirectBounce(t *testing.T) { ioModes(t, testDirectBounce) }
+
+func testDirectBounce(t *testing.T) {
 	dir := os.Getenv("BLK_TEST_DIRECT_DIR") // a file system with O_DIRECT
 	if dir == "" {
 		dir = t.TempDir()

@@ -22,9 +22,9 @@ import (
 // sets the capacity back to 0 and fails every later request with
 // VIRTIO_BLK_S_IOERR.
 //
-// The swap runs on the device's event loop, between two requests:
-// requests are served synchronously there, so none is in flight across
-// a swap. What the driver negotiated at probe stays fixed: the feature
+// The swap runs on the device's event loop, between two requests; the
+// requests the old file has in flight on its ring complete first (aio.go),
+// so none is in flight across a swap. What the driver negotiated at probe stays fixed: the feature
 // bits (read-only, discard, write-zeroes) and the logical block size. A
 // read-only file plugged into a writable slot is enforced per request
 // (writes, discards and write-zeroes fail); a file that needs a larger
@@ -46,7 +46,12 @@ func NewEmpty(name string, loop *eventloop.Loop) (*Block, error) {
 	if err != nil {
 		return nil, fmt.Errorf("disk slot %q: timerfd: %w", name, err)
 	}
-	b := &Block{cfg: Config{ID: name}, loop: loop, timer: timer, kick: -1, blkSize: SectorSize}
+	done, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(timer)
+		return nil, fmt.Errorf("disk slot %q: eventfd: %w", name, err)
+	}
+	b := &Block{cfg: Config{ID: name}, loop: loop, timer: timer, done: done, kick: -1, blkSize: SectorSize}
 	b.features = 1<<virtio.FIndirectDesc | 1<<virtio.FEventIdx | 1<<FSegMax | 1<<FFlush | 1<<FBlkSize |
 		1<<FWriteZeroes | 1<<FDiscard
 	log.L.Debugf("virtio-blk slot %s: empty, loop %s", name, loop.Name())
@@ -106,6 +111,7 @@ func (b *Block) Plug(cfg Config) error {
 		}
 		b.be, b.cfg, b.capacity = be, cfg, be.size/SectorSize
 		b.mu.Unlock()
+		b.openRing(be)
 		b.limiter = ratelimit.New(cfg.IOPS, time.Now())
 		b.throttled = false
 		_ = unix.TimerfdSettime(b.timer, 0, &unix.ItimerSpec{}, nil)
@@ -125,6 +131,8 @@ func (b *Block) Plug(cfg Config) error {
 func (b *Block) Unplug(name string) error {
 	var be *backend
 	b.loop.Call(func() {
+		// Requests in flight finish on the old file first.
+		b.drain(b.be)
 		b.mu.Lock()
 		be = b.be
 		b.be, b.cfg, b.capacity = nil, Config{ID: name}, 0

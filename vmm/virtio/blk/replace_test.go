@@ -106,7 +106,9 @@ func TestEmptySlot(t *testing.T) {
 	}
 }
 
-func TestPlugUnplug(t *testing.T) {
+func TestPlugUnplug(t *testing.T) { ioModes(t, testPlugUnplug) }
+
+func testPlugUnplug(t *testing.T) {
 	r := newSlotRig(t)
 	disk := pattern(1<<20, 3)
 	path := writeDisk(t, disk)
@@ -228,7 +230,9 @@ func TestUnplugColdDisk(t *testing.T) {
 
 // Plug and unplug race with a stream of requests: each completes, with
 // either OK and the disk's data or IOERR, and the race detector watches.
-func TestReplaceUnderLoad(t *testing.T) {
+func TestReplaceUnderLoad(t *testing.T) { ioModes(t, testReplaceUnderLoad) }
+
+func testReplaceUnderLoad(t *testing.T) {
 	r := newSlotRig(t)
 	disk := pattern(64<<10, 6)
 	path := writeDisk(t, disk)

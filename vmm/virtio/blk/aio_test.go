@@ -1,0 +1,220 @@
+package blk
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/stratovirt-go/stratovirt/vmm/internal/uring"
+	vt "github.com/stratovirt-go/stratovirt/vmm/virtio/virtiotest"
+)
+
+// ioModes runs f with the disk's io_uring ring and with synchronous I/O.
+func ioModes(t *testing.T, f func(t *testing.T)) {
+	for _, ring := range []bool{true, false} {
+		name := "sync"
+		if ring {
+			name = "io_uring"
+		}
+		t.Run(name, func(t *testing.T) {
+			old := useRing
+			useRing = ring
+			t.Cleanup(func() { useRing = old })
+			f(t)
+		})
+	}
+}
+
+// wantRing fails a ring-mode test whose device fell back to synchronous
+// I/O, and skips where the kernel has no usable io_uring.
+func wantRing(t *testing.T, b *Block) {
+	t.Helper()
+	if !useRing {
+		return
+	}
+	var has bool
+	b.loop.Call(func() { has = b.be != nil && b.be.ring != nil })
+	if has {
+		return
+	}
+	f, err := os.Create(filepath.Join(t.TempDir(), "probe"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(efd)
+	ring, err := uring.New(QueueSize, int(f.Fd()), efd)
+	if err != nil {
+		t.Skipf("no io_uring: %v", err)
+	}
+	ring.Close()
+	t.Fatal("the device serves its disk synchronously although io_uring works here")
+}
+
+// queueReqs posts n 4 KiB requests of typ at sectors 0, 8, 16, ... and
+// returns their data and status addresses.
+func queueReqs(r *rig, typ uint32, n int, fill func(i int) []byte) (data, status []uint64) {
+	for i := range n {
+		d, st := r.drv.Alloc(4096, 4096), r.drv.Alloc(1, 1)
+		if fill != nil {
+			r.mem.WriteAt(fill(i), d)
+		}
+		r.mem.WriteAt([]byte{0xff}, st)
+		r.drv.AddChain(vt.Buf{Addr: r.header(typ, uint64(i)*8), Len: 16},
+			vt.Buf{Addr: d, Len: 4096, Write: typ == TypeIn}, vt.Buf{Addr: st, Len: 1, Write: true})
+		data, status = append(data, d), append(status, st)
+	}
+	return data, status
+}
+
+func (r *rig) status(st uint64) byte {
+	var s [1]byte
+	r.mem.ReadAt(s[:], st)
+	return s[0]
+}
+
+// TestQueueDepth posts 64 writes, then 64 reads of them, each batch in one
+// kick, buffered and (where the file system has it) O_DIRECT.
+func TestQueueDepth(t *testing.T) {
+	for _, direct := range []bool{false, true} {
+		t.Run(map[bool]string{false: "buffered", true: "direct"}[direct], func(t *testing.T) {
+			ioModes(t, func(t *testing.T) {
+				const n = 64 // 3 descriptors each: 192 of the queue's 256
+				path := filepath.Join(t.TempDir(), "disk.img")
+				if d := os.Getenv("BLK_TEST_DIRECT_DIR"); direct && d != "" {
+					path = filepath.Join(d, "qd.img")
+					t.Cleanup(func() { os.Remove(path) })
+				}
+				if err := os.WriteFile(path, make([]byte, n*4096), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				r := newRig(t, Config{ID: "d", Path: path, Direct: direct}, nil, 0)
+				wantRing(t, r.dev)
+				block := func(i int) []byte { return pattern(4096, byte(i+1)) }
+				_, wst := queueReqs(r, TypeOut, n, block)
+				r.wait(n)
+				for i, st := range wst {
+					if s := r.status(st); s != StatusOK {
+						t.Fatalf("write %d: status %d", i, s)
+					}
+				}
+				data, rst := queueReqs(r, TypeIn, n, nil)
+				used := r.wait(n)
+				buf := make([]byte, 4096)
+				for i := range n {
+					if s := r.status(rst[i]); s != StatusOK {
+						t.Fatalf("read %d: status %d", i, s)
+					}
+					r.mem.ReadAt(buf, data[i])
+					if !bytes.Equal(buf, block(i)) {
+						t.Fatalf("read %d: data differs", i)
+					}
+				}
+				for _, u := range used {
+					if u.Len != 4097 {
+						t.Fatalf("read used len %d, want 4097", u.Len)
+					}
+				}
+			})
+		})
+	}
+}
+
+// TestTruncatedDisk: a file cut short under the device reads zeroes past
+// its new end, as the synchronous path always did.
+func TestTruncatedDisk(t *testing.T) {
+	ioModes(t, func(t *testing.T) {
+		disk := pattern(64<<10, 3)
+		r := newRig(t, Config{ID: "d"}, disk, 0)
+		wantRing(t, r.dev)
+		if err := os.Truncate(r.path, 34<<10); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, 4096)
+		st, u := r.request(TypeIn, 64, got, 4096, false) // bytes 32–36 KiB
+		if st != StatusOK || u.Len != 4097 {
+			t.Fatalf("status %d used %d", st, u.Len)
+		}
+		want := append(append([]byte{}, disk[32<<10:34<<10]...), make([]byte, 2048)...)
+		if !bytes.Equal(got, want) {
+			t.Fatal("read across the new end: want the data, then zeroes")
+		}
+	})
+}
+
+// inflight pops and queues every posted request on the ring without
+// submitting, so that they are certainly in flight for what comes next.
+func inflight(t *testing.T, r *rig, n int) {
+	t.Helper()
+	b := r.dev
+	b.loop.Call(func() {
+		for {
+			ok, err := b.q.Pop(&b.chain)
+			if err != nil || !ok {
+				break
+			}
+			if _, done := b.handle(&b.chain); done {
+				t.Error("a read was served synchronously")
+			}
+		}
+		if got := b.be.ring.Inflight(); got != n {
+			t.Errorf("%d in flight, want %d", got, n)
+		}
+	})
+}
+
+// TestResetInFlight: a reset waits for the requests in flight and drops
+// their completions (the queue is gone); the slots come back.
+func TestResetInFlight(t *testing.T) {
+	func() {
+		r := newRig(t, Config{ID: "d"}, pattern(64<<10, 4), 0)
+		wantRing(t, r.dev)
+		queueReqs(r, TypeIn, 8, nil)
+		inflight(t, r, 8)
+		r.dev.Reset()
+		if used := r.drv.TakeUsed(); len(used) != 0 {
+			t.Errorf("%d completions published after the reset", len(used))
+		}
+		if n := r.dev.be.ring.Inflight(); n != 0 {
+			t.Errorf("%d requests in flight after the reset", n)
+		}
+		if len(r.dev.free) != QueueSize {
+			t.Errorf("%d free request slots, want %d", len(r.dev.free), QueueSize)
+		}
+	}()
+}
+
+// TestUnplugInFlight: unplugging lets the requests in flight on the old
+// file complete to the guest first.
+func TestUnplugInFlight(t *testing.T) {
+	func() {
+		r := newSlotRig(t)
+		disk := pattern(64<<10, 5)
+		if err := r.dev.Plug(Config{ID: "d", Path: writeDisk(t, disk)}); err != nil {
+			t.Fatal(err)
+		}
+		wantRing(t, r.dev)
+		data, st := queueReqs(r.rig, TypeIn, 8, nil)
+		inflight(t, r.rig, 8)
+		if err := r.dev.Unplug("slot0"); err != nil {
+			t.Fatal(err)
+		}
+		if used := r.drv.TakeUsed(); len(used) != 8 {
+			t.Fatalf("%d of 8 completions published by the unplug", len(used))
+		}
+		buf := make([]byte, 4096)
+		for i := range 8 {
+			r.mem.ReadAt(buf, data[i])
+			if s := r.status(st[i]); s != StatusOK || !bytes.Equal(buf, disk[i*4096:(i+1)*4096]) {
+				t.Fatalf("read %d: status %d, data equal %v", i, s, bytes.Equal(buf, disk[i*4096:(i+1)*4096]))
+			}
+		}
+	}()
+}
