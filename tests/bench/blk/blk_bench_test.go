@@ -9,6 +9,14 @@
 // side gets BENCH_RUNS runs (default 2), interleaved QEMU first; rows are
 // medians. It prints a Markdown ratio table (ours / QEMU).
 //
+// A second set of rows reads a slow disk with O_DIRECT (ours direct=on,
+// QEMU cache=none, both unchanged otherwise): null_blk completing every
+// request 5 ms after it is issued, at queue depth 1, 4 and 16. There the
+// VMM's own queue depth shows, as on real disks: a VMM that serves one
+// request at a time tops out at 200 IOPS whatever the guest's queue
+// depth. BLK_BENCH_SLOW=0 leaves it out; it is skipped where null_blk
+// cannot be loaded or is already in use.
+//
 // It runs only when BLK_BENCH=1 (it takes a few minutes):
 //
 //	BLK_BENCH=1 go test ./tests/bench/blk/ -v -count=1 -timeout 30m
@@ -60,12 +68,17 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// The workload: 8 MiB sequential each way, 3 s of random I/O each way and
-// 3 s of random reads at queue depth 4.
-const (
-	steps   = "bench:/dev/vda:8:3;iops:/dev/vda:3:4"
-	append_ = "console=ttyS0 reboot=k panic=1 quiet loglevel=4 test.run=" + steps
-)
+// The workload on a file: 8 MiB sequential each way, 3 s of random I/O
+// each way and 3 s of random reads at queue depth 4.
+const fileSteps = "bench:/dev/vda:8:3;iops:/dev/vda:3:4"
+
+// The workload on the slow disk (null_blk, see slowDisk): 3 s of random
+// reads at queue depth 1, 4 and 16.
+const slowSteps = "iops:/dev/vda:3:1;iops:/dev/vda:3:4;iops:/dev/vda:3:16"
+
+func cmdline(steps string) string {
+	return "console=ttyS0 reboot=k panic=1 quiet loglevel=4 test.run=" + steps
+}
 
 // run boots one VMM and returns the metrics (name → IOPS) it printed.
 func run(t *testing.T, name string, args []string) map[string]float64 {
@@ -109,41 +122,81 @@ loop:
 	for _, x := range regexp.MustCompile(`BENCH (\w+) MiBps=[0-9.]+ IOPS=([0-9.]+)`).FindAllStringSubmatch(s, -1) {
 		m[x[1]], _ = strconv.ParseFloat(x[2], 64)
 	}
-	if x := regexp.MustCompile(`IOPS /dev/vda ([0-9.]+)`).FindStringSubmatch(s); x != nil {
-		m["randread-qd4"], _ = strconv.ParseFloat(x[1], 64)
+	for _, x := range regexp.MustCompile(`IOPS /dev/vda ([0-9.]+) \(.*queue depth ([0-9]+)\)`).FindAllStringSubmatch(s, -1) {
+		m["randread-qd"+x[2]], _ = strconv.ParseFloat(x[1], 64)
 	}
 	// Printed at once so that progress shows while the lab runs.
 	fmt.Printf("%s: %v in %v\n", name, m, time.Since(start).Round(time.Millisecond))
 	return m
 }
 
-func ours(disk string, direct bool) []string {
+func ours(disk string, direct bool, steps string) []string {
 	d := "off"
 	if direct {
 		d = "on"
 	}
 	return []string{files.VMM, "-name", "bench", "-kernel", files.Kernel, "-initrd", files.Initrd, "-m", "512M", "-smp", "2",
-		"-serial", "stdio", "-drive", "id=d0,file=" + disk + ",direct=" + d, "-append", append_}
+		"-serial", "stdio", "-drive", "id=d0,file=" + disk + ",direct=" + d, "-append", cmdline(steps)}
 }
 
-func qemu(disk string, direct bool) []string {
+func qemu(disk string, direct bool, steps string) []string {
 	cache := "writeback"
 	if direct {
 		cache = "none"
 	}
 	return []string{"qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "512M", "-smp", "2",
 		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
-		"-kernel", files.Kernel, "-initrd", files.Initrd, "-append", append_,
+		"-kernel", files.Kernel, "-initrd", files.Initrd, "-append", cmdline(steps),
 		"-drive", "id=d0,file=" + disk + ",format=raw,if=none,cache=" + cache,
 		"-device", "virtio-blk-device,drive=d0"}
 }
 
-var metrics = []struct{ key, label string }{
+type metric struct{ key, label string }
+
+var fileMetrics = []metric{
 	{"seqread", "sequential read 4 KiB, QD1"},
 	{"seqwrite", "sequential write 4 KiB, QD1"},
 	{"randread", "random read 4 KiB, QD1"},
 	{"randwrite", "random write 4 KiB, QD1"},
 	{"randread-qd4", "random read 4 KiB, QD4"},
+}
+
+var slowMetrics = []metric{
+	{"randread-qd1", "random read 4 KiB, QD1"},
+	{"randread-qd4", "random read 4 KiB, QD4"},
+	{"randread-qd16", "random read 4 KiB, QD16"},
+}
+
+// slowDiskLatency is what each request to the slow disk takes.
+const slowDiskLatency = 5 * time.Millisecond
+
+// slowDisk loads null_blk as a 1 GiB memory-backed disk whose every
+// request completes slowDiskLatency after it is issued, up to 64 at once:
+// a disk where a VMM's queue depth shows, as on real hardware, which the
+// page-cached file cannot. It returns the device and how to unload it,
+// or why there is none (null_blk already in use, no module).
+func slowDisk() (string, func(), error) {
+	if _, err := os.Stat("/sys/module/null_blk"); err == nil {
+		return "", nil, fmt.Errorf("null_blk is already loaded")
+	}
+	args := []string{"null_blk", "nr_devices=1", "gb=1", "memory_backed=1", "irqmode=2",
+		fmt.Sprintf("completion_nsec=%d", slowDiskLatency.Nanoseconds()), "hw_queue_depth=64"}
+	if dir, ver := os.Getenv("LAB_KERNEL_DIR"), os.Getenv("LAB_KERNEL_VERSION"); dir != "" && ver != "" {
+		args = append([]string{"-d", dir, "-S", ver}, args...)
+	}
+	if out, err := exec.Command("modprobe", args...).CombinedOutput(); err != nil {
+		return "", nil, fmt.Errorf("modprobe %v: %v %s", args, err, out)
+	}
+	unload := func() { exec.Command("rmmod", "null_blk").Run() }
+	dev := "/dev/nullb0"
+	for i := 0; i < 50; i++ {
+		if _, err := os.Stat(dev); err == nil {
+			return dev, unload, nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	unload()
+	return "", nil, fmt.Errorf("%s did not appear", dev)
 }
 
 // runCount is how many runs each side gets: BENCH_RUNS (make bench
@@ -213,17 +266,28 @@ func TestBlkBench(t *testing.T) {
 		t.Fatal(err)
 	}
 	type mode struct {
-		name   string
-		disk   string
-		direct bool
+		name    string
+		disk    string
+		direct  bool
+		steps   string
+		metrics []metric
 	}
-	modes := []mode{{"file, host page cache (direct=off / cache=writeback)", disk, false}}
+	modes := []mode{{"file, host page cache (direct=off / cache=writeback)", disk, false, fileSteps, fileMetrics}}
+	if os.Getenv("BLK_BENCH_SLOW") == "0" {
+		t.Log("BLK_BENCH_SLOW=0: no slow-disk rows")
+	} else if dev, unload, err := slowDisk(); err != nil {
+		t.Logf("no slow disk: %v", err)
+	} else {
+		defer unload()
+		name := fmt.Sprintf("null_blk, %v a request, O_DIRECT (direct=on / cache=none)", slowDiskLatency)
+		modes = append(modes, mode{name, dev, true, slowSteps, slowMetrics})
+	}
 	if os.Getenv("BLK_BENCH_DIRECT") == "" {
 		t.Log("set BLK_BENCH_DIRECT=1 to also compare O_DIRECT on a loop device")
 	} else if out, err := exec.Command("losetup", "-f", "--show", disk).CombinedOutput(); err == nil {
 		loop := strings.TrimSpace(string(out))
 		defer exec.Command("losetup", "-d", loop).Run()
-		modes = append(modes, mode{"loop block device, O_DIRECT (direct=on / cache=none)", loop, true})
+		modes = append(modes, mode{"loop block device, O_DIRECT (direct=on / cache=none)", loop, true, fileSteps, fileMetrics})
 	} else {
 		t.Logf("no loop device: %v %s", err, out)
 	}
@@ -248,18 +312,18 @@ func TestBlkBench(t *testing.T) {
 		qs, os_ := saved.QEMU, saved.Ours
 		for i := len(os_); i < runs; i++ {
 			if len(qs) == i {
-				qs = append(qs, run(t, fmt.Sprintf("qemu (%d/%d) %s", i+1, runs, md.name), qemu(md.disk, md.direct)))
+				qs = append(qs, run(t, fmt.Sprintf("qemu (%d/%d) %s", i+1, runs, md.name), qemu(md.disk, md.direct, md.steps)))
 				if err := bench.SaveRuns(key, pairs{QEMU: qs, Ours: os_}); err != nil {
 					t.Fatal(err)
 				}
 			}
-			os_ = append(os_, run(t, fmt.Sprintf("stratovirt (%d/%d) %s", i+1, runs, md.name), ours(md.disk, md.direct)))
+			os_ = append(os_, run(t, fmt.Sprintf("stratovirt (%d/%d) %s", i+1, runs, md.name), ours(md.disk, md.direct, md.steps)))
 			if err := bench.SaveRuns(key, pairs{QEMU: qs, Ours: os_}); err != nil {
 				t.Fatal(err)
 			}
 		}
 		fmt.Fprintf(&table, "\n%s (median of %d runs each)\n\n| workload | stratovirt-go IOPS | QEMU IOPS | ratio |\n|---|---:|---:|---:|\n", md.name, runs)
-		for _, m := range metrics {
+		for _, m := range md.metrics {
 			o, q := samples(os_, m.key), samples(qs, m.key)
 			a, b := bench.Summarize("", o).Median, bench.Summarize("", q).Median
 			ratio := 0.0
