@@ -134,6 +134,7 @@ func Process(def Action) Filter {
 		allow("fstat", unix.SYS_FSTAT),
 		allow("newfstatat", unix.SYS_NEWFSTATAT),
 		allow("statx", unix.SYS_STATX),
+		allow("preadv2", unix.SYS_PREADV2), // a plugged disk's RWF_NOWAIT probe
 		allow("fallocate", unix.SYS_FALLOCATE),
 		allow("ftruncate", unix.SYS_FTRUNCATE),
 		allow("unlinkat", unix.SYS_UNLINKAT),

@@ -15,9 +15,10 @@ import (
 // it: the loop queues every request it pops, submits them in one call,
 // and completes them as the ring reports them (on the done eventfd), so a
 // guest's queue depth reaches the disk. Everything else (buffered writes,
-// GET_ID, discard, write-zeroes, unaligned O_DIRECT buffers, a request
-// the ring cannot take, a ring that could not be set up) is served
-// synchronously as before. Requests in flight are waited for before the queue is reset
+// buffered reads on a file system without non-blocking reads, GET_ID,
+// discard, write-zeroes, unaligned O_DIRECT buffers, a request the ring
+// cannot take, a ring that could not be set up) is served synchronously
+// as before. Requests in flight are waited for before the queue is reset
 // and before the file behind the device changes (replace.go).
 
 // useRing turns the rings off (tests cover both paths).
@@ -76,6 +77,10 @@ func (b *Block) start(s int, head uint16, r *Request) bool {
 	switch r.Type {
 	case TypeIn, TypeOut:
 		if b.checkRW(r) != StatusOK || (be.direct && !be.aligned(r.Data)) || len(r.Data) > iovMax {
+			return false
+		}
+		if !be.direct && r.Type == TypeIn && !be.nowaitRead {
+			// Every read would go to a worker thread (see nowaitRead).
 			return false
 		}
 		if r.Type == TypeOut && !be.direct {

@@ -2,6 +2,7 @@ package blk
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -155,6 +156,9 @@ func inflight(t *testing.T, r *rig, n int) {
 	t.Helper()
 	b := r.dev
 	b.loop.Call(func() {
+		// Where TMPDIR is a tmpfs, buffered reads would be served
+		// synchronously (nowaitRead); the ring takes them all the same.
+		b.be.nowaitRead = true
 		for {
 			ok, err := b.q.Pop(&b.chain)
 			if err != nil || !ok {
@@ -217,4 +221,87 @@ func TestUnplugInFlight(t *testing.T) {
 			}
 		}
 	}()
+}
+
+// TestRingPolicy: which requests go through the ring. Buffered writes and
+// buffered reads on a file system without non-blocking reads would only
+// be handed to the kernel's worker threads, so they stay synchronous.
+func TestRingPolicy(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		direct     bool
+		nowaitRead bool
+		typ        uint32
+		queued     bool
+	}{
+		{"buffered read, non-blocking reads", false, true, TypeIn, true},
+		{"buffered read, no non-blocking reads", false, false, TypeIn, false},
+		{"buffered write", false, true, TypeOut, false},
+		{"buffered flush", false, false, TypeFlush, true},
+		{"direct read", true, false, TypeIn, true},
+		{"direct write", true, false, TypeOut, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, Config{ID: "d", Path: writeDisk(t, make([]byte, 64<<10)), Direct: tc.direct}, nil, 0)
+			wantRing(t, r.dev)
+			b := r.dev
+			b.loop.Call(func() { b.be.nowaitRead = tc.nowaitRead })
+			st := r.drv.Alloc(1, 1)
+			bufs := []vt.Buf{{Addr: r.header(tc.typ, 0), Len: 16}}
+			if tc.typ != TypeFlush {
+				bufs = append(bufs, vt.Buf{Addr: r.drv.Alloc(4096, 4096), Len: 4096, Write: tc.typ == TypeIn})
+			}
+			r.drv.AddChain(append(bufs, vt.Buf{Addr: st, Len: 1, Write: true})...)
+			var queued bool
+			b.loop.Call(func() {
+				if ok, err := b.q.Pop(&b.chain); !ok || err != nil {
+					t.Errorf("pop: %v %v", ok, err)
+					return
+				}
+				written, done := b.handle(&b.chain)
+				queued = !done
+				if done {
+					if err := b.q.Push(b.chain.Head, written); err != nil {
+						t.Error(err)
+					}
+				}
+				b.submit()
+				b.signal()
+			})
+			if queued != tc.queued {
+				t.Errorf("queued on the ring: %v, want %v", queued, tc.queued)
+			}
+			if s := r.wait(1); len(s) != 1 || r.status(st) != StatusOK {
+				t.Errorf("completion %v, status %d", s, r.status(st))
+			}
+		})
+	}
+}
+
+// TestNowaitProbe: the probe matches what the file system answers a
+// non-blocking read, and an empty file is not asked.
+func TestNowaitProbe(t *testing.T) {
+	if probeNowaitRead(-1, 0) {
+		t.Error("an empty file probed as non-blocking")
+	}
+	dirs := []string{t.TempDir()}
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		dirs = append(dirs, "/dev/shm")
+	}
+	for _, dir := range dirs {
+		f, err := os.CreateTemp(dir, "probe")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.Remove(f.Name())
+		defer f.Close()
+		f.Write(make([]byte, 4096))
+		var one [1]byte
+		_, err = unix.Preadv2(int(f.Fd()), [][]byte{one[:]}, 0, unix.RWF_NOWAIT)
+		want := !errors.Is(err, unix.EOPNOTSUPP)
+		if got := probeNowaitRead(int(f.Fd()), 4096); got != want {
+			t.Errorf("%s: probe %v, want %v (preadv2 RWF_NOWAIT: %v)", dir, got, want, err)
+		}
+		t.Logf("%s: non-blocking reads %v", dir, want)
+	}
 }

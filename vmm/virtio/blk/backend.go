@@ -23,6 +23,10 @@ type backend struct {
 	discard  bool // fallocate(PUNCH_HOLE) works
 	bounce   []byte
 	ring     *uring.Ring // nil: synchronous I/O (aio.go)
+	// nowaitRead: the file system reads cached pages without blocking
+	// when asked (RWF_NOWAIT), so io_uring serves a cached read inside
+	// the submitting call instead of handing it to a worker thread.
+	nowaitRead bool
 }
 
 // maxBounce is the largest bounce buffer kept between requests.
@@ -59,6 +63,8 @@ func openBackend(path string, readOnly, direct bool) (*backend, error) {
 	b.size = uint64(end)
 	if direct {
 		b.probeDirectAlign()
+	} else {
+		b.nowaitRead = probeNowaitRead(b.fd, b.size)
 	}
 	if !readOnly && !b.blockDev {
 		// Punching a hole past the end with KEEP_SIZE changes nothing and
@@ -87,6 +93,18 @@ func (b *backend) probeDirectAlign() {
 			b.memAlign, b.offAlign = uint64(n), uint64(n)
 		}
 	}
+}
+
+// probeNowaitRead reports whether fd's file system supports non-blocking
+// buffered reads (FMODE_NOWAIT; tmpfs, for one, does not). An empty file
+// is asked nothing.
+func probeNowaitRead(fd int, size uint64) bool {
+	if size == 0 {
+		return false
+	}
+	var one [1]byte
+	_, err := unix.Preadv2(fd, [][]byte{one[:]}, 0, unix.RWF_NOWAIT)
+	return err == nil || errors.Is(err, unix.EAGAIN)
 }
 
 // blockSize is the logical block size offered to the guest.
