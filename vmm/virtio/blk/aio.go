@@ -41,6 +41,13 @@ func (b *Block) openRing(be *backend) {
 	if !useRing || b.done < 0 {
 		return
 	}
+	if !be.direct && !be.nowaitRead {
+		// A buffered file whose reads cannot be served inline (tmpfs):
+		// the ring would only hand its flushes to kernel worker threads,
+		// at more than the cost of fdatasync on such a file system.
+		log.L.Debugf("virtio-blk %s: synchronous I/O: no non-blocking buffered reads", b.cfg.ID)
+		return
+	}
 	r, err := uring.New(QueueSize, be.fd, b.done)
 	if err != nil {
 		log.L.Debugf("virtio-blk %s: synchronous I/O: %v", b.cfg.ID, err)

@@ -36,10 +36,16 @@ func wantRing(t *testing.T, b *Block) {
 	if !useRing {
 		return
 	}
-	var has bool
-	b.loop.Call(func() { has = b.be != nil && b.be.ring != nil })
+	var has, noRing bool
+	b.loop.Call(func() {
+		has = b.be != nil && b.be.ring != nil
+		noRing = b.be != nil && !b.be.direct && !b.be.nowaitRead
+	})
 	if has {
 		return
+	}
+	if noRing {
+		t.Skip("a buffered disk on a file system without non-blocking reads gets no ring")
 	}
 	f, err := os.Create(filepath.Join(t.TempDir(), "probe"))
 	if err != nil {
@@ -303,5 +309,29 @@ func TestNowaitProbe(t *testing.T) {
 			t.Errorf("%s: probe %v, want %v (preadv2 RWF_NOWAIT: %v)", dir, got, want, err)
 		}
 		t.Logf("%s: non-blocking reads %v", dir, want)
+	}
+}
+
+// TestNoRingWithoutNowait: a buffered disk on a file system that cannot
+// read without blocking (tmpfs here) gets no ring at all.
+func TestNoRingWithoutNowait(t *testing.T) {
+	f, err := os.CreateTemp("/dev/shm", "blk-nowait")
+	if err != nil {
+		t.Skip(err)
+	}
+	defer os.Remove(f.Name())
+	f.Write(make([]byte, 64<<10))
+	f.Close()
+	r := newRig(t, Config{ID: "d", Path: f.Name()}, nil, 0)
+	var nowait, ring bool
+	r.dev.loop.Call(func() { nowait, ring = r.dev.be.nowaitRead, r.dev.be.ring != nil })
+	if nowait {
+		t.Skip("/dev/shm reads without blocking on this kernel")
+	}
+	if ring {
+		t.Error("a ring for a buffered disk on tmpfs")
+	}
+	if st, _ := r.request(TypeIn, 0, make([]byte, 4096), 4096, false); st != StatusOK {
+		t.Errorf("read: status %d", st)
 	}
 }
