@@ -38,7 +38,7 @@ type aioReq struct {
 
 // openRing gives be a ring that signals done, or leaves it synchronous.
 func (b *Block) openRing(be *backend) {
-	if !useRing || b.done < 0 {
+	if !useRing {
 		return
 	}
 	if !be.direct && !be.nowaitRead {
@@ -216,20 +216,6 @@ func (b *Block) finishSync(a *aioReq, done uint64) (uint8, uint32) {
 		return StatusIOErr, 1
 	}
 	return StatusOK, a.used
-}
-
-// skip returns bufs without their first n bytes.
-func skip(bufs [][]byte, n uint64) [][]byte {
-	out := make([][]byte, 0, len(bufs))
-	for _, d := range bufs {
-		if n >= uint64(len(d)) {
-			n -= uint64(len(d))
-			continue
-		}
-		out = append(out, d[n:])
-		n = 0
-	}
-	return out
 }
 
 // drain waits for every request in flight on be's ring. With the queue

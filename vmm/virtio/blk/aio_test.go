@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -333,5 +334,27 @@ func TestNoRingWithoutNowait(t *testing.T) {
 	}
 	if st, _ := r.request(TypeIn, 0, make([]byte, 4096), 4096, false); st != StatusOK {
 		t.Errorf("read: status %d", st)
+	}
+}
+
+// TestSkip: the short-transfer step rwFull and finishSync share.
+func TestSkip(t *testing.T) {
+	a, b, c := []byte("abcd"), []byte{}, []byte("ef")
+	for _, tc := range []struct {
+		n    uint64
+		want string
+	}{{0, "abcd|ef"}, {2, "cd|ef"}, {4, "ef"}, {5, "f"}, {6, ""}, {9, ""}} {
+		var got []string
+		for _, s := range skip([][]byte{a, b, c}, tc.n) {
+			if len(s) > 0 {
+				got = append(got, string(s))
+			}
+		}
+		if g := strings.Join(got, "|"); g != tc.want {
+			t.Errorf("skip %d: %q, want %q", tc.n, g, tc.want)
+		}
+	}
+	if string(a) != "abcd" {
+		t.Error("skip changed its input")
 	}
 }

@@ -225,20 +225,22 @@ func rwFull(fd int, bufs [][]byte, off uint64, write bool) error {
 			return nil
 		}
 		off += uint64(n)
-		for n > 0 && len(bufs) > 0 {
-			if n >= len(bufs[0]) {
-				n -= len(bufs[0])
-				bufs = bufs[1:]
-				continue
-			}
-			bufs = append([][]byte{bufs[0][n:]}, bufs[1:]...)
-			n = 0
-		}
-		for len(bufs) > 0 && len(bufs[0]) == 0 {
-			bufs = bufs[1:]
-		}
+		bufs = skip(bufs, uint64(n))
 	}
 	return nil
+}
+
+// skip returns bufs without their first n bytes (and without empty
+// buffers); it copies only when it has to cut into a buffer.
+func skip(bufs [][]byte, n uint64) [][]byte {
+	for len(bufs) > 0 && n >= uint64(len(bufs[0])) {
+		n -= uint64(len(bufs[0]))
+		bufs = bufs[1:]
+	}
+	if n > 0 && len(bufs) > 0 {
+		bufs = append([][]byte{bufs[0][n:]}, bufs[1:]...)
+	}
+	return bufs
 }
 
 func (b *backend) flush() error { return unix.Fdatasync(b.fd) }
