@@ -252,6 +252,36 @@ func TestTrim(t *testing.T) {
 	}
 }
 
+// fileDir is where the file rows' disk goes: BLK_BENCH_DIR if set, else
+// tmpfs (/dev/shm), where the shim keeps its container images (its
+// work_dir, /run/stratovirt, is tmpfs on common hosts), else the test's
+// temporary directory. It returns the directory and its file system's
+// type as stat -f names it.
+func fileDir(t *testing.T) (string, string) {
+	parent := os.Getenv("BLK_BENCH_DIR")
+	if parent == "" && fsTypeOf("/dev/shm") == "tmpfs" {
+		parent = "/dev/shm"
+	}
+	dir := t.TempDir()
+	if parent != "" {
+		d, err := os.MkdirTemp(parent, "blk-bench-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(d) })
+		dir = d
+	}
+	return dir, fsTypeOf(dir)
+}
+
+func fsTypeOf(path string) string {
+	out, err := exec.Command("stat", "-f", "-c", "%T", path).Output()
+	if err != nil {
+		return "unknown file system"
+	}
+	return strings.TrimSpace(string(out))
+}
+
 func TestBlkBench(t *testing.T) {
 	if os.Getenv("BLK_BENCH") == "" {
 		t.Skip("set BLK_BENCH=1 to run the virtio-blk benchmark")
@@ -260,7 +290,7 @@ func TestBlkBench(t *testing.T) {
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		t.Skip("qemu-system-x86_64 not installed")
 	}
-	dir := t.TempDir()
+	dir, fsType := fileDir(t)
 	disk := filepath.Join(dir, "bench.img")
 	if err := os.WriteFile(disk, make([]byte, 256<<20), 0o644); err != nil {
 		t.Fatal(err)
@@ -272,7 +302,7 @@ func TestBlkBench(t *testing.T) {
 		steps   string
 		metrics []metric
 	}
-	modes := []mode{{"file, host page cache (direct=off / cache=writeback)", disk, false, fileSteps, fileMetrics}}
+	modes := []mode{{"file on " + fsType + ", host page cache (direct=off / cache=writeback)", disk, false, fileSteps, fileMetrics}}
 	if os.Getenv("BLK_BENCH_SLOW") == "0" {
 		t.Log("BLK_BENCH_SLOW=0: no slow-disk rows")
 	} else if dev, unload, err := slowDisk(); err != nil {

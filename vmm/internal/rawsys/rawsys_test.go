@@ -3,6 +3,8 @@ package rawsys
 import (
 	"bytes"
 	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -150,3 +152,63 @@ func TestEpollWaitNow(t *testing.T) {
 		t.Errorf("EpollWaitNow(-1): %v, want EBADF", err)
 	}
 }
+
+// TestPositioned: preadv and pwritev at offsets, past 4 GiB too (the
+// offset's two words), with more buffers than fit on the stack, and
+// fdatasync; the results match what the file holds.
+func TestPositioned(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "file"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	var out [][]byte
+	var want []byte
+	for i := range 40 {
+		b := bytes.Repeat([]byte{byte(i + 1)}, i%5)
+		out = append(out, b)
+		want = append(want, b...)
+	}
+	for _, off := range []int64{0, 4093, 5 << 30} {
+		if n, err := Pwritev(fd, out, off); n != len(want) || err != nil {
+			t.Fatalf("Pwritev at %d: %d, %v; want %d", off, n, err, len(want))
+		}
+		got := make([]byte, len(want))
+		if _, err := f.ReadAt(got, off); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("file at %d after Pwritev: %v, equal %v", off, err, bytes.Equal(got, want))
+		}
+		in := [][]byte{make([]byte, 3), {}, make([]byte, len(want))}
+		n, err := Preadv(fd, in, off)
+		if n != len(want) || err != nil {
+			t.Fatalf("Preadv at %d: %d, %v; want %d", off, n, err, len(want))
+		}
+		if got := append(append([]byte{}, in[0]...), in[2][:n-3]...); !bytes.Equal(got, want) {
+			t.Fatalf("Preadv at %d read other bytes", off)
+		}
+	}
+	if n, err := Preadv(fd, [][]byte{make([]byte, 8)}, 6<<30); n != 0 || err != nil {
+		t.Errorf("Preadv past the end: %d, %v; want 0, nil", n, err)
+	}
+	if err := Fdatasync(fd); err != nil {
+		t.Errorf("Fdatasync: %v", err)
+	}
+	for name, err := range map[string]error{
+		"Fdatasync(-1)":       Fdatasync(-1),
+		"Preadv(-1)":          second(Preadv(-1, [][]byte{make([]byte, 1)}, 0)),
+		"Pwritev, offset -1":  second(Pwritev(fd, out, -1)),
+		"Pwritev, 1025 bufs":  second(Pwritev(fd, make([][]byte, 1025), 0)),
+		"Preadv, no buffers":  second(Preadv(fd, nil, 0)),
+		"Pwritev, empty bufs": second(Pwritev(fd, [][]byte{{}, {}}, 0)),
+	} {
+		want := map[string]error{
+			"Fdatasync(-1)": unix.EBADF, "Preadv(-1)": unix.EBADF,
+			"Pwritev, offset -1": unix.EINVAL, "Pwritev, 1025 bufs": unix.EINVAL,
+		}[name]
+		if !errors.Is(err, want) && !(want == nil && err == nil) {
+			t.Errorf("%s: %v, want %v", name, err, want)
+		}
+	}
+}
+
+func second(_ int, err error) error { return err }

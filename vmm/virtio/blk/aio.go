@@ -17,8 +17,9 @@ import (
 // guest's queue depth reaches the disk. Everything else (buffered writes,
 // buffered reads on a file system without non-blocking reads, GET_ID,
 // discard, write-zeroes, unaligned O_DIRECT buffers, a request the ring
-// cannot take, a ring that could not be set up) is served synchronously
-// as before. Requests in flight are waited for before the queue is reset
+// cannot take, a ring that could not be set up, and every request to a
+// file in memory, where each is a copy done at once) is served
+// synchronously. Requests in flight are waited for before the queue is reset
 // and before the file behind the device changes (replace.go).
 
 // useRing turns the rings off (tests cover both paths).
@@ -41,10 +42,16 @@ func (b *Block) openRing(be *backend) {
 	if !useRing {
 		return
 	}
+	if be.inMemory {
+		// Every request is a memory copy, done at once (tmpfs cannot even
+		// read without blocking when asked, so the ring would hand its
+		// requests to kernel worker threads).
+		log.L.Debugf("virtio-blk %s: synchronous I/O: the file is in memory", b.cfg.ID)
+		return
+	}
 	if !be.direct && !be.nowaitRead {
-		// A buffered file whose reads cannot be served inline (tmpfs):
-		// the ring would only hand its flushes to kernel worker threads,
-		// at more than the cost of fdatasync on such a file system.
+		// A buffered file whose reads cannot be served inline: the ring
+		// would only hand its flushes to kernel worker threads.
 		log.L.Debugf("virtio-blk %s: synchronous I/O: no non-blocking buffered reads", b.cfg.ID)
 		return
 	}
@@ -209,7 +216,7 @@ func (b *Block) finishSync(a *aioReq, done uint64) (uint8, uint32) {
 		err = b.be.flush()
 	default:
 		rest := skip(a.data, done)
-		err = rwFull(b.be.fd, rest, a.off+done, a.typ == TypeOut)
+		err = b.be.rw(rest, a.off+done, a.typ == TypeOut)
 	}
 	if err != nil {
 		log.L.Warnf("virtio-blk %s: request %d of %d bytes at %d: %v", b.cfg.ID, a.typ, a.len, a.off, err)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -40,13 +41,13 @@ func wantRing(t *testing.T, b *Block) {
 	var has, noRing bool
 	b.loop.Call(func() {
 		has = b.be != nil && b.be.ring != nil
-		noRing = b.be != nil && !b.be.direct && !b.be.nowaitRead
+		noRing = b.be != nil && (b.be.inMemory || !b.be.direct && !b.be.nowaitRead)
 	})
 	if has {
 		return
 	}
 	if noRing {
-		t.Skip("a buffered disk on a file system without non-blocking reads gets no ring")
+		t.Skip("a disk in memory, or a buffered disk on a file system without non-blocking reads, gets no ring")
 	}
 	f, err := os.Create(filepath.Join(t.TempDir(), "probe"))
 	if err != nil {
@@ -313,31 +314,82 @@ func TestNowaitProbe(t *testing.T) {
 	}
 }
 
-// TestNoRingWithoutNowait: a buffered disk on a file system that cannot
-// read without blocking (tmpfs here) gets no ring at all.
-func TestNoRingWithoutNowait(t *testing.T) {
-	f, err := os.CreateTemp("/dev/shm", "blk-nowait")
+// TestInMemory: a disk on tmpfs is found to be in memory and gets no
+// ring, buffered or direct; its reads, writes and flushes (made with raw
+// system calls) reach the file. A disk elsewhere is in memory only where
+// its file system is tmpfs or ramfs.
+func TestInMemory(t *testing.T) {
+	if inMemory(-1) {
+		t.Error("a closed descriptor is in memory")
+	}
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
 	if err != nil {
-		t.Skip(err)
+		t.Fatal(err)
 	}
-	defer os.Remove(f.Name())
-	f.Write(make([]byte, 64<<10))
-	f.Close()
-	r := newRig(t, Config{ID: "d", Path: f.Name()}, nil, 0)
-	var nowait, ring bool
-	r.dev.loop.Call(func() { nowait, ring = r.dev.be.nowaitRead, r.dev.be.ring != nil })
-	if nowait {
-		t.Skip("/dev/shm reads without blocking on this kernel")
+	defer unix.Close(efd)
+	if inMemory(efd) {
+		t.Error("an eventfd is in memory")
 	}
-	if ring {
-		t.Error("a ring for a buffered disk on tmpfs")
+	if tmp := writeDisk(t, make([]byte, 4096)); tmpfs(t, tmp) != isInMemory(t, tmp) {
+		t.Errorf("%s: in memory %v, but stat -f says tmpfs %v", tmp, isInMemory(t, tmp), tmpfs(t, tmp))
 	}
-	if st, _ := r.request(TypeIn, 0, make([]byte, 4096), 4096, false); st != StatusOK {
-		t.Errorf("read: status %d", st)
+	for _, direct := range []bool{false, true} {
+		f, err := os.CreateTemp("/dev/shm", "blk-mem")
+		if err != nil {
+			t.Skip(err)
+		}
+		defer os.Remove(f.Name())
+		f.Write(make([]byte, 64<<10))
+		f.Close()
+		if !tmpfs(t, f.Name()) {
+			t.Skip("/dev/shm is not tmpfs here")
+		}
+		r := newRig(t, Config{ID: "d", Path: f.Name(), Direct: direct}, nil, 0)
+		var mem, ring bool
+		r.dev.loop.Call(func() { mem, ring = r.dev.be.inMemory, r.dev.be.ring != nil })
+		if !mem || ring {
+			t.Errorf("direct=%v: in memory %v, ring %v; want true, false", direct, mem, ring)
+		}
+		data := bytes.Repeat([]byte("memdisk!"), 1024)
+		if st, _ := r.request(TypeOut, 8, data, len(data), false); st != StatusOK {
+			t.Fatalf("direct=%v: write: status %d", direct, st)
+		}
+		if st, _ := r.request(TypeFlush, 0, nil, 1, false); st != StatusOK {
+			t.Fatalf("direct=%v: flush: status %d", direct, st)
+		}
+		got := make([]byte, len(data))
+		if st, _ := r.request(TypeIn, 8, got, len(data), false); st != StatusOK || !bytes.Equal(got, data) {
+			t.Fatalf("direct=%v: read back: status %d, equal %v", direct, st, bytes.Equal(got, data))
+		}
+		disk, err := os.ReadFile(f.Name())
+		if err != nil || !bytes.Equal(disk[8*SectorSize:8*SectorSize+len(data)], data) {
+			t.Fatalf("direct=%v: file after the write: %v", direct, err)
+		}
 	}
 }
 
-// TestSkip: the short-transfer step rwFull and finishSync share.
+// tmpfs reports what the mount table says of path's file system.
+func tmpfs(t *testing.T, path string) bool {
+	t.Helper()
+	out, err := exec.Command("stat", "-f", "-c", "%T", path).Output()
+	if err != nil {
+		t.Skipf("stat -f %s: %v", path, err)
+	}
+	fs := strings.TrimSpace(string(out))
+	return fs == "tmpfs" || fs == "ramfs"
+}
+
+func isInMemory(t *testing.T, path string) bool {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	return inMemory(int(f.Fd()))
+}
+
+// TestSkip: the short-transfer step rw and finishSync share.
 func TestSkip(t *testing.T) {
 	a, b, c := []byte("abcd"), []byte{}, []byte("ef")
 	for _, tc := range []struct {

@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/stratovirt-go/stratovirt/vmm/internal/rawsys"
 	"github.com/stratovirt-go/stratovirt/vmm/internal/uring"
 )
 
@@ -27,6 +28,13 @@ type backend struct {
 	// when asked (RWF_NOWAIT), so io_uring serves a cached read inside
 	// the submitting call instead of handing it to a worker thread.
 	nowaitRead bool
+	// inMemory: the file lives in memory (tmpfs, ramfs; the shim's images
+	// under /run), so no read, write or flush of it waits for a device.
+	// Its I/O is made without the Go runtime's system-call bookkeeping
+	// (rawsys), which would wake the runtime's sysmon thread on each
+	// request; a file a device backs keeps ordinary calls, so that a hung
+	// disk cannot stall the process's stop-the-world pauses.
+	inMemory bool
 }
 
 // maxBounce is the largest bounce buffer kept between requests.
@@ -61,6 +69,7 @@ func openBackend(path string, readOnly, direct bool) (*backend, error) {
 		return nil, fmt.Errorf("size of disk %q: %w", path, err)
 	}
 	b.size = uint64(end)
+	b.inMemory = !b.blockDev && inMemory(b.fd)
 	if direct {
 		b.probeDirectAlign()
 	} else {
@@ -105,6 +114,17 @@ func probeNowaitRead(fd int, size uint64) bool {
 	var one [1]byte
 	_, err := unix.Preadv2(fd, [][]byte{one[:]}, 0, unix.RWF_NOWAIT)
 	return err == nil || errors.Is(err, unix.EAGAIN)
+}
+
+// inMemory reports whether fd's file system keeps its files in memory
+// only (tmpfs, ramfs). A tmpfs page swapped out is read back from swap,
+// but a host that waits on its swap device is stalled anyway.
+func inMemory(fd int) bool {
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(fd, &st); err != nil {
+		return false
+	}
+	return st.Type == unix.TMPFS_MAGIC || st.Type == unix.RAMFS_MAGIC
 }
 
 // blockSize is the logical block size offered to the guest.
@@ -161,14 +181,14 @@ func (b *backend) buffer(n uint64) ([]byte, func(), error) {
 // as zero.
 func (b *backend) readAt(bufs [][]byte, off uint64, total uint64) error {
 	if !b.direct || b.aligned(bufs) {
-		return rwFull(b.fd, bufs, off, false)
+		return b.rw(bufs, off, false)
 	}
 	tmp, release, err := b.buffer(total)
 	if err != nil {
 		return err
 	}
 	defer release()
-	if err := rwFull(b.fd, [][]byte{tmp}, off, false); err != nil {
+	if err := b.rw([][]byte{tmp}, off, false); err != nil {
 		return err
 	}
 	for _, s := range bufs {
@@ -180,7 +200,7 @@ func (b *backend) readAt(bufs [][]byte, off uint64, total uint64) error {
 // writeAt writes bufs at offset off.
 func (b *backend) writeAt(bufs [][]byte, off uint64, total uint64) error {
 	if !b.direct || b.aligned(bufs) {
-		return rwFull(b.fd, bufs, off, true)
+		return b.rw(bufs, off, true)
 	}
 	tmp, release, err := b.buffer(total)
 	if err != nil {
@@ -191,23 +211,28 @@ func (b *backend) writeAt(bufs [][]byte, off uint64, total uint64) error {
 	for _, s := range bufs {
 		p = p[copy(p, s):]
 	}
-	return rwFull(b.fd, [][]byte{tmp}, off, true)
+	return b.rw([][]byte{tmp}, off, true)
 }
 
 // iovMax bounds the buffers per preadv/pwritev call (UIO_MAXIOV).
 const iovMax = 1024
 
-// rwFull transfers all of bufs at off, retrying short transfers. A read
-// that reaches end of file zero-fills the rest.
-func rwFull(fd int, bufs [][]byte, off uint64, write bool) error {
+// rw transfers all of bufs at off, retrying short transfers. A read that
+// reaches end of file zero-fills the rest.
+func (b *backend) rw(bufs [][]byte, off uint64, write bool) error {
 	for len(bufs) > 0 {
 		batch := bufs[:min(len(bufs), iovMax)]
 		var n int
 		var err error
-		if write {
-			n, err = unix.Pwritev(fd, batch, int64(off))
-		} else {
-			n, err = unix.Preadv(fd, batch, int64(off))
+		switch {
+		case write && b.inMemory:
+			n, err = rawsys.Pwritev(b.fd, batch, int64(off))
+		case b.inMemory:
+			n, err = rawsys.Preadv(b.fd, batch, int64(off))
+		case write:
+			n, err = unix.Pwritev(b.fd, batch, int64(off))
+		default:
+			n, err = unix.Preadv(b.fd, batch, int64(off))
 		}
 		if errors.Is(err, unix.EINTR) {
 			continue
@@ -243,7 +268,12 @@ func skip(bufs [][]byte, n uint64) [][]byte {
 	return bufs
 }
 
-func (b *backend) flush() error { return unix.Fdatasync(b.fd) }
+func (b *backend) flush() error {
+	if b.inMemory {
+		return rawsys.Fdatasync(b.fd)
+	}
+	return unix.Fdatasync(b.fd)
+}
 
 // discardRange deallocates [off, off+n); it reads back as zeroes. Discard
 // is advisory, so a backend that cannot do it still succeeds.
@@ -279,7 +309,7 @@ func (b *backend) zeroRange(off, n uint64, unmap bool) error {
 	clear(buf)
 	for n > 0 {
 		k := min(n, uint64(len(buf)))
-		if err := rwFull(b.fd, [][]byte{buf[:k]}, off, true); err != nil {
+		if err := b.rw([][]byte{buf[:k]}, off, true); err != nil {
 			return err
 		}
 		off += k
