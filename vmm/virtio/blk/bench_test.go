@@ -1,6 +1,7 @@
 package blk
 
 import (
+	"os"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -17,9 +18,32 @@ type benchRig struct {
 	hdrIn, hdrOut, data, st uint64
 }
 
-func newBenchRig(b *testing.B) *benchRig {
+// newBenchRig's disk is a 1 MiB file in the test's temporary directory,
+// or on tmpfs (/dev/shm) when inMemory is set.
+func newBenchRig(b *testing.B, inMemory bool) *benchRig {
 	b.Helper()
-	r := newRig(b, Config{ID: "bench"}, make([]byte, 1<<20), 0)
+	cfg := Config{ID: "bench"}
+	if inMemory {
+		f, err := os.CreateTemp("/dev/shm", "blk-bench")
+		if err != nil {
+			b.Skip(err)
+		}
+		b.Cleanup(func() { os.Remove(f.Name()) })
+		_, err = f.Write(make([]byte, 1<<20))
+		f.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+		cfg.Path = f.Name()
+	}
+	r := newRig(b, cfg, make([]byte, 1<<20), 0)
+	if inMemory {
+		var mem bool
+		r.dev.loop.Call(func() { mem = r.dev.be.inMemory })
+		if !mem {
+			b.Skip("/dev/shm is not tmpfs here")
+		}
+	}
 	irqfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC) // blocking reads
 	if err != nil {
 		b.Fatal(err)
@@ -56,37 +80,50 @@ func (r *benchRig) complete(b *testing.B) {
 }
 
 type benchMode struct {
-	name        string
-	write, ring bool
+	name                  string
+	write, ring, inMemory bool
 }
 
 // benchModes are the request kinds each benchmark runs, each through the
-// disk's io_uring and synchronously.
+// disk's io_uring and synchronously, and with the file in memory (tmpfs:
+// synchronous, raw system calls).
 func benchModes() []benchMode {
 	var m []benchMode
-	for _, ring := range []bool{true, false} {
+	for _, where := range []string{"io_uring", "sync", "tmpfs"} {
 		for _, write := range []bool{false, true} {
-			name := map[bool]string{false: "read", true: "write"}[write] + map[bool]string{true: "/io_uring", false: "/sync"}[ring]
-			m = append(m, benchMode{name, write, ring})
+			name := map[bool]string{false: "read/", true: "write/"}[write] + where
+			m = append(m, benchMode{name, write, where == "io_uring", where == "tmpfs"})
 		}
 	}
 	return m
 }
 
+// switches is the process's context switches so far, voluntary or not.
+func switches(b *testing.B) int64 {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return ru.Nvcsw + ru.Nivcsw
+}
+
 // BenchmarkRequestQD1 is the whole queue-depth-1 round trip the guest
 // sees: post a 4 KiB request, kick the queue's eventfd, the event loop
 // serves it (pread/pwrite of a file in the page cache) and raises the
-// interrupt eventfd the "guest" is blocked on.
+// interrupt eventfd the "guest" is blocked on. switches/op counts the
+// whole process's context switches.
 func BenchmarkRequestQD1(b *testing.B) {
 	for _, tc := range benchModes() {
 		b.Run(tc.name, func(b *testing.B) {
 			useRing = tc.ring
 			b.Cleanup(func() { useRing = true })
-			r := newBenchRig(b)
+			r := newBenchRig(b, tc.inMemory)
 			one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
 			var buf [8]byte
 			b.ReportAllocs()
 			b.ResetTimer()
+			sw := switches(b)
+			defer func() { b.ReportMetric(float64(switches(b)-sw)/float64(b.N), "switches/op") }()
 			for range b.N {
 				r.post(tc.write)
 				if _, err := unix.Write(r.kick, one); err != nil {
@@ -116,7 +153,7 @@ func BenchmarkProcess(b *testing.B) {
 		b.Run(tc.name, func(b *testing.B) {
 			useRing = false
 			b.Cleanup(func() { useRing = true })
-			r := newBenchRig(b)
+			r := newBenchRig(b, tc.inMemory)
 			var buf [8]byte
 			b.ReportAllocs()
 			b.ResetTimer()
