@@ -135,6 +135,7 @@ func Process(def Action) Filter {
 		allow("newfstatat", unix.SYS_NEWFSTATAT),
 		allow("statx", unix.SYS_STATX),
 		allow("preadv2", unix.SYS_PREADV2), // a plugged disk's RWF_NOWAIT probe
+		allow("fstatfs", unix.SYS_FSTATFS), // whether a plugged disk's file is in memory (tmpfs)
 		allow("fallocate", unix.SYS_FALLOCATE),
 		allow("ftruncate", unix.SYS_FTRUNCATE),
 		allow("unlinkat", unix.SYS_UNLINKAT),
