@@ -134,7 +134,7 @@ func Process(def Action) Filter {
 		allow("fstat", unix.SYS_FSTAT),
 		allow("newfstatat", unix.SYS_NEWFSTATAT),
 		allow("statx", unix.SYS_STATX),
-		allow("preadv2", unix.SYS_PREADV2), // a plugged disk's RWF_NOWAIT probe
+		allow("preadv2", unix.SYS_PREADV2), // RWF_NOWAIT: a plugged disk's probe, and every disk's reads from the page cache
 		allow("fstatfs", unix.SYS_FSTATFS), // whether a plugged disk's file is in memory (tmpfs)
 		allow("fallocate", unix.SYS_FALLOCATE),
 		allow("ftruncate", unix.SYS_FTRUNCATE),

@@ -12,8 +12,9 @@
 // handler, 1 without.
 //
 // Only for calls that cannot block for long: descriptors in non-blocking
-// mode, and files that live in memory (Preadv, Pwritev, Fdatasync; the
-// caller checks, virtio-blk with fstatfs). The calling thread keeps its P
+// mode, files that live in memory (Preadv, Pwritev, Fdatasync; the caller
+// checks, virtio-blk with fstatfs), and reads that ask not to wait for a
+// device (PreadvNowait). The calling thread keeps its P
 // for the whole call, so a call that blocked would hold up every
 // stop-the-world (garbage collection) of the process until it returned:
 // I/O on a file that a device backs (a disk, a network file system) stays
@@ -90,6 +91,15 @@ func Pwritev(fd int, bufs [][]byte, off int64) (int, error) {
 	return positioned(unix.SYS_PWRITEV, fd, bufs, off)
 }
 
+// PreadvNowait is preadv2(2) with RWF_NOWAIT on any file: it copies what
+// the page cache holds and fails with EAGAIN (or returns a short count)
+// rather than wait for a device. It is the attempt io_uring makes inline
+// before it hands a read to a worker thread. A file system without
+// non-blocking reads fails it with EOPNOTSUPP.
+func PreadvNowait(fd int, bufs [][]byte, off int64) (int, error) {
+	return positioned2(unix.SYS_PREADV2, fd, bufs, off, unix.RWF_NOWAIT)
+}
+
 // Fdatasync is fdatasync(2) on a file in memory (next to nothing to do).
 func Fdatasync(fd int) error {
 	_, _, e := unix.RawSyscall(unix.SYS_FDATASYNC, uintptr(fd), 0, 0)
@@ -110,6 +120,12 @@ func vectored(trap uintptr, fd int, bufs [][]byte) (int, error) {
 }
 
 func positioned(trap uintptr, fd int, bufs [][]byte, off int64) (int, error) {
+	return positioned2(trap, fd, bufs, off, 0)
+}
+
+// positioned2 makes the preadv/pwritev family's calls; flags is the
+// preadv2 flags argument (ignored by preadv and pwritev).
+func positioned2(trap uintptr, fd int, bufs [][]byte, off int64, flags int) (int, error) {
 	if off < 0 {
 		return 0, unix.EINVAL
 	}
@@ -120,7 +136,7 @@ func positioned(trap uintptr, fd int, bufs [][]byte, off int64) (int, error) {
 	}
 	// The offset is split in two words (pos_l, pos_h) as the kernel's
 	// preadv takes it; on 64-bit the high word is 0.
-	n, _, e := unix.RawSyscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)), uintptr(off), 0, 0)
+	n, _, e := unix.RawSyscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)), uintptr(off), 0, uintptr(flags))
 	return result(n, e)
 }
 

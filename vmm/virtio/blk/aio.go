@@ -12,7 +12,8 @@ import (
 
 // Asynchronous requests. Where the kernel has io_uring, each disk gets a
 // ring (package uring) and reads, flushes and O_DIRECT writes go through
-// it: the loop queues every request it pops, submits them in one call,
+// it (a buffered read the page cache holds is served before, at once:
+// backend.readCached): the loop queues every request it pops, submits them in one call,
 // and completes them as the ring reports them (on the done eventfd), so a
 // guest's queue depth reaches the disk. Everything else (buffered writes,
 // buffered reads on a file system without non-blocking reads, GET_ID,
@@ -24,6 +25,11 @@ import (
 
 // useRing turns the rings off (tests cover both paths).
 var useRing = true
+
+// readCachedFirst makes a buffered read try the page cache at once
+// (backend.readCached) before it goes to the ring or the synchronous
+// path; tests turn it off to put reads in flight on the ring.
+var readCachedFirst = true
 
 // aioReq is one request in flight on the ring.
 type aioReq struct {

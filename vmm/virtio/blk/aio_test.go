@@ -163,10 +163,9 @@ func TestTruncatedDisk(t *testing.T) {
 func inflight(t *testing.T, r *rig, n int) {
 	t.Helper()
 	b := r.dev
+	readCachedFirst = false
+	defer func() { readCachedFirst = true }()
 	b.loop.Call(func() {
-		// Where TMPDIR is a tmpfs, buffered reads would be served
-		// synchronously (nowaitRead); the ring takes them all the same.
-		b.be.nowaitRead = true
 		for {
 			ok, err := b.q.Pop(&b.chain)
 			if err != nil || !ok {
@@ -239,21 +238,26 @@ func TestRingPolicy(t *testing.T) {
 		name       string
 		direct     bool
 		nowaitRead bool
+		uncached   bool // the file's pages are dropped from the page cache first
 		typ        uint32
 		queued     bool
 	}{
-		{"buffered read, non-blocking reads", false, true, TypeIn, true},
-		{"buffered read, no non-blocking reads", false, false, TypeIn, false},
-		{"buffered write", false, true, TypeOut, false},
-		{"buffered flush", false, false, TypeFlush, true},
-		{"direct read", true, false, TypeIn, true},
-		{"direct write", true, false, TypeOut, true},
+		{"buffered read, non-blocking reads, cached", false, true, false, TypeIn, false},
+		{"buffered read, non-blocking reads, not cached", false, true, true, TypeIn, true},
+		{"buffered read, no non-blocking reads", false, false, false, TypeIn, false},
+		{"buffered write", false, true, false, TypeOut, false},
+		{"buffered flush", false, false, false, TypeFlush, true},
+		{"direct read", true, false, false, TypeIn, true},
+		{"direct write", true, false, false, TypeOut, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRig(t, Config{ID: "d", Path: writeDisk(t, make([]byte, 64<<10)), Direct: tc.direct}, nil, 0)
 			wantRing(t, r.dev)
 			b := r.dev
 			b.loop.Call(func() { b.be.nowaitRead = tc.nowaitRead })
+			if tc.uncached {
+				dropCache(t, b.be.fd)
+			}
 			st := r.drv.Alloc(1, 1)
 			bufs := []vt.Buf{{Addr: r.header(tc.typ, 0), Len: 16}}
 			if tc.typ != TypeFlush {
@@ -284,6 +288,87 @@ func TestRingPolicy(t *testing.T) {
 			}
 		})
 	}
+}
+
+// dropCache writes fd's file back and drops its pages from the page
+// cache, so that the next read of it waits for the disk.
+func dropCache(t *testing.T, fd int) {
+	t.Helper()
+	if err := unix.Fsync(fd); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Fadvise(fd, 0, 0, unix.FADV_DONTNEED); err != nil {
+		t.Fatal(err)
+	}
+	var one [1]byte
+	if _, err := unix.Preadv2(fd, [][]byte{one[:]}, 0, unix.RWF_NOWAIT); !errors.Is(err, unix.EAGAIN) {
+		t.Skipf("the file's first page is still cached after FADV_DONTNEED (preadv2 RWF_NOWAIT: %v)", err)
+	}
+}
+
+// TestReadCached: a buffered read the page cache holds is served at once
+// without the ring (used length and data as the guest expects), one it
+// does not hold goes to the ring, and a read across the end of the file
+// (a short non-blocking read) still reads zeroes past it.
+func TestReadCached(t *testing.T) {
+	disk := pattern(64<<10, 6)
+	r := newRig(t, Config{ID: "d"}, disk, 0)
+	wantRing(t, r.dev)
+	b := r.dev
+	serve := func() (done bool) {
+		b.loop.Call(func() {
+			if ok, err := b.q.Pop(&b.chain); !ok || err != nil {
+				t.Errorf("pop: %v %v", ok, err)
+				return
+			}
+			var written uint32
+			if written, done = b.handle(&b.chain); done {
+				if err := b.q.Push(b.chain.Head, written); err != nil {
+					t.Error(err)
+				}
+			}
+			b.submit()
+			b.signal()
+		})
+		return done
+	}
+	read := func(sector uint64) (data, st uint64) {
+		data, st = r.drv.Alloc(8192, 4096), r.drv.Alloc(1, 1)
+		r.mem.WriteAt([]byte{0xff}, st)
+		r.drv.AddChain(vt.Buf{Addr: r.header(TypeIn, sector), Len: 16},
+			vt.Buf{Addr: data, Len: 4096, Write: true}, vt.Buf{Addr: data + 4096, Len: 4096, Write: true},
+			vt.Buf{Addr: st, Len: 1, Write: true})
+		return data, st
+	}
+	check := func(name string, data, st uint64, want []byte) {
+		t.Helper()
+		used := r.wait(1)
+		got := make([]byte, len(want))
+		r.mem.ReadAt(got, data)
+		if len(used) != 1 || used[0].Len != uint32(len(want))+1 || r.status(st) != StatusOK || !bytes.Equal(got, want) {
+			t.Errorf("%s: used %v, status %d, data equal %v", name, used, r.status(st), bytes.Equal(got, want))
+		}
+	}
+
+	data, st := read(16)
+	if !serve() {
+		t.Error("a cached read was queued on the ring")
+	}
+	check("cached read", data, st, disk[8<<10:16<<10])
+
+	dropCache(t, b.be.fd)
+	data, st = read(32)
+	if serve() {
+		t.Error("a read of pages not cached was served at once")
+	}
+	check("uncached read", data, st, disk[16<<10:24<<10])
+
+	if err := os.Truncate(r.path, 61<<10); err != nil {
+		t.Fatal(err)
+	}
+	data, st = read(112) // bytes 56–64 KiB: 5 KiB of data, then zeroes
+	serve()
+	check("read across the end", data, st, append(append([]byte{}, disk[56<<10:61<<10]...), make([]byte, 3<<10)...))
 }
 
 // TestNowaitProbe: the probe matches what the file system answers a

@@ -82,17 +82,22 @@ func (r *benchRig) complete(b *testing.B) {
 type benchMode struct {
 	name                  string
 	write, ring, inMemory bool
+	ringOnly              bool // no page-cache attempt first: every read goes to the ring
 }
 
 // benchModes are the request kinds each benchmark runs, each through the
 // disk's io_uring and synchronously, and with the file in memory (tmpfs:
-// synchronous, raw system calls).
+// synchronous, raw system calls); reads also through the ring without
+// the page-cache attempt first (how reads went before it).
 func benchModes() []benchMode {
 	var m []benchMode
-	for _, where := range []string{"io_uring", "sync", "tmpfs"} {
+	for _, where := range []string{"io_uring", "ring-only", "sync", "tmpfs"} {
 		for _, write := range []bool{false, true} {
+			if write && where == "ring-only" {
+				continue // buffered writes never take the ring
+			}
 			name := map[bool]string{false: "read/", true: "write/"}[write] + where
-			m = append(m, benchMode{name, write, where == "io_uring", where == "tmpfs"})
+			m = append(m, benchMode{name, write, where == "io_uring" || where == "ring-only", where == "tmpfs", where == "ring-only"})
 		}
 	}
 	return m
@@ -115,8 +120,8 @@ func switches(b *testing.B) int64 {
 func BenchmarkRequestQD1(b *testing.B) {
 	for _, tc := range benchModes() {
 		b.Run(tc.name, func(b *testing.B) {
-			useRing = tc.ring
-			b.Cleanup(func() { useRing = true })
+			useRing, readCachedFirst = tc.ring, !tc.ringOnly
+			b.Cleanup(func() { useRing, readCachedFirst = true, true })
 			r := newBenchRig(b, tc.inMemory)
 			one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
 			var buf [8]byte
@@ -147,7 +152,7 @@ func BenchmarkRequestQD1(b *testing.B) {
 // would then race with this goroutine over the queue.
 func BenchmarkProcess(b *testing.B) {
 	for _, tc := range benchModes() {
-		if tc.ring {
+		if tc.ring || tc.ringOnly {
 			continue
 		}
 		b.Run(tc.name, func(b *testing.B) {

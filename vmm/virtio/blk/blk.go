@@ -352,12 +352,21 @@ func (b *Block) handle(c *virtio.Chain) (written uint32, done bool) {
 	r, err := ParseRequest(b.act.Mem, c, scratch[:0])
 	if s >= 0 {
 		b.reqs[s].data = r.Data
+	} else {
+		b.data = r.Data[:0]
+	}
+	if err == nil && b.readCached(&r) {
+		if s >= 0 {
+			b.release(s)
+		}
+		r.Status[0] = StatusOK
+		return uint32(r.Len) + 1, true
+	}
+	if s >= 0 {
 		if err == nil && b.start(s, c.Head, &r) {
 			return 0, false
 		}
 		b.release(s)
-	} else {
-		b.data = r.Data[:0]
 	}
 	if err != nil {
 		log.L.Debugf("virtio-blk %s: %v", b.cfg.ID, err)
@@ -370,6 +379,13 @@ func (b *Block) handle(c *virtio.Chain) (written uint32, done bool) {
 	status, n := b.execute(&r)
 	r.Status[0] = status
 	return uint32(n) + 1, true
+}
+
+// readCached serves r at once if it is a valid buffered read the page
+// cache holds whole (backend.readCached).
+func (b *Block) readCached(r *Request) bool {
+	return r.Type == TypeIn && b.be != nil && b.checkRW(r) == StatusOK &&
+		b.be.readCached(r.Data, r.Sector*SectorSize, r.Len)
 }
 
 // checkRW validates a read or write against the disk and its alignment.
