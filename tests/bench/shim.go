@@ -171,11 +171,65 @@ func memAvailable() float64 {
 	return 0
 }
 
+// hostBusy is the CPU time the host has spent busy so far, summed over
+// its CPUs: /proc/stat's cpu line less idle and iowait (guest time is
+// part of user time there).
+func hostBusy() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	return parseBusy(string(b))
+}
+
+// parseBusy reads the busy time off the aggregate cpu line of a
+// /proc/stat text (in USER_HZ ticks, 100 a second on Linux).
+func parseBusy(stat string) (time.Duration, error) {
+	line, _, _ := strings.Cut(stat, "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, fmt.Errorf("/proc/stat: no aggregate cpu line with 8 fields: %q", line)
+	}
+	var busy uint64
+	for i, v := range f[1:9] { // user nice system idle iowait irq softirq steal
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/stat: field %d: %w", i+1, err)
+		}
+		if i != 3 && i != 4 {
+			busy += n
+		}
+	}
+	return time.Duration(busy) * 10 * time.Millisecond, nil
+}
+
+// busyShare is the share of one CPU the host spends busy over window
+// (all its CPUs together: 1.5 is one and a half CPUs).
+func busyShare(window time.Duration) (float64, error) {
+	b0, err := hostBusy()
+	if err != nil {
+		return 0, err
+	}
+	t0 := time.Now()
+	time.Sleep(window)
+	b1, err := hostBusy()
+	if err != nil {
+		return 0, err
+	}
+	return float64(b1-b0) / float64(time.Since(t0)), nil
+}
+
+// idleCPUWindow is how long the density group watches the host's CPU,
+// before the containers start and once they all idle.
+const idleCPUWindow = 10 * time.Second
+
 // DensityRows starts idle containers one after another up to the last of
 // steps (ascending), ours then runc's, and reports the start time of the
 // container that makes N running at each step, the host memory each
-// idle container takes (MemAvailable's drop over N), and how many would
-// fit in what was available at the start.
+// idle container takes (MemAvailable's drop over N), how many would fit
+// in what was available at the start, and the host CPU each idle
+// container takes (the host's busy share with all N idling less that
+// before the first started).
 func DensityRows(d *ctrd.Daemon, steps []int) ([]Row, error) {
 	max := steps[len(steps)-1]
 	type side struct {
@@ -184,9 +238,15 @@ func DensityRows(d *ctrd.Daemon, steps []int) ([]Row, error) {
 		fit     float64
 		avail0  float64
 		running int
+		base    float64 // host busy share before the first container
+		cpu     float64 // per idle container, % of one CPU
 	}
 	measure := func(rt, prefix string) (side, error) {
 		var s side
+		var err error
+		if s.base, err = busyShare(idleCPUWindow); err != nil {
+			return s, err
+		}
 		s.avail0 = memAvailable()
 		var ids []string
 		defer func() {
@@ -210,6 +270,11 @@ func DensityRows(d *ctrd.Daemon, steps []int) ([]Row, error) {
 		if s.perMiB > 0 {
 			s.fit = s.avail0 / s.perMiB
 		}
+		loaded, err := busyShare(idleCPUWindow)
+		if err != nil {
+			return s, err
+		}
+		s.cpu = 100 * (loaded - s.base) / float64(max)
 		return s, nil
 	}
 	o, err := measure(ctrd.Runtime, "bench-dens-sv")
@@ -232,5 +297,9 @@ func DensityRows(d *ctrd.Daemon, steps []int) ([]Row, error) {
 		[]float64{o.perMiB}, "runc", []float64{p.perMiB})
 	m.Note = fmt.Sprintf("%d containers running at once; at this rate %.0f idle 256 MiB microVM containers fit in the %.0f MiB available at the start (runc: %.0f)",
 		o.running, o.fit, o.avail0, p.fit)
-	return append(rows, m), nil
+	c := NewRow(fmt.Sprintf("density: host CPU per idle container (%d idle, less none running, over %v)", max, idleCPUWindow), "% of a CPU",
+		[]float64{o.cpu}, "runc", []float64{p.cpu})
+	c.Note = fmt.Sprintf("the host's busy share (/proc/stat) was %.1f%% of a CPU before our containers started, %.1f%% before runc's",
+		100*o.base, 100*p.base)
+	return append(rows, m, c), nil
 }

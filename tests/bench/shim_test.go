@@ -1,0 +1,31 @@
+package bench
+
+import (
+	"testing"
+	"time"
+)
+
+func TestParseBusy(t *testing.T) {
+	for _, tc := range []struct {
+		name, stat string
+		want       time.Duration
+		err        bool
+	}{
+		// user nice system idle iowait irq softirq steal guest guest_nice:
+		// busy is everything but idle and iowait (guest is inside user).
+		{"kernel 6.x", "cpu  100 2 30 5000 40 5 6 7 50 0\ncpu0 50 1 15 2500 20 2 3 3 25 0\n", 150 * 10 * time.Millisecond, false},
+		{"eight fields", "cpu 1 0 0 9 0 0 0 1\n", 2 * 10 * time.Millisecond, false},
+		{"per-CPU line first", "cpu0 1 2 3 4 5 6 7 8\n", 0, true},
+		{"too few fields", "cpu 1 2 3 4 5 6 7\n", 0, true},
+		{"not a number", "cpu 1 2 x 4 5 6 7 8\n", 0, true},
+		{"empty", "", 0, true},
+	} {
+		got, err := parseBusy(tc.stat)
+		if (err != nil) != tc.err || got != tc.want {
+			t.Errorf("%s: %v, %v; want %v (error %v)", tc.name, got, err, tc.want, tc.err)
+		}
+	}
+	if b, err := hostBusy(); err != nil || b <= 0 {
+		t.Errorf("hostBusy on this machine: %v, %v", b, err)
+	}
+}
