@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // kvmDebugfs is where KVM keeps a directory of counters per VM, named
@@ -95,6 +96,40 @@ func FormatStats(m map[string]int64, per float64) string {
 		parts = append(parts, fmt.Sprintf("%s %.1f", k, float64(m[k])/per))
 	}
 	return strings.Join(parts, ", ")
+}
+
+// ProcCPU returns process pid's user+system time so far (all its
+// threads) and the part of it spent running guest code (guest_time: a
+// VMM's vCPU threads inside KVM_RUN).
+func ProcCPU(pid int) (total, guest time.Duration, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	return parseProcCPU(string(b))
+}
+
+// parseProcCPU reads utime, stime and guest_time (fields 14, 15 and 43
+// of proc(5), in USER_HZ ticks) off a /proc/PID/stat line; the command
+// name before them may hold spaces and parentheses.
+func parseProcCPU(stat string) (total, guest time.Duration, err error) {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, 0, fmt.Errorf("proc stat: no command name in %q", stat)
+	}
+	f := strings.Fields(stat[i+1:]) // f[0] is field 3
+	if len(f) < 41 {
+		return 0, 0, fmt.Errorf("proc stat: %d fields after the command name, want 41 or more", len(f))
+	}
+	var t [3]time.Duration
+	for j, k := range []int{11, 12, 40} {
+		n, err := strconv.ParseUint(f[k], 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("proc stat: field %d: %w", k+3, err)
+		}
+		t[j] = time.Duration(n) * time.Second / 100
+	}
+	return t[0] + t[1], t[2], nil
 }
 
 // ThreadSwitches returns the context switches of process pid's threads

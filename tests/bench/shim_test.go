@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -27,5 +29,38 @@ func TestParseBusy(t *testing.T) {
 	}
 	if b, err := hostBusy(); err != nil || b <= 0 {
 		t.Errorf("hostBusy on this machine: %v, %v", b, err)
+	}
+}
+
+func TestParseProcCPU(t *testing.T) {
+	// 52 fields, the command name with a space and a parenthesis; utime
+	// 300, stime 100, guest_time 250 ticks.
+	fields := make([]string, 0, 50)
+	for i := 3; i <= 52; i++ {
+		v := "0"
+		switch i {
+		case 3:
+			v = "S"
+		case 14:
+			v = "300"
+		case 15:
+			v = "100"
+		case 43:
+			v = "250"
+		}
+		fields = append(fields, v)
+	}
+	line := "1234 (CPU 0/KVM) x) " + strings.Join(fields, " ") + "\n"
+	total, guest, err := parseProcCPU(line)
+	if err != nil || total != 4*time.Second || guest != 2500*time.Millisecond {
+		t.Errorf("parseProcCPU: %v, %v, %v; want 4s, 2.5s", total, guest, err)
+	}
+	for _, bad := range []string{"", "1234 (x) S 1 2 3", strings.Replace(line, " 300 ", " x ", 1)} {
+		if _, _, err := parseProcCPU(bad); err == nil {
+			t.Errorf("parseProcCPU(%q) took it", bad)
+		}
+	}
+	if total, _, err := ProcCPU(os.Getpid()); err != nil || total < 0 {
+		t.Errorf("ProcCPU(self): %v, %v", total, err)
 	}
 }

@@ -175,24 +175,8 @@ func (v *vm) cpuTime() time.Duration { t, _ := v.cpuTimes(); return t }
 // cpuTimes returns the VMM process's user+system time and the part of it
 // spent running guest code (guest_time).
 func (v *vm) cpuTimes() (total, guest time.Duration) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", v.cmd.Process.Pid))
-	if err != nil {
-		return 0, 0
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, 0
-	}
-	f := strings.Fields(s[i+1:]) // f[0] is field 3 of proc(5)
-	if len(f) < 41 {
-		return 0, 0
-	}
-	tick := func(k int) time.Duration {
-		x, _ := strconv.ParseInt(f[k], 10, 64)
-		return time.Duration(x) * time.Second / 100 // USER_HZ
-	}
-	return tick(11) + tick(12), tick(40)
+	total, guest, _ = bench.ProcCPU(v.cmd.Process.Pid)
+	return total, guest
 }
 
 func oursArgs(vhost string) []string {
