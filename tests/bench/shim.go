@@ -243,7 +243,9 @@ func DensityRows(d *ctrd.Daemon, steps []int) ([]Row, error) {
 		// The shims' own CPU (ours: the VMM in process) per container, %
 		// of one CPU, and the part of it running guest code.
 		shimCPU, shimGuest float64
+		exits              string // KVM exits a second per container, by kind
 	}
+	MountDebugfs()
 	measure := func(rt, prefix string) (side, error) {
 		var s side
 		var err error
@@ -288,6 +290,10 @@ func DensityRows(d *ctrd.Daemon, steps []int) ([]Row, error) {
 			}
 			return total, guest
 		}
+		exits0 := make([]map[string]int64, len(pids))
+		for i, pid := range pids {
+			exits0[i] = KVMStats(pid, KVMExitCounters)
+		}
 		t0, g0 := shims()
 		w0 := time.Now()
 		loaded, err := busyShare(idleCPUWindow)
@@ -295,9 +301,14 @@ func DensityRows(d *ctrd.Daemon, steps []int) ([]Row, error) {
 			return s, err
 		}
 		t1, g1 := shims()
+		exits := map[string]int64{}
+		for i, pid := range pids {
+			AddStatsDiff(exits, exits0[i], KVMStats(pid, KVMExitCounters))
+		}
 		if len(pids) > 0 {
 			per := float64(len(pids)) * float64(time.Since(w0)) / 100
 			s.shimCPU, s.shimGuest = float64(t1-t0)/per, float64(g1-g0)/per
+			s.exits = FormatStats(exits, float64(len(pids))*time.Since(w0).Seconds())
 		}
 		s.cpu = 100 * (loaded - s.base) / float64(max)
 		return s, nil
@@ -325,7 +336,7 @@ func DensityRows(d *ctrd.Daemon, steps []int) ([]Row, error) {
 	c := NewRow(fmt.Sprintf("density: host CPU per idle container (%d idle, less none running, over %v)", max, idleCPUWindow), "% of a CPU",
 		[]float64{o.cpu}, "runc", []float64{p.cpu})
 	c.Note = fmt.Sprintf("each idle container's shim took %.2f%% of a CPU, of which %.2f%% running guest code (ours: the VMM is in the shim), runc's %.2f%%; "+
-		"the host's busy share (/proc/stat) was %.1f%% of a CPU before our containers started, %.1f%% before runc's",
-		o.shimCPU, o.shimGuest, p.shimCPU, 100*o.base, 100*p.base)
+		"KVM exits a second per idle microVM: %s; the host's busy share (/proc/stat) was %.1f%% of a CPU before our containers started, %.1f%% before runc's",
+		o.shimCPU, o.shimGuest, p.shimCPU, o.exits, 100*o.base, 100*p.base)
 	return append(rows, m, c), nil
 }
