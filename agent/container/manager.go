@@ -52,7 +52,8 @@ type Config struct {
 	// OutputGrace is how long after a process's exit its output may still
 	// be open (held by surviving children) before it is cut (default 2 s).
 	OutputGrace time.Duration
-	// OOMPoll is the OOM check period (default 250 ms).
+	// OOMPoll is the OOM check period where inotify is not available
+	// (default 250 ms; oom.go).
 	OOMPoll time.Duration
 	// Guest enables the settings that change the whole machine: hostname,
 	// sysctls and /etc/resolv.conf (off when the agent runs on a host).
@@ -69,7 +70,9 @@ type Manager struct {
 	sandbox    []string // sandbox mount points, mount order
 	sandboxID  string   // CreateSandbox's id: whose namespaces "sandbox:" joins
 	oom        chan *agentv1.OOMEvent
+	oomWatch   *oomWatch // nil: polling
 	stop       chan struct{}
+	stopOnce   sync.Once
 }
 
 // Container is one container.
@@ -86,6 +89,7 @@ type Container struct {
 	execs    map[string]*Process
 	started  bool
 	oomKills uint64
+	oomWD    int32 // inotify watch on memory.events; 0 or -1: none
 }
 
 // NewManager creates the state directory and starts the OOM watcher.
@@ -111,12 +115,26 @@ func NewManager(cfg Config) (*Manager, error) {
 		}
 	}
 	m := &Manager{cfg: cfg, containers: map[string]*Container{}, oom: make(chan *agentv1.OOMEvent, 256), stop: make(chan struct{})}
-	go m.watchOOM()
+	w, err := newOOMWatch()
+	if err != nil {
+		log.L.Warnf("OOM events: no inotify (%v); polling every %v", err, cfg.OOMPoll)
+		go m.pollOOM(cfg.OOMPoll)
+	} else {
+		m.oomWatch = w
+		go w.run(m.checkOOM)
+	}
 	return m, nil
 }
 
 // Close stops the OOM watcher.
-func (m *Manager) Close() { close(m.stop) }
+func (m *Manager) Close() {
+	m.stopOnce.Do(func() {
+		close(m.stop)
+		if m.oomWatch != nil {
+			m.oomWatch.close()
+		}
+	})
+}
 
 func (m *Manager) get(id string) (*Container, error) {
 	m.mu.Lock()
@@ -145,7 +163,7 @@ func (m *Manager) Create(ctx context.Context, req *agentv1.CreateContainerReques
 	if req.GetRootfs() == nil {
 		return 0, fmt.Errorf("no rootfs: %w", ErrInvalid)
 	}
-	c := &Container{id: id, dir: filepath.Join(m.cfg.StateDir, "containers", id), execs: map[string]*Process{}}
+	c := &Container{id: id, dir: filepath.Join(m.cfg.StateDir, "containers", id), execs: map[string]*Process{}, oomWD: -1}
 	m.mu.Lock()
 	if m.containers[id] != nil {
 		m.mu.Unlock()
@@ -219,6 +237,11 @@ func (m *Manager) Create(ctx context.Context, req *agentv1.CreateContainerReques
 	})
 	if err != nil {
 		return 0, err
+	}
+	// runc create made the cgroup. A kill before the watch was in place
+	// is caught by the check right after.
+	if m.oomWatch != nil && m.oomWatch.add(c, c.cgroupDir) {
+		m.checkOOM(c)
 	}
 	end := time.Now()
 	log.G(ctx).Debugf("container %s created in %v: rootfs mounted in %v, volumes and bundle %v, runc create with stdio %v",
@@ -399,8 +422,12 @@ func (m *Manager) Remove(ctx context.Context, id string, force bool) error {
 	return m.cleanup(c)
 }
 
-// cleanup releases a container's processes' streams and its mounts.
+// cleanup releases a container's OOM watch, its processes' streams and
+// its mounts.
 func (m *Manager) cleanup(c *Container) error {
+	if m.oomWatch != nil {
+		m.oomWatch.remove(c)
+	}
 	c.mu.Lock()
 	procs := []*Process{c.init}
 	for _, p := range c.execs {

@@ -352,27 +352,6 @@ func (m *Manager) OOMEvent(ctx context.Context) (*agentv1.OOMEvent, error) {
 	}
 }
 
-func (m *Manager) watchOOM() {
-	t := time.NewTicker(m.cfg.OOMPoll)
-	defer t.Stop()
-	for {
-		select {
-		case <-m.stop:
-			return
-		case <-t.C:
-		}
-		m.mu.Lock()
-		cs := make([]*Container, 0, len(m.containers))
-		for _, c := range m.containers {
-			cs = append(cs, c)
-		}
-		m.mu.Unlock()
-		for _, c := range cs {
-			m.checkOOM(c)
-		}
-	}
-}
-
 // checkOOM publishes an event when the container's oom_kill counter grew.
 func (m *Manager) checkOOM(c *Container) {
 	c.mu.Lock()
