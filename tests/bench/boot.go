@@ -73,8 +73,10 @@ func timed(cmd *exec.Cmd, want int) (wall, cpu float64, err error) {
 // BootRows measures boot to guest init (spawn to the init's write to the
 // debug-exit port) for the bzImage and the vmlinux, VMM start to the first
 // guest instructions, and VMM CPU time, ours against QEMU microvm, runs
-// interleaved. A case whose peer fails keeps our series (the row says the
-// peer failed) and the other cases still run; the failures are returned.
+// interleaved. A case whose peer fails keeps our series and says in its
+// note why the peer failed (QEMU 10 does not boot the PVH vmlinux), which
+// does not fail the group; a case of ours that fails is returned and the
+// other cases still run.
 func BootRows(e BootEnv) ([]Row, error) {
 	var rows []Row
 	var errs []error
@@ -108,7 +110,6 @@ func BootRows(e BootEnv) ([]Row, error) {
 		b := NewRow(k.boot, "ms", oursWall, "qemu microvm", peerWall)
 		c := NewRow(k.cpu, "ms", oursCPU, "qemu microvm", peerCPU)
 		if peerErr != nil {
-			errs = append(errs, peerErr)
 			b.Note = "the peer failed: " + peerErr.Error()
 		}
 		rows = append(rows, b, c)
