@@ -117,7 +117,9 @@ func (r *Report) Markdown(w io.Writer) error {
 		peer, pm, ratio, pmm := "—", "—", "—", "—"
 		if row.Peer != nil {
 			peer, pm = row.Peer.Name, num(row.Peer.Median)
-			ratio = fmt.Sprintf("%.2f×", row.Ratio)
+			if row.Ratio != 0 { // 0: a peer median of 0 (runc's idle CPU)
+				ratio = fmt.Sprintf("%.2f×", row.Ratio)
+			}
 			pmm = num(row.Peer.Min) + " / " + num(row.Peer.Max)
 		}
 		runs := fmt.Sprint(row.Ours.Runs)

@@ -310,7 +310,11 @@ func DensityRows(d *ctrd.Daemon, steps []int) ([]Row, error) {
 			s.shimCPU, s.shimGuest = float64(t1-t0)/per, float64(g1-g0)/per
 			s.exits = FormatStats(exits, float64(len(pids))*time.Since(w0).Seconds())
 		}
+		// Below the baseline is noise (ticks of 10 ms over the window).
 		s.cpu = 100 * (loaded - s.base) / float64(max)
+		if s.cpu < 0 {
+			s.cpu = 0
+		}
 		return s, nil
 	}
 	o, err := measure(ctrd.Runtime, "bench-dens-sv")

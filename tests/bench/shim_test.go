@@ -64,3 +64,20 @@ func TestParseProcCPU(t *testing.T) {
 		t.Errorf("ProcCPU(self): %v, %v", total, err)
 	}
 }
+
+// TestMarkdownZeroPeer: a peer median of 0 (runc's idle CPU) prints no
+// ratio; any other prints ours/peer.
+func TestMarkdownZeroPeer(t *testing.T) {
+	r := &Report{Rows: []Row{
+		NewRow("idle cpu", "% of a CPU", []float64{5.9}, "runc", []float64{0}),
+		NewRow("boot", "ms", []float64{3}, "qemu", []float64{6}),
+	}}
+	var b strings.Builder
+	if err := r.Markdown(&b); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	if !strings.Contains(out, "| idle cpu | % of a CPU | 5.90 | runc | 0 | — |") || !strings.Contains(out, "| 0.50× |") {
+		t.Errorf("markdown:\n%s", out)
+	}
+}
