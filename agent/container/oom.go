@@ -22,9 +22,12 @@ import (
 // oomWatch is the inotify instance watching the containers'
 // memory.events files.
 type oomWatch struct {
-	f   *os.File
-	mu  sync.Mutex
-	wds map[int32]*Container // by watch descriptor
+	f  *os.File
+	fd int // f's descriptor, for the watch calls; it stays non-blocking
+
+	mu   sync.Mutex
+	wds  map[int32]*Container // by watch descriptor
+	done chan struct{}        // closed when run returns
 }
 
 // newOOMWatch creates the inotify instance (non-blocking, so that reads
@@ -34,13 +37,13 @@ func newOOMWatch() (*oomWatch, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &oomWatch{f: os.NewFile(uintptr(fd), "inotify"), wds: map[int32]*Container{}}, nil
+	return &oomWatch{f: os.NewFile(uintptr(fd), "inotify"), fd: fd, wds: map[int32]*Container{}, done: make(chan struct{})}, nil
 }
 
 // add watches c's memory.events; false where it cannot (no memory
 // controller, no cgroup).
 func (w *oomWatch) add(c *Container, dir string) bool {
-	wd, err := unix.InotifyAddWatch(int(w.f.Fd()), filepath.Join(dir, "memory.events"), unix.IN_MODIFY)
+	wd, err := unix.InotifyAddWatch(w.fd, filepath.Join(dir, "memory.events"), unix.IN_MODIFY)
 	if err != nil {
 		log.L.Debugf("container %s: no OOM watch: %v", c.id, err)
 		return false
@@ -69,13 +72,14 @@ func (w *oomWatch) remove(c *Container) {
 		delete(w.wds, wd)
 	}
 	w.mu.Unlock()
-	_, _ = unix.InotifyRmWatch(int(w.f.Fd()), uint32(wd))
+	_, _ = unix.InotifyRmWatch(w.fd, uint32(wd))
 }
 
 // run reads events until the instance is closed, calling check for the
 // container whose memory.events changed, or for every watched container
 // when the kernel's event queue overflowed.
 func (w *oomWatch) run(check func(*Container)) {
+	defer close(w.done)
 	buf := make([]byte, 4096)
 	for {
 		n, err := w.f.Read(buf)
@@ -106,6 +110,8 @@ func (w *oomWatch) run(check func(*Container)) {
 	}
 }
 
+// close ends run (a read parked in the Go runtime's poller returns
+// os.ErrClosed).
 func (w *oomWatch) close() { w.f.Close() }
 
 // inotifyEvent is the fixed part of struct inotify_event.

@@ -79,7 +79,7 @@ func TestOOMWatch(t *testing.T) {
 	if !m.oomWatch.add(c, dir) {
 		t.Fatal("no watch on a memory.events file")
 	}
-	if (&oomWatch{f: m.oomWatch.f, wds: map[int32]*Container{}}).add(&Container{id: "none"}, t.TempDir()) {
+	if (&oomWatch{f: m.oomWatch.f, fd: m.oomWatch.fd, wds: map[int32]*Container{}}).add(&Container{id: "none"}, t.TempDir()) {
 		t.Error("a watch on a directory without memory.events")
 	}
 	write(1)
@@ -100,4 +100,9 @@ func TestOOMWatch(t *testing.T) {
 	m.oomWatch.remove(c) // twice: nothing left to remove
 	m.Close()
 	m.Close()
+	select {
+	case <-m.oomWatch.done:
+	case <-time.After(5 * time.Second):
+		t.Error("the OOM watch still reads after Close")
+	}
 }
