@@ -204,3 +204,31 @@ func PmemReadWrite() []byte {
 	add(powerOff...)
 	return c
 }
+
+// VirtioWindow0 is the first virtio-mmio window (amd64.VirtioMMIOBase),
+// where the VMM puts its first virtio device.
+const VirtioWindow0 = 0xd000_0000
+
+// VirtioACK maps the 2 MiB at VirtioWindow0 (a page directory at 0x40000
+// in slot 3 of the boot PDPT at 0xa000), writes 1 and then 2 to the
+// window's InterruptACK register, reports its InterruptStatus to
+// DebugPort and powers off.
+func VirtioACK() []byte {
+	var c []byte
+	add := func(b ...byte) { c = append(c, b...) }
+	add(0xbf, 0x00, 0x04, 0x04, 0x00)                               // mov edi, 0x40000 + 128*8
+	add(0x48, 0xb8, 0x83, 0x00, 0x00, 0xd0, 0x00, 0x00, 0x00, 0x00) // mov rax, VirtioWindow0 | PS|RW|P
+	add(0x48, 0x89, 0x07)                                           // mov [rdi], rax
+	add(0x48, 0xc7, 0xc0, 0x03, 0x00, 0x04, 0x00)                   // mov rax, 0x40000 | RW|P
+	add(0xbf, 0x18, 0xa0, 0x00, 0x00)                               // mov edi, 0xa000 + 3*8
+	add(0x48, 0x89, 0x07)                                           // mov [rdi], rax
+	add(0x0f, 0x20, 0xd8, 0x0f, 0x22, 0xd8)                         // mov rax, cr3; mov cr3, rax
+	add(0xbf, 0x00, 0x00, 0x00, 0xd0)                               // mov edi, VirtioWindow0
+	add(0xc7, 0x47, 0x64, 0x01, 0x00, 0x00, 0x00)                   // mov dword [rdi+0x64], 1
+	add(0xc7, 0x47, 0x64, 0x02, 0x00, 0x00, 0x00)                   // mov dword [rdi+0x64], 2
+	add(movEDXDebug...)
+	add(0x8b, 0x47, 0x60) // mov eax, [rdi+0x60]
+	add(outEAX...)
+	add(powerOff...)
+	return c
+}

@@ -65,14 +65,12 @@ type Interrupt interface {
 }
 
 // LineInterrupt is an Interrupt whose line a host kernel agent (vhost)
-// can pulse without the VMM, by writing EventFd. While LatchVring(true)
-// holds, InterruptStatus reads include InterruptVring, so that a driver
-// interrupted that way looks at its queues. A device reset drops the
-// latch.
+// can pulse without the VMM, by writing EventFd. The transport reports
+// InterruptVring from the device's activation until its reset, so that a
+// driver interrupted that way looks at its queues.
 type LineInterrupt interface {
 	Interrupt
 	EventFd() int
-	LatchVring(on bool)
 }
 
 // Activation is what a device receives when the driver sets DRIVER_OK.

@@ -6,7 +6,10 @@
 // Data path: each queue has an eventfd that the VMM registers with
 // KVM_IOEVENTFD at base+NotifyOffset with datamatch = queue index, and the
 // interrupt is an eventfd registered with KVM_IRQFD; queue kicks and
-// interrupts therefore never exit to userspace. Every other register
+// interrupts therefore never exit to userspace. From DRIVER_OK until a
+// reset InterruptStatus reports the vring bit whatever the driver
+// acknowledges (VringAlwaysSet), so that the VMM can have the kernel
+// swallow the driver's acknowledgement of it too. Every other register
 // access arrives through the MMIO bus (bus.Device) on a vCPU thread.
 //
 // Concurrency: register accesses are serialised by the Transport's
@@ -76,10 +79,11 @@ type Transport struct {
 	kicks  []int // one eventfd per queue
 	queues []*virtio.Queue
 
-	// isr is InterruptStatus; latched bits read as set in it whatever the
-	// driver acknowledges (LatchVring: vhost raises the line itself). Both
-	// are only accessed atomically: vCPU threads may serve the two
-	// interrupt registers from them directly (InterruptWords).
+	// isr holds the InterruptStatus bits the driver acknowledges (the
+	// config bit); latched holds the vring bit from DRIVER_OK until reset
+	// (VringAlwaysSet). A read returns both. They are only accessed
+	// atomically: vCPU threads may serve the two interrupt registers from
+	// them directly (InterruptWords).
 	isr     uint32
 	latched uint32
 	// needsReset is set by Broken from the device's goroutine.
@@ -143,7 +147,8 @@ func (t *Transport) Close() error {
 // Signal sets bits in InterruptStatus and pulses the interrupt line. It
 // implements virtio.Interrupt and is safe from any goroutine.
 func (t *Transport) Signal(bits uint32) error {
-	atomic.OrUint32(&t.isr, bits)
+	// The vring bit of a running device is latched already.
+	atomic.OrUint32(&t.isr, bits&^atomic.LoadUint32(&t.latched))
 	if err := rawsys.Signal(t.irq); err != nil {
 		return fmt.Errorf("virtio-mmio: raise interrupt: %w", err)
 	}
@@ -161,16 +166,16 @@ func (t *Transport) EventFd() int { return t.irq }
 // (kvm.FastMMIO).
 func (t *Transport) InterruptWords() (status, latched *uint32) { return &t.isr, &t.latched }
 
-// LatchVring makes InterruptStatus report InterruptVring until it is
-// turned off or the device is reset; it implements
-// virtio.LineInterrupt.
-func (t *Transport) LatchVring(on bool) {
-	if on {
-		atomic.StoreUint32(&t.latched, virtio.InterruptVring)
-	} else {
-		atomic.StoreUint32(&t.latched, 0)
-	}
-}
+// VringAlwaysSet is the InterruptACK value that needs no action from the
+// transport: from DRIVER_OK until a reset the vring bit reads as set
+// whatever the driver acknowledges. An interrupt that a host kernel agent
+// (vhost) raises without the VMM therefore still sends the driver to its
+// queues, and an acknowledgement of the vring bit alone can be swallowed
+// by the kernel (an ioeventfd with this datamatch) instead of costing an
+// exit to the VMM on every interrupt. The price is a look at the queues
+// on a configuration interrupt, which Linux's driver takes anyway
+// whenever the bit is set.
+const VringAlwaysSet = virtio.InterruptVring
 
 // Broken marks the device as needing a reset after a guest protocol
 // violation and tells the driver with a configuration interrupt.
@@ -365,6 +370,7 @@ func (t *Transport) writeStatus(v uint32) {
 		if t.active {
 			t.dev.Reset()
 			t.active = false
+			atomic.StoreUint32(&t.latched, 0)
 		}
 		return
 	}
@@ -416,11 +422,15 @@ func (t *Transport) activate() {
 		t.failActivation(fmt.Errorf("%d of %d queues ready", len(qs), len(t.queues)))
 		return
 	}
+	// Latched before the device starts: vhost may raise the line as soon
+	// as it has the queues.
+	atomic.StoreUint32(&t.latched, virtio.InterruptVring)
 	err := t.dev.Activate(virtio.Activation{
 		Mem: t.mem, Features: t.driverFeatures, Queues: qs, Kicks: kicks,
 		Interrupt: t, Broken: t.Broken,
 	})
 	if err != nil {
+		atomic.StoreUint32(&t.latched, 0)
 		t.failActivation(err)
 		return
 	}

@@ -56,9 +56,6 @@ type Device struct {
 	mu      sync.Mutex // guards signal
 	signal  func()
 	relayOn *eventloop.Loop
-	// line is the transport's interrupt while the kernel raises it
-	// directly (nil when relayed or stopped).
-	line virtio.LineInterrupt
 }
 
 // Open opens the vhost device at path, takes ownership of it for this
@@ -150,8 +147,6 @@ func (d *Device) Start(a virtio.Activation, loop *eventloop.Loop) error {
 		}
 	}
 	if direct {
-		line.LatchVring(true)
-		d.line = line
 		return nil
 	}
 	return d.startRelay(loop, func() {
@@ -164,10 +159,6 @@ func (d *Device) Start(a virtio.Activation, loop *eventloop.Loop) error {
 // Stop ends the interrupt wiring of Start, once the kernel no longer
 // serves the queues.
 func (d *Device) Stop() {
-	if d.line != nil {
-		d.line.LatchVring(false)
-		d.line = nil
-	}
 	d.stopRelay()
 }
 
