@@ -175,25 +175,39 @@ func Output() []byte {
 	return append(c, powerOff...)
 }
 
+// map2MiB returns code that maps the 2 MiB page at phys (2 MiB aligned,
+// below 512 GiB) identity, with a page directory at 0x40000 in the boot
+// PDPT at 0xa000 (the slot of phys's GiB), and flushes the TLB. It
+// clobbers rax and rdi.
+func map2MiB(phys uint64) []byte {
+	le := binary.LittleEndian
+	pde := uint32(0x40000 + (phys>>21)%512*8)
+	pdpte := uint32(0xa000 + (phys>>30)*8)
+	var c []byte
+	c = append(c, 0xbf) // mov edi, pde
+	c = le.AppendUint32(c, pde)
+	c = append(c, 0x48, 0xb8) // mov rax, phys | PS|RW|P
+	c = le.AppendUint64(c, phys|0x83)
+	c = append(c, 0x48, 0x89, 0x07,
+		0x48, 0xc7, 0xc0, 0x03, 0x00, 0x04, 0x00, // mov [rdi], rax; mov rax, 0x40000 | RW|P
+		0xbf) // mov edi, pdpte
+	c = le.AppendUint32(c, pdpte)
+	return append(c, 0x48, 0x89, 0x07, // mov [rdi], rax
+		0x0f, 0x20, 0xd8, 0x0f, 0x22, 0xd8) // mov rax, cr3; mov cr3, rax
+}
+
 // PmemAt is the guest-physical address PmemReadWrite reads: the first
 // virtio-pmem region of a VM with at most 3 GiB of RAM
 // (amd64.DeviceMemoryStart).
 const PmemAt = 4 << 30
 
-// PmemReadWrite maps the 2 MiB at PmemAt (a page directory at 0x40000 in
-// slot 4 of the boot PDPT at 0xa000), reports the 4 bytes there to
-// DebugPort, writes 0x12345678 over them, reports them again, and powers
-// off.
+// PmemReadWrite maps the 2 MiB at PmemAt (map2MiB), reports the 4 bytes
+// there to DebugPort, writes 0x12345678 over them, reports them again,
+// and powers off.
 func PmemReadWrite() []byte {
 	var c []byte
 	add := func(b ...byte) { c = append(c, b...) }
-	add(0xbf, 0x00, 0x00, 0x04, 0x00)                               // mov edi, 0x40000
-	add(0x48, 0xb8, 0x83, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00) // mov rax, PmemAt | PS|RW|P
-	add(0x48, 0x89, 0x07)                                           // mov [rdi], rax
-	add(0x48, 0xc7, 0xc0, 0x03, 0x00, 0x04, 0x00)                   // mov rax, 0x40000 | RW|P
-	add(0xbf, 0x20, 0xa0, 0x00, 0x00)                               // mov edi, 0xa000 + 4*8
-	add(0x48, 0x89, 0x07)                                           // mov [rdi], rax
-	add(0x0f, 0x20, 0xd8, 0x0f, 0x22, 0xd8)                         // mov rax, cr3; mov cr3, rax
+	add(map2MiB(PmemAt)...)
 	add(0x48, 0xbf, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00) // mov rdi, PmemAt
 	add(movEDXDebug...)
 	add(0x8b, 0x07)                         // mov eax, [rdi]
@@ -209,23 +223,16 @@ func PmemReadWrite() []byte {
 // where the VMM puts its first virtio device.
 const VirtioWindow0 = 0xd000_0000
 
-// VirtioACK maps the 2 MiB at VirtioWindow0 (a page directory at 0x40000
-// in slot 3 of the boot PDPT at 0xa000), writes 1 and then 2 to the
-// window's InterruptACK register, reports its InterruptStatus to
+// VirtioACK maps the 2 MiB at VirtioWindow0 (map2MiB), writes 1 and then
+// 2 to the window's InterruptACK register, reports its InterruptStatus to
 // DebugPort and powers off.
 func VirtioACK() []byte {
 	var c []byte
 	add := func(b ...byte) { c = append(c, b...) }
-	add(0xbf, 0x00, 0x04, 0x04, 0x00)                               // mov edi, 0x40000 + 128*8
-	add(0x48, 0xb8, 0x83, 0x00, 0x00, 0xd0, 0x00, 0x00, 0x00, 0x00) // mov rax, VirtioWindow0 | PS|RW|P
-	add(0x48, 0x89, 0x07)                                           // mov [rdi], rax
-	add(0x48, 0xc7, 0xc0, 0x03, 0x00, 0x04, 0x00)                   // mov rax, 0x40000 | RW|P
-	add(0xbf, 0x18, 0xa0, 0x00, 0x00)                               // mov edi, 0xa000 + 3*8
-	add(0x48, 0x89, 0x07)                                           // mov [rdi], rax
-	add(0x0f, 0x20, 0xd8, 0x0f, 0x22, 0xd8)                         // mov rax, cr3; mov cr3, rax
-	add(0xbf, 0x00, 0x00, 0x00, 0xd0)                               // mov edi, VirtioWindow0
-	add(0xc7, 0x47, 0x64, 0x01, 0x00, 0x00, 0x00)                   // mov dword [rdi+0x64], 1
-	add(0xc7, 0x47, 0x64, 0x02, 0x00, 0x00, 0x00)                   // mov dword [rdi+0x64], 2
+	add(map2MiB(VirtioWindow0)...)
+	add(0xbf, 0x00, 0x00, 0x00, 0xd0)             // mov edi, VirtioWindow0
+	add(0xc7, 0x47, 0x64, 0x01, 0x00, 0x00, 0x00) // mov dword [rdi+0x64], 1
+	add(0xc7, 0x47, 0x64, 0x02, 0x00, 0x00, 0x00) // mov dword [rdi+0x64], 2
 	add(movEDXDebug...)
 	add(0x8b, 0x47, 0x60) // mov eax, [rdi+0x60]
 	add(outEAX...)
