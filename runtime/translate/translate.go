@@ -44,10 +44,13 @@ const HypervisorPrefix = AnnotationPrefix + "hypervisor."
 // self-tests, no SMP alternatives patching on the way, and expedited RCU
 // grace periods (namespace and mount set-up wait on them). Measured in
 // the lab: 3.49 s to the agent against 4.11 s with the first four
-// options alone (docs/performance.md).
+// options alone (docs/performance.md). No proactive compaction either:
+// kcompactd would wake every 500 ms to look for huge pages a microVM's
+// guest does not use, most of an idle guest's timer interrupts.
 const BaseCmdline = "console=ttyS0 reboot=k panic=1 quiet pci=off 8250.nr_uarts=1 " +
 	"i8042.direct=1 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 " +
-	"tsc=reliable no_timer_check cryptomgr.notests noreplace-smp rcupdate.rcu_expedited=1"
+	"tsc=reliable no_timer_check cryptomgr.notests noreplace-smp rcupdate.rcu_expedited=1 " +
+	"sysctl.vm.compaction_proactiveness=0"
 
 // RootCmdline boots from the root image (Hypervisor.Image), the VM's
 // first virtio-pmem device: erofs, read-only, with DAX (its pages are the

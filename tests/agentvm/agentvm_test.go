@@ -102,6 +102,9 @@ func runBackend(t *testing.T, backend string, rootImage bool) {
 
 	runContainer(t, sb, "hello", []string{"echo", "hello"}, "hello\n", 0)
 	runContainer(t, sb, "exit3", []string{"sh", "-c", "exit 3"}, "", 3)
+	// The base command line's sysctl reached the guest kernel
+	// (translate.BaseCmdline: no proactive compaction).
+	runContainer(t, sb, "sysctl", []string{"cat", "/proc/sys/vm/compaction_proactiveness"}, "0\n", 0)
 
 	// Clean shutdown: the agent tears the sandbox down (unmounts the
 	// rootfs), then the VMM gets SIGTERM and must exit with status 0.
