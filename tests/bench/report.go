@@ -94,9 +94,12 @@ func ReadReport(dir string) (*Report, error) {
 	return &r, nil
 }
 
+// belowShown is the smallest magnitude num prints as other than 0.
+const belowShown = 0.005
+
 func num(v float64) string {
 	switch {
-	case v == 0:
+	case math.Abs(v) < belowShown:
 		return "0"
 	case math.Abs(v) >= 100:
 		return fmt.Sprintf("%.0f", v)
@@ -117,7 +120,9 @@ func (r *Report) Markdown(w io.Writer) error {
 		peer, pm, ratio, pmm := "—", "—", "—", "—"
 		if row.Peer != nil {
 			peer, pm = row.Peer.Name, num(row.Peer.Median)
-			if row.Ratio != 0 { // 0: a peer median of 0 (runc's idle CPU)
+			// No ratio to a peer median that prints as 0 (runc's idle
+			// CPU): it would only say how small the peer's noise was.
+			if row.Ratio != 0 && math.Abs(row.Peer.Median) >= belowShown {
 				ratio = fmt.Sprintf("%.2f×", row.Ratio)
 			}
 			pmm = num(row.Peer.Min) + " / " + num(row.Peer.Max)

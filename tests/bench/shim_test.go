@@ -70,6 +70,7 @@ func TestParseProcCPU(t *testing.T) {
 func TestMarkdownZeroPeer(t *testing.T) {
 	r := &Report{Rows: []Row{
 		NewRow("idle cpu", "% of a CPU", []float64{5.9}, "runc", []float64{0}),
+		NewRow("idle cpu, tiny peer", "% of a CPU", []float64{0.44}, "runc", []float64{0.0000075}),
 		NewRow("boot", "ms", []float64{3}, "qemu", []float64{6}),
 	}}
 	var b strings.Builder
@@ -77,7 +78,8 @@ func TestMarkdownZeroPeer(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := b.String()
-	if !strings.Contains(out, "| idle cpu | % of a CPU | 5.90 | runc | 0 | — |") || !strings.Contains(out, "| 0.50× |") {
+	if !strings.Contains(out, "| idle cpu | % of a CPU | 5.90 | runc | 0 | — |") || !strings.Contains(out, "| 0.50× |") ||
+		!strings.Contains(out, "| idle cpu, tiny peer | % of a CPU | 0.44 | runc | 0 | — |") {
 		t.Errorf("markdown:\n%s", out)
 	}
 }
