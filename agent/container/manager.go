@@ -306,7 +306,7 @@ func (m *Manager) Start(ctx context.Context, id string) error {
 	if init == nil || started {
 		return fmt.Errorf("container %q is not in the created state: %w", id, ErrPrecondition)
 	}
-	if err := m.cfg.Runc.Start(ctx, id); err != nil {
+	if err := m.cfg.Runc.Start(ctx, id, init.done); err != nil {
 		return err
 	}
 	c.mu.Lock()

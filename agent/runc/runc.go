@@ -316,11 +316,6 @@ func (r *Runc) createArgs(id, bundle string, o CreateOpts) []string {
 	return append(append(args, o.args()...), id)
 }
 
-// Start starts a created container's init.
-func (r *Runc) Start(ctx context.Context, id string) error {
-	return r.run(ctx, nil, nil, "", "start", id)
-}
-
 // Exec starts a detached process (OCI process JSON in processPath).
 func (r *Runc) Exec(ctx context.Context, id, processPath, logDir string, o CreateOpts) error {
 	args := append([]string{"exec", "--detach", "--process", processPath}, o.args()...)

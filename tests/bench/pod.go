@@ -23,33 +23,57 @@ const podTimeout = 3 * time.Minute
 // container or shim may be left.
 func PodRows(d *ctrd.Daemon, runs int) ([]Row, error) {
 	var oStart, pStart, oStop, pStop []float64
+	var oPhases, pPhases [][3]float64
 	for i := 0; i < runs; i++ {
 		for _, h := range []string{ctrd.Handler, "runc"} {
-			start, stop, err := podOnce(d, h, fmt.Sprintf("bench-%s-%d", h, i))
+			phases, stop, err := podOnce(d, h, fmt.Sprintf("bench-%s-%d", h, i))
 			if err != nil {
 				return nil, err
 			}
+			start := phases[0] + phases[1] + phases[2]
 			if h == ctrd.Handler {
 				oStart, oStop = append(oStart, start), append(oStop, stop)
+				oPhases = append(oPhases, phases)
 			} else {
 				pStart, pStop = append(pStart, start), append(pStop, stop)
+				pPhases = append(pPhases, phases)
 			}
 		}
 	}
 	peer := "runc (io.containerd.runc.v2)"
 	s := NewRow("pod start: crictl runp + create + start (wall), 1 busybox container, 1 vCPU, 256 MiB", "ms", oStart, peer, pStart)
-	s.Note = "containerd 2.4.2 CRI, CNI bridge; ours boots a microVM per pod and creates the container's disk on start"
+	s.Note = "containerd 2.4.2 CRI, CNI bridge; ours boots a microVM per pod and creates the container's disk on start; " +
+		phaseNote(oPhases, pPhases)
 	t := NewRow("pod teardown: crictl stopp + rmp (wall)", "ms", oStop, peer, pStop)
 	t.Note = "stops the container and the sandbox (ours: the VM) and removes both"
 	return []Row{s, t}, nil
 }
 
+// phaseNote gives each side's medians of runp, create and start, and
+// every run of ours (its slow runs are the ones to explain).
+func phaseNote(ours, peer [][3]float64) string {
+	med := func(ph [][3]float64, i int) float64 {
+		v := make([]float64, len(ph))
+		for j, p := range ph {
+			v[j] = p[i]
+		}
+		return Summarize("", v).Median
+	}
+	var runs []string
+	for _, p := range ours {
+		runs = append(runs, fmt.Sprintf("%.0f/%.0f/%.0f", p[0], p[1], p[2]))
+	}
+	return fmt.Sprintf("medians of runp/create/start: ours %.0f/%.0f/%.0f ms, runc %.0f/%.0f/%.0f ms; ours by run: %s",
+		med(ours, 0), med(ours, 1), med(ours, 2), med(peer, 0), med(peer, 1), med(peer, 2), strings.Join(runs, ", "))
+}
+
 // podOnce starts a pod named name with handler h and one container, then
-// stops and removes it, and returns both wall times in ms.
-func podOnce(d *ctrd.Daemon, h, name string) (start, stop float64, err error) {
+// stops and removes it, and returns the wall times of runp, create and
+// start and of the teardown, in ms.
+func podOnce(d *ctrd.Daemon, h, name string) (phases [3]float64, stop float64, err error) {
 	logDir := filepath.Join(d.Dir, "pod-logs", name)
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
-		return 0, 0, err
+		return phases, 0, err
 	}
 	podCfg, err := writeJSON(d.Dir, name+"-pod.json", map[string]any{
 		"metadata":      map[string]any{"name": name, "namespace": "default", "uid": name + "-uid", "attempt": 1},
@@ -58,7 +82,7 @@ func podOnce(d *ctrd.Daemon, h, name string) (start, stop float64, err error) {
 		"linux":         map[string]any{},
 	})
 	if err != nil {
-		return 0, 0, err
+		return phases, 0, err
 	}
 	ctrCfg, err := writeJSON(d.Dir, name+"-ctr.json", map[string]any{
 		"metadata": map[string]any{"name": "sleep"},
@@ -68,7 +92,7 @@ func podOnce(d *ctrd.Daemon, h, name string) (start, stop float64, err error) {
 		"linux":    map[string]any{},
 	})
 	if err != nil {
-		return 0, 0, err
+		return phases, 0, err
 	}
 	crictl := func(args ...string) (string, error) {
 		out, err := d.Crictl(podTimeout, args...)
@@ -80,8 +104,9 @@ func podOnce(d *ctrd.Daemon, h, name string) (start, stop float64, err error) {
 	t0 := time.Now()
 	pod, err := crictl("runp", "--runtime", h, podCfg)
 	if err != nil {
-		return 0, 0, err
+		return phases, 0, err
 	}
+	phases[0] = ms(time.Since(t0))
 	// Whatever fails below, the pod goes (Stop would remove it too).
 	defer func() {
 		if err != nil {
@@ -89,17 +114,20 @@ func podOnce(d *ctrd.Daemon, h, name string) (start, stop float64, err error) {
 			d.Crictl(podTimeout, "rmp", "-f", pod)
 		}
 	}()
+	t1 := time.Now()
 	cid, err := crictl("create", pod, ctrCfg, podCfg)
 	if err != nil {
-		return 0, 0, err
+		return phases, 0, err
 	}
+	phases[1] = ms(time.Since(t1))
+	t2 := time.Now()
 	if _, err = crictl("start", cid); err != nil {
-		return 0, 0, err
+		return phases, 0, err
 	}
-	start = ms(time.Since(t0))
+	phases[2] = ms(time.Since(t2))
 	out, err := crictl("inspect", cid)
 	if err != nil {
-		return 0, 0, err
+		return phases, 0, err
 	}
 	var insp struct {
 		Status struct {
@@ -107,24 +135,24 @@ func podOnce(d *ctrd.Daemon, h, name string) (start, stop float64, err error) {
 		} `json:"status"`
 	}
 	if err = json.Unmarshal([]byte(out), &insp); err != nil {
-		return 0, 0, fmt.Errorf("%s pod %s: crictl inspect: %w", h, name, err)
+		return phases, 0, fmt.Errorf("%s pod %s: crictl inspect: %w", h, name, err)
 	}
 	if insp.Status.State != "CONTAINER_RUNNING" {
 		err = fmt.Errorf("%s pod %s: container is %q after start", h, name, insp.Status.State)
-		return 0, 0, err
+		return phases, 0, err
 	}
-	t1 := time.Now()
+	t3 := time.Now()
 	if _, err = crictl("stopp", pod); err != nil {
-		return 0, 0, err
+		return phases, 0, err
 	}
 	if _, err = crictl("rmp", pod); err != nil {
-		return 0, 0, err
+		return phases, 0, err
 	}
-	stop = ms(time.Since(t1))
+	stop = ms(time.Since(t3))
 	if err = checkNoPods(d, h, name); err != nil {
-		return 0, 0, err
+		return phases, 0, err
 	}
-	return start, stop, nil
+	return phases, stop, nil
 }
 
 // checkNoPods fails when a pod, a container or a shim process is left

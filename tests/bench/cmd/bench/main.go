@@ -13,7 +13,8 @@
 // containerd 2.4.2 with its CRI plugin (CNI bridge, local pause and
 // busybox images) and times crictl runp + create + start and stopp + rmp
 // of a one-container pod with the stratovirt handler against runc.
-// blk, net and vsock run the
+// BENCH_CTRD_LOG=1 keeps these daemons' logs (with the shims') in -out
+// as containerd-GROUP.log. blk, net and vsock run the
 // tests/bench/{blk,net,vsock} benchmarks (compiled on the host) against
 // QEMU microvm.
 package main
@@ -23,6 +24,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -180,9 +182,9 @@ func run(runs, memRuns int, out, rows, vmm, shimDir string, resume bool) error {
 		case "agent":
 			r, err = bench.AgentBootRows(vmm, guestImages(shimDir), runs, os.Getenv("BENCH_BREAKDOWN") != "")
 		case "container", "shimmem", "density":
-			r, err = containerRows(group, shimDir, runs, memRuns)
+			r, err = containerRows(group, shimDir, out, runs, memRuns)
 		case "pod":
-			r, err = podRows(shimDir, runs)
+			r, err = podRows(shimDir, out, runs)
 		case "blk", "net", "vsock":
 			r, err = ioRows(group, shimDir, out)
 		default:
@@ -278,12 +280,17 @@ func guestImages(shimDir string) []bench.GuestImage {
 }
 
 // containerRows runs a container group on a private containerd 2.4.2.
-func containerRows(group, shimDir string, runs, memRuns int) ([]bench.Row, error) {
+func containerRows(group, shimDir, out string, runs, memRuns int) ([]bench.Row, error) {
 	root, err := lab.RepoRoot()
 	if err != nil {
 		return nil, err
 	}
-	d, err := ctrd.Start(ctrd.Options{BinDir: filepath.Join(root, ".cache/bin"), ConfigVersion: 3, ShimDir: shimDir})
+	logw, closeLog, err := ctrdLog(out, group)
+	if err != nil {
+		return nil, err
+	}
+	defer closeLog()
+	d, err := ctrd.Start(ctrd.Options{BinDir: filepath.Join(root, ".cache/bin"), ConfigVersion: 3, ShimDir: shimDir, Log: logw})
 	if err != nil {
 		return nil, err
 	}
@@ -301,12 +308,17 @@ func containerRows(group, shimDir string, runs, memRuns int) ([]bench.Row, error
 }
 
 // podRows runs the pod group on a private containerd 2.4.2 with CRI.
-func podRows(shimDir string, runs int) ([]bench.Row, error) {
+func podRows(shimDir, out string, runs int) ([]bench.Row, error) {
 	root, err := lab.RepoRoot()
 	if err != nil {
 		return nil, err
 	}
-	d, err := ctrd.Start(ctrd.Options{BinDir: filepath.Join(root, ".cache/bin"), ConfigVersion: 3, ShimDir: shimDir, CRI: &ctrd.CRI{}})
+	logw, closeLog, err := ctrdLog(out, "pod")
+	if err != nil {
+		return nil, err
+	}
+	defer closeLog()
+	d, err := ctrd.Start(ctrd.Options{BinDir: filepath.Join(root, ".cache/bin"), ConfigVersion: 3, ShimDir: shimDir, CRI: &ctrd.CRI{}, Log: logw})
 	if err != nil {
 		return nil, err
 	}
@@ -315,6 +327,21 @@ func podRows(shimDir string, runs int) ([]bench.Row, error) {
 		return nil, err
 	}
 	return bench.PodRows(d, runs)
+}
+
+// ctrdLog opens out/containerd-GROUP.log for containerd's output with
+// the shims' logs (ours logs where a container start goes at info level)
+// when BENCH_CTRD_LOG is set; out is the one directory the lab writes
+// back to the host.
+func ctrdLog(out, group string) (io.Writer, func(), error) {
+	if os.Getenv("BENCH_CTRD_LOG") == "" {
+		return nil, func() {}, nil
+	}
+	f, err := os.OpenFile(filepath.Join(out, "containerd-"+group+".log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, nil, fmt.Errorf("BENCH_CTRD_LOG: %w", err)
+	}
+	return f, func() { f.Close() }, nil
 }
 
 func prepare(vmm string, runs int) (bench.BootEnv, func(), error) {
