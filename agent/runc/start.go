@@ -23,9 +23,10 @@ var errInitDead = errors.New("container process is already dead")
 
 // Start starts a created container's init: it reads the exec FIFO and
 // removes it, which is all `runc start` does for a created container, in
-// the agent instead of in a runc process (one runc start costs 0.3–0.5 s
-// in the lab: a 9 MB Go binary's start in a guest). exited is closed once
-// the init has exited. Where the FIFO is not there (a runc of another
+// the agent instead of in a runc process: a start of runc's 9 MB Go binary
+// in the guest, without which a pod's sandbox and container each started
+// 0.3–0.5 s sooner in the lab (docs/performance.md, twentieth session).
+// exited is closed once the init has exited. Where the FIFO is not there (a runc of another
 // layout, or a container not in the created state) it runs `runc start`,
 // which gives runc's own answer.
 func (r *Runc) Start(ctx context.Context, id string, exited <-chan struct{}) error {
