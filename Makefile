@@ -129,7 +129,8 @@ demo: deps
 # group runs unless BENCH_ROWS picks some (e.g. BENCH_ROWS=agent,container;
 # groups: boot,mem,agent,container,shimmem,density,pod,blk,net,vsock).
 # BENCH_BREAKDOWN=1 adds verbose-console boots to the agent group.
-# BENCH_CTRD_LOG=1 keeps the container and pod groups' containerd logs in BENCH_OUT.
+# BENCH_CTRD_LOG=1 keeps the container, shimmem, density and pod groups'
+# containerd logs (with the shims') in BENCH_OUT.
 BENCH_OUT ?= bench/results
 BENCH_RUNS ?= 10
 BENCH_ROWS ?= all

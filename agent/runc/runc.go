@@ -1,8 +1,9 @@
 // Package runc drives the runc binary for the agent: create, exec, kill,
 // pause, resume, update, ps and delete, with runc's error from its JSON
-// log; a start reads runc's exec FIFO itself (start.go). Every runc process is started and waited on through the
-// agent's reaper (never exec.Cmd.Wait), because the agent reaps all of its
-// children. A Runc is safe for concurrent use; it holds no lock.
+// log; a start reads runc's exec FIFO itself (start.go). Every runc
+// process is started and waited on through the agent's reaper (never
+// exec.Cmd.Wait), because the agent reaps all of its children. A Runc is
+// safe for concurrent use; it holds no lock.
 package runc
 
 import (

@@ -26,9 +26,9 @@ var errInitDead = errors.New("container process is already dead")
 // the agent instead of in a runc process: a start of runc's 9 MB Go binary
 // in the guest, without which a pod's sandbox and container each started
 // 0.3–0.5 s sooner in the lab (docs/performance.md, twentieth session).
-// exited is closed once the init has exited. Where the FIFO is not there (a runc of another
-// layout, or a container not in the created state) it runs `runc start`,
-// which gives runc's own answer.
+// exited is closed once the init has exited. Where the FIFO is not there
+// (a runc of another layout, or a container not in the created state) it
+// runs `runc start`, which gives runc's own answer.
 func (r *Runc) Start(ctx context.Context, id string, exited <-chan struct{}) error {
 	fifo := filepath.Join(r.Root, id, execFifo)
 	if st, err := os.Lstat(fifo); err != nil || st.Mode()&os.ModeNamedPipe == 0 {
