@@ -81,6 +81,9 @@ type Container struct {
 	dir       string
 	cgroupDir string
 	mounts    []string // mount order
+	// From the spec, for deleting it without runc: the container joins
+	// a PID namespace or has none of its own; it has poststop hooks.
+	sharedPIDs, poststop bool
 
 	op sync.Mutex // serialises runc operations of this container
 
@@ -223,6 +226,8 @@ func (m *Manager) Create(ctx context.Context, req *agentv1.CreateContainerReques
 	}
 	c.mu.Lock()
 	c.cgroupDir = cgroups.Dir(m.cfg.CgroupRoot, spec.Linux.CgroupsPath)
+	c.sharedPIDs = !ownPIDNamespace(spec.Linux.Namespaces)
+	c.poststop = spec.Hooks != nil && len(spec.Hooks.Poststop) > 0
 	c.mu.Unlock()
 	b, err := json.Marshal(&spec)
 	if err != nil {
@@ -406,7 +411,16 @@ func (m *Manager) Remove(ctx context.Context, id string, force bool) error {
 			return fmt.Errorf("container %q is running: %w", id, ErrPrecondition)
 		}
 	}
-	if err := m.cfg.Runc.Delete(ctx, id, force); err != nil && !runc.IsNotExist(err) {
+	if init != nil && init.exited() {
+		c.mu.Lock()
+		stopped := runc.Stopped{CgroupDir: c.cgroupDir, SharedPIDs: c.sharedPIDs}
+		hooks := c.poststop
+		c.mu.Unlock()
+		err = m.cfg.Runc.DeleteStopped(ctx, id, stopped, hooks)
+	} else {
+		err = m.cfg.Runc.Delete(ctx, id, force)
+	}
+	if err != nil && !runc.IsNotExist(err) {
 		return err
 	}
 	if init != nil {
@@ -420,6 +434,18 @@ func (m *Manager) Remove(ctx context.Context, id string, force bool) error {
 	delete(m.containers, id)
 	m.mu.Unlock()
 	return m.cleanup(c)
+}
+
+// ownPIDNamespace reports whether a spec gives the container a new PID
+// namespace of its own (rather than joining one by path, or sharing the
+// agent's).
+func ownPIDNamespace(nss []specs.LinuxNamespace) bool {
+	for _, ns := range nss {
+		if ns.Type == specs.PIDNamespace {
+			return ns.Path == ""
+		}
+	}
+	return false
 }
 
 // cleanup releases a container's OOM watch, its processes' streams and

@@ -191,3 +191,20 @@ func TestDeleteExec(t *testing.T) {
 		t.Errorf("init: %v", err)
 	}
 }
+
+func TestOwnPIDNamespace(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		nss  []specs.LinuxNamespace
+		want bool
+	}{
+		{"new", []specs.LinuxNamespace{{Type: specs.MountNamespace}, {Type: specs.PIDNamespace}}, true},
+		{"joined", []specs.LinuxNamespace{{Type: specs.PIDNamespace, Path: "/proc/7/ns/pid"}}, false},
+		{"none", []specs.LinuxNamespace{{Type: specs.MountNamespace}, {Type: specs.IPCNamespace}}, false},
+		{"empty", nil, false},
+	} {
+		if got := ownPIDNamespace(tc.nss); got != tc.want {
+			t.Errorf("%s: ownPIDNamespace = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

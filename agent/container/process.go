@@ -25,7 +25,7 @@ import (
 type Process struct {
 	id    string // "" for init
 	pid   int
-	pidfd int // -1 when none; exec processes only
+	pidfd int // -1 when none
 	io    *stdio.IO
 	done  chan struct{}
 	exit  reaper.Exit // valid once done is closed
@@ -124,10 +124,10 @@ func (m *Manager) startProcess(ctx context.Context, c *Container, eid string, te
 	}
 	p.pid = pid
 	exitc := m.cfg.Reaper.Watch(pid)
-	if eid != "" {
-		if fd, err := unix.PidfdOpen(pid, 0); err == nil {
-			p.pidfd = fd
-		}
+	// Not reaped before monitor runs (the reaper only reports it), so
+	// the pid still names this process here.
+	if fd, err := unix.PidfdOpen(pid, 0); err == nil {
+		p.pidfd = fd
 	}
 	go m.monitor(c, p, exitc)
 	return p, nil
@@ -283,22 +283,24 @@ func (m *Manager) Signal(ctx context.Context, cid, eid string, sig int, all bool
 		c.mu.Unlock()
 		return fmt.Errorf("process %q of container %q has exited: %w", eid, cid, ErrNotFound)
 	}
-	if eid != "" {
-		// The pidfd names this very process even if its pid was reused.
-		var err error
-		if p.pidfd >= 0 {
-			err = unix.PidfdSendSignal(p.pidfd, unix.Signal(sig), nil, 0)
-		} else {
-			err = unix.Kill(p.pid, unix.Signal(sig))
-		}
+	// The pidfd names this very process even if its pid was reused. For
+	// the init this is what `runc kill` does without --all (signal the
+	// init), without a runc process.
+	var serr error
+	switch {
+	case p.pidfd >= 0:
+		serr = unix.PidfdSendSignal(p.pidfd, unix.Signal(sig), nil, 0)
+	case eid != "":
+		serr = unix.Kill(p.pid, unix.Signal(sig))
+	default:
 		c.mu.Unlock()
-		if err != nil && !errors.Is(err, unix.ESRCH) {
-			return fmt.Errorf("signal exec %q: %w", eid, err)
-		}
-		return nil
+		return m.cfg.Runc.Kill(ctx, c.id, sig, false)
 	}
 	c.mu.Unlock()
-	return m.cfg.Runc.Kill(ctx, c.id, sig, false)
+	if serr != nil && !errors.Is(serr, unix.ESRCH) {
+		return fmt.Errorf("signal process %q of container %q: %w", eid, cid, serr)
+	}
+	return nil
 }
 
 // Wait blocks until the process exited and its output was delivered.

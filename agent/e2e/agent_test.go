@@ -162,7 +162,12 @@ func TestExecStdinSignal(t *testing.T) {
 	if w := a.wait("c", "", 30*time.Second); w.ExitStatus != 137 {
 		t.Fatalf("SIGKILL to init: status %d, want 137", w.ExitStatus)
 	}
+	_, err = a.api.SignalProcess(ctxT(t, 10*time.Second), &agentv1.SignalProcessRequest{ContainerId: "c", Signal: 9})
+	if status.Code(err) != codes.NotFound {
+		t.Fatalf("signal to an exited init: %v, want NotFound", err)
+	}
 	a.remove("c")
+	a.removed("c")
 	if _, err := a.api.StartContainer(ctxT(t, 10*time.Second), &agentv1.StartContainerRequest{ContainerId: "c"}); status.Code(err) != codes.NotFound {
 		t.Fatalf("start of a removed container: %v", err)
 	}
@@ -375,4 +380,60 @@ func TestCreateErrors(t *testing.T) {
 	if err := stream.ReadReply(c); !errors.Is(err, stream.ErrRefused) {
 		t.Fatalf("stream to an unknown process: %v", err)
 	}
+}
+
+// A container without a PID namespace of its own: a process that
+// outlives its init is killed when the container is removed, as `runc
+// delete` does, and the container's cgroup and runc's state go with it.
+func TestRemoveKillsLeftovers(t *testing.T) {
+	a := startAgent(t)
+	spec := a.spec
+	var nss []specs.LinuxNamespace
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type != specs.PIDNamespace {
+			nss = append(nss, ns)
+		}
+	}
+	linux := *spec.Linux
+	linux.Namespaces = nss
+	spec.Linux = &linux
+	p := *spec.Process
+	p.Args = []string{"sleep", "1000"}
+	spec.Process = &p
+	b, err := json.Marshal(&spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.create("left", b, nil)
+	a.start("left")
+	a.exec("left", "bg", nil, false, "sleep", "1000")
+	a.signal("left", "", unix.SIGKILL, false)
+	if w := a.wait("left", "", 30*time.Second); w.ExitStatus != 137 {
+		t.Fatalf("init exit %d, want 137", w.ExitStatus)
+	}
+	ctx := ctxT(t, 30*time.Second)
+	bg := make(chan int32, 1)
+	go func() {
+		r, err := a.api.WaitProcess(ctx, &agentv1.WaitProcessRequest{ContainerId: "left", ExecId: "bg"})
+		if err != nil {
+			bg <- -1
+			return
+		}
+		bg <- r.ExitStatus
+	}()
+	select {
+	case st := <-bg:
+		t.Fatalf("exec process ended with %d before the remove", st)
+	case <-time.After(500 * time.Millisecond):
+	}
+	a.remove("left")
+	select {
+	case st := <-bg:
+		if st != 137 {
+			t.Errorf("exec process ended with %d, want 137 (SIGKILL)", st)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("exec process not ended 10s after the remove")
+	}
+	a.removed("left")
 }

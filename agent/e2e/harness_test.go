@@ -296,6 +296,17 @@ func (a *agent) remove(id string) {
 	}
 }
 
+// removed checks that a removed container left neither runc's state nor
+// its cgroup (the agent's default cgroup path) behind.
+func (a *agent) removed(id string) {
+	a.t.Helper()
+	for _, p := range []string{filepath.Join(a.dir, "state", "runc", id), filepath.Join(cgroupRoot, "stratovirt", id)} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			a.t.Errorf("container %s removed, %s left (%v)", id, p, err)
+		}
+	}
+}
+
 // dial opens one stream with the handshake.
 func (a *agent) dial(kind stream.Kind, id, eid string) *net.UnixConn {
 	a.t.Helper()

@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/stratovirt-go/stratovirt/agent/reaper"
 )
 
 // fakeInit plays runc's init on fifo: it opens it for writing (blocking
@@ -97,26 +95,11 @@ func TestStartExecFifo(t *testing.T) {
 // TestStartNoFifo: without an exec FIFO (a runc of another layout, a
 // container already started) Start asks runc.
 func TestStartNoFifo(t *testing.T) {
-	root := t.TempDir()
-	bin := filepath.Join(root, "runc")
-	script := "#!/bin/sh\necho \"$@\" > " + filepath.Join(root, "args") + "\n"
-	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	rp, err := reaper.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rp.Close()
-	r := &Runc{Binary: bin, Root: root, Reaper: rp}
+	r, args := fakeRunc(t)
 	if err := r.Start(context.Background(), "c1", make(chan struct{})); err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(filepath.Join(root, "args"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.HasSuffix(strings.TrimSpace(string(b)), "start c1") {
-		t.Errorf("runc ran with %q, want a start of c1", b)
+	if got := ranRunc(t, args); !strings.HasSuffix(got, "start c1") {
+		t.Errorf("runc ran with %q, want a start of c1", got)
 	}
 }

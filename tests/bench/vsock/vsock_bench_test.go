@@ -5,7 +5,8 @@
 // peer of tests/vsock; the workloads are a 32 MiB echo started by the
 // host, the same started by the guest, and 32 parallel 1 MiB echoes. The
 // three guests run at once and take turns, the others stopped, for
-// VSOCK_BENCH_RUNS (else BENCH_RUNS, else 3) rounds. It prints a Markdown
+// VSOCK_BENCH_RUNS (else BENCH_RUNS, else 3) rounds; in each round every
+// workload runs on each VMM in turn. It prints a Markdown
 // table of the medians and their ratios.
 //
 // It runs only when VSOCK_BENCH=1 (it takes a few minutes):
@@ -88,38 +89,46 @@ type vmm struct {
 	kvm, sw map[string]int64
 }
 
-// measure runs the workloads once against v's guest.
-func (v *vmm) measure(t *testing.T) result {
+// measure runs workload key once against v's guest and returns its
+// MiB/s; the VM's KVM exits and the VMM's context switches during it are
+// added to v.kvm and v.sw.
+func (v *vmm) measure(t *testing.T, key string) float64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	k0 := bench.KVMStats(v.vm.Cmd.Process.Pid, bench.KVMExitCounters)
 	sw0 := bench.ThreadSwitches(v.vm.Cmd.Process.Pid)
-	r := result{}
 	start := time.Now()
-	if err := vsocktest.EchoTransfer(ctx, v.target, 1, large); err != nil {
-		t.Fatalf("%s: %v", v.name, err)
-	}
-	r["h2g"] = large / (1 << 20) / time.Since(start).Seconds()
-	start = time.Now()
-	if rep := vsocktest.Control(t, v.target, fmt.Sprintf("connect %d 1 %d", vsocktest.HostPort, large), 5*time.Minute); !strings.HasPrefix(rep, "OK") {
-		t.Fatalf("%s: guest-initiated: %s", v.name, rep)
-	}
-	r["g2h"] = large / (1 << 20) / time.Since(start).Seconds()
-	start = time.Now()
-	errs := make(chan error, conns)
-	for i := range conns {
-		go func() { errs <- vsocktest.EchoTransfer(ctx, v.target, i+2, each) }()
-	}
-	for range conns {
-		if err := <-errs; err != nil {
+	var moved int
+	switch key {
+	case "h2g":
+		moved = large
+		if err := vsocktest.EchoTransfer(ctx, v.target, 1, large); err != nil {
 			t.Fatalf("%s: %v", v.name, err)
 		}
+	case "g2h":
+		moved = large
+		if rep := vsocktest.Control(t, v.target, fmt.Sprintf("connect %d 1 %d", vsocktest.HostPort, large), 5*time.Minute); !strings.HasPrefix(rep, "OK") {
+			t.Fatalf("%s: guest-initiated: %s", v.name, rep)
+		}
+	case "par":
+		moved = conns * each
+		errs := make(chan error, conns)
+		for i := range conns {
+			go func() { errs <- vsocktest.EchoTransfer(ctx, v.target, i+2, each) }()
+		}
+		for range conns {
+			if err := <-errs; err != nil {
+				t.Fatalf("%s: %v", v.name, err)
+			}
+		}
+	default:
+		t.Fatalf("unknown workload %q", key)
 	}
-	r["par"] = conns * each / (1 << 20) / time.Since(start).Seconds()
+	mibs := float64(moved) / (1 << 20) / time.Since(start).Seconds()
 	bench.AddStatsDiff(v.kvm, k0, bench.KVMStats(v.vm.Cmd.Process.Pid, bench.KVMExitCounters))
 	bench.AddStatsDiff(v.sw, sw0, bench.ThreadSwitches(v.vm.Cmd.Process.Pid))
-	return r
+	return mibs
 }
 
 // start boots v's guest and warms it up (which also waits for it to
@@ -200,18 +209,30 @@ func TestVsockBench(t *testing.T) {
 	}
 	first := min(len(res[vmms[0].name]), runs)
 	for r := first; r < runs; r++ {
+		round := map[string]result{}
+		// Each workload runs on every VMM in turn, in an order that
+		// rotates with the workload and the round, so that a slow drift of
+		// the lab's speed falls on all three alike.
+		for wi, w := range workloads {
+			for j := range vmms {
+				v := vmms[(r+wi+j)%len(vmms)]
+				// The other VMMs are stopped while v is measured, so that
+				// their guests' timers do not take turns on the lab's CPU.
+				if err := bench.SignalOthers(procs, v.vm.Cmd.Process, syscall.SIGSTOP); err != nil {
+					t.Fatal(err)
+				}
+				if round[v.name] == nil {
+					round[v.name] = result{}
+				}
+				round[v.name][w.key] = v.measure(t, w.key)
+				if err := bench.SignalOthers(procs, v.vm.Cmd.Process, syscall.SIGCONT); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
 		line := fmt.Sprintf("round %d/%d:", r+1, runs)
-		for j := range vmms {
-			v := vmms[(r+j)%len(vmms)]
-			// The other VMMs are stopped while v is measured, so that
-			// their guests' timers do not take turns on the lab's CPU.
-			if err := bench.SignalOthers(procs, v.vm.Cmd.Process, syscall.SIGSTOP); err != nil {
-				t.Fatal(err)
-			}
-			m := v.measure(t)
-			if err := bench.SignalOthers(procs, v.vm.Cmd.Process, syscall.SIGCONT); err != nil {
-				t.Fatal(err)
-			}
+		for _, v := range vmms {
+			m := round[v.name]
 			res[v.name] = append(res[v.name], m)
 			line += fmt.Sprintf(" %s %.1f/%.1f/%.1f MiB/s;", v.name, m["h2g"], m["g2h"], m["par"])
 		}
@@ -242,6 +263,7 @@ func TestVsockBench(t *testing.T) {
 		for _, side := range []struct{ label, name string }{{"vhost", ours}, {"unix backend", user}} {
 			r := bench.NewRow("vsock "+w.label+", ours "+side.label, "MiB/s", samples(side.name, w.key), "qemu vhost-vsock-device", samples(qemu, w.key))
 			r.HigherIsBetter = true
+			r.Note = pairedNote(samples(side.name, w.key), samples(qemu, w.key))
 			rows = append(rows, r)
 		}
 	}
@@ -261,6 +283,24 @@ func TestVsockBench(t *testing.T) {
 	}
 	fmt.Println(b.String())
 	t.Log(b.String())
+}
+
+// pairedNote gives the ratio ours/QEMU of each round (the two measured
+// minutes apart, in the same lab) and their median.
+func pairedNote(ours, qemu []float64) string {
+	var ratios []float64
+	var parts []string
+	for i := range min(len(ours), len(qemu)) {
+		if qemu[i] <= 0 {
+			continue
+		}
+		ratios = append(ratios, ours[i]/qemu[i])
+		parts = append(parts, fmt.Sprintf("%.2f", ours[i]/qemu[i]))
+	}
+	if len(ratios) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("ratio by round: %s (median %.2f)", strings.Join(parts, ", "), bench.Summarize("", ratios).Median)
 }
 
 func qemuVersion() string {
