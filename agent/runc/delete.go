@@ -1,18 +1,17 @@
 package runc
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/stratovirt-go/stratovirt/agent/cgroups"
 )
 
 // Stopped describes a container whose init has exited and been reaped,
@@ -108,21 +107,14 @@ func cgroupPopulated(dir string) (bool, error) {
 	return parsePopulated(b)
 }
 
-// parsePopulated finds "populated 0|1" in cgroup.events contents.
+// parsePopulated reads the populated key (0 or 1) of cgroup.events
+// contents.
 func parsePopulated(b []byte) (bool, error) {
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(strings.TrimSpace(sc.Text()), " ")
-		if ok && k == "populated" {
-			switch strings.TrimSpace(v) {
-			case "0":
-				return false, nil
-			case "1":
-				return true, nil
-			}
-		}
+	v, ok := cgroups.ParseFlatKeyed(b)["populated"]
+	if !ok || v > 1 {
+		return false, fmt.Errorf("cgroup.events %q: no populated key", b)
 	}
-	return false, fmt.Errorf("cgroup.events %q: no populated key", b)
+	return v == 1, nil
 }
 
 // removeCgroup removes dir and the cgroups below it, deepest first, as
