@@ -21,6 +21,9 @@ type BalloonInfo struct {
 	// Released and Returned count bytes the guest handed to the host
 	// (inflate) and took back (deflate) since start.
 	Released, Returned uint64
+	// Reported counts bytes of free memory the guest reported and the
+	// host released (free page reporting) since start.
+	Reported uint64
 	// Stats are the guest's last memory statistics by name (free-memory,
 	// total-memory, ...), bytes or counts as the guest reports them.
 	Stats map[string]uint64
@@ -49,7 +52,7 @@ func (v *VM) setupBalloon() error {
 		return err
 	}
 	m := v.cfg.Machine
-	dev := balloon.New(balloon.Config{DeflateOnOOM: c.DeflateOnOOM, Shared: m.MemShare || m.MemPath != ""}, loop)
+	dev := balloon.New(balloon.Config{DeflateOnOOM: c.DeflateOnOOM, FreePageReporting: c.FreePageReporting, Shared: m.MemShare || m.MemPath != ""}, loop)
 	if err := v.attachVirtio(dev, dev); err != nil {
 		return fmt.Errorf("balloon: %w", err)
 	}
@@ -90,6 +93,7 @@ func (v *VM) BalloonInfo() (BalloonInfo, error) {
 		Target:   ram - min(ram, uint64(b.dev.Target())*balloon.PageSize),
 		Released: inflated * balloon.PageSize,
 		Returned: deflated * balloon.PageSize,
+		Reported: b.dev.Reported(),
 		Stats:    map[string]uint64{},
 	}
 	for _, s := range b.dev.Stats() {

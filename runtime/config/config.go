@@ -90,6 +90,9 @@ type Hypervisor struct {
 	IOThreads int `toml:"iothreads"`
 	// DiskIOPS limits each disk (0: unlimited).
 	DiskIOPS uint64 `toml:"disk_iops"`
+	// FreePageReporting gives the VM a balloon through which the guest
+	// reports the memory it frees, and the host releases it.
+	FreePageReporting bool `toml:"free_page_reporting"`
 	// BootTimeout bounds the wait for the guest agent, e.g. "30s".
 	BootTimeout string `toml:"boot_timeout"`
 	// ConsoleLog copies the guest console into the shim log.
@@ -131,6 +134,7 @@ func Default() Config {
 			VsockBackend:      VsockVhost,
 			NetBackend:        NetAuto,
 			IOThreads:         1,
+			FreePageReporting: true,
 			BootTimeout:       "30s",
 			EnableAnnotations: []string{"default_vcpus", "default_memory"},
 			ValidKernelPaths:  []string{"/usr/share/stratovirt/*"},

@@ -152,6 +152,9 @@ func VMConfig(cfg *shimconfig.Config, spec *specs.Spec, name string, drives []Dr
 		// writes, if any, stay in its own pages.
 		c.Pmems = append(c.Pmems, vmconfig.Pmem{ID: RuncPmemID, File: h.RuncImage, ReadOnly: true})
 	}
+	if h.FreePageReporting {
+		c.Balloon = &vmconfig.Balloon{FreePageReporting: true}
+	}
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("vm config: %w", err)
 	}

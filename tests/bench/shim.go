@@ -110,6 +110,30 @@ func treeMemory(pid int, guestBytes uint64) (memUse, error) {
 	return m, nil
 }
 
+// settleLimit bounds how long settledMemory waits for an idle guest to
+// give back what it freed (free page reporting: Linux reports free 2 MiB
+// blocks about 2 s after they pile up).
+const settleLimit = 10 * time.Second
+
+// settledMemory is treeMemory once the guest RAM's RSS stops falling:
+// less than 1 MiB down over a second, or settleLimit.
+func settledMemory(pid int, guestBytes uint64) (memUse, error) {
+	m, err := treeMemory(pid, guestBytes)
+	for deadline := time.Now().Add(settleLimit); err == nil && time.Now().Before(deadline); {
+		time.Sleep(time.Second)
+		var next memUse
+		if next, err = treeMemory(pid, guestBytes); err != nil {
+			break
+		}
+		fell := m.GuestRSS - next.GuestRSS
+		m = next
+		if fell < 1 {
+			break
+		}
+	}
+	return m, err
+}
+
 // ShimMemRows measures the host memory of an idle container beside its
 // guest RAM: our shim process (the VMM runs inside it) against runc's
 // shim plus the container's process, both on d, guestMiB of guest RAM.
@@ -128,7 +152,7 @@ func ShimMemRows(d *ctrd.Daemon, runs, guestMiB int) ([]Row, error) {
 			pid, err := shimPID(id)
 			var m memUse
 			if err == nil {
-				m, err = treeMemory(pid, uint64(guestMiB)<<20)
+				m, err = settledMemory(pid, uint64(guestMiB)<<20)
 			}
 			remove(d, id)
 			if err != nil {
@@ -226,7 +250,8 @@ const idleCPUWindow = 10 * time.Second
 // DensityRows starts idle containers one after another up to the last of
 // steps (ascending), ours then runc's, and reports the start time of the
 // container that makes N running at each step, the host memory each
-// idle container takes (MemAvailable's drop over N), how many would fit
+// idle container takes (MemAvailable's drop over N, once all have idled
+// through the CPU window), how many would fit
 // in what was available at the start, and the host CPU each idle
 // container takes (the host's busy share with all N idling less that
 // before the first started).
@@ -271,10 +296,6 @@ func DensityRows(d *ctrd.Daemon, steps []int) ([]Row, error) {
 		time.Sleep(2 * time.Second)
 		out, _ := d.Ctr(time.Minute, "", "task", "ls")
 		s.running = strings.Count(out, "RUNNING")
-		s.perMiB = (s.avail0 - memAvailable()) / float64(max)
-		if s.perMiB > 0 {
-			s.fit = s.avail0 / s.perMiB
-		}
 		var pids []int
 		for _, id := range ids {
 			if pid, err := shimPID(id); err == nil {
@@ -299,6 +320,13 @@ func DensityRows(d *ctrd.Daemon, steps []int) ([]Row, error) {
 		loaded, err := busyShare(idleCPUWindow)
 		if err != nil {
 			return s, err
+		}
+		// After the window: every container has idled for 12 s or more,
+		// and guests have given back what they freed (free page
+		// reporting).
+		s.perMiB = (s.avail0 - memAvailable()) / float64(max)
+		if s.perMiB > 0 {
+			s.fit = s.avail0 / s.perMiB
 		}
 		t1, g1 := shims()
 		exits := map[string]int64{}

@@ -5,11 +5,16 @@ import (
 	"path/filepath"
 )
 
-// Balloon is the virtio-balloon device (-balloon [deflate-on-oom=B]; JSON
-// "balloon": {"deflate_on_oom": B}). Balloon and huge pages exclude each
-// other: released 4 KiB pages cannot be punched out of huge pages.
+// Balloon is the virtio-balloon device (-balloon
+// [deflate-on-oom=B][,free-page-reporting=B]; JSON "balloon":
+// {"deflate_on_oom": B, "free_page_reporting": B}). Balloon and huge pages
+// exclude each other: released 4 KiB pages cannot be punched out of huge
+// pages.
 type Balloon struct {
 	DeflateOnOOM bool `json:"deflate_on_oom"`
+	// FreePageReporting lets the guest report the memory it frees, which
+	// the host then releases (virtio's free page reporting).
+	FreePageReporting bool `json:"free_page_reporting,omitempty"`
 }
 
 // validateBalloon checks that the balloon is not combined with

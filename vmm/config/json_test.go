@@ -170,6 +170,9 @@ func TestDecodeJSON(t *testing.T) {
 		{"vsock cid as string", `{"vsock":{"vsock_id":"v","guest_cid":"3"}}`, nil, `"guest_cid": want a JSON uint64, not string`},
 		{"vsock unknown key", `{"vsock":{"vsock_id":"v","guest_cid":3,"cid":3}}`, nil, `"cid": unknown key`},
 		{"balloon", `{"balloon":{"deflate_on_oom":true}}`, func(c *VMConfig) bool { return c.Balloon != nil && c.Balloon.DeflateOnOOM }, ""},
+		{"balloon reporting", `{"balloon":{"free_page_reporting":true}}`, func(c *VMConfig) bool {
+			return c.Balloon != nil && c.Balloon.FreePageReporting && !c.Balloon.DeflateOnOOM
+		}, ""},
 		{"duplicate top key", `{"serial":{"stdio":true},"serial":{"stdio":false}}`, nil, `"serial": key given more than once`},
 		{"not an object", `[1,2]`, nil, "the configuration: must be a JSON object"},
 		{"section not an object", `{"serial":true}`, nil, `"serial": must be a JSON object`},

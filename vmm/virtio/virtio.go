@@ -112,5 +112,13 @@ type Device interface {
 	Reset()
 }
 
+// QueueCounter is implemented by a device some of whose queues exist only
+// with a feature (virtio-balloon's reporting queue): the driver sets up
+// the first ActiveQueues(negotiated features) queues and leaves the rest
+// alone. A device without it needs every queue of QueueMaxSizes.
+type QueueCounter interface {
+	ActiveQueues(features uint64) int
+}
+
 // HasFeature reports whether bit is set in features.
 func HasFeature(features uint64, bit uint) bool { return features&(1<<bit) != 0 }

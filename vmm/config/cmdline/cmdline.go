@@ -407,8 +407,10 @@ OPTIONS:
                            add a virtio-pmem device (guest /dev/pmemN; at most
                            4) mapping <path> into guest memory above RAM;
                            readonly=on keeps the guest's writes off the file
-  -balloon deflate-on-oom=true|false
-                           add a memory balloon (not with hugetlbfs -mem-path)
+  -balloon deflate-on-oom=true|false[,free-page-reporting=true|false]
+                           add a memory balloon (not with hugetlbfs -mem-path);
+                           free-page-reporting: the guest hands its free
+                           memory back to the host as it frees it
   -mem-path <path>         back guest RAM with a file: a hugetlbfs mount or
                            other directory (a new unlinked file is made there)
                            or a file; absolute path; with hugetlbfs the memory

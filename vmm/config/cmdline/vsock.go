@@ -48,18 +48,24 @@ func parseDevice(c *config.VMConfig, v string) error {
 	return nil
 }
 
-// parseBalloon handles -balloon deflate-on-oom=true|false (on|off and
+// parseBalloon handles -balloon deflate-on-oom=true|false and
+// free-page-reporting=true|false (StratoVirt's later option; on|off and
 // yes|no are accepted too). A later -balloon or the command line over the
 // -config file's "balloon" replaces the setting.
 func parseBalloon(c *config.VMConfig, v string) error {
-	kv, err := parseSubOptions("-balloon", v, "", "deflate-on-oom")
+	kv, err := parseSubOptions("-balloon", v, "", "deflate-on-oom", "free-page-reporting")
 	if err != nil {
 		return err
 	}
 	b := &config.Balloon{}
-	if s, ok := kv["deflate-on-oom"]; ok {
-		if b.DeflateOnOOM, err = parseBool(s); err != nil {
-			return fmt.Errorf("-balloon: unable to parse '%s' for 'deflate-on-oom' (true|false)", s)
+	for _, o := range []struct {
+		name string
+		dst  *bool
+	}{{"deflate-on-oom", &b.DeflateOnOOM}, {"free-page-reporting", &b.FreePageReporting}} {
+		if s, ok := kv[o.name]; ok {
+			if *o.dst, err = parseBool(s); err != nil {
+				return fmt.Errorf("-balloon: unable to parse '%s' for '%s' (true|false)", s, o.name)
+			}
 		}
 	}
 	c.Balloon = b

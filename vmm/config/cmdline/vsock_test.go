@@ -29,6 +29,9 @@ func TestDeviceAndBalloon(t *testing.T) {
 		{"balloon on", []string{"-balloon", "deflate-on-oom=true"}, nil, &config.Balloon{DeflateOnOOM: true}, ""},
 		{"balloon off", []string{"-balloon", "deflate-on-oom=false"}, nil, &config.Balloon{}, ""},
 		{"balloon bad bool", []string{"-balloon", "deflate-on-oom=maybe"}, nil, nil, "unable to parse 'maybe' for 'deflate-on-oom'"},
+		{"balloon reporting", []string{"-balloon", "deflate-on-oom=on,free-page-reporting=true"}, nil, &config.Balloon{DeflateOnOOM: true, FreePageReporting: true}, ""},
+		{"balloon reporting only", []string{"-balloon", "free-page-reporting=on"}, nil, &config.Balloon{FreePageReporting: true}, ""},
+		{"balloon reporting bad bool", []string{"-balloon", "free-page-reporting=2"}, nil, nil, "unable to parse '2' for 'free-page-reporting'"},
 		{"balloon bad key", []string{"-balloon", "size=1"}, nil, nil, "-balloon: invalid parameter 'size'"},
 	} {
 		c, _, err := Parse(tc.args)

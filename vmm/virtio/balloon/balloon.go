@@ -8,6 +8,13 @@
 // pressure. The host sets the target (num_pages) and the transport raises
 // a configuration interrupt; the guest reports progress in actual.
 //
+// With free page reporting (VIRTIO_BALLOON_F_REPORTING, offered when
+// configured) the guest also hands over, on a fourth queue, ranges of its
+// free memory (2 MiB blocks from Linux on x86), which the host releases
+// the same way. The guest may reuse a reported page at any time and finds
+// it zeroed: memory a guest touched once and freed again stops costing
+// the host, with no target for the host to set.
+//
 // Concurrency: the configuration space (target, actual) is read and
 // written by vCPU threads under the transport lock and by the VMM's API
 // callers; it is kept in atomics. Queue processing runs only on the
@@ -35,6 +42,7 @@ const (
 	FMustTellHost = 0
 	FStatsVQ      = 1
 	FDeflateOnOOM = 2
+	FReporting    = 5
 )
 
 // Queues and geometry.
@@ -44,6 +52,7 @@ const (
 	inflateQ    = 0
 	deflateQ    = 1
 	statsQ      = 2
+	reportQ     = 3
 	ConfigSize  = 8
 	maxStatsBuf = 64 * statSize
 )
@@ -51,6 +60,8 @@ const (
 // Config describes the device.
 type Config struct {
 	DeflateOnOOM bool
+	// FreePageReporting offers VIRTIO_BALLOON_F_REPORTING.
+	FreePageReporting bool
 	// Shared says guest RAM is a shared or file-backed mapping (memfd,
 	// -mem-path, mem-share=on): pages are released with MADV_REMOVE.
 	Shared bool
@@ -72,6 +83,9 @@ type Balloon struct {
 	// released counts pages given back to the host (inflate) and taken
 	// back (deflate) since the device was created.
 	inflated, deflated atomic.Uint64
+	// reported counts bytes of free memory the guest reported and the
+	// host released.
+	reported atomic.Uint64
 
 	// Owned by the loop while active.
 	act        *virtio.Activation
@@ -99,12 +113,30 @@ func (b *Balloon) Features() uint64 {
 	if b.cfg.DeflateOnOOM {
 		f |= 1 << FDeflateOnOOM
 	}
+	if b.cfg.FreePageReporting {
+		f |= 1 << FReporting
+	}
 	return f
 }
 
-// QueueMaxSizes implements virtio.Device. The statistics queue holds the
-// one buffer the driver keeps there.
-func (b *Balloon) QueueMaxSizes() []uint16 { return []uint16{QueueSize, QueueSize, QueueSize} }
+// QueueMaxSizes implements virtio.Device: inflate, deflate, statistics
+// (which holds the one buffer the driver keeps there) and, when
+// configured, reporting.
+func (b *Balloon) QueueMaxSizes() []uint16 {
+	if b.cfg.FreePageReporting {
+		return []uint16{QueueSize, QueueSize, QueueSize, QueueSize}
+	}
+	return []uint16{QueueSize, QueueSize, QueueSize}
+}
+
+// ActiveQueues implements virtio.QueueCounter: the reporting queue exists
+// only when the driver accepted VIRTIO_BALLOON_F_REPORTING.
+func (b *Balloon) ActiveQueues(features uint64) int {
+	if b.cfg.FreePageReporting && virtio.HasFeature(features, FReporting) {
+		return 4
+	}
+	return 3
+}
 
 // ReadConfig implements virtio.Device: num_pages and actual, le32.
 func (b *Balloon) ReadConfig(offset uint64, data []byte) {
@@ -147,6 +179,10 @@ func (b *Balloon) Actual() uint32 { return b.actual.Load() }
 // requests and how many were returned by deflate requests.
 func (b *Balloon) Counters() (inflated, deflated uint64) { return b.inflated.Load(), b.deflated.Load() }
 
+// Reported returns how many bytes of free guest memory the guest
+// reported and the host released.
+func (b *Balloon) Reported() uint64 { return b.reported.Load() }
+
 // Stats returns the last statistics the guest reported.
 func (b *Balloon) Stats() []Stat {
 	b.statsMu.Lock()
@@ -174,8 +210,8 @@ func (b *Balloon) RequestStats() {
 
 // Activate implements virtio.Device.
 func (b *Balloon) Activate(a virtio.Activation) error {
-	if len(a.Queues) != 3 || len(a.Kicks) != 3 {
-		return fmt.Errorf("virtio-balloon: %d queues, want 3 (the driver must accept VIRTIO_BALLOON_F_STATS_VQ)", len(a.Queues))
+	if want := b.ActiveQueues(a.Features); len(a.Queues) != want || len(a.Kicks) != want {
+		return fmt.Errorf("virtio-balloon: %d queues, want %d (the driver must accept VIRTIO_BALLOON_F_STATS_VQ)", len(a.Queues), want)
 	}
 	var err error
 	b.loop.Call(func() {
@@ -228,6 +264,8 @@ func (b *Balloon) onKick(q int) func() {
 			b.processPages(q)
 		case statsQ:
 			b.processStats()
+		case reportQ:
+			b.processReports()
 		}
 	}
 }
@@ -399,4 +437,47 @@ func (b *Balloon) processStats() {
 		b.statsMu.Unlock()
 	}
 	b.signal(q)
+}
+
+// processReports serves the reporting queue: every buffer of a chain is
+// a free range of guest memory, released to the host and completed with
+// nothing written. Linux adds the ranges as device-writable buffers. Only
+// the whole pages inside a range are released; parts outside RAM are
+// skipped.
+func (b *Balloon) processReports() {
+	q := b.queues[reportQ]
+	for b.pop(q) {
+		for _, d := range b.chain.Descs {
+			r, ok := pageRange(d.Addr, uint64(d.Len))
+			if !ok {
+				continue
+			}
+			n, err := Release(b.act.Mem, r, b.cfg.Shared)
+			b.reported.Add(n)
+			if err != nil && !b.releaseErr {
+				b.releaseErr = true // log once
+				log.L.Warnf("virtio-balloon: release reported %#x+%#x: %v", r.GPA, r.Size, err)
+			}
+		}
+		if err := q.Push(b.chain.Head, 0); err != nil {
+			b.fail(err)
+			return
+		}
+	}
+	b.signal(q)
+}
+
+// pageRange returns the whole pages inside [addr, addr+size), or false
+// when there are none or the range wraps.
+func pageRange(addr, size uint64) (Range, bool) {
+	end := addr + size
+	if end < addr || addr > ^uint64(0)-(PageSize-1) {
+		return Range{}, false
+	}
+	lo := (addr + PageSize - 1) &^ (PageSize - 1)
+	hi := end &^ (PageSize - 1)
+	if lo >= hi {
+		return Range{}, false
+	}
+	return Range{GPA: lo, Size: hi - lo}, true
 }

@@ -48,7 +48,7 @@ func newRig(t *testing.T, cfg Config, shared bool) *rig {
 	r := &rig{t: t, mem: mem, dev: New(cfg, loop), irq: &irqs{}}
 	t.Cleanup(func() { r.dev.Close() })
 	var qs []*virtio.Queue
-	for i := range 3 {
+	for i := range r.dev.ActiveQueues(r.dev.Features()) {
 		base := uint64(i) << 20
 		d := vt.NewDriver(mem, base, QueueSize, base+1<<20)
 		q := virtio.NewQueue(QueueSize)
@@ -129,6 +129,94 @@ func TestInflateReleasesPages(t *testing.T) {
 		}
 		if len(r.irq.broken) != 0 {
 			t.Fatal(r.irq.broken)
+		}
+	}
+}
+
+func TestFreePageReporting(t *testing.T) {
+	for _, shared := range []bool{false, true} {
+		r := newRig(t, Config{FreePageReporting: true, Shared: shared}, shared)
+		if len(r.drv) != 4 {
+			t.Fatalf("%d queues with reporting, want 4", len(r.drv))
+		}
+		const base = 10 << 20
+		r.mem.WriteAt(bytes.Repeat([]byte{0xaa}, 4<<20), base)
+		d := r.drv[reportQ]
+		// A 2 MiB block (Linux's report), a range with unaligned edges of
+		// which only the page inside goes, and one within a page.
+		d.AddChain(vt.Buf{Addr: base, Len: 2 << 20, Write: true},
+			vt.Buf{Addr: base + 3<<20 - 100, Len: PageSize + 200, Write: true},
+			vt.Buf{Addr: base + 3<<20 + 2*PageSize + 8, Len: 100, Write: true})
+		r.kick(reportQ)
+		if u := r.waitUsed(reportQ, 1); u[0].Len != 0 {
+			t.Errorf("shared=%v: used length %d, want 0", shared, u[0].Len)
+		}
+		got := make([]byte, 4<<20)
+		r.mem.ReadAt(got, base)
+		for p := range len(got) / PageSize {
+			page := got[p*PageSize : (p+1)*PageSize]
+			released := p < 512 || p == 768
+			if zero := page[0] == 0 && page[PageSize-1] == 0; zero != released {
+				t.Errorf("shared=%v page %d of the range: zero=%v, want released=%v", shared, p, zero, released)
+			}
+		}
+		if n := r.dev.Reported(); n != 2<<20+PageSize {
+			t.Errorf("shared=%v: %d bytes reported, want %d", shared, n, 2<<20+PageSize)
+		}
+		if in, _ := r.dev.Counters(); in != 0 {
+			t.Errorf("shared=%v: reports counted as %d inflated pages", shared, in)
+		}
+		if len(r.irq.broken) != 0 {
+			t.Fatal(r.irq.broken)
+		}
+	}
+}
+
+func TestActiveQueues(t *testing.T) {
+	for _, tc := range []struct {
+		reporting, negotiated bool
+		want                  int
+	}{
+		{false, false, 3},
+		{false, true, 3},
+		{true, false, 3},
+		{true, true, 4},
+	} {
+		b := New(Config{FreePageReporting: tc.reporting}, nil)
+		var f uint64 = 1 << FStatsVQ
+		if tc.negotiated {
+			f |= 1 << FReporting
+		}
+		if got := b.ActiveQueues(f); got != tc.want {
+			t.Errorf("reporting %v, negotiated %v: %d queues, want %d", tc.reporting, tc.negotiated, got, tc.want)
+		}
+		if offered := b.Features()&(1<<FReporting) != 0; offered != tc.reporting {
+			t.Errorf("reporting %v: feature offered %v", tc.reporting, offered)
+		}
+		if n := len(b.QueueMaxSizes()); n != 3 && !tc.reporting || n != 4 && tc.reporting {
+			t.Errorf("reporting %v: %d queues", tc.reporting, n)
+		}
+	}
+}
+
+func TestPageRange(t *testing.T) {
+	for _, tc := range []struct {
+		addr, size uint64
+		want       Range
+		ok         bool
+	}{
+		{0, PageSize, Range{0, PageSize}, true},
+		{2 << 20, 2 << 20, Range{2 << 20, 2 << 20}, true},
+		{1, PageSize, Range{}, false},
+		{PageSize - 1, PageSize + 2, Range{PageSize, PageSize}, true},
+		{PageSize, PageSize - 1, Range{}, false},
+		{0, 0, Range{}, false},
+		{^uint64(0) - 10, 100, Range{}, false},
+		{^uint64(0) &^ (PageSize - 1), PageSize - 1, Range{}, false},
+	} {
+		got, ok := pageRange(tc.addr, tc.size)
+		if ok != tc.ok || got != tc.want {
+			t.Errorf("pageRange(%#x, %#x) = %+v, %v; want %+v, %v", tc.addr, tc.size, got, ok, tc.want, tc.ok)
 		}
 	}
 }
@@ -243,6 +331,25 @@ func FuzzParseStats(f *testing.F) {
 		st, err := ParseStats(b)
 		if err == nil && len(st)*statSize != len(b) {
 			t.Fatalf("%d stats from %d bytes", len(st), len(b))
+		}
+	})
+}
+
+// FuzzPageRange: a reported range gives only whole pages inside it.
+func FuzzPageRange(f *testing.F) {
+	f.Add(uint64(2<<20), uint64(2<<20))
+	f.Add(uint64(4095), uint64(8194))
+	f.Add(^uint64(0)-100, uint64(200))
+	f.Fuzz(func(t *testing.T, addr, size uint64) {
+		r, ok := pageRange(addr, size)
+		if !ok {
+			return
+		}
+		if r.GPA%PageSize != 0 || r.Size%PageSize != 0 || r.Size == 0 {
+			t.Fatalf("pageRange(%#x, %#x) = %+v: not whole pages", addr, size, r)
+		}
+		if r.GPA < addr || r.GPA+r.Size < r.GPA || r.GPA+r.Size > addr+size || addr+size < addr {
+			t.Fatalf("pageRange(%#x, %#x) = %+v: outside the range", addr, size, r)
 		}
 	})
 }

@@ -401,15 +401,23 @@ func (t *Transport) writeStatus(v uint32) {
 	t.status = v
 }
 
-// activate hands the ready queues to the device. Queues the driver did
-// not enable are left out only at the end (a device needs its queues in
-// order); a failure sets DEVICE_NEEDS_RESET.
+// activate hands the ready queues to the device: all of them, or the
+// first ActiveQueues for a virtio.QueueCounter, whose later queues must
+// be left disabled. A failure sets DEVICE_NEEDS_RESET.
 func (t *Transport) activate() {
+	want := len(t.queues)
+	if qc, ok := t.dev.(virtio.QueueCounter); ok {
+		want = min(max(qc.ActiveQueues(t.driverFeatures), 0), want)
+	}
 	var qs []*virtio.Queue
 	var kicks []int
 	for i, q := range t.queues {
 		if !q.Ready {
 			continue
+		}
+		if i >= want {
+			t.failActivation(fmt.Errorf("queue %d enabled without the feature that adds it", i))
+			return
 		}
 		if err := q.Activate(t.mem, t.driverFeatures); err != nil {
 			t.failActivation(fmt.Errorf("queue %d: %w", i, err))
@@ -418,8 +426,8 @@ func (t *Transport) activate() {
 		qs = append(qs, q)
 		kicks = append(kicks, t.kicks[i])
 	}
-	if len(qs) != len(t.queues) {
-		t.failActivation(fmt.Errorf("%d of %d queues ready", len(qs), len(t.queues)))
+	if len(qs) != want {
+		t.failActivation(fmt.Errorf("%d of %d queues ready", len(qs), want))
 		return
 	}
 	// Latched before the device starts: vhost may raise the line as soon

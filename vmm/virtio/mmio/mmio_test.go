@@ -90,14 +90,17 @@ func (r *rig) probe(features uint64) {
 	r.write(RegStatus, virtio.StatusAcknowledge|virtio.StatusDriver|virtio.StatusFeaturesOK)
 }
 
-func (r *rig) setupQueue() {
-	r.write(RegQueueSel, 0)
-	r.write(RegQueueNum, uint32(r.drv.Size))
-	r.write(RegQueueDescLow, uint32(r.drv.Desc))
-	r.write(RegQueueDescHigh, uint32(r.drv.Desc>>32))
-	r.write(RegQueueDriverLow, uint32(r.drv.Avail))
+func (r *rig) setupQueue() { r.setupQueueAt(0, r.drv) }
+
+// setupQueueAt programs queue i with d's rings and enables it.
+func (r *rig) setupQueueAt(i uint32, d *vt.Driver) {
+	r.write(RegQueueSel, i)
+	r.write(RegQueueNum, uint32(d.Size))
+	r.write(RegQueueDescLow, uint32(d.Desc))
+	r.write(RegQueueDescHigh, uint32(d.Desc>>32))
+	r.write(RegQueueDriverLow, uint32(d.Avail))
 	r.write(RegQueueDriverHigh, 0)
-	r.write(RegQueueDeviceLow, uint32(r.drv.UsedRing))
+	r.write(RegQueueDeviceLow, uint32(d.UsedRing))
 	r.write(RegQueueDeviceHigh, 0)
 	r.write(RegQueueReady, 1)
 }
@@ -387,5 +390,65 @@ func TestVringAlwaysSet(t *testing.T) {
 	r.write(RegStatus, 0xf|virtio.StatusFailed)
 	if r.read(RegInterruptStatus) != 0 {
 		t.Error("FAILED kept the vring bit")
+	}
+}
+
+// optionalDev has a second queue that exists only with feature bit 5.
+type optionalDev struct{ fakeDev }
+
+func (o *optionalDev) QueueMaxSizes() []uint16 { return []uint16{16, 16} }
+func (o *optionalDev) ActiveQueues(f uint64) int {
+	if virtio.HasFeature(f, 5) {
+		return 2
+	}
+	return 1
+}
+
+func TestOptionalQueue(t *testing.T) {
+	mem := vt.NewMemory(1 << 20)
+	drivers := []*vt.Driver{vt.NewDriver(mem, 0x1000, 16, 1<<19), vt.NewDriver(mem, 0x8000, 16, 3<<18)}
+	for _, tc := range []struct {
+		name      string
+		feature5  bool
+		enable    int // queues the driver sets up
+		activated int // queues handed to the device; 0: NEEDS_RESET
+	}{
+		{"without the feature, first queue", false, 1, 1},
+		{"without the feature, both queues", false, 2, 0},
+		{"with the feature, first queue only", true, 1, 0},
+		{"with the feature, both queues", true, 2, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			irq, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(irq)
+			dev := &optionalDev{}
+			tr, err := New(dev, mem, irq)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.Close()
+			r := &rig{t: t, tr: tr, irq: irq}
+			f := uint64(1) << virtio.FVersion1
+			if tc.feature5 {
+				f |= 1 << 5
+			}
+			r.probe(f)
+			for i, d := range drivers[:tc.enable] {
+				r.setupQueueAt(uint32(i), d)
+			}
+			r.write(RegStatus, 0xf)
+			if tc.activated == 0 {
+				if len(dev.activations) != 0 || r.read(RegStatus)&virtio.StatusNeedsReset == 0 {
+					t.Errorf("activated: %d, status %#x; want NEEDS_RESET", len(dev.activations), r.read(RegStatus))
+				}
+				return
+			}
+			if len(dev.activations) != 1 || len(dev.activations[0].Queues) != tc.activated {
+				t.Fatalf("activations %d, status %#x", len(dev.activations), r.read(RegStatus))
+			}
+		})
 	}
 }
