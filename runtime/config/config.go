@@ -134,7 +134,6 @@ func Default() Config {
 			VsockBackend:      VsockVhost,
 			NetBackend:        NetAuto,
 			IOThreads:         1,
-			FreePageReporting: true,
 			BootTimeout:       "30s",
 			EnableAnnotations: []string{"default_vcpus", "default_memory"},
 			ValidKernelPaths:  []string{"/usr/share/stratovirt/*"},

@@ -111,14 +111,16 @@ func TestVMConfigSizing(t *testing.T) {
 	if c, err := VMConfig(cfg, spec(nil), "vm", nil); err != nil || len(c.Pmems) != 0 {
 		t.Fatalf("without runc_image: %v %+v", err, c)
 	}
-	// Free page reporting (on by default) is a balloon that only reports.
+	// No balloon by default; free page reporting is a balloon that only
+	// reports.
+	if c, err := VMConfig(cfg, spec(nil), "vm", nil); err != nil || c.Balloon != nil {
+		t.Fatalf("default: %v %+v", err, c.Balloon)
+	}
+	cfg.Hypervisor.FreePageReporting = true
 	if c, err := VMConfig(cfg, spec(nil), "vm", nil); err != nil || c.Balloon == nil || !c.Balloon.FreePageReporting || c.Balloon.DeflateOnOOM {
 		t.Fatalf("free page reporting: %v %+v", err, c.Balloon)
 	}
 	cfg.Hypervisor.FreePageReporting = false
-	if c, err := VMConfig(cfg, spec(nil), "vm", nil); err != nil || c.Balloon != nil {
-		t.Fatalf("free_page_reporting = false: %v %+v", err, c.Balloon)
-	}
 	cfg.Hypervisor.RuncImage = filepath.Join(t.TempDir(), "missing.erofs")
 	if _, err := VMConfig(cfg, spec(nil), "vm", nil); err == nil || !strings.Contains(err.Error(), "missing.erofs") {
 		t.Fatalf("missing runc_image: %v", err)
