@@ -151,12 +151,12 @@ func TestFreePageReporting(t *testing.T) {
 	var now uint64
 	start := time.Now()
 	for deadline := start.Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
-		if now = rss(t, pid); now+448<<20 <= held {
+		if now = rss(t, pid); now+384<<20 <= held {
 			break
 		}
 	}
 	t.Logf("VMM RSS %d MiB with 512 MiB held in the guest, %d MiB %v after it was freed", held>>20, now>>20, time.Since(start).Round(100*time.Millisecond))
-	if now+448<<20 > held {
+	if now+384<<20 > held {
 		t.Errorf("the guest freed 512 MiB and the VMM's RSS fell by only %d MiB", (int64(held)-int64(now))>>20)
 	}
 }
