@@ -230,8 +230,15 @@ func applyAnnotations(cfg *shimconfig.Config, h *shimconfig.Hypervisor, ann map[
 				continue
 			}
 			h.IOThreads = n
+		case "free_page_reporting":
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				bad("not true or false")
+				continue
+			}
+			h.FreePageReporting = b
 		default:
-			bad("unknown hypervisor option (default_vcpus, default_memory, kernel, initrd, kernel_params, disk_iops, iothreads)")
+			bad("unknown hypervisor option (default_vcpus, default_memory, kernel, initrd, kernel_params, disk_iops, iothreads, free_page_reporting)")
 		}
 	}
 	return errors.Join(errs...)

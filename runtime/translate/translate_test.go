@@ -25,7 +25,7 @@ func testConfig(t *testing.T) *shimconfig.Config {
 	c := shimconfig.Default()
 	c.Hypervisor.Kernel, c.Hypervisor.Initrd, c.Hypervisor.RuncImage, c.Hypervisor.Image = k, "", r, root
 	c.Hypervisor.MaxVCPUs, c.Hypervisor.MaxMemoryMiB = 8, 4096
-	c.Hypervisor.EnableAnnotations = []string{"default_vcpus", "default_memory", "kernel", "kernel_params", "disk_iops"}
+	c.Hypervisor.EnableAnnotations = []string{"default_vcpus", "default_memory", "kernel", "kernel_params", "disk_iops", "free_page_reporting"}
 	c.Hypervisor.ValidKernelPaths = []string{dir + "/*"}
 	return &c
 }
@@ -66,6 +66,7 @@ func TestVMConfigSizing(t *testing.T) {
 		{"kernel outside globs", spec(map[string]string{"io.stratovirt.hypervisor.kernel": "/etc/passwd"}), 0, 0, "valid_kernel_paths"},
 		{"kernel traversal", spec(map[string]string{"io.stratovirt.hypervisor.kernel": filepath.Dir(cfg.Hypervisor.Kernel) + "/../x"}), 0, 0, "valid_kernel_paths"},
 		{"iops", spec(map[string]string{"io.stratovirt.hypervisor.disk_iops": "-1"}), 0, 0, "IOPS"},
+		{"free page reporting not a bool", spec(map[string]string{"io.stratovirt.hypervisor.free_page_reporting": "maybe"}), 0, 0, "not true or false"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := VMConfig(cfg, tc.s, "vm", []Drive{{ID: "rootfs", Serial: "r", Path: cfg.Hypervisor.Kernel}})
@@ -120,7 +121,16 @@ func TestVMConfigSizing(t *testing.T) {
 	if c, err := VMConfig(cfg, spec(nil), "vm", nil); err != nil || c.Balloon == nil || !c.Balloon.FreePageReporting || c.Balloon.DeflateOnOOM {
 		t.Fatalf("free page reporting: %v %+v", err, c.Balloon)
 	}
+	// A pod turns it on or off with its annotation.
+	off := spec(map[string]string{"io.stratovirt.hypervisor.free_page_reporting": "false"})
+	if c, err := VMConfig(cfg, off, "vm", nil); err != nil || c.Balloon != nil {
+		t.Fatalf("annotation false: %v %+v", err, c.Balloon)
+	}
 	cfg.Hypervisor.FreePageReporting = false
+	on := spec(map[string]string{"io.stratovirt.hypervisor.free_page_reporting": "true"})
+	if c, err := VMConfig(cfg, on, "vm", nil); err != nil || c.Balloon == nil || !c.Balloon.FreePageReporting {
+		t.Fatalf("annotation true: %v %+v", err, c.Balloon)
+	}
 	cfg.Hypervisor.RuncImage = filepath.Join(t.TempDir(), "missing.erofs")
 	if _, err := VMConfig(cfg, spec(nil), "vm", nil); err == nil || !strings.Contains(err.Error(), "missing.erofs") {
 		t.Fatalf("missing runc_image: %v", err)

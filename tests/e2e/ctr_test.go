@@ -48,6 +48,19 @@ func suite(t *testing.T, d *daemon, loop, hostname bool) {
 			t.Fatalf("exit %d output %q", code, out)
 		}
 	})
+	t.Run("freePageReporting", func(t *testing.T) {
+		// The pod's annotation gives its VM a balloon, which the guest's
+		// driver binds with VIRTIO_BALLOON_F_REPORTING (bit 5 of sysfs's
+		// features string); without it the VM has no balloon.
+		const list = "for f in /sys/bus/virtio/drivers/virtio_balloon/virtio*/features; do [ -e $f ] && cat $f; done; true"
+		out, code := d.ctrRun(t, "", "--annotation", "io.stratovirt.hypervisor.free_page_reporting=true", image, "fpr", "sh", "-c", list)
+		if f := strings.TrimSpace(out); code != 0 || len(f) < 6 || f[5] != '1' {
+			t.Fatalf("with the annotation: exit %d, balloon features %q", code, out)
+		}
+		if out, code := d.ctrRun(t, "", image, "nofpr", "sh", "-c", list); code != 0 || strings.TrimSpace(out) != "" {
+			t.Fatalf("without the annotation: exit %d, balloon features %q", code, out)
+		}
+	})
 	t.Run("exit3", func(t *testing.T) {
 		// stdout and stderr are two streams: their relative order is not kept.
 		out, code := d.ctrRun(t, "", image, "exit3", "sh", "-c", "echo out; echo err >&2; exit 3")

@@ -52,7 +52,8 @@ func startContainerd(t *testing.T, binDir string, version int) *daemon {
 		t.Skipf("%v (make deps)", err)
 	}
 	d := &daemon{t: t}
-	cd, err := ctrd.Start(ctrd.Options{BinDir: binDir, ConfigVersion: version, ShimDir: os.Getenv(envShimDir), Debug: true, Log: &d.log})
+	cd, err := ctrd.Start(ctrd.Options{BinDir: binDir, ConfigVersion: version, ShimDir: os.Getenv(envShimDir), Debug: true, Log: &d.log,
+		EnableAnnotations: []string{"default_vcpus", "default_memory", "free_page_reporting"}})
 	if err != nil {
 		t.Fatal(err)
 	}
