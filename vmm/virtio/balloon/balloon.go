@@ -357,13 +357,19 @@ func (b *Balloon) readPFNs(c *virtio.Chain) ([]uint32, error) {
 func (b *Balloon) release(pfns []uint32) {
 	b.ranges = Ranges(pfns, b.ranges[:0])
 	for _, r := range b.ranges {
-		n, err := Release(b.act.Mem, r, b.cfg.Shared)
-		b.inflated.Add(n / PageSize)
-		if err != nil && !b.releaseErr {
-			b.releaseErr = true // log once
-			log.L.Warnf("virtio-balloon: release %#x+%#x: %v", r.GPA, r.Size, err)
-		}
+		b.inflated.Add(b.releaseRange(r) / PageSize)
 	}
+}
+
+// releaseRange releases r and returns the bytes released; the first
+// failure is logged.
+func (b *Balloon) releaseRange(r Range) uint64 {
+	n, err := Release(b.act.Mem, r, b.cfg.Shared)
+	if err != nil && !b.releaseErr {
+		b.releaseErr = true // log once
+		log.L.Warnf("virtio-balloon: release %#x+%#x: %v", r.GPA, r.Size, err)
+	}
+	return n
 }
 
 // Release discards the host memory behind guest range r (pages read back
@@ -448,15 +454,8 @@ func (b *Balloon) processReports() {
 	q := b.queues[reportQ]
 	for b.pop(q) {
 		for _, d := range b.chain.Descs {
-			r, ok := pageRange(d.Addr, uint64(d.Len))
-			if !ok {
-				continue
-			}
-			n, err := Release(b.act.Mem, r, b.cfg.Shared)
-			b.reported.Add(n)
-			if err != nil && !b.releaseErr {
-				b.releaseErr = true // log once
-				log.L.Warnf("virtio-balloon: release reported %#x+%#x: %v", r.GPA, r.Size, err)
+			if r, ok := pageRange(d.Addr, uint64(d.Len)); ok {
+				b.reported.Add(b.releaseRange(r))
 			}
 		}
 		if err := q.Push(b.chain.Head, 0); err != nil {
