@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/stratovirt-go/stratovirt/agent-proto/agentv1"
 	"github.com/stratovirt-go/stratovirt/agent-proto/stream"
 	shimconfig "github.com/stratovirt-go/stratovirt/runtime/config"
+	"github.com/stratovirt-go/stratovirt/runtime/oci"
 	"github.com/stratovirt-go/stratovirt/runtime/sandbox"
 	vmconfig "github.com/stratovirt-go/stratovirt/vmm/config"
 )
@@ -32,6 +34,7 @@ type fakeAgent struct {
 
 	mu      sync.Mutex
 	created map[string]bool
+	reqs    map[string]*agentv1.CreateContainerRequest
 	exits   map[string]chan int32
 }
 
@@ -48,6 +51,9 @@ func (a *fakeAgent) CreateContainer(_ context.Context, r *agentv1.CreateContaine
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.created[r.ContainerId] = true
+	if a.reqs != nil {
+		a.reqs[r.ContainerId] = r
+	}
 	a.exits[r.ContainerId] = make(chan int32, 1)
 	return &agentv1.CreateContainerResponse{Pid: 42}, nil
 }
@@ -164,6 +170,23 @@ func (m *fakeMachine) Dial(ctx context.Context, port uint32) (net.Conn, error) {
 // boot is closed, a configuration and a bundle maker.
 func newFakeShim(t *testing.T, boot chan struct{}) (*Service, func(id string) string) {
 	t.Helper()
+	s, bundle, _ := newFakeShimWith(t, boot, "")
+	return s, bundle
+}
+
+// fakeVMs records the VMs a fake shim built: their configurations and
+// agents.
+type fakeVMs struct {
+	mu     sync.Mutex
+	vms    []*vmconfig.VMConfig
+	agents []*fakeAgent
+}
+
+// newFakeShimWith is newFakeShim with extra configuration lines for the
+// [runtime] table, recording the VMs it builds.
+func newFakeShimWith(t *testing.T, boot chan struct{}, runtimeConf string) (*Service, func(id string) string, *fakeVMs) {
+	t.Helper()
+	vms := &fakeVMs{}
 	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
 		t.Skip("needs mkfs.ext4 (the rootfs image)")
 	}
@@ -175,19 +198,23 @@ func newFakeShim(t *testing.T, boot chan struct{}) (*Service, func(id string) st
 	}
 	conf := filepath.Join(dir, "configuration.toml")
 	if err := os.WriteFile(conf, []byte("[hypervisor]\nkernel = \""+filepath.Join(dir, "vmlinux")+"\"\ninitrd = \""+
-		filepath.Join(dir, "initrd")+"\"\nrunc_image = \""+filepath.Join(dir, "runc.erofs")+"\"\nboot_timeout = \"10s\"\n[runtime]\nwork_dir = \""+filepath.Join(dir, "work")+"\"\nsandbox_cgroup_only = false\n"), 0o644); err != nil {
+		filepath.Join(dir, "initrd")+"\"\nrunc_image = \""+filepath.Join(dir, "runc.erofs")+"\"\nboot_timeout = \"10s\"\n[runtime]\nwork_dir = \""+filepath.Join(dir, "work")+"\"\nsandbox_cgroup_only = false\n"+runtimeConf), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv(shimconfig.EnvPath, conf)
 	ctx, cancel := context.WithCancel(context.Background())
 	n := 0
-	s := NewService(ctx, nil, nil, "test", func(_ context.Context, _ *shimconfig.Config, _ *vmconfig.VMConfig, _ string) (sandbox.Machine, error) {
+	s := NewService(ctx, nil, nil, "test", func(_ context.Context, _ *shimconfig.Config, vmc *vmconfig.VMConfig, _ string) (sandbox.Machine, error) {
 		n++
 		md := filepath.Join(dir, "vm", string(rune('a'+n)))
 		if err := os.MkdirAll(md, 0o700); err != nil {
 			return nil, err
 		}
-		return &fakeMachine{dir: md, boot: boot, agent: &fakeAgent{created: map[string]bool{}, exits: map[string]chan int32{}}, done: make(chan struct{})}, nil
+		a := &fakeAgent{created: map[string]bool{}, reqs: map[string]*agentv1.CreateContainerRequest{}, exits: map[string]chan int32{}}
+		vms.mu.Lock()
+		vms.vms, vms.agents = append(vms.vms, vmc), append(vms.agents, a)
+		vms.mu.Unlock()
+		return &fakeMachine{dir: md, boot: boot, agent: a, done: make(chan struct{})}, nil
 	})
 	t.Cleanup(func() { s.stopVM(); cancel() })
 	bundle := func(id string) string {
@@ -203,7 +230,7 @@ func newFakeShim(t *testing.T, boot chan struct{}) (*Service, func(id string) st
 		}
 		return b
 	}
-	return s, bundle
+	return s, bundle, vms
 }
 
 // TestStateWhileCreating: while Create boots the VM (blocked here), State
@@ -330,5 +357,64 @@ func TestCreateFailureWhileWaiting(t *testing.T) {
 	// The shim can boot a VM again.
 	if _, err := s.Create(ctx, &taskAPI.CreateTaskRequest{ID: "c2", Bundle: bundle("c2")}); err != nil {
 		t.Fatalf("Create after a failed create: %v", err)
+	}
+}
+
+// A pod's sandbox is held by the agent: the VM gets no rootfs disk and
+// the agent a holder request without a rootfs. With sandbox_pause_image
+// the pause image runs from its disk, as any container.
+func TestSandboxHeldByAgent(t *testing.T) {
+	for _, pauseImage := range []bool{false, true} {
+		t.Run(map[bool]string{false: "holder", true: "pause image"}[pauseImage], func(t *testing.T) {
+			boot := make(chan struct{})
+			close(boot)
+			conf := ""
+			if pauseImage {
+				conf = "sandbox_pause_image = true\n"
+			}
+			s, bundle, vms := newFakeShimWith(t, boot, conf)
+			b := bundle("sb")
+			spec := specs.Spec{Version: specs.Version, Process: &specs.Process{Args: []string{"/pause"}, Cwd: "/"},
+				Root: &specs.Root{Path: "rootfs"}, Hostname: "pod", Linux: &specs.Linux{},
+				Annotations: map[string]string{oci.ContainerTypeAnnotation: "sandbox", oci.SandboxIDAnnotation: "sb"}}
+			js, _ := json.Marshal(&spec)
+			if err := os.WriteFile(filepath.Join(b, "config.json"), js, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			if _, err := s.Create(ctx, &taskAPI.CreateTaskRequest{ID: "sb", Bundle: b}); err != nil {
+				t.Fatal(err)
+			}
+			vms.mu.Lock()
+			vm, a := vms.vms[0], vms.agents[0]
+			vms.mu.Unlock()
+			a.mu.Lock()
+			r := a.reqs["sb"]
+			a.mu.Unlock()
+			if r == nil {
+				t.Fatal("no CreateContainer for the sandbox")
+			}
+			if pauseImage {
+				if r.SandboxHolder || r.Rootfs == nil || len(vm.Drives) != 1 {
+					t.Errorf("pause image: holder %v, rootfs %v, %d drives; want a container on its rootfs drive", r.SandboxHolder, r.Rootfs, len(vm.Drives))
+				}
+			} else if !r.SandboxHolder || r.Rootfs != nil || len(vm.Drives) != 0 || !strings.Contains(string(r.OciSpec), `"hostname":"pod"`) {
+				t.Errorf("holder: holder %v, rootfs %v, %d drives, spec %s; want a holder with the spec and no disk", r.SandboxHolder, r.Rootfs, len(vm.Drives), r.OciSpec)
+			}
+			if _, err := s.Start(ctx, &taskAPI.StartRequest{ID: "sb"}); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Kill(ctx, &taskAPI.KillRequest{ID: "sb", Signal: 9}); err != nil {
+				t.Fatal(err)
+			}
+			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			if _, err := s.Wait(wctx, &taskAPI.WaitRequest{ID: "sb"}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Delete(ctx, &taskAPI.DeleteRequest{ID: "sb"}); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }

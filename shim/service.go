@@ -86,6 +86,7 @@ type container struct {
 	init       *process
 	execs      map[string]*process
 	hostBind   bool
+	holder     bool // a pod's sandbox held by the guest agent (no rootfs, no runc)
 	serial     string          // rootfs serial of a hot-plugged pod container ("": serial(id))
 	driveID    string          // its drive in the VM while plugged
 	files      []*agentv1.File // host files copied into the guest (/etc/hosts, /etc/hostname)
@@ -347,33 +348,27 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 		return nil, fmt.Errorf("bundle: %w", err)
 	}
 
-	mounts := make([]rootfs.Mount, len(req.Rootfs))
-	for i, m := range req.Rootfs {
-		mounts[i] = rootfs.Mount{Type: m.Type, Source: m.Source, Options: m.Options}
-	}
-	imageDir := filepath.Join(req.Bundle, "work")
-	if fi, err := os.Stat(imageDir); err != nil || !fi.IsDir() {
-		imageDir = stateDir
-	}
-	readOnly := spec.Root != nil && spec.Root.Readonly
-	disk, err := rootfs.Prepare(ctx, mounts, rootfs.Options{
-		Target: filepath.Join(req.Bundle, "rootfs"), ImageDir: imageDir, Name: "rootfs-" + req.ID,
-		Format: rootfsFormat(cfg, readOnly), ReadOnly: readOnly, MountPoints: translate.MountPoints(spec),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("rootfs: %w", err)
-	}
-	c.disk = disk
-	defer func() {
+	// A pod's sandbox held by the agent needs no disk: the pause image
+	// would only hold the pause binary.
+	c.holder = typ == oci.PodSandbox && !cfg.Runtime.SandboxPauseImage
+	var drives []translate.Drive
+	how := "none (sandbox held by the agent)"
+	if !c.holder {
+		disk, err := prepareRootfs(ctx, cfg, req, spec, stateDir)
 		if err != nil {
-			disk.Remove()
+			return nil, err
 		}
-	}()
+		c.disk, how = disk, disk.How
+		defer func() {
+			if err != nil {
+				disk.Remove()
+			}
+		}()
+		drives = []translate.Drive{{ID: "rootfs", Serial: serial(req.ID), Path: disk.Path, ReadOnly: disk.ReadOnly, Direct: disk.Direct}}
+	}
 	tDisk := time.Since(t0)
 
-	vmc, err := translate.VMConfig(cfg, spec, "stratovirt-"+req.ID, []translate.Drive{{
-		ID: "rootfs", Serial: serial(req.ID), Path: disk.Path, ReadOnly: disk.ReadOnly, Direct: disk.Direct,
-	}})
+	vmc, err := translate.VMConfig(cfg, spec, "stratovirt-"+req.ID, drives)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
 	}
@@ -423,7 +418,7 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 	if cfg.Hypervisor.ConsoleLog || cfg.Runtime.Debug {
 		go followAgentLog(s.ctx, sb, vmc.Name)
 	}
-	if hb, ok := m.(interface{ HostRootfs() bool }); ok && hb.HostRootfs() {
+	if hb, ok := m.(interface{ HostRootfs() bool }); ok && hb.HostRootfs() && !c.holder {
 		c.hostBind = true
 	}
 	tGuest := time.Now()
@@ -461,7 +456,7 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 	go s.watchOOM(sb)
 	ms := func(a, b time.Time) time.Duration { return b.Sub(a).Round(time.Millisecond) }
 	log.G(ctx).Infof("create %s: rootfs %s in %v, VM with agent in %v, total %v (host network %v, VM build %v, boot %v, guest network and sandbox %v, container %v)",
-		req.ID, disk.How, tDisk.Round(time.Millisecond), sb.BootTime.Round(time.Millisecond), ms(t0, tDone),
+		req.ID, how, tDisk.Round(time.Millisecond), sb.BootTime.Round(time.Millisecond), ms(t0, tDone),
 		ms(tNet, tBuild), ms(tBuild, tBoot), ms(tBoot, tGuest), ms(tGuest, tInit), ms(tInit, tDone))
 
 	s.send(runtime.TaskCreateEventTopic, &eventstypes.TaskCreate{
@@ -470,6 +465,28 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 		Pid: c.init.pid,
 	})
 	return &taskAPI.CreateTaskResponse{Pid: c.init.pid}, nil
+}
+
+// prepareRootfs makes the disk of a container's rootfs (the snapshot
+// mounts containerd passed, or the bundle's rootfs directory).
+func prepareRootfs(ctx context.Context, cfg *shimconfig.Config, req *taskAPI.CreateTaskRequest, spec *specs.Spec, stateDir string) (*rootfs.Disk, error) {
+	mounts := make([]rootfs.Mount, len(req.Rootfs))
+	for i, m := range req.Rootfs {
+		mounts[i] = rootfs.Mount{Type: m.Type, Source: m.Source, Options: m.Options}
+	}
+	imageDir := filepath.Join(req.Bundle, "work")
+	if fi, err := os.Stat(imageDir); err != nil || !fi.IsDir() {
+		imageDir = stateDir
+	}
+	readOnly := spec.Root != nil && spec.Root.Readonly
+	disk, err := rootfs.Prepare(ctx, mounts, rootfs.Options{
+		Target: filepath.Join(req.Bundle, "rootfs"), ImageDir: imageDir, Name: "rootfs-" + req.ID,
+		Format: rootfsFormat(cfg, readOnly), ReadOnly: readOnly, MountPoints: translate.MountPoints(spec),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rootfs: %w", err)
+	}
+	return disk, nil
 }
 
 // finishCreate ends the creating state of c: on success it is ready for
@@ -502,12 +519,16 @@ func (s *Service) finishCreate(c *container, err error) {
 func (s *Service) createInit(ctx context.Context, sb *sandbox.Sandbox, c *container) (err error) {
 	paths := c.init.paths
 	stdio := translate.StdioOf(paths.stdin, paths.stdout, paths.stderr, paths.terminal)
-	fstype := c.disk.FSType
-	ser := c.serial
-	if ser == "" {
-		ser = serial(c.id)
+	var r *agentv1.CreateContainerRequest
+	if c.holder {
+		r, err = translate.CreateSandboxHolder(c.id, c.spec, stdio)
+	} else {
+		ser := c.serial
+		if ser == "" {
+			ser = serial(c.id)
+		}
+		r, err = translate.CreateContainer(c.id, c.spec, ser, c.disk.FSType, c.disk.ReadOnly, stdio)
 	}
-	r, err := translate.CreateContainer(c.id, c.spec, ser, fstype, c.disk.ReadOnly, stdio)
 	if err != nil {
 		return fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
 	}

@@ -749,7 +749,14 @@ type CreateContainerRequest struct {
 	Volumes []*Storage `protobuf:"bytes,4,rep,name=volumes,proto3" json:"volumes,omitempty"`
 	Stdio   *Stdio     `protobuf:"bytes,5,opt,name=stdio,proto3" json:"stdio,omitempty"`
 	// Files written for this container before it is created (at most 8).
-	Files         []*File `protobuf:"bytes,6,rep,name=files,proto3" json:"files,omitempty"`
+	Files []*File `protobuf:"bytes,6,rep,name=files,proto3" json:"files,omitempty"`
+	// The pod's sandbox container, held by the agent itself instead of
+	// runc: a process of the agent's own that holds the new namespaces the
+	// spec asks for (IPC, UTS, PID), in the spec's cgroup, with its
+	// hostname, sysctls and oom_score_adj, and that sleeps until it is
+	// killed. It takes no rootfs and has no image; it is running once
+	// created, and takes no exec.
+	SandboxHolder bool `protobuf:"varint,7,opt,name=sandbox_holder,json=sandboxHolder,proto3" json:"sandbox_holder,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -824,6 +831,13 @@ func (x *CreateContainerRequest) GetFiles() []*File {
 		return x.Files
 	}
 	return nil
+}
+
+func (x *CreateContainerRequest) GetSandboxHolder() bool {
+	if x != nil {
+		return x.SandboxHolder
+	}
+	return false
 }
 
 type CreateContainerResponse struct {
@@ -3252,14 +3266,15 @@ const file_agentv1_agent_proto_rawDesc = "" +
 	"\x04File\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acontent\x18\x02 \x01(\fR\acontent\x12\x12\n" +
-	"\x04mode\x18\x03 \x01(\rR\x04mode\"\xa7\x02\n" +
+	"\x04mode\x18\x03 \x01(\rR\x04mode\"\xce\x02\n" +
 	"\x16CreateContainerRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x19\n" +
 	"\boci_spec\x18\x02 \x01(\fR\aociSpec\x124\n" +
 	"\x06rootfs\x18\x03 \x01(\v2\x1c.stratovirt.agent.v1.StorageR\x06rootfs\x126\n" +
 	"\avolumes\x18\x04 \x03(\v2\x1c.stratovirt.agent.v1.StorageR\avolumes\x120\n" +
 	"\x05stdio\x18\x05 \x01(\v2\x1a.stratovirt.agent.v1.StdioR\x05stdio\x12/\n" +
-	"\x05files\x18\x06 \x03(\v2\x19.stratovirt.agent.v1.FileR\x05files\"+\n" +
+	"\x05files\x18\x06 \x03(\v2\x19.stratovirt.agent.v1.FileR\x05files\x12%\n" +
+	"\x0esandbox_holder\x18\a \x01(\bR\rsandboxHolder\"+\n" +
 	"\x17CreateContainerResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\":\n" +
 	"\x15StartContainerRequest\x12!\n" +

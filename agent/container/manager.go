@@ -84,6 +84,8 @@ type Container struct {
 	// From the spec, for deleting it without runc: the container joins
 	// a PID namespace or has none of its own; it has poststop hooks.
 	sharedPIDs, poststop bool
+	// holder: the pod's sandbox held by the agent (holder.go), not runc.
+	holder bool
 
 	op sync.Mutex // serialises runc operations of this container
 
@@ -163,10 +165,15 @@ func (m *Manager) Create(ctx context.Context, req *agentv1.CreateContainerReques
 	if spec.Process == nil || len(spec.Process.Args) == 0 {
 		return 0, fmt.Errorf("OCI spec has no process args: %w", ErrInvalid)
 	}
-	if req.GetRootfs() == nil {
+	if req.GetSandboxHolder() {
+		if req.GetRootfs() != nil || len(req.GetVolumes()) > 0 || len(req.GetFiles()) > 0 {
+			return 0, fmt.Errorf("sandbox holder: it takes no rootfs, volumes or files: %w", ErrInvalid)
+		}
+	} else if req.GetRootfs() == nil {
 		return 0, fmt.Errorf("no rootfs: %w", ErrInvalid)
 	}
-	c := &Container{id: id, dir: filepath.Join(m.cfg.StateDir, "containers", id), execs: map[string]*Process{}, oomWD: -1}
+	c := &Container{id: id, dir: filepath.Join(m.cfg.StateDir, "containers", id), execs: map[string]*Process{}, oomWD: -1,
+		holder: req.GetSandboxHolder()}
 	m.mu.Lock()
 	if m.containers[id] != nil {
 		m.mu.Unlock()
@@ -190,6 +197,9 @@ func (m *Manager) Create(ctx context.Context, req *agentv1.CreateContainerReques
 	files, err := writeFiles(filepath.Join(c.dir, "files"), req.GetFiles())
 	if err != nil {
 		return 0, err
+	}
+	if c.holder {
+		return m.createHolder(ctx, c, &spec, req.GetStdio())
 	}
 	if err := m.joinSandboxNamespaces(id, &spec); err != nil {
 		return 0, err
@@ -311,8 +321,11 @@ func (m *Manager) Start(ctx context.Context, id string) error {
 	if init == nil || started {
 		return fmt.Errorf("container %q is not in the created state: %w", id, ErrPrecondition)
 	}
-	if err := m.cfg.Runc.Start(ctx, id, init.done); err != nil {
-		return err
+	// A holder runs from its create on; it has nothing to start.
+	if !c.holder {
+		if err := m.cfg.Runc.Start(ctx, id, init.done); err != nil {
+			return err
+		}
 	}
 	c.mu.Lock()
 	c.started = true
@@ -328,6 +341,9 @@ func (m *Manager) Pause(ctx context.Context, id string) error {
 	}
 	c.op.Lock()
 	defer c.op.Unlock()
+	if c.holder {
+		return cgroups.Freeze(ctx, c.cgroupDir, true)
+	}
 	return m.cfg.Runc.Pause(ctx, id)
 }
 
@@ -339,6 +355,9 @@ func (m *Manager) Resume(ctx context.Context, id string) error {
 	}
 	c.op.Lock()
 	defer c.op.Unlock()
+	if c.holder {
+		return cgroups.Freeze(ctx, c.cgroupDir, false)
+	}
 	return m.cfg.Runc.Resume(ctx, id)
 }
 
@@ -354,6 +373,12 @@ func (m *Manager) Update(ctx context.Context, id string, resources []byte) error
 	}
 	c.op.Lock()
 	defer c.op.Unlock()
+	if c.holder {
+		if err := cgroups.Apply(c.cgroupDir, &r); err != nil {
+			return fmt.Errorf("update sandbox %s: %w: %w", id, err, ErrInvalid)
+		}
+		return nil
+	}
 	return m.cfg.Runc.Update(ctx, id, resources)
 }
 
@@ -380,8 +405,12 @@ func (m *Manager) Stats(id string) (*agentv1.StatsContainerResponse, error) {
 
 // Pids lists the processes in the container's cgroup.
 func (m *Manager) Pids(ctx context.Context, id string) ([]uint32, error) {
-	if _, err := m.get(id); err != nil {
+	c, err := m.get(id)
+	if err != nil {
 		return nil, err
+	}
+	if c.holder {
+		return cgroups.Pids(c.cgroupDir)
 	}
 	pids, err := m.cfg.Runc.Ps(ctx, id)
 	if err != nil {
@@ -411,7 +440,9 @@ func (m *Manager) Remove(ctx context.Context, id string, force bool) error {
 			return fmt.Errorf("container %q is running: %w", id, ErrPrecondition)
 		}
 	}
-	if init != nil && init.exited() {
+	if c.holder {
+		err = m.removeHolder(ctx, c, init)
+	} else if init != nil && init.exited() {
 		c.mu.Lock()
 		stopped := runc.Stopped{CgroupDir: c.cgroupDir, SharedPIDs: c.sharedPIDs}
 		hooks := c.poststop

@@ -179,6 +179,9 @@ func (m *Manager) Exec(ctx context.Context, req *agentv1.ExecProcessRequest) (in
 	if !running {
 		return 0, fmt.Errorf("container %q is not running: %w", c.id, ErrPrecondition)
 	}
+	if c.holder {
+		return 0, fmt.Errorf("container %q is the pod's sandbox, held by the agent: it has no filesystem to run a process in: %w", c.id, ErrPrecondition)
+	}
 	if dup {
 		return 0, fmt.Errorf("exec %q: %w", eid, ErrExists)
 	}
@@ -272,6 +275,9 @@ func (m *Manager) Signal(ctx context.Context, cid, eid string, sig int, all bool
 			if c, err = m.get(cid); err != nil {
 				return err
 			}
+		}
+		if c.holder {
+			return signalAll(c.cgroupDir, sig)
 		}
 		return m.cfg.Runc.Kill(ctx, c.id, sig, true)
 	}

@@ -10,58 +10,6 @@ import (
 	"github.com/stratovirt-go/stratovirt/agent/reaper"
 )
 
-func TestParsePopulated(t *testing.T) {
-	for _, tc := range []struct {
-		in      string
-		want    bool
-		wantErr bool
-	}{
-		{"populated 1\nfrozen 0\n", true, false},
-		{"populated 0\nfrozen 0\n", false, false},
-		{"frozen 0\npopulated 0", false, false},
-		{"  populated   1  \n", true, false},
-		{"frozen 1\n", false, true},
-		{"populated 2\n", false, true},
-		{"", false, true},
-	} {
-		got, err := parsePopulated([]byte(tc.in))
-		if got != tc.want || (err != nil) != tc.wantErr {
-			t.Errorf("parsePopulated(%q) = %v, %v; want %v, error %v", tc.in, got, err, tc.want, tc.wantErr)
-		}
-	}
-}
-
-// A cgroup tree is removed deepest first; a missing one is no error; a
-// directory that is not empty (here: a regular file in it, which cgroupfs
-// never has) is an error naming it.
-func TestRemoveCgroup(t *testing.T) {
-	root := t.TempDir()
-	cg := filepath.Join(root, "pod", "ctr")
-	for _, d := range []string{"a/b/c", "a/d", "e"} {
-		if err := os.MkdirAll(filepath.Join(cg, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := removeCgroup(cg); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(cg); !os.IsNotExist(err) {
-		t.Fatalf("cgroup dir still there: %v", err)
-	}
-	if _, err := os.Stat(filepath.Join(root, "pod")); err != nil {
-		t.Fatalf("parent removed: %v", err)
-	}
-	if err := removeCgroup(cg); err != nil {
-		t.Fatalf("missing cgroup: %v", err)
-	}
-	bad := filepath.Join(root, "bad")
-	os.MkdirAll(filepath.Join(bad, "x"), 0o755)
-	os.WriteFile(filepath.Join(bad, "x", "f"), nil, 0o644)
-	if err := removeCgroup(bad); err == nil || !strings.Contains(err.Error(), filepath.Join(bad, "x")) {
-		t.Fatalf("removeCgroup of a dir with a file: %v", err)
-	}
-}
-
 // fakeRunc is a runc that records its arguments in <root>/args.
 func fakeRunc(t *testing.T) (*Runc, string) {
 	t.Helper()

@@ -31,6 +31,7 @@ import (
 	"github.com/stratovirt-go/stratovirt/agent-proto/agentv1"
 	"github.com/stratovirt-go/stratovirt/agent-proto/stream"
 	"github.com/stratovirt-go/stratovirt/agent/container"
+	"github.com/stratovirt-go/stratovirt/agent/holder"
 	"github.com/stratovirt-go/stratovirt/agent/initsys"
 	"github.com/stratovirt-go/stratovirt/agent/network"
 	"github.com/stratovirt-go/stratovirt/agent/reaper"
@@ -52,6 +53,9 @@ type options struct {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == holder.Arg {
+		os.Exit(holder.Main(os.Args[2:]))
+	}
 	pid1 := os.Getpid() == 1
 	var o options
 	flag.StringVar(&o.listen, "listen", "vsock://"+strconv.Itoa(stream.ControlPort), "ttrpc address: vsock://PORT or unix:///path")

@@ -117,6 +117,11 @@ type Runtime struct {
 	// SandboxCgroupOnly moves the shim with the VMM and vCPU threads into
 	// the sandbox's cgroup when the spec names one.
 	SandboxCgroupOnly bool `toml:"sandbox_cgroup_only"`
+	// SandboxPauseImage runs a pod's sandbox container from its (pause)
+	// image with runc in the guest, as an app container runs. By default
+	// the guest agent holds the pod's namespaces itself, without the
+	// image's disk and without runc.
+	SandboxPauseImage bool `toml:"sandbox_pause_image"`
 	// Debug keeps images and logs the guest console.
 	Debug bool `toml:"debug"`
 }

@@ -425,6 +425,17 @@ func StdioOf(stdin, stdout, stderr string, terminal bool) *agentv1.Stdio {
 	return &agentv1.Stdio{Stdin: stdin != "", Stdout: stdout != "", Stderr: stderr != "" && !terminal}
 }
 
+// CreateSandboxHolder returns the agent request that has the guest agent
+// hold a pod's sandbox itself (CreateContainerRequest.sandbox_holder):
+// the spec's namespaces, hostname, sysctls and cgroup, with no rootfs.
+func CreateSandboxHolder(id string, spec *specs.Spec, stdio *agentv1.Stdio) (*agentv1.CreateContainerRequest, error) {
+	js, err := GuestSpec(spec)
+	if err != nil {
+		return nil, err
+	}
+	return &agentv1.CreateContainerRequest{ContainerId: id, OciSpec: js, Stdio: stdio, SandboxHolder: true}, nil
+}
+
 // CreateContainer is the agent request for a container whose rootfs is
 // the drive with the given serial.
 func CreateContainer(id string, spec *specs.Spec, rootSerial, fstype string, readOnly bool, stdio *agentv1.Stdio) (*agentv1.CreateContainerRequest, error) {
