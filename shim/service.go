@@ -86,7 +86,7 @@ type container struct {
 	init       *process
 	execs      map[string]*process
 	hostBind   bool
-	holder     bool // a pod's sandbox held by the guest agent (no rootfs, no runc)
+	holder     bool            // a pod's sandbox held by the guest agent (no rootfs, no runc)
 	serial     string          // rootfs serial of a hot-plugged pod container ("": serial(id))
 	driveID    string          // its drive in the VM while plugged
 	files      []*agentv1.File // host files copied into the guest (/etc/hosts, /etc/hostname)
