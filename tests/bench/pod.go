@@ -19,14 +19,16 @@ const podTimeout = 3 * time.Minute
 // busybox container running `sleep 3600`, and of `crictl stopp` +
 // `crictl rmp`, with the stratovirt handler (a microVM per pod) and the
 // runc handler, alternating, on the same containerd d (started with
-// Options.CRI and ctrd.ImportCRIImages done). After each teardown no pod,
-// container or shim may be left.
-func PodRows(d *ctrd.Daemon, runs int) ([]Row, error) {
-	var oStart, pStart, oStop, pStop []float64
+// Options.CRI and ctrd.ImportCRIImages done). While each pod idles, the
+// host memory of its shim's process tree is read as the shimmem group
+// reads a container's (guest RAM and the guest image apart; guestMiB of
+// guest RAM). After each teardown no pod, container or shim may be left.
+func PodRows(d *ctrd.Daemon, runs, guestMiB int) ([]Row, error) {
+	var oStart, pStart, oStop, pStop, oPSS, pPSS, oGuest []float64
 	var oPhases, pPhases [][3]float64
 	for i := 0; i < runs; i++ {
 		for _, h := range []string{ctrd.Handler, "runc"} {
-			phases, stop, err := podOnce(d, h, fmt.Sprintf("bench-%s-%d", h, i))
+			phases, stop, m, err := podOnce(d, h, fmt.Sprintf("bench-%s-%d", h, i), uint64(guestMiB)<<20)
 			if err != nil {
 				return nil, err
 			}
@@ -34,9 +36,11 @@ func PodRows(d *ctrd.Daemon, runs int) ([]Row, error) {
 			if h == ctrd.Handler {
 				oStart, oStop = append(oStart, start), append(oStop, stop)
 				oPhases = append(oPhases, phases)
+				oPSS, oGuest = append(oPSS, m.PSS), append(oGuest, m.GuestRSS)
 			} else {
 				pStart, pStop = append(pStart, start), append(pStop, stop)
 				pPhases = append(pPhases, phases)
+				pPSS = append(pPSS, m.PSS)
 			}
 		}
 	}
@@ -46,7 +50,12 @@ func PodRows(d *ctrd.Daemon, runs int) ([]Row, error) {
 		phaseNote(oPhases, pPhases)
 	t := NewRow("pod teardown: crictl stopp + rmp (wall)", "ms", oStop, peer, pStop)
 	t.Note = "stops the container and the sandbox (ours: the VM) and removes both"
-	return []Row{s, t}, nil
+	m := NewRow(fmt.Sprintf("host memory per idle pod, %d MiB guest, excluding guest RAM and the guest image, PSS", guestMiB), "MiB", oPSS,
+		"runc (shim + pause + container process)", pPSS)
+	m.Note = "the pod's shim process tree while its container sleeps (ours: the shim with the VMM in it), read as the shimmem rows read a container's"
+	g := NewRow(fmt.Sprintf("guest RAM touched per idle pod (%d MiB guest)", guestMiB), "MiB", oGuest, "", nil)
+	g.Note = "RSS of the guest RAM mapping in the pod's shim: the kernel, the agent, the sandbox and the container"
+	return []Row{s, t, m, g}, nil
 }
 
 // phaseNote gives each side's medians of runp, create and start, and
@@ -67,13 +76,14 @@ func phaseNote(ours, peer [][3]float64) string {
 		med(ours, 0), med(ours, 1), med(ours, 2), med(peer, 0), med(peer, 1), med(peer, 2), strings.Join(runs, ", "))
 }
 
-// podOnce starts a pod named name with handler h and one container, then
-// stops and removes it, and returns the wall times of runp, create and
-// start and of the teardown, in ms.
-func podOnce(d *ctrd.Daemon, h, name string) (phases [3]float64, stop float64, err error) {
+// podOnce starts a pod named name with handler h and one container, reads
+// the memory of the pod's shim process tree while it idles, then stops
+// and removes it, and returns the wall times of runp, create and start
+// and of the teardown, in ms, and the memory.
+func podOnce(d *ctrd.Daemon, h, name string, guestBytes uint64) (phases [3]float64, stop float64, mem memUse, err error) {
 	logDir := filepath.Join(d.Dir, "pod-logs", name)
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
-		return phases, 0, err
+		return phases, 0, mem, err
 	}
 	podCfg, err := writeJSON(d.Dir, name+"-pod.json", map[string]any{
 		"metadata":      map[string]any{"name": name, "namespace": "default", "uid": name + "-uid", "attempt": 1},
@@ -82,7 +92,7 @@ func podOnce(d *ctrd.Daemon, h, name string) (phases [3]float64, stop float64, e
 		"linux":         map[string]any{},
 	})
 	if err != nil {
-		return phases, 0, err
+		return phases, 0, mem, err
 	}
 	ctrCfg, err := writeJSON(d.Dir, name+"-ctr.json", map[string]any{
 		"metadata": map[string]any{"name": "sleep"},
@@ -92,7 +102,7 @@ func podOnce(d *ctrd.Daemon, h, name string) (phases [3]float64, stop float64, e
 		"linux":    map[string]any{},
 	})
 	if err != nil {
-		return phases, 0, err
+		return phases, 0, mem, err
 	}
 	crictl := func(args ...string) (string, error) {
 		out, err := d.Crictl(podTimeout, args...)
@@ -104,7 +114,7 @@ func podOnce(d *ctrd.Daemon, h, name string) (phases [3]float64, stop float64, e
 	t0 := time.Now()
 	pod, err := crictl("runp", "--runtime", h, podCfg)
 	if err != nil {
-		return phases, 0, err
+		return phases, 0, mem, err
 	}
 	phases[0] = ms(time.Since(t0))
 	// Whatever fails below, the pod goes (Stop would remove it too).
@@ -117,17 +127,17 @@ func podOnce(d *ctrd.Daemon, h, name string) (phases [3]float64, stop float64, e
 	t1 := time.Now()
 	cid, err := crictl("create", pod, ctrCfg, podCfg)
 	if err != nil {
-		return phases, 0, err
+		return phases, 0, mem, err
 	}
 	phases[1] = ms(time.Since(t1))
 	t2 := time.Now()
 	if _, err = crictl("start", cid); err != nil {
-		return phases, 0, err
+		return phases, 0, mem, err
 	}
 	phases[2] = ms(time.Since(t2))
 	out, err := crictl("inspect", cid)
 	if err != nil {
-		return phases, 0, err
+		return phases, 0, mem, err
 	}
 	var insp struct {
 		Status struct {
@@ -135,24 +145,33 @@ func podOnce(d *ctrd.Daemon, h, name string) (phases [3]float64, stop float64, e
 		} `json:"status"`
 	}
 	if err = json.Unmarshal([]byte(out), &insp); err != nil {
-		return phases, 0, fmt.Errorf("%s pod %s: crictl inspect: %w", h, name, err)
+		return phases, 0, mem, fmt.Errorf("%s pod %s: crictl inspect: %w", h, name, err)
 	}
 	if insp.Status.State != "CONTAINER_RUNNING" {
 		err = fmt.Errorf("%s pod %s: container is %q after start", h, name, insp.Status.State)
-		return phases, 0, err
+		return phases, 0, mem, err
+	}
+	time.Sleep(2 * time.Second) // let the shim settle, as ShimMemRows does
+	pid, err := shimPID(pod)
+	if err == nil {
+		mem, err = settledMemory(pid, guestBytes)
+	}
+	if err != nil {
+		err = fmt.Errorf("%s pod %s: memory: %w", h, name, err)
+		return phases, 0, mem, err
 	}
 	t3 := time.Now()
 	if _, err = crictl("stopp", pod); err != nil {
-		return phases, 0, err
+		return phases, 0, mem, err
 	}
 	if _, err = crictl("rmp", pod); err != nil {
-		return phases, 0, err
+		return phases, 0, mem, err
 	}
 	stop = ms(time.Since(t3))
 	if err = checkNoPods(d, h, name); err != nil {
-		return phases, 0, err
+		return phases, 0, mem, err
 	}
-	return phases, stop, nil
+	return phases, stop, mem, nil
 }
 
 // checkNoPods fails when a pod, a container or a shim process is left

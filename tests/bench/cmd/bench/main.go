@@ -326,7 +326,7 @@ func podRows(shimDir, out string, runs int) ([]bench.Row, error) {
 	if err := d.ImportCRIImages(); err != nil {
 		return nil, err
 	}
-	return bench.PodRows(d, runs)
+	return bench.PodRows(d, runs, 256)
 }
 
 // ctrdLog opens out/containerd-GROUP.log for containerd's output with
