@@ -404,6 +404,26 @@ func TestSandboxHeldByAgent(t *testing.T) {
 			if _, err := s.Start(ctx, &taskAPI.StartRequest{ID: "sb"}); err != nil {
 				t.Fatal(err)
 			}
+			// An app container of the pod still gets its rootfs.
+			ab := bundle("app")
+			spec.Process.Args, spec.Hostname = []string{"sleep", "1000"}, ""
+			spec.Annotations = map[string]string{oci.ContainerTypeAnnotation: "container", oci.SandboxIDAnnotation: "sb"}
+			js, _ = json.Marshal(&spec)
+			if err := os.WriteFile(filepath.Join(ab, "config.json"), js, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Create(ctx, &taskAPI.CreateTaskRequest{ID: "app", Bundle: ab}); err != nil {
+				t.Fatal(err)
+			}
+			a.mu.Lock()
+			ar := a.reqs["app"]
+			a.mu.Unlock()
+			if ar == nil || ar.SandboxHolder || ar.Rootfs == nil {
+				t.Errorf("app container request %v: want a rootfs and no holder", ar)
+			}
+			if _, err := s.Delete(ctx, &taskAPI.DeleteRequest{ID: "app"}); err != nil {
+				t.Fatal(err)
+			}
 			if err := s.Kill(ctx, &taskAPI.KillRequest{ID: "sb", Signal: 9}); err != nil {
 				t.Fatal(err)
 			}

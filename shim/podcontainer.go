@@ -8,8 +8,6 @@ package shim
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"time"
 
@@ -20,7 +18,6 @@ import (
 	"github.com/containerd/log"
 
 	shimconfig "github.com/stratovirt-go/stratovirt/runtime/config"
-	"github.com/stratovirt-go/stratovirt/runtime/rootfs"
 	"github.com/stratovirt-go/stratovirt/runtime/sandbox"
 	"github.com/stratovirt-go/stratovirt/runtime/translate"
 	"github.com/stratovirt-go/stratovirt/vmm"
@@ -121,22 +118,10 @@ func (s *Service) createPodContainer(ctx context.Context, req *taskAPI.CreateTas
 		translate.PrivateShm(spec)
 	}
 
-	mounts := make([]rootfs.Mount, len(req.Rootfs))
-	for i, m := range req.Rootfs {
-		mounts[i] = rootfs.Mount{Type: m.Type, Source: m.Source, Options: m.Options}
-	}
-	imageDir := filepath.Join(req.Bundle, "work")
-	if fi, err := os.Stat(imageDir); err != nil || !fi.IsDir() {
-		imageDir = pod.stateDir
-	}
-	readOnly := spec.Root != nil && spec.Root.Readonly
 	t0 := time.Now()
-	disk, err := rootfs.Prepare(ctx, mounts, rootfs.Options{
-		Target: filepath.Join(req.Bundle, "rootfs"), ImageDir: imageDir, Name: "rootfs-" + req.ID,
-		Format: rootfsFormat(pod.cfg, readOnly), ReadOnly: readOnly, MountPoints: translate.MountPoints(spec),
-	})
+	disk, err := prepareRootfs(ctx, pod.cfg, req, spec, pod.stateDir)
 	if err != nil {
-		return nil, fmt.Errorf("rootfs: %w", err)
+		return nil, err
 	}
 	c.disk = disk
 	defer func() {

@@ -418,7 +418,7 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 	if cfg.Hypervisor.ConsoleLog || cfg.Runtime.Debug {
 		go followAgentLog(s.ctx, sb, vmc.Name)
 	}
-	if hb, ok := m.(interface{ HostRootfs() bool }); ok && hb.HostRootfs() && !c.holder {
+	if hb, ok := m.(interface{ HostRootfs() bool }); ok && hb.HostRootfs() {
 		c.hostBind = true
 	}
 	tGuest := time.Now()
@@ -532,7 +532,7 @@ func (s *Service) createInit(ctx context.Context, sb *sandbox.Sandbox, c *contai
 	if err != nil {
 		return fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
 	}
-	if c.hostBind {
+	if c.hostBind && !c.holder {
 		r.Rootfs = &agentv1.Storage{Name: "rootfs", Source: filepath.Join(c.bundle, "rootfs"), Fstype: "bind"}
 	}
 	r.Files = c.files
