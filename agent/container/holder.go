@@ -56,8 +56,8 @@ func holderPlan(spec *specs.Spec) (uintptr, holder.Config, error) {
 		if flags&unix.CLONE_NEWUTS == 0 {
 			return 0, cfg, fmt.Errorf("sandbox holder: a hostname without a UTS namespace of its own: %w", ErrInvalid)
 		}
-		if !validLine(spec.Hostname) && spec.Hostname != "" || !validLine(spec.Domainname) && spec.Domainname != "" ||
-			len(spec.Hostname) > 64 || len(spec.Domainname) > 64 {
+		valid := func(name string) bool { return name == "" || validLine(name) && len(name) <= 64 }
+		if !valid(spec.Hostname) || !valid(spec.Domainname) {
 			return 0, cfg, fmt.Errorf("sandbox holder: hostname %q, domain name %q: %w", spec.Hostname, spec.Domainname, ErrInvalid)
 		}
 		cfg.Hostname, cfg.Domainname = spec.Hostname, spec.Domainname
@@ -153,26 +153,12 @@ func (m *Manager) startHolder(ctx context.Context, c *Container, flags uintptr, 
 	return os.WriteFile(o.PidFile, []byte(strconv.Itoa(pid)), 0o600)
 }
 
-// removeHolder kills a sandbox holder (and what else is in its cgroup:
-// the holder is PID 1 of a shared PID namespace, so the pod's processes
-// die with it) and removes its cgroup.
-func (m *Manager) removeHolder(ctx context.Context, c *Container, init *Process) error {
-	if init != nil && !init.exited() {
-		c.mu.Lock()
-		if init.pidfd >= 0 {
-			unix.PidfdSendSignal(init.pidfd, unix.SIGKILL, nil, 0)
-		}
-		c.mu.Unlock()
-	}
+// removeHolder kills a sandbox holder through its cgroup (the holder is
+// PID 1 of a shared PID namespace, so the pod's processes die with it)
+// and removes the cgroup; Remove then waits for the holder's exit.
+func (m *Manager) removeHolder(ctx context.Context, c *Container) error {
 	if err := cgroups.Kill(ctx, c.cgroupDir); err != nil {
 		return fmt.Errorf("remove sandbox holder %s: %w", c.id, err)
-	}
-	if init != nil {
-		select {
-		case <-init.done:
-		case <-time.After(10 * time.Second):
-			return fmt.Errorf("remove sandbox holder %s: pid %d did not exit", c.id, init.pid)
-		}
 	}
 	return cgroups.Remove(c.cgroupDir)
 }

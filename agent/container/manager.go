@@ -441,7 +441,7 @@ func (m *Manager) Remove(ctx context.Context, id string, force bool) error {
 		}
 	}
 	if c.holder {
-		err = m.removeHolder(ctx, c, init)
+		err = m.removeHolder(ctx, c)
 	} else if init != nil && init.exited() {
 		c.mu.Lock()
 		stopped := runc.Stopped{CgroupDir: c.cgroupDir, SharedPIDs: c.sharedPIDs}
