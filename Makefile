@@ -127,9 +127,9 @@ demo: deps
 # Benchmarks against their peers in one run (in the lab where the host's
 # KVM cannot boot Linux): results.{md,json,svg} under BENCH_OUT. Every row
 # group runs unless BENCH_ROWS picks some (e.g. BENCH_ROWS=agent,container;
-# groups: boot,mem,agent,container,shimmem,density,pod,blk,net,vsock).
+# groups: boot,mem,agent,container,shimmem,freemem,density,pod,blk,net,vsock).
 # BENCH_BREAKDOWN=1 adds verbose-console boots to the agent group.
-# BENCH_CTRD_LOG=1 keeps the container, shimmem, density and pod groups'
+# BENCH_CTRD_LOG=1 keeps the container, shimmem, freemem, density and pod groups'
 # containerd logs (with the shims') in BENCH_OUT.
 BENCH_OUT ?= bench/results
 BENCH_RUNS ?= 10

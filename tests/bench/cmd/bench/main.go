@@ -2,17 +2,19 @@
 // same run, and writes results.md, results.json and results.svg. On a host
 // whose KVM cannot boot Linux it runs itself inside the lab.
 //
-//	bench [-runs N] [-out DIR] [-rows boot,mem,agent,container,shimmem,density,pod,blk,net,vsock]
+//	bench [-runs N] [-out DIR] [-rows boot,mem,agent,container,shimmem,freemem,density,pod,blk,net,vsock]
 //
 // Every group runs by default; -rows (make bench BENCH_ROWS=...) picks a
 // subset. The agent group boots the `make guest` image to the agent
 // listening on vsock (the microVM kernel against Debian's cloud kernel
-// with modules). The container, shimmem and density groups
+// with modules). The container, shimmem, freemem and density groups
 // start containerd 2.4.2 (make deps) with the stratovirt shim and compare
 // with runc's shim on the same containerd. The pod group starts
 // containerd 2.4.2 with its CRI plugin (CNI bridge, local pause and
 // busybox images) and times crictl runp + create + start and stopp + rmp
 // of a one-container pod with the stratovirt handler against runc.
+// freemem reads what a container holds after its workload touched and
+// freed memory (ours with free page reporting on and off).
 // BENCH_CTRD_LOG=1 keeps these daemons' logs (with the shims') in -out
 // as containerd-GROUP.log. blk, net and vsock run the
 // tests/bench/{blk,net,vsock} benchmarks (compiled on the host) against
@@ -40,7 +42,12 @@ import (
 )
 
 // allGroups is every row group, in the order they run.
-const allGroups = "boot,mem,agent,container,shimmem,density,pod,blk,net,vsock"
+const allGroups = "boot,mem,agent,container,shimmem,freemem,density,pod,blk,net,vsock"
+
+// freeMemBurstMiB is what the freemem group's container touches and
+// frees: half the 256 MiB guest, well above what an idle guest holds
+// (about 50 MiB), so that the burst shows in the guest RAM's RSS.
+const freeMemBurstMiB = 128
 
 // densitySteps are the container counts the density group measures at.
 var densitySteps = []int{1, 2, 4, 8}
@@ -87,7 +94,7 @@ func run(runs, memRuns int, out, rows, vmm, shimDir string, resume bool) error {
 			return err
 		}
 		defer os.RemoveAll(shimDir)
-		if has(rows, "agent", "container", "shimmem", "density", "pod") {
+		if has(rows, "agent", "container", "shimmem", "freemem", "density", "pod") {
 			if err := ctrd.Build(root, shimDir); err != nil {
 				return err
 			}
@@ -181,7 +188,7 @@ func run(runs, memRuns int, out, rows, vmm, shimDir string, resume bool) error {
 			r, err = bench.MemRows(env, memRuns)
 		case "agent":
 			r, err = bench.AgentBootRows(vmm, guestImages(shimDir), runs, os.Getenv("BENCH_BREAKDOWN") != "")
-		case "container", "shimmem", "density":
+		case "container", "shimmem", "freemem", "density":
 			r, err = containerRows(group, shimDir, out, runs, memRuns)
 		case "pod":
 			r, err = podRows(shimDir, out, runs)
@@ -290,7 +297,11 @@ func containerRows(group, shimDir, out string, runs, memRuns int) ([]bench.Row, 
 		return nil, err
 	}
 	defer closeLog()
-	d, err := ctrd.Start(ctrd.Options{BinDir: filepath.Join(root, ".cache/bin"), ConfigVersion: 3, ShimDir: shimDir, Log: logw})
+	o := ctrd.Options{BinDir: filepath.Join(root, ".cache/bin"), ConfigVersion: 3, ShimDir: shimDir, Log: logw}
+	if group == "freemem" {
+		o.EnableAnnotations = []string{"free_page_reporting"}
+	}
+	d, err := ctrd.Start(o)
 	if err != nil {
 		return nil, err
 	}
@@ -301,6 +312,8 @@ func containerRows(group, shimDir, out string, runs, memRuns int) ([]bench.Row, 
 	switch group {
 	case "shimmem":
 		return bench.ShimMemRows(d, memRuns, 256)
+	case "freemem":
+		return bench.FreeMemRows(d, memRuns, 256, freeMemBurstMiB)
 	case "density":
 		return bench.DensityRows(d, densitySteps)
 	}
