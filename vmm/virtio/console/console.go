@@ -380,6 +380,14 @@ func (c *Console) onRx() {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// Wake a reader waiting for room whenever some was made, also when the
+	// ring breaks mid-batch: else it sleeps on, never sees its client
+	// leave, and every new client is refused.
+	defer func(had int) {
+		if len(c.in) < had {
+			c.cond.Broadcast()
+		}
+	}(len(c.in))
 	moved := false
 	for len(c.in) > 0 {
 		ok, err := c.pop(c.rxq)
@@ -413,7 +421,6 @@ func (c *Console) onRx() {
 		c.in = nil
 	}
 	if moved {
-		c.cond.Broadcast()
 		c.signal(c.rxq)
 	}
 }
@@ -428,6 +435,13 @@ func (c *Console) onTx() {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// Wake the writer whenever output was added, also when the ring
+	// breaks mid-batch: else what was taken sits unsent.
+	defer func(had int) {
+		if len(c.out) > had {
+			c.cond.Broadcast()
+		}
+	}(len(c.out))
 	done := false
 	for {
 		ok, err := c.pop(c.txq)
@@ -468,7 +482,6 @@ func (c *Console) onTx() {
 		done = true
 	}
 	if done {
-		c.cond.Broadcast()
 		c.signal(c.txq)
 	}
 }

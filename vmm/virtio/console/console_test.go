@@ -36,6 +36,12 @@ type rig struct {
 
 func newRig(t *testing.T) *rig {
 	t.Helper()
+	return newRigBroken(t, func(err error) { t.Errorf("broken: %v", err) })
+}
+
+// newRigBroken is newRig with broken as the Activation's Broken.
+func newRigBroken(t *testing.T, broken func(error)) *rig {
+	t.Helper()
 	loop, err := eventloop.New("test-console", eventloop.Poller)
 	if err != nil {
 		t.Fatal(err)
@@ -66,7 +72,7 @@ func newRig(t *testing.T) *rig {
 	}
 	ir := irq{}
 	err = dev.Activate(virtio.Activation{Mem: mem, Features: features, Queues: qs, Kicks: r.kicks[:], Interrupt: ir,
-		Broken: func(err error) { t.Errorf("broken: %v", err) }})
+		Broken: broken})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,5 +235,97 @@ func TestConfig(t *testing.T) {
 	want := []byte{80, 0, 24, 0, 1, 0, 0, 0}
 	if !bytes.Equal(b[:8], want) {
 		t.Errorf("config % x, want % x", b[:8], want)
+	}
+}
+
+// A guest that breaks the receive ring after taking some input must still
+// wake the socket reader waiting for the room it made: else the reader
+// never sees its client leave and every later client is refused.
+func TestBrokenReceiveWakesReader(t *testing.T) {
+	broke := make(chan error, 1)
+	r := newRigBroken(t, func(err error) {
+		select {
+		case broke <- err:
+		default:
+		}
+	})
+	c := r.dial().(*net.UnixConn)
+	client := func() (*os.File, int) {
+		r.dev.mu.Lock()
+		defer r.dev.mu.Unlock()
+		return r.dev.client, len(r.dev.in)
+	}
+	poll := func(what string, done func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); !done(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal(what)
+			}
+		}
+	}
+	poll("the client was not accepted", func() bool { f, _ := client(); return f != nil })
+	// The buffer full and a read's worth more: the reader waits for room
+	// once the client's socket is empty.
+	if _, err := c.Write(make([]byte, bufMax+4096)); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	poll("the reader did not fill the input buffer", func() bool {
+		queued := -1
+		rc.Control(func(fd uintptr) { queued, _ = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) })
+		_, in := client()
+		return queued == 0 && in >= bufMax
+	})
+	// One buffer the device fills, then one outside RAM that breaks it.
+	a := r.rx.Alloc(4096, 8)
+	r.rx.AddChain(vt.Buf{Addr: a, Len: 4096, Write: true})
+	r.rx.AddChain(vt.Buf{Addr: memSize + 4096, Len: 100, Write: true})
+	r.kick(RxQueue)
+	select {
+	case <-broke:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a receive buffer outside RAM did not break the device")
+	}
+	c.Close()
+	poll("the console did not notice its client leave", func() bool { f, _ := client(); return f == nil })
+}
+
+// Output the device took off the transmit ring before the ring broke must
+// still reach the client: the writer has to be woken for it.
+func TestBrokenTransmitSendsOutput(t *testing.T) {
+	broke := make(chan error, 1)
+	r := newRigBroken(t, func(err error) {
+		select {
+		case broke <- err:
+		default:
+		}
+	})
+	c := r.dial()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		r.dev.mu.Lock()
+		accepted := r.dev.client != nil
+		r.dev.mu.Unlock()
+		if accepted {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the client was not accepted")
+		}
+	}
+	a := r.tx.Alloc(3, 8)
+	r.mem.WriteAt([]byte("hi\n"), a)
+	r.tx.AddChain(vt.Buf{Addr: a, Len: 3})
+	r.tx.AddChain(vt.Buf{Addr: memSize + 4096, Len: 3}) // outside RAM
+	r.kick(TxQueue)
+	select {
+	case <-broke:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a transmit buffer outside RAM did not break the device")
+	}
+	if got := readN(t, c, 3); got != "hi\n" {
+		t.Errorf("client read %q", got)
 	}
 }

@@ -402,6 +402,9 @@ func (n *Net) Reset() {
 
 func (n *Net) fail(err error) {
 	n.stopped = true
+	// A stopped device no longer reads the tap; left in the
+	// level-triggered loop, a readable tap would spin it until reset.
+	n.pauseRx()
 	if n.act != nil {
 		n.act.Broken(err)
 	}

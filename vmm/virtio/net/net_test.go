@@ -351,6 +351,14 @@ func TestBrokenRing(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+	// The broken device no longer reads the tap, so it must not poll it:
+	// a readable tap in the level-triggered loop would spin the loop.
+	r.sendPeer(make([]byte, 100))
+	var polled bool
+	r.dev.loop.Call(func() { polled = r.dev.tapInLoop })
+	if polled {
+		t.Error("the broken device still polls the tap")
+	}
 }
 
 func TestConfigSpace(t *testing.T) {

@@ -1,0 +1,1487 @@
+package net
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"os"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/stratovirt-go/stratovirt/vmm/guestmem"
+	"github.com/stratovirt-go/stratovirt/vmm/virtio"
+	"github.com/stratovirt-go/stratovirt/vmm/virtio/eventloop"
+	vt "github.com/stratovirt-go/stratovirt/vmm/virtio/virtiotest"
+)
+
+// FuzzNetDevice runs the userspace device over a SOCK_SEQPACKET pair
+// standing in for the tap (as newRig does) under a program decoded from
+// the fuzz input: transmit chains with arbitrary headers, lengths and
+// descriptor layouts, receive buffers of odd sizes, frames the host
+// writes into the backend, kicks and resets, each layout optionally
+// malformed. After every operation the harness waits until the event
+// loop has nothing left for the device and checks:
+//
+//   - completions name outstanding chains, in ring order; transmit
+//     completions write nothing, receive ones no more than the chain's
+//     writable bytes;
+//   - guest memory changes only in the used rings and the writable
+//     buffers of receive chains the device holds (a shadow copy of RAM);
+//   - each transmitted chain reaches the backend as exactly its readable
+//     bytes, or is dropped as transmit documents, in order;
+//   - the backend's frames reach the receive buffers in order, num_buffers
+//     and the bytes intact, or are dropped as deliver documents, and at
+//     the end a frame still waiting has too few buffers posted;
+//   - Broken is called only for a malformed ring, with an ErrBroken error,
+//     a kicked malformed transmit chain always breaks the device, and
+//     after Broken neither the queues nor the event loop are touched;
+//   - Reset leaves nothing registered and exactly the frames the device
+//     has not taken in the backend; Close and the rig's teardown leave no
+//     file descriptor and no goroutine behind.
+func FuzzNetDevice(f *testing.F) {
+	for _, s := range fzNetSeeds() {
+		f.Add(s)
+	}
+	fzWarmUp(f)
+	f.Fuzz(func(t *testing.T, prog []byte) {
+		fds, gs := fzCountFds(t), runtime.NumGoroutine()
+		fzRunNet(t, prog)
+		fzNoLeaks(t, fds, gs)
+	})
+}
+
+// Guest-physical layout. Well-formed chains point only into the pattern,
+// the scratch area and the receive heap; rings and indirect tables are
+// the driver's own.
+const (
+	fzMem        = 2 << 20
+	fzRxRing     = 0x1000
+	fzTxRing     = 0x5000
+	fzTables     = 0x10000
+	fzPattern    = 0x30000 // read-only bytes transmit payloads are cut from
+	fzPatternLen = 0x20000
+	fzScratch    = 0x50000 // transmit headers, writable garbage in tx chains
+	fzRxHeap     = 0x80000
+	fzMaxOps     = 48
+	// fzTxPending bounds the bytes queued on the transmit ring before the
+	// harness kicks, so the backend socket never fills: the device would
+	// drop frames on EAGAIN, which is not what is checked here.
+	fzTxPending = 512 << 10
+	fzWait      = 5 * time.Second
+)
+
+var fzPatternBytes = func() []byte {
+	b := make([]byte, fzPatternLen)
+	x := uint32(2463534242)
+	for i := range b {
+		x ^= x << 13
+		x ^= x >> 17
+		x ^= x << 5
+		b[i] = byte(x)
+	}
+	return b
+}()
+
+// fzIn decodes the program; an exhausted input reads as zeros.
+type fzIn struct{ b []byte }
+
+func (in *fzIn) u8() byte {
+	if len(in.b) == 0 {
+		return 0
+	}
+	v := in.b[0]
+	in.b = in.b[1:]
+	return v
+}
+
+func (in *fzIn) u16() uint16 { return uint16(in.u8()) | uint16(in.u8())<<8 }
+
+// fzGuest is guest RAM with a shadow of what it must hold wherever the
+// device may not write (mask 0). It is reused across inputs (fzRAM):
+// clearing only what an input dirtied keeps an execution cheap.
+type fzGuest struct {
+	t                     *testing.T
+	mem                   *guestmem.Memory
+	ram, shadow, mask     []byte
+	allowed               [][2]uint64 // the ranges set in mask
+	tables, scratch, heap uint64      // bump pointers
+}
+
+var fzRAM sync.Pool
+
+func newFzGuest(t *testing.T) *fzGuest {
+	g, _ := fzRAM.Get().(*fzGuest)
+	if g == nil {
+		ram := make([]byte, fzMem)
+		mem, err := guestmem.FromBytes([]uint64{0}, [][]byte{ram})
+		if err != nil {
+			t.Fatal(err)
+		}
+		g = &fzGuest{mem: mem, ram: ram, shadow: make([]byte, fzMem), mask: make([]byte, fzMem)}
+		g.write(fzPattern, fzPatternBytes)
+	}
+	g.t, g.tables, g.scratch, g.heap = t, fzTables, fzScratch, fzRxHeap
+	return g
+}
+
+// release clears what the input wrote and pools g, once the device is
+// closed. After a failure RAM may hold anything: it is dropped.
+func (g *fzGuest) release() {
+	if g.t.Failed() {
+		return
+	}
+	for _, r := range [][2]uint64{{0, g.tables}, {fzScratch, g.scratch}, {fzRxHeap, g.heap}} {
+		clear(g.ram[r[0]:r[1]])
+		clear(g.shadow[r[0]:r[1]])
+	}
+	g.forbid()
+	fzRAM.Put(g)
+}
+
+func (g *fzGuest) write(a uint64, b []byte) {
+	copy(g.ram[a:], b)
+	copy(g.shadow[a:], b)
+}
+
+func (g *fzGuest) store16(a uint64, v uint16) {
+	if err := g.mem.StoreUint16(a, v); err != nil {
+		g.t.Fatal(err)
+	}
+	binary.LittleEndian.PutUint16(g.shadow[a:], v)
+}
+
+// alloc takes n bytes at alignment align from the area whose bump
+// pointer is p and which ends at end.
+func (g *fzGuest) alloc(p *uint64, end, n, align uint64) (uint64, bool) {
+	a := (*p + align - 1) &^ (align - 1)
+	if a+n > end {
+		return 0, false
+	}
+	*p = a + n
+	return a, true
+}
+
+// allow lets the device write [a, a+n).
+func (g *fzGuest) allow(a, n uint64) {
+	m := g.mask[a : a+n]
+	for i := range m {
+		m[i] = 1
+	}
+	g.allowed = append(g.allowed, [2]uint64{a, a + n})
+}
+
+// forbid clears the mask.
+func (g *fzGuest) forbid() {
+	for _, r := range g.allowed {
+		clear(g.mask[r[0]:r[1]])
+	}
+	g.allowed = g.allowed[:0]
+}
+
+// settle takes what the device wrote into [a, a+n) as final: it may not
+// write there any more.
+func (g *fzGuest) settle(a, n uint64) {
+	copy(g.shadow[a:a+n], g.ram[a:a+n])
+	clear(g.mask[a : a+n])
+}
+
+// checkpoint fails the test if RAM differs from the shadow outside the
+// mask, then takes RAM as it is, with nothing writable.
+func (g *fzGuest) checkpoint(when string) {
+	const page = 4096
+	for off := 0; off < len(g.ram); off += page {
+		a, s := g.ram[off:off+page], g.shadow[off:off+page]
+		if bytes.Equal(a, s) {
+			continue
+		}
+		for i := range a {
+			if a[i] != s[i] && g.mask[off+i] == 0 {
+				g.t.Fatalf("%s: the device wrote guest memory at %#x (%#x, was %#x), outside the buffers it holds", when, off+i, a[i], s[i])
+			}
+		}
+		copy(s, a)
+	}
+	g.forbid()
+}
+
+// written returns the first n bytes of c's writable buffers.
+func (g *fzGuest) written(c *fzChain, n uint32) []byte {
+	out := make([]byte, 0, n)
+	for _, p := range c.pieces {
+		if !p.write || n == 0 {
+			continue
+		}
+		k := min(p.len, n)
+		out = append(out, g.ram[p.addr:p.addr+uint64(k)]...)
+		n -= k
+	}
+	return out
+}
+
+type fzPiece struct {
+	addr  uint64
+	len   uint32
+	write bool
+}
+
+type fzChain struct {
+	head      uint16
+	descs     []uint16 // direct descriptors, free again on completion
+	pieces    []fzPiece
+	malformed bool
+	data      []byte // transmit: the readable bytes in order
+	cap       uint64 // receive: the writable bytes
+}
+
+// Malformations of a chain; each makes the device's ring walk fail.
+const (
+	fzMalNone         = iota
+	fzMalOutside      // a buffer outside RAM or wrapping the address space
+	fzMalStraddle     // a buffer running past the end of RAM
+	fzMalNext         // next out of range
+	fzMalLoop         // next back to the chain's first descriptor
+	fzMalNested       // an indirect descriptor in an indirect table
+	fzMalTableLen     // indirect table length not a non-zero multiple of 16
+	fzMalIndirectNext // indirect descriptor with NEXT
+	fzMalTableOutside // indirect table outside RAM
+	fzMalTooLong      // indirect table longer than the queue
+	fzMalHead         // avail entry out of range
+	fzMalJump         // avail.idx more than a ring ahead
+	fzMalKinds
+)
+
+// fzMalKind decodes a malformation byte: mostly none, so that mutated
+// programs keep reaching the device's processing.
+func fzMalKind(m byte) int {
+	if m < 0x80 {
+		return fzMalNone
+	}
+	return 1 + int(m)%(fzMalKinds-1)
+}
+
+// fzQueue is the fake driver's side of one split ring (see virtiotest;
+// this one also frees descriptors and mirrors its writes in the shadow).
+type fzQueue struct {
+	g                  *fzGuest
+	desc, avail, used  uint64
+	free               []uint16
+	availIdx, usedSeen uint16
+	order              []*fzChain // published and not completed, in order
+	dead               bool       // avail.idx was corrupted
+	malformed          bool       // a malformed chain was published
+	kickedBad          bool       // a kick came after a malformed chain
+}
+
+func newFzQueue(g *fzGuest, base uint64) *fzQueue {
+	d := vt.NewDriver(g.mem, base, QueueSize, base)
+	q := &fzQueue{g: g, desc: d.Desc, avail: d.Avail, used: d.UsedRing}
+	for i := QueueSize - 1; i >= 0; i-- {
+		q.free = append(q.free, uint16(i))
+	}
+	return q
+}
+
+func (q *fzQueue) usedLen() uint64 { return 6 + 8*QueueSize }
+
+// activate builds the device's queue over the ring.
+func (q *fzQueue) activate(features uint64) *virtio.Queue {
+	vq := virtio.NewQueue(QueueSize)
+	vq.Size, vq.DescTable, vq.AvailRing, vq.UsedRing, vq.Ready = QueueSize, q.desc, q.avail, q.used, true
+	if err := vq.Activate(q.g.mem, features); err != nil {
+		q.g.t.Fatal(err)
+	}
+	return vq
+}
+
+func (q *fzQueue) kick() {
+	if q.malformed || q.dead {
+		q.kickedBad = true
+	}
+}
+
+func fzFlag(write bool) uint16 {
+	if write {
+		return vt.FlagWrite
+	}
+	return 0
+}
+
+// post lays out pieces as a chain (with indirect, the pieces after the
+// first direct ones go into an indirect table), applies malformation mal
+// (parameter mv) and publishes it. It returns nil when the ring or the
+// table area is full.
+func (q *fzQueue) post(pieces []fzPiece, indirect bool, direct int, mal int, mv byte, features uint64) *fzChain {
+	if q.dead || len(q.order) >= QueueSize {
+		return nil
+	}
+	if len(pieces) == 0 {
+		pieces = []fzPiece{{addr: fzPattern}} // a chain has a descriptor
+	}
+	switch mal {
+	case fzMalNested, fzMalTableLen, fzMalIndirectNext, fzMalTableOutside, fzMalTooLong:
+		indirect = true
+	}
+	nd := len(pieces)
+	if indirect {
+		nd = min(direct, len(pieces)-1)
+	}
+	table := pieces[nd:]
+	if mal == fzMalTooLong {
+		table = make([]fzPiece, QueueSize+1)
+	}
+	ndesc := nd
+	if indirect {
+		ndesc++
+	}
+	if len(q.free) < ndesc {
+		return nil
+	}
+	var taddr uint64
+	if indirect {
+		var ok bool
+		if taddr, ok = q.g.alloc(&q.g.tables, fzPattern, 16*uint64(len(table)), 16); !ok {
+			return nil
+		}
+	}
+	idx := append([]uint16(nil), q.free[len(q.free)-ndesc:]...)
+	q.free = q.free[:len(q.free)-ndesc]
+	type desc struct {
+		table       uint64
+		i           uint16
+		addr        uint64
+		len         uint32
+		flags, next uint16
+	}
+	var ds []desc
+	for i := range nd {
+		p := pieces[i]
+		d := desc{table: q.desc, i: idx[i], addr: p.addr, len: p.len, flags: fzFlag(p.write)}
+		if i+1 < ndesc {
+			d.flags |= vt.FlagNext
+			d.next = idx[i+1]
+		}
+		ds = append(ds, d)
+	}
+	bufs := len(ds) // ds[:bufs] are direct buffers
+	if indirect {
+		for j, p := range table {
+			d := desc{table: taddr, i: uint16(j), addr: p.addr, len: p.len, flags: fzFlag(p.write)}
+			if j+1 < len(table) {
+				d.flags |= vt.FlagNext
+				d.next = uint16(j + 1)
+			}
+			ds = append(ds, d)
+		}
+		ds = append(ds, desc{table: q.desc, i: idx[nd], addr: taddr, len: uint32(16 * len(table)), flags: vt.FlagIndirect})
+	}
+	last := len(ds) - 1 // the chain's last buffer, and its table's first
+	first, tableLen := idx[0], uint16(QueueSize)
+	if indirect {
+		last, first, tableLen = len(ds)-2, 0, uint16(len(table))
+	}
+	ind := &ds[len(ds)-1]
+	switch mal {
+	case fzMalOutside:
+		d := &ds[int(mv)%max(1, len(ds)-btoi(indirect))]
+		d.addr = fzMem + uint64(mv)*4096
+		if mv&1 != 0 {
+			d.addr = ^uint64(0) - uint64(mv)
+		}
+	case fzMalStraddle:
+		d := &ds[int(mv)%max(1, len(ds)-btoi(indirect))]
+		d.addr, d.len = fzMem-1-uint64(mv%16), 64
+	case fzMalNext:
+		ds[last].flags |= vt.FlagNext
+		ds[last].next = tableLen + uint16(mv)
+	case fzMalLoop:
+		ds[last].flags |= vt.FlagNext
+		ds[last].next = first
+	case fzMalNested:
+		ds[bufs].flags |= vt.FlagIndirect
+	case fzMalTableLen:
+		ind.len += 1 + uint32(mv%15)
+		if mv&1 != 0 {
+			ind.len = 0
+		}
+	case fzMalIndirectNext:
+		ind.flags |= vt.FlagNext
+	case fzMalTableOutside:
+		ind.addr = fzMem - 8 + uint64(mv)*16
+	}
+	var b [16]byte
+	for _, d := range ds {
+		binary.LittleEndian.PutUint64(b[0:], d.addr)
+		binary.LittleEndian.PutUint32(b[8:], d.len)
+		binary.LittleEndian.PutUint16(b[12:], d.flags)
+		binary.LittleEndian.PutUint16(b[14:], d.next)
+		q.g.write(d.table+16*uint64(d.i), b[:])
+	}
+	c := &fzChain{head: idx[0], descs: idx, pieces: pieces,
+		malformed: mal != fzMalNone || (indirect && !virtio.HasFeature(features, virtio.FIndirectDesc))}
+	if mal == fzMalHead {
+		c.head = QueueSize + uint16(mv)
+	}
+	q.g.store16(q.avail+4+2*uint64(q.availIdx%QueueSize), c.head)
+	q.availIdx++
+	q.g.store16(q.avail+2, q.availIdx)
+	if mal == fzMalJump {
+		q.g.store16(q.avail+2, q.availIdx+QueueSize+1+uint16(mv))
+		q.dead = true
+	}
+	q.order = append(q.order, c)
+	q.malformed = q.malformed || c.malformed
+	return c
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+type fzDone struct {
+	c   *fzChain
+	len uint32
+}
+
+// collect returns the chains completed since the last call. Both devices
+// complete chains in the order they take them.
+func (q *fzQueue) collect() []fzDone {
+	t := q.g.t
+	idx, err := q.g.mem.LoadUint16(q.used + 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := idx - q.usedSeen; int(n) > len(q.order) {
+		t.Fatalf("used.idx moved by %d with %d chains outstanding", n, len(q.order))
+	}
+	var done []fzDone
+	for ; q.usedSeen != idx; q.usedSeen++ {
+		var e [8]byte
+		copy(e[:], q.g.ram[q.used+4+8*uint64(q.usedSeen%QueueSize):])
+		id, n := binary.LittleEndian.Uint32(e[0:]), binary.LittleEndian.Uint32(e[4:])
+		c := q.order[0]
+		if c.malformed || id != uint32(c.head) {
+			t.Fatalf("used element %d names chain %d; the oldest outstanding chain is %d (malformed %v)", q.usedSeen, id, c.head, c.malformed)
+		}
+		q.order = q.order[1:]
+		q.free = append(q.free, c.descs...)
+		done = append(done, fzDone{c, n})
+	}
+	return done
+}
+
+// fzBroken records the Activation's Broken calls.
+type fzBroken struct {
+	mu   sync.Mutex
+	errs []error
+}
+
+func (b *fzBroken) report(err error) {
+	b.mu.Lock()
+	b.errs = append(b.errs, err)
+	b.mu.Unlock()
+}
+
+func (b *fzBroken) get() []error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]error(nil), b.errs...)
+}
+
+// checkBroken checks that the device broke only on a malformed ring, with
+// errors that say so, and returns whether it broke.
+func (b *fzBroken) check(t *testing.T, qs ...*fzQueue) bool {
+	t.Helper()
+	errs := b.get()
+	if len(errs) == 0 {
+		return false
+	}
+	bad := false
+	for _, q := range qs {
+		bad = bad || q.malformed || q.dead
+	}
+	if !bad {
+		t.Fatalf("the device broke on a well-formed ring: %v", errs)
+	}
+	for _, err := range errs {
+		if !errors.Is(err, virtio.ErrBroken) {
+			t.Fatalf("Broken(%v): the error does not wrap virtio.ErrBroken", err)
+		}
+	}
+	return true
+}
+
+func fzReadable(fd int) bool {
+	p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(p, 0)
+	return err == nil && n > 0
+}
+
+func fzCountFds(t *testing.T) int {
+	t.Helper()
+	d, err := os.Open("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(names)
+}
+
+// fzWarmUp runs an event loop once, so that the runtime's own poller
+// descriptors exist before the per-input counts.
+func fzWarmUp(f *testing.F) {
+	l, err := eventloop.New("fuzz-warmup", eventloop.Poller)
+	if err != nil {
+		f.Fatal(err)
+	}
+	l.Close()
+}
+
+// fzNoLeaks fails if descriptors or goroutines outlive the input.
+func fzNoLeaks(t *testing.T, fds, goroutines int) {
+	t.Helper()
+	if n := fzCountFds(t); n > fds {
+		t.Fatalf("%d file descriptors open after teardown, %d before", n, fds)
+	}
+	deadline := time.Now().Add(fzWait)
+	for runtime.NumGoroutine() > goroutines {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines after teardown, %d before", runtime.NumGoroutine(), goroutines)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+// Program operations.
+const (
+	fzOpTx = iota
+	fzOpRx
+	fzOpHost
+	fzOpKick
+	fzOpReset
+	fzNetOps
+)
+
+// fzNetFeatures are the negotiable bits, in the order of the program's
+// feature masks; VERSION_1 is always negotiated.
+var fzNetFeatures = []uint{virtio.FIndirectDesc, virtio.FEventIdx, FCsum, FGuestCsum, FGuestTSO4, FGuestTSO6,
+	FGuestUFO, FHostTSO4, FHostTSO6, FHostUFO, FMrgRxbuf, FStatus, FMAC}
+
+const fzAllFeatures = 1<<13 - 1
+
+func fzNetFeatureBits(mask uint16) uint64 {
+	f := uint64(1) << virtio.FVersion1
+	for i, b := range fzNetFeatures {
+		if mask&(1<<i) != 0 {
+			f |= 1 << b
+		}
+	}
+	return f
+}
+
+// Transmit frame lengths (the bytes after the header).
+const (
+	fzTxEmpty  = iota // header only
+	fzTxTiny          // under 64 bytes
+	fzTxMTU           // under 1515
+	fzTxAny           // up to 65535
+	fzTxMax           // the most the device sends: MaxFrame with the header
+	fzTxBeyond        // more: dropped
+	fzTxShort         // a chain shorter than the header: dropped
+	fzTxLens
+)
+
+// fzTxOp posts a transmit chain: header Hdr and a payload of Len
+// (selector, with Val) pattern bytes from Off, kicked unless NoKick.
+// Layout: bits 0-1 the header's place (own buffer, merged with the
+// payload, split in two, split in three), bits 2-4 payload buffers - 1,
+// bit 5 a device-writable buffer, bit 6 a zero-length buffer, bit 7
+// indirect (Split's high nibble: the direct buffers before the table).
+// Split seeds the cut points; Mal and MV malform the chain.
+type fzTxOp struct {
+	Hdr           [HeaderSize]byte
+	Len           byte
+	Val, Off      uint16
+	Layout, Split byte
+	Mal, MV       byte
+	NoKick        bool
+}
+
+// fzRxOp posts Count%16+1 receive chains of Size (selector, with Val)
+// bytes each, kicked unless NoKick. Layout: bits 0-1 writable buffers - 1, bit 2 a device-readable
+// buffer, bit 3 indirect, bit 4 a zero-length writable buffer; Gap: bytes
+// left unused before each buffer (low 3 bits), direct buffers before an
+// indirect table (high nibble). The malformation goes to the last chain.
+type fzRxOp struct {
+	Count, Size byte
+	Val         uint16
+	Layout, Gap byte
+	Mal, MV     byte
+	NoKick      bool
+}
+
+// Receive buffer sizes.
+const (
+	fzRxZero = iota
+	fzRxTiny // 1..15, below the header for most
+	fzRxOdd  // under 2048
+	fzRxAny  // up to 65535
+	fzRxMTU  // 1518
+	fzRxBig  // the device's frame buffer: any frame fits
+	fzRxSizes
+)
+
+// fzHostOp writes Count%4+1 frames of Len (selector) bytes into the
+// backend; the first two header bytes are Flags and GSO, the rest comes
+// from the pattern at Off.
+type fzHostOp struct {
+	Len        byte
+	Val        uint16
+	Flags, GSO byte
+	Off        uint16
+	Count      byte
+}
+
+// Host frame lengths, the vnet header included.
+const (
+	fzHostEmpty  = iota
+	fzHostShort  // 1..11: dropped by the device
+	fzHostMTU    // 12..1525
+	fzHostAny    // 12..65547
+	fzHostMax    // MaxFrame
+	fzHostBuf    // the device's frame buffer, the most it reads
+	fzHostBeyond // longer: the read truncates it
+	fzHostLens
+)
+
+func (o fzTxOp) bytes() []byte {
+	b := []byte{fzOpTx}
+	b = append(b, o.Hdr[:]...)
+	b = append(b, o.Len, byte(o.Val), byte(o.Val>>8), byte(o.Off), byte(o.Off>>8), o.Layout, o.Split, o.Mal, o.MV, byte(btoi(o.NoKick)))
+	return b
+}
+
+func fzDecodeTx(in *fzIn) fzTxOp {
+	var o fzTxOp
+	for i := range o.Hdr {
+		o.Hdr[i] = in.u8()
+	}
+	o.Len, o.Val, o.Off = in.u8(), in.u16(), in.u16()
+	o.Layout, o.Split, o.Mal, o.MV = in.u8(), in.u8(), in.u8(), in.u8()
+	o.NoKick = in.u8()&1 != 0
+	return o
+}
+
+func (o fzRxOp) bytes() []byte {
+	return []byte{fzOpRx, o.Count, o.Size, byte(o.Val), byte(o.Val >> 8), o.Layout, o.Gap, o.Mal, o.MV, byte(btoi(o.NoKick))}
+}
+
+func fzDecodeRx(in *fzIn) fzRxOp {
+	var o fzRxOp
+	o.Count, o.Size, o.Val = in.u8(), in.u8(), in.u16()
+	o.Layout, o.Gap, o.Mal, o.MV = in.u8(), in.u8(), in.u8(), in.u8()
+	o.NoKick = in.u8()&1 != 0
+	return o
+}
+
+func (o fzHostOp) bytes() []byte {
+	return []byte{fzOpHost, o.Len, byte(o.Val), byte(o.Val >> 8), o.Flags, o.GSO, byte(o.Off), byte(o.Off >> 8), o.Count}
+}
+
+func fzDecodeHost(in *fzIn) fzHostOp {
+	var o fzHostOp
+	o.Len, o.Val, o.Flags, o.GSO, o.Off, o.Count = in.u8(), in.u16(), in.u8(), in.u8(), in.u16(), in.u8()
+	return o
+}
+
+func fzKickOp(q int) []byte { return []byte{fzOpKick, byte(q)} }
+
+func fzResetOp(features uint16) []byte { return []byte{fzOpReset, byte(features), byte(features >> 8)} }
+
+// netFuzz is one input's rig.
+type netFuzz struct {
+	t        *testing.T
+	g        *fzGuest
+	loop     *eventloop.Loop
+	dev      *Net
+	peer     int
+	kicks    [2]int
+	rx, tx   *fzQueue
+	vq       []*virtio.Queue // the device's view of rx and tx
+	features uint64
+	mrg      bool
+	broken   *fzBroken
+	// brokenSeen: the harness has seen Broken in this activation, taken
+	// RAM as it was and lets the device write nothing more.
+	brokenSeen bool
+	// frames the backend sent that the device has not delivered or
+	// dropped yet (shorter than the header ones are left out: the device
+	// drops them on read), and receive completions not matched yet.
+	frames [][]byte
+	rxDone []fzDone
+	// want are the expected counters; a device that broke may have
+	// counted work it never published (everBroken).
+	want       Stats
+	everBroken bool
+	buf        []byte // backend reads
+}
+
+func fzRunNet(t *testing.T, prog []byte) {
+	in := &fzIn{b: prog}
+	h := &netFuzz{t: t, g: newFzGuest(t), peer: -1, kicks: [2]int{-1, -1}, buf: make([]byte, 2*MaxFrame)}
+	defer h.close()
+	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.peer = sp[1]
+	for _, fd := range sp {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if h.loop, err = eventloop.New("fuzz-net", eventloop.Poller); err != nil {
+		unix.Close(sp[0])
+		t.Fatal(err)
+	}
+	h.dev, err = newNet(Config{ID: "fuzz0", TapFD: -1, MAC: [6]byte{0x52, 0x54, 0, 1, 2, 3}}, h.loop, &Tap{fd: sp[0], name: "fake", fake: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range fzNetFeatures {
+		if !virtio.HasFeature(h.dev.Features(), b) {
+			t.Fatalf("the device does not offer feature %d any more; update fzNetFeatures", b)
+		}
+	}
+	h.activate(fzNetFeatureBits(in.u16()))
+	for range fzMaxOps {
+		if len(in.b) == 0 {
+			break
+		}
+		switch in.u8() % fzNetOps {
+		case fzOpTx:
+			h.transmit(fzDecodeTx(in))
+		case fzOpRx:
+			h.postRx(fzDecodeRx(in))
+		case fzOpHost:
+			h.hostFrames(fzDecodeHost(in))
+		case fzOpKick:
+			h.kick(int(in.u8() % 2))
+		case fzOpReset:
+			h.reactivate(fzNetFeatureBits(in.u16()))
+		}
+		h.sync()
+	}
+	h.finish()
+}
+
+func (h *netFuzz) activate(features uint64) {
+	t := h.t
+	h.features, h.mrg = features, virtio.HasFeature(features, FMrgRxbuf)
+	h.rx, h.tx = newFzQueue(h.g, fzRxRing), newFzQueue(h.g, fzTxRing)
+	var qs []*virtio.Queue
+	for i, q := range []*fzQueue{h.rx, h.tx} {
+		qs = append(qs, q.activate(features))
+		fd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.kicks[i] = fd
+		h.g.allow(q.used, q.usedLen())
+	}
+	h.broken, h.brokenSeen, h.vq = &fzBroken{}, false, qs
+	err := h.dev.Activate(virtio.Activation{Mem: h.g.mem, Features: features, Queues: qs, Kicks: h.kicks[:],
+		Interrupt: vt.NoIRQ{}, Broken: h.broken.report})
+	if err != nil {
+		t.Fatalf("Activate: %v", err)
+	}
+	if got, want := h.dev.tap.offload, offloads(features); got != want {
+		t.Fatalf("tap offloads %#x after activation with features %#x, want %#x", got, features, want)
+	}
+}
+
+func (h *netFuzz) kick(q int) {
+	if q == RxQueue {
+		h.rx.kick()
+	} else {
+		h.tx.kick()
+	}
+	if _, err := unix.Write(h.kicks[q], []byte{1, 0, 0, 0, 0, 0, 0, 0}); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// fzCut splits n bytes into k pieces at points derived from seed; pieces
+// may be empty.
+func fzCut(n, k int, seed uint32) []int {
+	cuts := []int{0}
+	x := seed*2654435761 + 1
+	for i := 1; i < k; i++ {
+		x ^= x << 13
+		x ^= x >> 17
+		x ^= x << 5
+		c := i * n / k
+		if seed&1 != 0 && n > 0 {
+			c = int(x % uint32(n+1))
+		}
+		cuts = append(cuts, c)
+	}
+	cuts = append(cuts, n)
+	for i := 1; i < len(cuts); i++ { // sorted, so pieces are in order
+		for j := i; j > 0 && cuts[j] < cuts[j-1]; j-- {
+			cuts[j], cuts[j-1] = cuts[j-1], cuts[j]
+		}
+	}
+	return cuts
+}
+
+// transmit posts one transmit chain (and kicks unless told not to).
+func (h *netFuzz) transmit(o fzTxOp) {
+	var data []byte
+	hdr := o.Hdr[:]
+	payloadLen := 0
+	switch o.Len % fzTxLens {
+	case fzTxEmpty:
+	case fzTxTiny:
+		payloadLen = int(o.Val % 64)
+	case fzTxMTU:
+		payloadLen = int(o.Val % 1515)
+	case fzTxAny:
+		payloadLen = int(o.Val)
+	case fzTxMax:
+		payloadLen = MaxFrame - HeaderSize
+	case fzTxBeyond:
+		payloadLen = MaxFrame - HeaderSize + 1 + int(o.Val%4096)
+	case fzTxShort:
+		hdr = hdr[:o.Val%HeaderSize]
+	}
+	poff := int(o.Off) % (fzPatternLen - payloadLen + 1)
+	payload := fzPatternBytes[poff : poff+payloadLen]
+	data = append(append(data, hdr...), payload...)
+	if !h.brokenSeen && h.pendingTx()+len(data) > fzTxPending {
+		h.kick(TxQueue) // let the device send what is queued first
+		h.sync()
+	}
+
+	var pieces []fzPiece
+	scratch := func(b []byte) bool {
+		a, ok := h.g.alloc(&h.g.scratch, fzRxHeap, uint64(len(b)), 1)
+		if ok {
+			h.g.write(a, b)
+			pieces = append(pieces, fzPiece{addr: a, len: uint32(len(b))})
+		}
+		return ok
+	}
+	rest := 0 // payload bytes already in a scratch piece
+	ok := true
+	switch o.Layout & 3 {
+	case 0:
+		ok = scratch(hdr)
+	case 1: // the header and the start of the payload in one buffer
+		rest = min(payloadLen, int(o.Split)*8)
+		ok = scratch(append(append([]byte(nil), hdr...), payload[:rest]...))
+	case 2:
+		p := min(len(hdr), 1+int(o.Split)%HeaderSize)
+		ok = scratch(hdr[:p]) && scratch(hdr[p:])
+	case 3:
+		a := min(len(hdr), 1+int(o.Split)%10)
+		b := min(len(hdr), a+1+int(o.Split>>4)%5)
+		ok = scratch(hdr[:a]) && scratch(hdr[a:b]) && scratch(hdr[b:])
+	}
+	if !ok {
+		return // scratch area used up
+	}
+	cuts := fzCut(payloadLen-rest, 1+int(o.Layout>>2)&7, uint32(o.Split)<<16|uint32(o.Off))
+	for i := 1; i < len(cuts); i++ {
+		pieces = append(pieces, fzPiece{addr: uint64(fzPattern + poff + rest + cuts[i-1]), len: uint32(cuts[i] - cuts[i-1])})
+	}
+	if o.Layout&(1<<5) != 0 { // the device must neither read nor write it
+		a, ok := h.g.alloc(&h.g.scratch, fzRxHeap, 256, 1)
+		if !ok {
+			return
+		}
+		at := int(o.Split) % (len(pieces) + 1)
+		pieces = append(pieces[:at], append([]fzPiece{{addr: a, len: 1 + uint32(o.MV), write: true}}, pieces[at:]...)...)
+	}
+	if o.Layout&(1<<6) != 0 {
+		at := int(o.Off) % (len(pieces) + 1)
+		pieces = append(pieces[:at], append([]fzPiece{{addr: fzPattern}}, pieces[at:]...)...)
+	}
+	c := h.tx.post(pieces, o.Layout&(1<<7) != 0, int(o.Split>>4), fzMalKind(o.Mal), o.MV, h.features)
+	if c == nil {
+		return
+	}
+	c.data = data
+	if !o.NoKick {
+		h.kick(TxQueue)
+	}
+}
+
+// pendingTx is the bytes of the well-formed chains on the transmit ring.
+func (h *netFuzz) pendingTx() int {
+	n := 0
+	for _, c := range h.tx.order {
+		if !c.malformed {
+			n += len(c.data)
+		}
+	}
+	return n
+}
+
+// postRx posts receive chains.
+func (h *netFuzz) postRx(o fzRxOp) {
+	var size int
+	switch o.Size % fzRxSizes {
+	case fzRxZero:
+	case fzRxTiny:
+		size = 1 + int(o.Val%15)
+	case fzRxOdd:
+		size = int(o.Val % 2048)
+	case fzRxAny:
+		size = int(o.Val)
+	case fzRxMTU:
+		size = 1518
+	case fzRxBig:
+		size = len(h.dev.rxBuf)
+	}
+	count := 1 + int(o.Count%16)
+	for i := range count {
+		var pieces []fzPiece
+		cuts := fzCut(size, 1+int(o.Layout&3), uint32(o.Gap)<<8|uint32(i))
+		for j := 1; j < len(cuts); j++ {
+			n := uint64(cuts[j] - cuts[j-1])
+			a, ok := h.g.alloc(&h.g.heap, fzMem, uint64(o.Gap&7)+n, 1)
+			if !ok {
+				return // receive heap used up
+			}
+			pieces = append(pieces, fzPiece{addr: a + uint64(o.Gap&7), len: uint32(n), write: true})
+		}
+		if o.Layout&(1<<2) != 0 { // the device must not write it
+			at := int(o.Gap) % (len(pieces) + 1)
+			pieces = append(pieces[:at], append([]fzPiece{{addr: fzPattern, len: 1 + 3*uint32(o.Gap)}}, pieces[at:]...)...)
+		}
+		if o.Layout&(1<<4) != 0 {
+			at := int(o.MV) % (len(pieces) + 1)
+			pieces = append(pieces[:at], append([]fzPiece{{addr: fzRxHeap, write: true}}, pieces[at:]...)...)
+		}
+		mal := fzMalNone
+		if i == count-1 {
+			mal = fzMalKind(o.Mal)
+		}
+		c := h.rx.post(pieces, o.Layout&(1<<3) != 0, int(o.Gap>>4), mal, o.MV, h.features)
+		if c == nil {
+			break
+		}
+		for _, p := range c.pieces {
+			if p.write && !c.malformed {
+				c.cap += uint64(p.len)
+				if !h.brokenSeen {
+					h.g.allow(p.addr, uint64(p.len))
+				}
+			}
+		}
+	}
+	if !o.NoKick {
+		h.kick(RxQueue)
+	}
+}
+
+// hostFrames writes frames into the backend.
+func (h *netFuzz) hostFrames(o fzHostOp) {
+	var n int
+	switch o.Len % fzHostLens {
+	case fzHostEmpty:
+	case fzHostShort:
+		n = 1 + int(o.Val%(HeaderSize-1))
+	case fzHostMTU:
+		n = HeaderSize + int(o.Val%1514)
+	case fzHostAny:
+		n = HeaderSize + int(o.Val)
+	case fzHostMax:
+		n = MaxFrame
+	case fzHostBuf:
+		n = len(h.dev.rxBuf)
+	case fzHostBeyond:
+		n = len(h.dev.rxBuf) + 1 + int(o.Val%4096)
+	}
+	for i := range 1 + int(o.Count%4) {
+		off := (int(o.Off) + 977*i) % (fzPatternLen - n + 1)
+		f := append([]byte(nil), fzPatternBytes[off:off+n]...)
+		if n >= 2 {
+			f[0], f[1] = o.Flags, o.GSO
+		}
+		if _, err := unix.Write(h.peer, f); err != nil {
+			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.ENOBUFS) {
+				continue // the backend is full: the frame was never sent
+			}
+			h.t.Fatalf("write a %d-byte frame into the backend: %v", n, err)
+		}
+		// A longer record is truncated by the device's read.
+		if f = f[:min(n, len(h.dev.rxBuf))]; len(f) >= HeaderSize {
+			h.frames = append(h.frames, f)
+		}
+	}
+}
+
+// quiesce returns once the device has nothing left to do on the loop:
+// none of its registered descriptors is readable.
+func (h *netFuzz) quiesce() {
+	t := h.t
+	deadline := time.Now().Add(fzWait)
+	for {
+		var busy, spin bool
+		h.loop.Call(func() {
+			d := h.dev
+			if d.act == nil {
+				return
+			}
+			tap := d.tapInLoop && fzReadable(d.tap.Fd())
+			busy = tap || fzReadable(d.rxKick) || fzReadable(d.txKick)
+			spin = tap && d.stopped
+		})
+		if spin {
+			t.Fatal("the broken device keeps the readable backend in the event loop: the loop spins on it")
+		}
+		if !busy {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the device still has work on the event loop after %v", fzWait)
+		}
+	}
+}
+
+// sync waits for the device and checks what it did.
+func (h *netFuzz) sync() {
+	t := h.t
+	h.quiesce()
+	for _, d := range h.tx.collect() {
+		if d.len != 0 {
+			t.Fatalf("transmit chain %d completed with %d bytes written, want 0", d.c.head, d.len)
+		}
+		h.expectTx(d.c)
+	}
+	for i := 0; ; i++ {
+		n, err := unix.Read(h.peer, h.buf)
+		if err != nil {
+			break
+		}
+		// A device that breaks stops before publishing what it already
+		// sent: those frames belong to the next chains.
+		if h.broken.get() == nil || i >= len(h.tx.order) || !bytes.Equal(h.buf[:n], h.tx.order[i].data) {
+			t.Fatalf("the backend got an unexpected %d-byte frame", n)
+		}
+	}
+	for _, d := range h.rx.collect() {
+		if uint64(d.len) > d.c.cap {
+			t.Fatalf("receive chain %d completed with %d bytes, but it holds %d", d.c.head, d.len, d.c.cap)
+		}
+		h.rxDone = append(h.rxDone, d)
+	}
+	h.matchRx()
+	broken := h.broken.check(t, h.rx, h.tx)
+	if broken && !h.brokenSeen {
+		// From now on the device may not touch guest memory at all.
+		h.brokenSeen, h.everBroken = true, true
+		h.g.checkpoint("after Broken")
+	}
+	if !broken && h.tx.kickedBad {
+		t.Fatal("a kicked malformed transmit ring did not break the device")
+	}
+}
+
+// expectTx checks what the backend got for completed chain c.
+func (h *netFuzz) expectTx(c *fzChain) {
+	t := h.t
+	drop := len(c.data) > MaxFrame || len(c.data) < HeaderSize
+	if !drop {
+		hd, _ := ParseHeader(c.data)
+		drop = hd.CheckTx(h.features, len(c.data)-HeaderSize) != nil
+	}
+	if drop {
+		h.want.TxDropped++
+		return
+	}
+	h.want.TxFrames++
+	h.want.TxBytes += uint64(len(c.data) - HeaderSize)
+	n, err := unix.Read(h.peer, h.buf)
+	if err != nil {
+		t.Fatalf("transmit chain %d (%d bytes) completed, but the backend got nothing: %v", c.head, len(c.data), err)
+	}
+	if !bytes.Equal(h.buf[:n], c.data) {
+		t.Fatalf("transmit chain %d: the backend got %d bytes, want the chain's %d readable bytes (header % x)", c.head, n, len(c.data), c.data[:HeaderSize])
+	}
+}
+
+// fzWithBuffers is frame f with num_buffers nb.
+func fzWithBuffers(f []byte, nb uint16) []byte {
+	w := append([]byte(nil), f...)
+	binary.LittleEndian.PutUint16(w[10:], nb)
+	return w
+}
+
+// matchRx matches receive completions with the backend's frames, in
+// order, and takes the buffers' contents as final.
+func (h *netFuzz) matchRx() {
+	t := h.t
+	for len(h.rxDone) > 0 {
+		d := h.rxDone[0]
+		if len(h.frames) == 0 {
+			t.Fatalf("receive chain %d completed with %d bytes, but no frame was sent", d.c.head, d.len)
+		}
+		f := h.frames[0]
+		nb := 1
+		switch {
+		case !h.mrg && d.len == 0:
+			if uint64(len(f)) <= d.c.cap {
+				t.Fatalf("a %d-byte frame was dropped though the %d-byte receive chain %d holds it", len(f), d.c.cap, d.c.head)
+			}
+			h.want.RxDropped++
+		case !h.mrg:
+			if got := h.g.written(d.c, d.len); !bytes.Equal(got, fzWithBuffers(f, 1)) {
+				t.Fatalf("receive chain %d got %d bytes, want the %d-byte frame with num_buffers 1", d.c.head, d.len, len(f))
+			}
+			h.want.RxFrames++
+			h.want.RxBytes += uint64(len(f) - HeaderSize)
+		case d.c.cap < HeaderSize:
+			if d.len != 0 {
+				t.Fatalf("receive chain %d of %d bytes, too small for the header, completed with %d", d.c.head, d.c.cap, d.len)
+			}
+			h.want.RxDropped++
+		default:
+			if d.len < HeaderSize {
+				t.Fatalf("receive chain %d starts a frame with %d bytes, less than the header", d.c.head, d.len)
+			}
+			first := h.g.written(d.c, d.len)
+			nb = int(binary.LittleEndian.Uint16(first[10:]))
+			if nb == 0 || nb > len(h.rxDone) {
+				t.Fatalf("num_buffers %d with %d receive chains completed", nb, len(h.rxDone))
+			}
+			var got []byte
+			for _, e := range h.rxDone[:nb] {
+				got = append(got, h.g.written(e.c, e.len)...)
+			}
+			if !bytes.Equal(got, fzWithBuffers(f, uint16(nb))) {
+				t.Fatalf("a %d-byte frame over %d receive chains (%d bytes) differs from the one sent", len(f), nb, len(got))
+			}
+			h.want.RxFrames++
+			h.want.RxBytes += uint64(len(f) - HeaderSize)
+		}
+		for _, e := range h.rxDone[:nb] {
+			for _, p := range e.c.pieces {
+				if p.write {
+					h.g.settle(p.addr, uint64(p.len))
+				}
+			}
+		}
+		h.rxDone, h.frames = h.rxDone[nb:], h.frames[1:]
+	}
+}
+
+// reset resets the device and checks that it let go of everything.
+func (h *netFuzz) reset() {
+	t := h.t
+	var held bool
+	h.loop.Call(func() { held = h.dev.rxLen > 0 })
+	h.dev.Reset()
+	h.loop.Call(func() {
+		d := h.dev
+		if d.act != nil || d.tapInLoop || d.rxKick >= 0 || d.txKick >= 0 || d.rxLen != 0 {
+			t.Errorf("after Reset: activation %v, tap polled %v, kicks %d %d, held frame %d bytes", d.act != nil, d.tapInLoop, d.rxKick, d.txKick, d.rxLen)
+		}
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+	if h.dev.tap.offload != 0 {
+		t.Fatalf("tap offloads %#x after Reset, want 0", h.dev.tap.offload)
+	}
+	h.g.checkpoint("after Reset")
+	broken := len(h.broken.get()) > 0
+	for i, q := range []*fzQueue{h.rx, h.tx} {
+		if k := h.vq[i].NextAvail() - q.usedSeen; k != 0 && !broken {
+			t.Fatalf("the device took %d chains of queue %d it never completed", k, i)
+		}
+	}
+	// The frames the device has not read are in the backend: take them
+	// out and back in. Unless the device broke, which stops it mid-batch
+	// with frames taken and not published, that is what the model has
+	// left after the frame the device held, which goes with the queues.
+	var records, frames [][]byte
+	for {
+		n, err := unix.Read(h.dev.tap.Fd(), h.buf)
+		if err != nil {
+			break
+		}
+		f := append([]byte(nil), h.buf[:n]...)
+		records = append(records, f)
+		if f = f[:min(n, len(h.dev.rxBuf))]; len(f) >= HeaderSize {
+			frames = append(frames, f)
+		}
+	}
+	if !broken {
+		model := h.frames
+		if held {
+			if len(model) == 0 {
+				t.Fatal("the device held a frame nobody sent")
+			}
+			model = model[1:]
+		}
+		if len(model) != len(frames) {
+			t.Fatalf("%d frames left in the backend at Reset, want %d", len(frames), len(model))
+		}
+		for i := range model {
+			if !bytes.Equal(model[i], frames[i]) {
+				t.Fatalf("frame %d left in the backend at Reset is not the one the model has", i)
+			}
+		}
+	}
+	h.frames = frames
+	for _, f := range records {
+		if _, err := unix.Write(h.peer, f); err != nil {
+			t.Fatalf("put a %d-byte frame back into the backend: %v", len(f), err)
+		}
+	}
+	for i, fd := range h.kicks {
+		unix.Close(fd)
+		h.kicks[i] = -1
+	}
+}
+
+// reactivate resets the device and activates it again with features on
+// fresh rings.
+func (h *netFuzz) reactivate(features uint64) {
+	h.reset()
+	zero := make([]byte, 0x3000)
+	h.g.write(fzRxRing, zero)
+	h.g.write(fzTxRing, zero)
+	h.activate(features)
+}
+
+// finish kicks both queues and checks that the device is done: every
+// transmit chain sent and a frame still waiting only for want of
+// buffers. Then it checks the counters, and Reset.
+func (h *netFuzz) finish() {
+	t := h.t
+	h.kick(RxQueue)
+	h.kick(TxQueue)
+	h.sync()
+	if !h.brokenSeen {
+		if len(h.tx.order) > 0 {
+			t.Fatalf("%d transmit chains left after a kick", len(h.tx.order))
+		}
+		if len(h.frames) > 0 {
+			h.checkWaiting(len(h.frames[0]))
+		}
+	}
+	if s := h.dev.Stats(); !h.everBroken && (s.TxFrames != h.want.TxFrames || s.TxBytes != h.want.TxBytes ||
+		s.TxDropped != h.want.TxDropped || s.RxFrames != h.want.RxFrames || s.RxBytes != h.want.RxBytes) {
+		t.Fatalf("stats %+v, want %+v (receive drops not counted)", s, h.want)
+	}
+	h.reset()
+}
+
+// checkWaiting fails unless a frame of n bytes may wait: the device would
+// drop it into or deliver it to the receive chains posted.
+func (h *netFuzz) checkWaiting(n int) {
+	t := h.t
+	if h.rx.dead {
+		t.Fatalf("a %d-byte frame waits on a receive ring whose avail.idx is corrupt: taking a buffer must break the device", n)
+	}
+	sum := uint64(0)
+	for i, c := range h.rx.order {
+		switch {
+		case c.malformed:
+			t.Fatalf("a %d-byte frame waits with malformed receive chain %d next in line: taking it must break the device", n, i)
+		case !h.mrg:
+			t.Fatalf("a %d-byte frame waits with receive chain %d (%d bytes) posted", n, c.head, c.cap)
+		case i == 0 && c.cap < HeaderSize:
+			t.Fatalf("a %d-byte frame waits with a %d-byte receive chain first, which the device drops it into", n, c.cap)
+		}
+		if sum += c.cap; sum >= uint64(n) {
+			t.Fatalf("a %d-byte frame waits with %d bytes in %d receive chains posted", n, sum, i+1)
+		}
+	}
+}
+
+// close tears the rig down: the device (its tap with it), the loop and
+// the harness's descriptors.
+func (h *netFuzz) close() {
+	if h.dev != nil {
+		h.dev.Close()
+	}
+	if h.loop != nil {
+		h.loop.Close()
+	}
+	for _, fd := range append(h.kicks[:], h.peer) {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
+	h.g.release()
+}
+
+// fzHdr encodes a transmit header for the seeds.
+func fzHdr(h Header) [HeaderSize]byte {
+	var b [HeaderSize]byte
+	h.Put(b[:])
+	return b
+}
+
+// fzMal returns a malformation byte that decodes to kind k.
+func fzMal(k int) byte {
+	for m := 0x80; m <= 0xff; m++ {
+		if fzMalKind(byte(m)) == k {
+			return byte(m)
+		}
+	}
+	panic("no malformation byte for the kind") // seeds only
+}
+
+func fzProg(features uint16, ops ...[]byte) []byte {
+	b := []byte{byte(features), byte(features >> 8)}
+	for _, o := range ops {
+		b = append(b, o...)
+	}
+	return b
+}
+
+// fzNetSeeds are the corpus' starting programs: the unit tests' scenarios
+// and one of each layout, length and malformation class.
+func fzNetSeeds() [][]byte {
+	const (
+		noMrg      = fzAllFeatures &^ (1 << 10)
+		noOffloads = 1<<0 | 1<<1 | 1<<10 // indirect, event idx, mergeable
+		plainRing  = fzAllFeatures &^ 3  // no indirect, no event idx
+	)
+	csum := fzHdr(Header{Flags: HdrFNeedsCsum, CsumStart: 34, CsumOffset: 16})
+	tso4 := fzHdr(Header{Flags: HdrFNeedsCsum, GSOType: GSOTCPv4, GSOSize: 1448, CsumStart: 34, CsumOffset: 16})
+	ufo := fzHdr(Header{Flags: HdrFNeedsCsum, GSOType: GSOUDP, GSOSize: 1472, CsumStart: 34, CsumOffset: 6})
+	return [][]byte{
+		// TestTransmit: header and payload apart, the payload in two
+		// buffers; TSO without gso_size (dropped); a chain shorter than
+		// the header (dropped).
+		fzProg(fzAllFeatures,
+			fzTxOp{Hdr: csum, Len: fzTxAny, Val: 3000, Layout: 1 << 2}.bytes(),
+			fzTxOp{Hdr: fzHdr(Header{Flags: HdrFNeedsCsum, GSOType: GSOTCPv4, CsumStart: 34, CsumOffset: 16}), Len: fzTxMTU, Val: 100}.bytes(),
+			fzTxOp{Len: fzTxShort, Val: 3}.bytes()),
+		// Transmit layouts: the header merged with the payload, split in
+		// two and in three, indirect with direct buffers first, a
+		// writable and a zero-length buffer; maximal and oversized
+		// frames; offloads the driver did not negotiate.
+		fzProg(fzAllFeatures,
+			fzTxOp{Hdr: tso4, Len: fzTxMax, Layout: 1 | 7<<2, Split: 0x35}.bytes(),
+			fzTxOp{Hdr: csum, Len: fzTxMTU, Val: 1400, Layout: 2 | 3<<2 | 1<<5, Split: 5, MV: 40}.bytes(),
+			fzTxOp{Hdr: ufo, Len: fzTxAny, Val: 9000, Layout: 3 | 2<<2 | 1<<6 | 1<<7, Split: 0x27}.bytes(),
+			fzTxOp{Len: fzTxBeyond, Val: 1, Layout: 4 << 2}.bytes(),
+			fzTxOp{Len: fzTxEmpty}.bytes(),
+			fzTxOp{Len: fzTxTiny, Val: 1, Layout: 1<<7 | 3<<2, NoKick: true}.bytes(),
+			fzTxOp{Hdr: fzHdr(Header{Flags: HdrFDataValid}), Len: fzTxTiny, Val: 20}.bytes()),
+		fzProg(noOffloads,
+			fzTxOp{Hdr: tso4, Len: fzTxAny, Val: 200}.bytes(),
+			fzTxOp{Hdr: csum, Len: fzTxMTU, Val: 200}.bytes(),
+			fzTxOp{Len: fzTxMTU, Val: 60}.bytes()),
+		// TestReceiveMergeable: three 1500-byte buffers for a 3000-byte
+		// payload, then a small frame.
+		fzProg(fzAllFeatures,
+			fzRxOp{Count: 3, Size: fzRxAny, Val: 1500}.bytes(),
+			fzHostOp{Len: fzHostAny, Val: 3000, Flags: HdrFDataValid}.bytes(),
+			fzHostOp{Len: fzHostMTU, Val: 60}.bytes()),
+		// TestReceiveBackPressure: frames before buffers, then too few
+		// buffers, then enough.
+		fzProg(fzAllFeatures,
+			fzHostOp{Len: fzHostMTU, Val: 100}.bytes(),
+			fzHostOp{Len: fzHostAny, Val: 2500}.bytes(),
+			fzHostOp{Len: fzHostMTU, Val: 50}.bytes(),
+			fzRxOp{Size: fzRxAny, Val: 1500}.bytes(),
+			fzRxOp{Count: 2, Size: fzRxAny, Val: 1500}.bytes()),
+		// TestReceiveWithoutMergeable: one frame fits, a bigger one is
+		// dropped into the next buffer.
+		fzProg(noMrg,
+			fzRxOp{Count: 1, Size: fzRxAny, Val: 2048}.bytes(),
+			fzHostOp{Len: fzHostAny, Val: 1000}.bytes(),
+			fzHostOp{Len: fzHostAny, Val: 3000}.bytes()),
+		// Maximal frames over 1518-byte mergeable buffers, a truncated
+		// one into a big buffer, empty and short frames (dropped).
+		fzProg(fzAllFeatures,
+			fzRxOp{Count: 15, Size: fzRxMTU}.bytes(),
+			fzRxOp{Count: 15, Size: fzRxMTU}.bytes(),
+			fzRxOp{Count: 15, Size: fzRxMTU, Layout: 1 << 3, Gap: 0x33}.bytes(),
+			fzHostOp{Len: fzHostMax}.bytes(),
+			fzHostOp{Len: fzHostEmpty}.bytes(),
+			fzHostOp{Len: fzHostShort, Val: 5}.bytes(),
+			fzRxOp{Size: fzRxBig}.bytes(),
+			fzHostOp{Len: fzHostBeyond, Val: 100}.bytes(),
+			fzHostOp{Len: fzHostBuf}.bytes()),
+		// Odd receive layouts: buffers too small for the header, split
+		// buffers with gaps, a readable buffer and a zero-length one in
+		// the chain, indirect; without and with mergeable buffers.
+		fzProg(fzAllFeatures,
+			fzRxOp{Count: 1, Size: fzRxTiny, Val: 7}.bytes(),
+			fzRxOp{Count: 4, Size: fzRxOdd, Val: 333, Layout: 3 | 1<<2 | 1<<4, Gap: 5, MV: 1}.bytes(),
+			fzRxOp{Count: 2, Size: fzRxZero}.bytes(),
+			fzRxOp{Count: 3, Size: fzRxOdd, Val: 1001, Layout: 2 | 1<<3, Gap: 0x13}.bytes(),
+			fzHostOp{Len: fzHostMTU, Val: 1000, Count: 3}.bytes(),
+			fzHostOp{Len: fzHostAny, Val: 5000, Count: 1}.bytes()),
+		fzProg(noMrg,
+			fzRxOp{Count: 2, Size: fzRxTiny, Val: 11}.bytes(),
+			fzRxOp{Count: 3, Size: fzRxOdd, Val: 1600, Layout: 3 | 1<<2 | 1<<4 | 1<<3, Gap: 0x16}.bytes(),
+			fzHostOp{Len: fzHostMTU, Val: 1000, Count: 3}.bytes()),
+		// Buffers posted without a kick while the backend is paused,
+		// then the kick.
+		fzProg(plainRing,
+			fzHostOp{Len: fzHostMTU, Val: 700, Count: 2}.bytes(),
+			fzRxOp{Count: 1, Size: fzRxMTU, NoKick: true}.bytes(),
+			fzHostOp{Len: fzHostMTU, Val: 70}.bytes(),
+			fzKickOp(RxQueue),
+			fzTxOp{Len: fzTxMTU, Val: 90, NoKick: true}.bytes(),
+			fzKickOp(TxQueue)),
+		// Reset with a frame held for buffers, then again without
+		// mergeable buffers.
+		fzProg(fzAllFeatures,
+			fzHostOp{Len: fzHostAny, Val: 4000, Count: 1}.bytes(),
+			fzRxOp{Size: fzRxMTU}.bytes(),
+			fzResetOp(noMrg),
+			fzRxOp{Count: 2, Size: fzRxAny, Val: 5000}.bytes(),
+			fzTxOp{Hdr: csum, Len: fzTxMTU, Val: 500}.bytes()),
+		// TestBrokenRing: a receive buffer outside RAM breaks the device
+		// on the first frame; frames keep arriving.
+		fzProg(fzAllFeatures,
+			fzRxOp{Size: fzRxMTU, Mal: fzMal(fzMalOutside)}.bytes(),
+			fzHostOp{Len: fzHostMTU, Val: 100, Count: 2}.bytes(),
+			fzRxOp{Size: fzRxMTU}.bytes(),
+			fzHostOp{Len: fzHostMTU, Val: 100}.bytes()),
+		// A device that breaks mid-batch delivered frames it never
+		// completes; it is reset and used again.
+		fzProg(fzAllFeatures,
+			fzHostOp{Len: fzHostMTU, Val: 1000, Count: 3}.bytes(),
+			fzRxOp{Count: 2, Size: fzRxMTU, Mal: fzMal(fzMalHead)}.bytes(),
+			fzResetOp(fzAllFeatures),
+			fzRxOp{Count: 3, Size: fzRxMTU}.bytes()),
+		// Malformed transmit rings, one class each.
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Layout: 2 << 2, Mal: fzMal(fzMalLoop)}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Layout: 2 << 2, Mal: fzMal(fzMalNested)}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(fzMalStraddle), MV: 1}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(fzMalNext)}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(fzMalTableLen)}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(fzMalIndirectNext)}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(fzMalTableOutside)}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(fzMalTooLong)}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60}.bytes(), fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(fzMalHead), NoKick: true}.bytes(), fzKickOp(TxQueue)),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(fzMalJump)}.bytes()),
+		fzProg(plainRing, fzTxOp{Len: fzTxMTU, Val: 60, Layout: 1 << 7}.bytes()), // indirect not negotiated
+		fzProg(fzAllFeatures,
+			fzRxOp{Count: 2, Size: fzRxOdd, Val: 700, Mal: fzMal(fzMalLoop), Layout: 1}.bytes(),
+			fzHostOp{Len: fzHostMTU, Val: 1400, Count: 1}.bytes()),
+	}
+}
