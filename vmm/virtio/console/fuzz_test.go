@@ -2,20 +2,17 @@ package console
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/stratovirt-go/stratovirt/vmm/guestmem"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio/eventloop"
 	vt "github.com/stratovirt-go/stratovirt/vmm/virtio/virtiotest"
@@ -53,517 +50,25 @@ func FuzzConsoleDevice(f *testing.F) {
 	for _, s := range fzConsoleSeeds() {
 		f.Add(s)
 	}
-	fzWarmUp(f)
+	vt.WarmUp(f)
 	dir := f.TempDir()
 	var n atomic.Int64
 	f.Fuzz(func(t *testing.T, prog []byte) {
 		path := filepath.Join(dir, fmt.Sprintf("c%d.sock", n.Add(1)))
-		fds, gs := fzCountFds(t), runtime.NumGoroutine()
+		fds, gs := vt.CountFds(t), runtime.NumGoroutine()
 		fzRunConsole(t, path, prog)
-		fzNoLeaks(t, fds, gs)
+		vt.NoLeaks(t, fds, gs)
 	})
 }
 
-// Guest-physical layout. Well-formed chains point only into the pattern,
-// the scratch area and the receive heap; rings and indirect tables are
-// the driver's own.
+// Harness limits (the guest-physical layout is virtiotest's).
 const (
-	fzMem        = 2 << 20
-	fzRxRing     = 0x1000
-	fzTxRing     = 0x5000
-	fzTables     = 0x10000
-	fzPattern    = 0x30000 // read-only bytes transmit data is cut from
-	fzPatternLen = 0x20000
-	fzScratch    = 0x50000 // writable garbage in transmit chains
-	fzRxHeap     = 0x80000
-	fzMaxOps     = 48
+	fzMaxOps = 48
 	// fzTxBudget bounds the bytes the guest transmits per program (a
 	// chain may alias the pattern up to past maxChain).
 	fzTxBudget = 2 << 20
 	fzWait     = 5 * time.Second
 )
-
-var fzPatternBytes = func() []byte {
-	b := make([]byte, fzPatternLen)
-	x := uint32(2463534242)
-	for i := range b {
-		x ^= x << 13
-		x ^= x >> 17
-		x ^= x << 5
-		b[i] = byte(x)
-	}
-	return b
-}()
-
-// fzIn decodes the program; an exhausted input reads as zeros.
-type fzIn struct{ b []byte }
-
-func (in *fzIn) u8() byte {
-	if len(in.b) == 0 {
-		return 0
-	}
-	v := in.b[0]
-	in.b = in.b[1:]
-	return v
-}
-
-func (in *fzIn) u16() uint16 { return uint16(in.u8()) | uint16(in.u8())<<8 }
-
-// fzGuest is guest RAM with a shadow of what it must hold wherever the
-// device may not write (mask 0). It is reused across inputs (fzRAM):
-// clearing only what an input dirtied keeps an execution cheap.
-type fzGuest struct {
-	t                     *testing.T
-	mem                   *guestmem.Memory
-	ram, shadow, mask     []byte
-	allowed               [][2]uint64 // the ranges set in mask
-	tables, scratch, heap uint64      // bump pointers
-}
-
-var fzRAM sync.Pool
-
-func newFzGuest(t *testing.T) *fzGuest {
-	g, _ := fzRAM.Get().(*fzGuest)
-	if g == nil {
-		ram := make([]byte, fzMem)
-		mem, err := guestmem.FromBytes([]uint64{0}, [][]byte{ram})
-		if err != nil {
-			t.Fatal(err)
-		}
-		g = &fzGuest{mem: mem, ram: ram, shadow: make([]byte, fzMem), mask: make([]byte, fzMem)}
-		g.write(fzPattern, fzPatternBytes)
-	}
-	g.t, g.tables, g.scratch, g.heap = t, fzTables, fzScratch, fzRxHeap
-	return g
-}
-
-// release clears what the input wrote and pools g, once the device is
-// closed. After a failure RAM may hold anything: it is dropped.
-func (g *fzGuest) release() {
-	if g.t.Failed() {
-		return
-	}
-	for _, r := range [][2]uint64{{0, g.tables}, {fzScratch, g.scratch}, {fzRxHeap, g.heap}} {
-		clear(g.ram[r[0]:r[1]])
-		clear(g.shadow[r[0]:r[1]])
-	}
-	g.forbid()
-	fzRAM.Put(g)
-}
-
-func (g *fzGuest) write(a uint64, b []byte) {
-	copy(g.ram[a:], b)
-	copy(g.shadow[a:], b)
-}
-
-func (g *fzGuest) store16(a uint64, v uint16) {
-	if err := g.mem.StoreUint16(a, v); err != nil {
-		g.t.Fatal(err)
-	}
-	binary.LittleEndian.PutUint16(g.shadow[a:], v)
-}
-
-// alloc takes n bytes at alignment align from the area whose bump
-// pointer is p and which ends at end.
-func (g *fzGuest) alloc(p *uint64, end, n, align uint64) (uint64, bool) {
-	a := (*p + align - 1) &^ (align - 1)
-	if a+n > end {
-		return 0, false
-	}
-	*p = a + n
-	return a, true
-}
-
-// allow lets the device write [a, a+n).
-func (g *fzGuest) allow(a, n uint64) {
-	m := g.mask[a : a+n]
-	for i := range m {
-		m[i] = 1
-	}
-	g.allowed = append(g.allowed, [2]uint64{a, a + n})
-}
-
-// forbid clears the mask.
-func (g *fzGuest) forbid() {
-	for _, r := range g.allowed {
-		clear(g.mask[r[0]:r[1]])
-	}
-	g.allowed = g.allowed[:0]
-}
-
-// settle takes what the device wrote into [a, a+n) as final: it may not
-// write there any more.
-func (g *fzGuest) settle(a, n uint64) {
-	copy(g.shadow[a:a+n], g.ram[a:a+n])
-	clear(g.mask[a : a+n])
-}
-
-// checkpoint fails the test if RAM differs from the shadow outside the
-// mask, then takes RAM as it is, with nothing writable.
-func (g *fzGuest) checkpoint(when string) {
-	const page = 4096
-	for off := 0; off < len(g.ram); off += page {
-		a, s := g.ram[off:off+page], g.shadow[off:off+page]
-		if bytes.Equal(a, s) {
-			continue
-		}
-		for i := range a {
-			if a[i] != s[i] && g.mask[off+i] == 0 {
-				g.t.Fatalf("%s: the device wrote guest memory at %#x (%#x, was %#x), outside the buffers it holds", when, off+i, a[i], s[i])
-			}
-		}
-		copy(s, a)
-	}
-	g.forbid()
-}
-
-// written returns the first n bytes of c's writable buffers.
-func (g *fzGuest) written(c *fzChain, n uint32) []byte {
-	out := make([]byte, 0, n)
-	for _, p := range c.pieces {
-		if !p.write || n == 0 {
-			continue
-		}
-		k := min(p.len, n)
-		out = append(out, g.ram[p.addr:p.addr+uint64(k)]...)
-		n -= k
-	}
-	return out
-}
-
-type fzPiece struct {
-	addr  uint64
-	len   uint32
-	write bool
-}
-
-type fzChain struct {
-	head      uint16
-	descs     []uint16 // direct descriptors, free again on completion
-	pieces    []fzPiece
-	malformed bool
-	data      []byte // transmit: the readable bytes in order
-	cap       uint64 // receive: the writable bytes
-}
-
-// Malformations of a chain; each makes the device's ring walk fail.
-const (
-	fzMalNone         = iota
-	fzMalOutside      // a buffer outside RAM or wrapping the address space
-	fzMalStraddle     // a buffer running past the end of RAM
-	fzMalNext         // next out of range
-	fzMalLoop         // next back to the chain's first descriptor
-	fzMalNested       // an indirect descriptor in an indirect table
-	fzMalTableLen     // indirect table length not a non-zero multiple of 16
-	fzMalIndirectNext // indirect descriptor with NEXT
-	fzMalTableOutside // indirect table outside RAM
-	fzMalTooLong      // indirect table longer than the queue
-	fzMalHead         // avail entry out of range
-	fzMalJump         // avail.idx more than a ring ahead
-	fzMalKinds
-)
-
-// fzMalKind decodes a malformation byte: mostly none, so that mutated
-// programs keep reaching the device's processing.
-func fzMalKind(m byte) int {
-	if m < 0x80 {
-		return fzMalNone
-	}
-	return 1 + int(m)%(fzMalKinds-1)
-}
-
-// fzQueue is the fake driver's side of one split ring (see virtiotest;
-// this one also frees descriptors and mirrors its writes in the shadow).
-type fzQueue struct {
-	g                  *fzGuest
-	desc, avail, used  uint64
-	free               []uint16
-	availIdx, usedSeen uint16
-	order              []*fzChain // published and not completed, in order
-	dead               bool       // avail.idx was corrupted
-	malformed          bool       // a malformed chain was published
-	kickedBad          bool       // a kick came after a malformed chain
-}
-
-func newFzQueue(g *fzGuest, base uint64) *fzQueue {
-	d := vt.NewDriver(g.mem, base, QueueSize, base)
-	q := &fzQueue{g: g, desc: d.Desc, avail: d.Avail, used: d.UsedRing}
-	for i := QueueSize - 1; i >= 0; i-- {
-		q.free = append(q.free, uint16(i))
-	}
-	return q
-}
-
-func (q *fzQueue) usedLen() uint64 { return 6 + 8*QueueSize }
-
-// activate builds the device's queue over the ring.
-func (q *fzQueue) activate(features uint64) *virtio.Queue {
-	vq := virtio.NewQueue(QueueSize)
-	vq.Size, vq.DescTable, vq.AvailRing, vq.UsedRing, vq.Ready = QueueSize, q.desc, q.avail, q.used, true
-	if err := vq.Activate(q.g.mem, features); err != nil {
-		q.g.t.Fatal(err)
-	}
-	return vq
-}
-
-func (q *fzQueue) kick() {
-	if q.malformed || q.dead {
-		q.kickedBad = true
-	}
-}
-
-func fzFlag(write bool) uint16 {
-	if write {
-		return vt.FlagWrite
-	}
-	return 0
-}
-
-// post lays out pieces as a chain (with indirect, the pieces after the
-// first direct ones go into an indirect table), applies malformation mal
-// (parameter mv) and publishes it. It returns nil when the ring or the
-// table area is full.
-func (q *fzQueue) post(pieces []fzPiece, indirect bool, direct int, mal int, mv byte, features uint64) *fzChain {
-	if q.dead || len(q.order) >= QueueSize {
-		return nil
-	}
-	if len(pieces) == 0 {
-		pieces = []fzPiece{{addr: fzPattern}} // a chain has a descriptor
-	}
-	switch mal {
-	case fzMalNested, fzMalTableLen, fzMalIndirectNext, fzMalTableOutside, fzMalTooLong:
-		indirect = true
-	}
-	nd := len(pieces)
-	if indirect {
-		nd = min(direct, len(pieces)-1)
-	}
-	table := pieces[nd:]
-	if mal == fzMalTooLong {
-		table = make([]fzPiece, QueueSize+1)
-	}
-	ndesc := nd
-	if indirect {
-		ndesc++
-	}
-	if len(q.free) < ndesc {
-		return nil
-	}
-	var taddr uint64
-	if indirect {
-		var ok bool
-		if taddr, ok = q.g.alloc(&q.g.tables, fzPattern, 16*uint64(len(table)), 16); !ok {
-			return nil
-		}
-	}
-	idx := append([]uint16(nil), q.free[len(q.free)-ndesc:]...)
-	q.free = q.free[:len(q.free)-ndesc]
-	type desc struct {
-		table       uint64
-		i           uint16
-		addr        uint64
-		len         uint32
-		flags, next uint16
-	}
-	var ds []desc
-	for i := range nd {
-		p := pieces[i]
-		d := desc{table: q.desc, i: idx[i], addr: p.addr, len: p.len, flags: fzFlag(p.write)}
-		if i+1 < ndesc {
-			d.flags |= vt.FlagNext
-			d.next = idx[i+1]
-		}
-		ds = append(ds, d)
-	}
-	bufs := len(ds) // ds[:bufs] are direct buffers
-	if indirect {
-		for j, p := range table {
-			d := desc{table: taddr, i: uint16(j), addr: p.addr, len: p.len, flags: fzFlag(p.write)}
-			if j+1 < len(table) {
-				d.flags |= vt.FlagNext
-				d.next = uint16(j + 1)
-			}
-			ds = append(ds, d)
-		}
-		ds = append(ds, desc{table: q.desc, i: idx[nd], addr: taddr, len: uint32(16 * len(table)), flags: vt.FlagIndirect})
-	}
-	last := len(ds) - 1 // the chain's last buffer, and its table's first
-	first, tableLen := idx[0], uint16(QueueSize)
-	if indirect {
-		last, first, tableLen = len(ds)-2, 0, uint16(len(table))
-	}
-	ind := &ds[len(ds)-1]
-	switch mal {
-	case fzMalOutside:
-		d := &ds[int(mv)%max(1, len(ds)-btoi(indirect))]
-		d.addr = fzMem + uint64(mv)*4096
-		if mv&1 != 0 {
-			d.addr = ^uint64(0) - uint64(mv)
-		}
-	case fzMalStraddle:
-		d := &ds[int(mv)%max(1, len(ds)-btoi(indirect))]
-		d.addr, d.len = fzMem-1-uint64(mv%16), 64
-	case fzMalNext:
-		ds[last].flags |= vt.FlagNext
-		ds[last].next = tableLen + uint16(mv)
-	case fzMalLoop:
-		ds[last].flags |= vt.FlagNext
-		ds[last].next = first
-	case fzMalNested:
-		ds[bufs].flags |= vt.FlagIndirect
-	case fzMalTableLen:
-		ind.len += 1 + uint32(mv%15)
-		if mv&1 != 0 {
-			ind.len = 0
-		}
-	case fzMalIndirectNext:
-		ind.flags |= vt.FlagNext
-	case fzMalTableOutside:
-		ind.addr = fzMem - 8 + uint64(mv)*16
-	}
-	var b [16]byte
-	for _, d := range ds {
-		binary.LittleEndian.PutUint64(b[0:], d.addr)
-		binary.LittleEndian.PutUint32(b[8:], d.len)
-		binary.LittleEndian.PutUint16(b[12:], d.flags)
-		binary.LittleEndian.PutUint16(b[14:], d.next)
-		q.g.write(d.table+16*uint64(d.i), b[:])
-	}
-	c := &fzChain{head: idx[0], descs: idx, pieces: pieces,
-		malformed: mal != fzMalNone || (indirect && !virtio.HasFeature(features, virtio.FIndirectDesc))}
-	if mal == fzMalHead {
-		c.head = QueueSize + uint16(mv)
-	}
-	q.g.store16(q.avail+4+2*uint64(q.availIdx%QueueSize), c.head)
-	q.availIdx++
-	q.g.store16(q.avail+2, q.availIdx)
-	if mal == fzMalJump {
-		q.g.store16(q.avail+2, q.availIdx+QueueSize+1+uint16(mv))
-		q.dead = true
-	}
-	q.order = append(q.order, c)
-	q.malformed = q.malformed || c.malformed
-	return c
-}
-
-func btoi(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
-
-type fzDone struct {
-	c   *fzChain
-	len uint32
-}
-
-// collect returns the chains completed since the last call. Both devices
-// complete chains in the order they take them.
-func (q *fzQueue) collect() []fzDone {
-	t := q.g.t
-	idx, err := q.g.mem.LoadUint16(q.used + 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n := idx - q.usedSeen; int(n) > len(q.order) {
-		t.Fatalf("used.idx moved by %d with %d chains outstanding", n, len(q.order))
-	}
-	var done []fzDone
-	for ; q.usedSeen != idx; q.usedSeen++ {
-		var e [8]byte
-		copy(e[:], q.g.ram[q.used+4+8*uint64(q.usedSeen%QueueSize):])
-		id, n := binary.LittleEndian.Uint32(e[0:]), binary.LittleEndian.Uint32(e[4:])
-		c := q.order[0]
-		if c.malformed || id != uint32(c.head) {
-			t.Fatalf("used element %d names chain %d; the oldest outstanding chain is %d (malformed %v)", q.usedSeen, id, c.head, c.malformed)
-		}
-		q.order = q.order[1:]
-		q.free = append(q.free, c.descs...)
-		done = append(done, fzDone{c, n})
-	}
-	return done
-}
-
-// fzBroken records the Activation's Broken calls.
-type fzBroken struct {
-	mu   sync.Mutex
-	errs []error
-}
-
-func (b *fzBroken) report(err error) {
-	b.mu.Lock()
-	b.errs = append(b.errs, err)
-	b.mu.Unlock()
-}
-
-func (b *fzBroken) get() []error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return append([]error(nil), b.errs...)
-}
-
-// checkBroken checks that the device broke only on a malformed ring, with
-// errors that say so, and returns whether it broke.
-func (b *fzBroken) check(t *testing.T, qs ...*fzQueue) bool {
-	t.Helper()
-	errs := b.get()
-	if len(errs) == 0 {
-		return false
-	}
-	bad := false
-	for _, q := range qs {
-		bad = bad || q.malformed || q.dead
-	}
-	if !bad {
-		t.Fatalf("the device broke on a well-formed ring: %v", errs)
-	}
-	for _, err := range errs {
-		if !errors.Is(err, virtio.ErrBroken) {
-			t.Fatalf("Broken(%v): the error does not wrap virtio.ErrBroken", err)
-		}
-	}
-	return true
-}
-
-func fzCountFds(t *testing.T) int {
-	t.Helper()
-	d, err := os.Open("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	names, err := d.Readdirnames(-1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(names)
-}
-
-// fzWarmUp runs an event loop once, so that the runtime's own poller
-// descriptors exist before the per-input counts.
-func fzWarmUp(f *testing.F) {
-	l, err := eventloop.New("fuzz-warmup", eventloop.Poller)
-	if err != nil {
-		f.Fatal(err)
-	}
-	l.Close()
-}
-
-// fzNoLeaks fails if descriptors or goroutines outlive the input.
-func fzNoLeaks(t *testing.T, fds, goroutines int) {
-	t.Helper()
-	if n := fzCountFds(t); n > fds {
-		t.Fatalf("%d file descriptors open after teardown, %d before", n, fds)
-	}
-	deadline := time.Now().Add(fzWait)
-	for runtime.NumGoroutine() > goroutines {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d goroutines after teardown, %d before", runtime.NumGoroutine(), goroutines)
-		}
-		time.Sleep(100 * time.Microsecond)
-	}
-}
 
 // Program operations.
 const (
@@ -654,10 +159,10 @@ func (o fzTxOp) bytes() []byte {
 	return []byte{fzOpTx, o.Count, o.Size, byte(o.Val), byte(o.Val >> 8), byte(o.Off), byte(o.Off >> 8), o.Layout, o.Split, o.Mal, o.MV}
 }
 
-func fzDecodeTx(in *fzIn) fzTxOp {
+func fzDecodeTx(in *vt.Input) fzTxOp {
 	var o fzTxOp
-	o.Count, o.Size, o.Val, o.Off = in.u8(), in.u8(), in.u16(), in.u16()
-	o.Layout, o.Split, o.Mal, o.MV = in.u8(), in.u8(), in.u8(), in.u8()
+	o.Count, o.Size, o.Val, o.Off = in.U8(), in.U8(), in.U16(), in.U16()
+	o.Layout, o.Split, o.Mal, o.MV = in.U8(), in.U8(), in.U8(), in.U8()
 	return o
 }
 
@@ -665,10 +170,10 @@ func (o fzRxOp) bytes() []byte {
 	return []byte{fzOpRx, o.Count, o.Size, byte(o.Val), byte(o.Val >> 8), o.Layout, o.Gap, o.Mal, o.MV}
 }
 
-func fzDecodeRx(in *fzIn) fzRxOp {
+func fzDecodeRx(in *vt.Input) fzRxOp {
 	var o fzRxOp
-	o.Count, o.Size, o.Val = in.u8(), in.u8(), in.u16()
-	o.Layout, o.Gap, o.Mal, o.MV = in.u8(), in.u8(), in.u8(), in.u8()
+	o.Count, o.Size, o.Val = in.U8(), in.U8(), in.U16()
+	o.Layout, o.Gap, o.Mal, o.MV = in.U8(), in.U8(), in.U8(), in.U8()
 	return o
 }
 
@@ -676,9 +181,9 @@ func (o fzWriteOp) bytes() []byte {
 	return []byte{fzOpWrite, o.Len, byte(o.Val), byte(o.Val >> 8), byte(o.Off), byte(o.Off >> 8)}
 }
 
-func fzDecodeWrite(in *fzIn) fzWriteOp {
+func fzDecodeWrite(in *vt.Input) fzWriteOp {
 	var o fzWriteOp
-	o.Len, o.Val, o.Off = in.u8(), in.u16(), in.u16()
+	o.Len, o.Val, o.Off = in.U8(), in.U16(), in.U16()
 	return o
 }
 
@@ -707,15 +212,15 @@ type fzSession struct {
 // conFuzz is one input's rig.
 type conFuzz struct {
 	t          *testing.T
-	g          *fzGuest
+	g          *vt.Shadow
 	loop       *eventloop.Loop
 	dev        *Console
 	path       string
 	kicks      [2]int
-	rx, tx     *fzQueue
+	rx, tx     *vt.Ring
 	vq         []*virtio.Queue // the device's view of rx and tx
 	features   uint64
-	broken     *fzBroken
+	broken     *vt.BrokenLog
 	brokenSeen bool
 	sess       *fzSession // the latest client the device accepted
 	guestIn    []byte     // what the guest received, in order
@@ -724,8 +229,8 @@ type conFuzz struct {
 }
 
 func fzRunConsole(t *testing.T, path string, prog []byte) {
-	in := &fzIn{b: prog}
-	h := &conFuzz{t: t, g: newFzGuest(t), path: path, kicks: [2]int{-1, -1}, buf: make([]byte, 128<<10)}
+	in := &vt.Input{B: prog}
+	h := &conFuzz{t: t, g: vt.NewShadow(t), path: path, kicks: [2]int{-1, -1}, buf: make([]byte, 128<<10)}
 	defer h.close()
 	var err error
 	if h.loop, err = eventloop.New("fuzz-console", eventloop.Poller); err != nil {
@@ -739,10 +244,10 @@ func fzRunConsole(t *testing.T, path string, prog []byte) {
 	}
 	h.activate()
 	for range fzMaxOps {
-		if len(in.b) == 0 {
+		if len(in.B) == 0 {
 			break
 		}
-		switch in.u8() % fzConOps {
+		switch in.U8() % fzConOps {
 		case fzOpTx:
 			h.transmit(fzDecodeTx(in))
 		case fzOpRx:
@@ -752,11 +257,11 @@ func fzRunConsole(t *testing.T, path string, prog []byte) {
 		case fzOpWrite:
 			h.write(fzDecodeWrite(in))
 		case fzOpRead:
-			h.read(int(in.u16()))
+			h.read(int(in.U16()))
 		case fzOpDisconnect:
-			h.disconnect(in.u8() % fzDisModes)
+			h.disconnect(in.U8() % fzDisModes)
 		case fzOpKick:
-			h.kick(int(in.u8() % 2))
+			h.kick(int(in.U8() % 2))
 		case fzOpReset:
 			h.reset()
 			h.activate()
@@ -769,20 +274,20 @@ func fzRunConsole(t *testing.T, path string, prog []byte) {
 func (h *conFuzz) activate() {
 	t := h.t
 	h.features = h.dev.Features() | 1<<virtio.FVersion1
-	h.rx, h.tx = newFzQueue(h.g, fzRxRing), newFzQueue(h.g, fzTxRing)
+	h.rx, h.tx = vt.NewRing(h.g, vt.FuzzRxRing), vt.NewRing(h.g, vt.FuzzTxRing)
 	var qs []*virtio.Queue
-	for i, q := range []*fzQueue{h.rx, h.tx} {
-		qs = append(qs, q.activate(h.features))
+	for i, q := range []*vt.Ring{h.rx, h.tx} {
+		qs = append(qs, q.Activate(h.features))
 		fd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
 		if err != nil {
 			t.Fatal(err)
 		}
 		h.kicks[i] = fd
-		h.g.allow(q.used, q.usedLen())
+		h.g.Allow(q.Used, q.UsedLen())
 	}
-	h.broken, h.brokenSeen, h.vq = &fzBroken{}, false, qs
-	err := h.dev.Activate(virtio.Activation{Mem: h.g.mem, Features: h.features, Queues: qs, Kicks: h.kicks[:],
-		Interrupt: vt.NoIRQ{}, Broken: h.broken.report})
+	h.broken, h.brokenSeen, h.vq = &vt.BrokenLog{}, false, qs
+	err := h.dev.Activate(virtio.Activation{Mem: h.g.Mem, Features: h.features, Queues: qs, Kicks: h.kicks[:],
+		Interrupt: vt.NoIRQ{}, Broken: h.broken.Report})
 	if err != nil {
 		t.Fatalf("Activate: %v", err)
 	}
@@ -790,9 +295,9 @@ func (h *conFuzz) activate() {
 
 func (h *conFuzz) kick(q int) {
 	if q == RxQueue {
-		h.rx.kick()
+		h.rx.Kick()
 	} else {
-		h.tx.kick()
+		h.tx.Kick()
 	}
 	if _, err := unix.Write(h.kicks[q], []byte{1, 0, 0, 0, 0, 0, 0, 0}); err != nil {
 		h.t.Fatal(err)
@@ -828,35 +333,35 @@ func (h *conFuzz) transmit(o fzTxOp) {
 		if size > 0xffff {
 			cuts = fzCut(size, k, 0)
 		}
-		var pieces []fzPiece
+		var pieces []vt.Piece
 		data := make([]byte, 0, size)
 		for j := 1; j < len(cuts); j++ {
 			n := cuts[j] - cuts[j-1]
-			off := (int(o.Off) + 7919*(i+j)) % (fzPatternLen - n + 1)
-			pieces = append(pieces, fzPiece{addr: uint64(fzPattern + off), len: uint32(n)})
-			data = append(data, fzPatternBytes[off:off+n]...)
+			off := (int(o.Off) + 7919*(i+j)) % (vt.FuzzPatternLen - n + 1)
+			pieces = append(pieces, vt.Piece{Addr: uint64(vt.FuzzPattern + off), Len: uint32(n)})
+			data = append(data, vt.PatternBytes[off:off+n]...)
 		}
 		if o.Layout&(1<<3) != 0 { // the device must neither read nor write it
-			a, ok := h.g.alloc(&h.g.scratch, fzRxHeap, 256, 1)
+			a, ok := h.g.Alloc(&h.g.Scratch, vt.FuzzRxHeap, 256, 1)
 			if !ok {
 				break
 			}
 			at := int(o.Split) % (len(pieces) + 1)
-			pieces = append(pieces[:at], append([]fzPiece{{addr: a, len: 1 + uint32(o.MV), write: true}}, pieces[at:]...)...)
+			pieces = append(pieces[:at], append([]vt.Piece{{Addr: a, Len: 1 + uint32(o.MV), Write: true}}, pieces[at:]...)...)
 		}
 		if o.Layout&(1<<4) != 0 {
 			at := int(o.Off) % (len(pieces) + 1)
-			pieces = append(pieces[:at], append([]fzPiece{{addr: fzPattern}}, pieces[at:]...)...)
+			pieces = append(pieces[:at], append([]vt.Piece{{Addr: vt.FuzzPattern}}, pieces[at:]...)...)
 		}
-		mal := fzMalNone
+		mal := vt.MalNone
 		if i == count-1 {
-			mal = fzMalKind(o.Mal)
+			mal = vt.MalKind(o.Mal)
 		}
-		c := h.tx.post(pieces, o.Layout&(1<<5) != 0, int(o.Split>>4), mal, o.MV, h.features)
+		c := h.tx.Post(pieces, o.Layout&(1<<5) != 0, int(o.Split>>4), mal, o.MV, h.features)
 		if c == nil {
 			break
 		}
-		c.data = data
+		c.Data = data
 		h.txTotal += size
 	}
 	h.kick(TxQueue)
@@ -878,42 +383,42 @@ func (h *conFuzz) postRx(o fzRxOp) {
 	}
 	count := 1 + int(o.Count%16)
 	for i := range count {
-		var pieces []fzPiece
+		var pieces []vt.Piece
 		cuts := fzCut(size, 1+int(o.Layout&3), uint32(o.Gap)<<8|uint32(i))
 		full := false
 		for j := 1; j < len(cuts); j++ {
 			n := uint64(cuts[j] - cuts[j-1])
-			a, ok := h.g.alloc(&h.g.heap, fzMem, uint64(o.Gap&7)+n, 1)
+			a, ok := h.g.Alloc(&h.g.Heap, vt.FuzzRAM, uint64(o.Gap&7)+n, 1)
 			if !ok {
 				full = true // receive heap used up
 				break
 			}
-			pieces = append(pieces, fzPiece{addr: a + uint64(o.Gap&7), len: uint32(n), write: true})
+			pieces = append(pieces, vt.Piece{Addr: a + uint64(o.Gap&7), Len: uint32(n), Write: true})
 		}
 		if full {
 			break
 		}
 		if o.Layout&(1<<2) != 0 { // the device must not write it
 			at := int(o.Gap) % (len(pieces) + 1)
-			pieces = append(pieces[:at], append([]fzPiece{{addr: fzPattern, len: 1 + 3*uint32(o.Gap)}}, pieces[at:]...)...)
+			pieces = append(pieces[:at], append([]vt.Piece{{Addr: vt.FuzzPattern, Len: 1 + 3*uint32(o.Gap)}}, pieces[at:]...)...)
 		}
 		if o.Layout&(1<<4) != 0 {
 			at := int(o.MV) % (len(pieces) + 1)
-			pieces = append(pieces[:at], append([]fzPiece{{addr: fzRxHeap, write: true}}, pieces[at:]...)...)
+			pieces = append(pieces[:at], append([]vt.Piece{{Addr: vt.FuzzRxHeap, Write: true}}, pieces[at:]...)...)
 		}
-		mal := fzMalNone
+		mal := vt.MalNone
 		if i == count-1 {
-			mal = fzMalKind(o.Mal)
+			mal = vt.MalKind(o.Mal)
 		}
-		c := h.rx.post(pieces, o.Layout&(1<<3) != 0, int(o.Gap>>4), mal, o.MV, h.features)
+		c := h.rx.Post(pieces, o.Layout&(1<<3) != 0, int(o.Gap>>4), mal, o.MV, h.features)
 		if c == nil {
 			break
 		}
-		for _, p := range c.pieces {
-			if p.write && !c.malformed {
-				c.cap += uint64(p.len)
+		for _, p := range c.Pieces {
+			if p.Write && !c.Malformed {
+				c.Cap += uint64(p.Len)
 				if !h.brokenSeen {
-					h.g.allow(p.addr, uint64(p.len))
+					h.g.Allow(p.Addr, uint64(p.Len))
 				}
 			}
 		}
@@ -1026,12 +531,12 @@ func (h *conFuzz) write(o fzWriteOp) {
 		n = bufMax + int(o.Val%(bufMax/2))
 	case fzWrEmpty:
 	}
-	off := int(o.Off) % (fzPatternLen - n + 1)
-	k, err := unix.Write(s.fd, fzPatternBytes[off:off+n])
+	off := int(o.Off) % (vt.FuzzPatternLen - n + 1)
+	k, err := unix.Write(s.fd, vt.PatternBytes[off:off+n])
 	if err != nil && !errors.Is(err, unix.EAGAIN) {
 		h.t.Fatalf("client write: %v", err)
 	}
-	s.sent = append(s.sent, fzPatternBytes[off:off+max(k, 0)]...)
+	s.sent = append(s.sent, vt.PatternBytes[off:off+max(k, 0)]...)
 }
 
 // read reads up to n bytes (0: all there is) on the client; it reports
@@ -1096,7 +601,7 @@ func (h *conFuzz) drain() {
 			h.t.Fatal("the console hung up on a connected client")
 		}
 		h.settle()
-		return (len(h.tx.order) == 0 || h.brokenSeen) && len(s.got) == len(s.want)
+		return (len(h.tx.Order) == 0 || h.brokenSeen) && len(s.got) == len(s.want)
 	})
 	if !bytes.Equal(s.got, s.want) {
 		h.t.Fatalf("the client read %d bytes, not the %d the guest sent", len(s.got), len(s.want))
@@ -1107,25 +612,25 @@ func (h *conFuzz) drain() {
 // the middle of a batch and what the client read is accounted for.
 func (h *conFuzz) collect() {
 	t := h.t
-	for _, d := range h.tx.collect() {
-		if d.len != 0 {
-			t.Fatalf("transmit chain %d completed with %d bytes written, want 0", d.c.head, d.len)
+	for _, d := range h.tx.Collect() {
+		if d.Len != 0 {
+			t.Fatalf("transmit chain %d completed with %d bytes written, want 0", d.C.Head, d.Len)
 		}
 		// Chains the device completes while the harness has the client
 		// (even half-closed, when the device may already have dropped it
 		// and discarded the rest) are for it.
-		if s := h.sess; s != nil && s.fd >= 0 && len(d.c.data) <= maxChain {
-			s.want = append(s.want, d.c.data...)
+		if s := h.sess; s != nil && s.fd >= 0 && len(d.C.Data) <= maxChain {
+			s.want = append(s.want, d.C.Data...)
 		}
 	}
-	for _, d := range h.rx.collect() {
-		if uint64(d.len) > d.c.cap {
-			t.Fatalf("receive chain %d completed with %d bytes, but it holds %d", d.c.head, d.len, d.c.cap)
+	for _, d := range h.rx.Collect() {
+		if uint64(d.Len) > d.C.Cap {
+			t.Fatalf("receive chain %d completed with %d bytes, but it holds %d", d.C.Head, d.Len, d.C.Cap)
 		}
-		h.guestIn = append(h.guestIn, h.g.written(d.c, d.len)...)
-		for _, p := range d.c.pieces {
-			if p.write {
-				h.g.settle(p.addr, uint64(p.len))
+		h.guestIn = append(h.guestIn, h.g.Written(d.C, d.Len)...)
+		for _, p := range d.C.Pieces {
+			if p.Write {
+				h.g.Settle(p.Addr, uint64(p.Len))
 			}
 		}
 	}
@@ -1164,19 +669,19 @@ func (h *conFuzz) settled() bool {
 	// Transmit: every chain taken, or the next one waits for a connected
 	// client to drain the output buffer (one that left makes the writer
 	// fail soon).
-	txDone := len(h.tx.order) == 0 && !h.tx.kickedBad
-	if next := h.tx.order; len(next) > 0 && !next[0].malformed && !h.tx.dead {
-		size := len(next[0].data)
+	txDone := len(h.tx.Order) == 0 && !h.tx.KickedBad
+	if next := h.tx.Order; len(next) > 0 && !next[0].Malformed && !h.tx.Dead {
+		size := len(next[0].Data)
 		txDone = s != nil && s.fd >= 0 && c.client == srv && out > 0 && size <= maxChain && out+size > bufMax
 	}
 	// Receive: the client's bytes all in the guest, or no buffers left,
 	// or the client gone and nothing buffered from it.
-	rxDone := got == sent || (len(h.rx.order) == 0 && !h.rx.dead) || (c.client != srv && in == 0)
+	rxDone := got == sent || (len(h.rx.Order) == 0 && !h.rx.Dead) || (c.client != srv && in == 0)
 	// A closed client is dropped, unless the device's reader holds its
 	// input until the guest makes room.
 	hungUp := s == nil || (s.fd >= 0 && !s.half) || c.client != srv || (in >= bufMax && sent-got-in > 0)
 	// A broken device processes nothing more; its clients come and go.
-	broken := len(h.broken.get()) > 0
+	broken := len(h.broken.Get()) > 0
 	return (broken || txDone && rxDone) && hungUp
 }
 
@@ -1189,7 +694,7 @@ func (h *conFuzz) settle() {
 			c, in, out := h.client()
 			left := h.sess != nil && (h.sess.fd < 0 || h.sess.half)
 			h.t.Fatalf("the console did not settle in %v: %d transmit chains left (malformed kicked %v), %d receive chains left, client %v (it left: %v), %d bytes buffered in, %d out, broken %v",
-				fzWait, len(h.tx.order), h.tx.kickedBad, len(h.rx.order), c != nil, left, in, out, h.broken.get())
+				fzWait, len(h.tx.Order), h.tx.KickedBad, len(h.rx.Order), c != nil, left, in, out, h.broken.Get())
 		}
 		fzPause(i)
 	}
@@ -1202,11 +707,11 @@ func (h *conFuzz) settle() {
 // observeBroken checks a device that broke and, the first time, accounts
 // for what it did before.
 func (h *conFuzz) observeBroken() {
-	if h.broken.check(h.t, h.rx, h.tx) && !h.brokenSeen {
+	if h.broken.Check(h.t, h.rx, h.tx) && !h.brokenSeen {
 		h.brokenSeen = true
 		h.tookUnpublished()
 		// From now on the device may not touch guest memory at all.
-		h.g.checkpoint("after Broken")
+		h.g.Checkpoint("after Broken")
 	}
 }
 
@@ -1221,13 +726,13 @@ func (h *conFuzz) tookUnpublished() {
 	h.collect()
 	if s := h.sess; s != nil && s.fd >= 0 {
 		for _, ch := range h.unpublished(TxQueue) {
-			if len(ch.data) <= maxChain {
-				s.want = append(s.want, ch.data...)
+			if len(ch.Data) <= maxChain {
+				s.want = append(s.want, ch.Data...)
 			}
 		}
 	}
 	for _, ch := range h.unpublished(RxQueue) {
-		h.guestIn = append(h.guestIn, h.g.written(ch, uint32(ch.cap))...)
+		h.guestIn = append(h.guestIn, h.g.Written(ch, uint32(ch.Cap))...)
 	}
 	h.checkGuestIn()
 }
@@ -1235,13 +740,13 @@ func (h *conFuzz) tookUnpublished() {
 // unpublished returns the chains of queue i the device took without
 // publishing their completions. Only the queues of a broken or reset
 // device may be read.
-func (h *conFuzz) unpublished(i int) []*fzChain {
-	q := []*fzQueue{h.rx, h.tx}[i]
-	k := int(h.vq[i].NextAvail() - q.usedSeen)
-	if k > len(q.order) {
-		h.t.Fatalf("the device took %d chains of %d posted on queue %d", k, len(q.order), i)
+func (h *conFuzz) unpublished(i int) []*vt.RingChain {
+	q := []*vt.Ring{h.rx, h.tx}[i]
+	k := int(h.vq[i].NextAvail() - q.UsedSeen)
+	if k > len(q.Order) {
+		h.t.Fatalf("the device took %d chains of %d posted on queue %d", k, len(q.Order), i)
 	}
-	return q.order[:k]
+	return q.Order[:k]
 }
 
 // reset resets the device and checks that it let go of the queues; the
@@ -1268,14 +773,14 @@ func (h *conFuzz) reset() {
 			t.Fatal("the device took chains it never completed")
 		}
 	}()
-	h.g.checkpoint("after Reset")
+	h.g.Checkpoint("after Reset")
 	for i, fd := range h.kicks {
 		unix.Close(fd)
 		h.kicks[i] = -1
 	}
 	zero := make([]byte, 0x3000)
-	h.g.write(fzRxRing, zero)
-	h.g.write(fzTxRing, zero)
+	h.g.Write(vt.FuzzRxRing, zero)
+	h.g.Write(vt.FuzzTxRing, zero)
 }
 
 // finish kicks both queues, reads everything on a connected client, then
@@ -1317,7 +822,7 @@ func (h *conFuzz) close() {
 	if s := h.sess; s != nil && s.fd >= 0 {
 		unix.Close(s.fd)
 	}
-	h.g.release()
+	h.g.Release()
 }
 
 // fzCut splits n bytes into k pieces at points derived from seed; pieces
@@ -1347,7 +852,7 @@ func fzCut(n, k int, seed uint32) []int {
 // fzMal returns a malformation byte that decodes to kind k.
 func fzMal(k int) byte {
 	for m := 0x80; m <= 0xff; m++ {
-		if fzMalKind(byte(m)) == k {
+		if vt.MalKind(byte(m)) == k {
 			return byte(m)
 		}
 	}
@@ -1458,25 +963,25 @@ func fzConsoleSeeds() [][]byte {
 		// one transmit chain of each class.
 		fzProg(
 			fzConnectOp(),
-			fzRxOp{Size: fzRxOdd, Val: 10, Mal: fzMal(fzMalOutside)}.bytes(),
+			fzRxOp{Size: fzRxOdd, Val: 10, Mal: fzMal(vt.MalOutside)}.bytes(),
 			fzWriteOp{Len: fzWrTiny, Val: 5}.bytes(),
 			fzWriteOp{Len: fzWrTiny, Val: 5}.bytes(),
 			fzTxOp{Size: fzTxTiny, Val: 5}.bytes()),
-		fzProg(fzTxOp{Size: fzTxTiny, Layout: 2, Mal: fzMal(fzMalLoop)}.bytes()),
-		fzProg(fzTxOp{Size: fzTxTiny, Layout: 2, Mal: fzMal(fzMalNested)}.bytes()),
-		fzProg(fzTxOp{Size: fzTxTiny, Mal: fzMal(fzMalStraddle), MV: 1}.bytes()),
-		fzProg(fzTxOp{Size: fzTxTiny, Mal: fzMal(fzMalNext)}.bytes()),
-		fzProg(fzTxOp{Size: fzTxTiny, Mal: fzMal(fzMalTableLen)}.bytes()),
-		fzProg(fzTxOp{Size: fzTxTiny, Mal: fzMal(fzMalIndirectNext)}.bytes()),
-		fzProg(fzTxOp{Size: fzTxTiny, Mal: fzMal(fzMalTableOutside)}.bytes()),
-		fzProg(fzTxOp{Size: fzTxTiny, Mal: fzMal(fzMalTooLong)}.bytes()),
-		fzProg(fzConnectOp(), fzTxOp{Count: 2, Size: fzTxTiny, Mal: fzMal(fzMalHead)}.bytes(), fzDisconnectOp(fzDisGraceful)),
-		fzProg(fzTxOp{Size: fzTxTiny, Mal: fzMal(fzMalJump)}.bytes()),
+		fzProg(fzTxOp{Size: fzTxTiny, Layout: 2, Mal: fzMal(vt.MalLoop)}.bytes()),
+		fzProg(fzTxOp{Size: fzTxTiny, Layout: 2, Mal: fzMal(vt.MalNested)}.bytes()),
+		fzProg(fzTxOp{Size: fzTxTiny, Mal: fzMal(vt.MalStraddle), MV: 1}.bytes()),
+		fzProg(fzTxOp{Size: fzTxTiny, Mal: fzMal(vt.MalNext)}.bytes()),
+		fzProg(fzTxOp{Size: fzTxTiny, Mal: fzMal(vt.MalTableLen)}.bytes()),
+		fzProg(fzTxOp{Size: fzTxTiny, Mal: fzMal(vt.MalIndirectNext)}.bytes()),
+		fzProg(fzTxOp{Size: fzTxTiny, Mal: fzMal(vt.MalTableOutside)}.bytes()),
+		fzProg(fzTxOp{Size: fzTxTiny, Mal: fzMal(vt.MalTooLong)}.bytes()),
+		fzProg(fzConnectOp(), fzTxOp{Count: 2, Size: fzTxTiny, Mal: fzMal(vt.MalHead)}.bytes(), fzDisconnectOp(fzDisGraceful)),
+		fzProg(fzTxOp{Size: fzTxTiny, Mal: fzMal(vt.MalJump)}.bytes()),
 		// A device that breaks mid-batch sent chains it never completes;
 		// it is reset and used again.
 		fzProg(
 			fzConnectOp(),
-			fzTxOp{Count: 1, Size: fzTxTiny, Val: 48, Mal: fzMal(fzMalNext)}.bytes(),
+			fzTxOp{Count: 1, Size: fzTxTiny, Val: 48, Mal: fzMal(vt.MalNext)}.bytes(),
 			fzResetOp(),
 			fzTxOp{Size: fzTxTiny, Val: 7}.bytes(),
 			fzWriteOp{Len: fzWrTiny, Val: 3}.bytes(),
@@ -1485,7 +990,7 @@ func fzConsoleSeeds() [][]byte {
 		fzProg(
 			fzConnectOp(),
 			fzWriteOp{Len: fzWrPage, Val: 3000}.bytes(),
-			fzRxOp{Count: 2, Size: fzRxOdd, Val: 1000, Mal: fzMal(fzMalHead)}.bytes(),
+			fzRxOp{Count: 2, Size: fzRxOdd, Val: 1000, Mal: fzMal(vt.MalHead)}.bytes(),
 			fzResetOp(),
 			fzRxOp{Count: 1, Size: fzRxPage}.bytes()),
 	}

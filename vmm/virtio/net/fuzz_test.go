@@ -4,15 +4,12 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"os"
 	"runtime"
-	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/stratovirt-go/stratovirt/vmm/guestmem"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio/eventloop"
 	vt "github.com/stratovirt-go/stratovirt/vmm/virtio/virtiotest"
@@ -46,521 +43,23 @@ func FuzzNetDevice(f *testing.F) {
 	for _, s := range fzNetSeeds() {
 		f.Add(s)
 	}
-	fzWarmUp(f)
+	vt.WarmUp(f)
 	f.Fuzz(func(t *testing.T, prog []byte) {
-		fds, gs := fzCountFds(t), runtime.NumGoroutine()
+		fds, gs := vt.CountFds(t), runtime.NumGoroutine()
 		fzRunNet(t, prog)
-		fzNoLeaks(t, fds, gs)
+		vt.NoLeaks(t, fds, gs)
 	})
 }
 
-// Guest-physical layout. Well-formed chains point only into the pattern,
-// the scratch area and the receive heap; rings and indirect tables are
-// the driver's own.
+// Harness limits (the guest-physical layout is virtiotest's).
 const (
-	fzMem        = 2 << 20
-	fzRxRing     = 0x1000
-	fzTxRing     = 0x5000
-	fzTables     = 0x10000
-	fzPattern    = 0x30000 // read-only bytes transmit payloads are cut from
-	fzPatternLen = 0x20000
-	fzScratch    = 0x50000 // transmit headers, writable garbage in tx chains
-	fzRxHeap     = 0x80000
-	fzMaxOps     = 48
+	fzMaxOps = 48
 	// fzTxPending bounds the bytes queued on the transmit ring before the
 	// harness kicks, so the backend socket never fills: the device would
 	// drop frames on EAGAIN, which is not what is checked here.
 	fzTxPending = 512 << 10
 	fzWait      = 5 * time.Second
 )
-
-var fzPatternBytes = func() []byte {
-	b := make([]byte, fzPatternLen)
-	x := uint32(2463534242)
-	for i := range b {
-		x ^= x << 13
-		x ^= x >> 17
-		x ^= x << 5
-		b[i] = byte(x)
-	}
-	return b
-}()
-
-// fzIn decodes the program; an exhausted input reads as zeros.
-type fzIn struct{ b []byte }
-
-func (in *fzIn) u8() byte {
-	if len(in.b) == 0 {
-		return 0
-	}
-	v := in.b[0]
-	in.b = in.b[1:]
-	return v
-}
-
-func (in *fzIn) u16() uint16 { return uint16(in.u8()) | uint16(in.u8())<<8 }
-
-// fzGuest is guest RAM with a shadow of what it must hold wherever the
-// device may not write (mask 0). It is reused across inputs (fzRAM):
-// clearing only what an input dirtied keeps an execution cheap.
-type fzGuest struct {
-	t                     *testing.T
-	mem                   *guestmem.Memory
-	ram, shadow, mask     []byte
-	allowed               [][2]uint64 // the ranges set in mask
-	tables, scratch, heap uint64      // bump pointers
-}
-
-var fzRAM sync.Pool
-
-func newFzGuest(t *testing.T) *fzGuest {
-	g, _ := fzRAM.Get().(*fzGuest)
-	if g == nil {
-		ram := make([]byte, fzMem)
-		mem, err := guestmem.FromBytes([]uint64{0}, [][]byte{ram})
-		if err != nil {
-			t.Fatal(err)
-		}
-		g = &fzGuest{mem: mem, ram: ram, shadow: make([]byte, fzMem), mask: make([]byte, fzMem)}
-		g.write(fzPattern, fzPatternBytes)
-	}
-	g.t, g.tables, g.scratch, g.heap = t, fzTables, fzScratch, fzRxHeap
-	return g
-}
-
-// release clears what the input wrote and pools g, once the device is
-// closed. After a failure RAM may hold anything: it is dropped.
-func (g *fzGuest) release() {
-	if g.t.Failed() {
-		return
-	}
-	for _, r := range [][2]uint64{{0, g.tables}, {fzScratch, g.scratch}, {fzRxHeap, g.heap}} {
-		clear(g.ram[r[0]:r[1]])
-		clear(g.shadow[r[0]:r[1]])
-	}
-	g.forbid()
-	fzRAM.Put(g)
-}
-
-func (g *fzGuest) write(a uint64, b []byte) {
-	copy(g.ram[a:], b)
-	copy(g.shadow[a:], b)
-}
-
-func (g *fzGuest) store16(a uint64, v uint16) {
-	if err := g.mem.StoreUint16(a, v); err != nil {
-		g.t.Fatal(err)
-	}
-	binary.LittleEndian.PutUint16(g.shadow[a:], v)
-}
-
-// alloc takes n bytes at alignment align from the area whose bump
-// pointer is p and which ends at end.
-func (g *fzGuest) alloc(p *uint64, end, n, align uint64) (uint64, bool) {
-	a := (*p + align - 1) &^ (align - 1)
-	if a+n > end {
-		return 0, false
-	}
-	*p = a + n
-	return a, true
-}
-
-// allow lets the device write [a, a+n).
-func (g *fzGuest) allow(a, n uint64) {
-	m := g.mask[a : a+n]
-	for i := range m {
-		m[i] = 1
-	}
-	g.allowed = append(g.allowed, [2]uint64{a, a + n})
-}
-
-// forbid clears the mask.
-func (g *fzGuest) forbid() {
-	for _, r := range g.allowed {
-		clear(g.mask[r[0]:r[1]])
-	}
-	g.allowed = g.allowed[:0]
-}
-
-// settle takes what the device wrote into [a, a+n) as final: it may not
-// write there any more.
-func (g *fzGuest) settle(a, n uint64) {
-	copy(g.shadow[a:a+n], g.ram[a:a+n])
-	clear(g.mask[a : a+n])
-}
-
-// checkpoint fails the test if RAM differs from the shadow outside the
-// mask, then takes RAM as it is, with nothing writable.
-func (g *fzGuest) checkpoint(when string) {
-	const page = 4096
-	for off := 0; off < len(g.ram); off += page {
-		a, s := g.ram[off:off+page], g.shadow[off:off+page]
-		if bytes.Equal(a, s) {
-			continue
-		}
-		for i := range a {
-			if a[i] != s[i] && g.mask[off+i] == 0 {
-				g.t.Fatalf("%s: the device wrote guest memory at %#x (%#x, was %#x), outside the buffers it holds", when, off+i, a[i], s[i])
-			}
-		}
-		copy(s, a)
-	}
-	g.forbid()
-}
-
-// written returns the first n bytes of c's writable buffers.
-func (g *fzGuest) written(c *fzChain, n uint32) []byte {
-	out := make([]byte, 0, n)
-	for _, p := range c.pieces {
-		if !p.write || n == 0 {
-			continue
-		}
-		k := min(p.len, n)
-		out = append(out, g.ram[p.addr:p.addr+uint64(k)]...)
-		n -= k
-	}
-	return out
-}
-
-type fzPiece struct {
-	addr  uint64
-	len   uint32
-	write bool
-}
-
-type fzChain struct {
-	head      uint16
-	descs     []uint16 // direct descriptors, free again on completion
-	pieces    []fzPiece
-	malformed bool
-	data      []byte // transmit: the readable bytes in order
-	cap       uint64 // receive: the writable bytes
-}
-
-// Malformations of a chain; each makes the device's ring walk fail.
-const (
-	fzMalNone         = iota
-	fzMalOutside      // a buffer outside RAM or wrapping the address space
-	fzMalStraddle     // a buffer running past the end of RAM
-	fzMalNext         // next out of range
-	fzMalLoop         // next back to the chain's first descriptor
-	fzMalNested       // an indirect descriptor in an indirect table
-	fzMalTableLen     // indirect table length not a non-zero multiple of 16
-	fzMalIndirectNext // indirect descriptor with NEXT
-	fzMalTableOutside // indirect table outside RAM
-	fzMalTooLong      // indirect table longer than the queue
-	fzMalHead         // avail entry out of range
-	fzMalJump         // avail.idx more than a ring ahead
-	fzMalKinds
-)
-
-// fzMalKind decodes a malformation byte: mostly none, so that mutated
-// programs keep reaching the device's processing.
-func fzMalKind(m byte) int {
-	if m < 0x80 {
-		return fzMalNone
-	}
-	return 1 + int(m)%(fzMalKinds-1)
-}
-
-// fzQueue is the fake driver's side of one split ring (see virtiotest;
-// this one also frees descriptors and mirrors its writes in the shadow).
-type fzQueue struct {
-	g                  *fzGuest
-	desc, avail, used  uint64
-	free               []uint16
-	availIdx, usedSeen uint16
-	order              []*fzChain // published and not completed, in order
-	dead               bool       // avail.idx was corrupted
-	malformed          bool       // a malformed chain was published
-	kickedBad          bool       // a kick came after a malformed chain
-}
-
-func newFzQueue(g *fzGuest, base uint64) *fzQueue {
-	d := vt.NewDriver(g.mem, base, QueueSize, base)
-	q := &fzQueue{g: g, desc: d.Desc, avail: d.Avail, used: d.UsedRing}
-	for i := QueueSize - 1; i >= 0; i-- {
-		q.free = append(q.free, uint16(i))
-	}
-	return q
-}
-
-func (q *fzQueue) usedLen() uint64 { return 6 + 8*QueueSize }
-
-// activate builds the device's queue over the ring.
-func (q *fzQueue) activate(features uint64) *virtio.Queue {
-	vq := virtio.NewQueue(QueueSize)
-	vq.Size, vq.DescTable, vq.AvailRing, vq.UsedRing, vq.Ready = QueueSize, q.desc, q.avail, q.used, true
-	if err := vq.Activate(q.g.mem, features); err != nil {
-		q.g.t.Fatal(err)
-	}
-	return vq
-}
-
-func (q *fzQueue) kick() {
-	if q.malformed || q.dead {
-		q.kickedBad = true
-	}
-}
-
-func fzFlag(write bool) uint16 {
-	if write {
-		return vt.FlagWrite
-	}
-	return 0
-}
-
-// post lays out pieces as a chain (with indirect, the pieces after the
-// first direct ones go into an indirect table), applies malformation mal
-// (parameter mv) and publishes it. It returns nil when the ring or the
-// table area is full.
-func (q *fzQueue) post(pieces []fzPiece, indirect bool, direct int, mal int, mv byte, features uint64) *fzChain {
-	if q.dead || len(q.order) >= QueueSize {
-		return nil
-	}
-	if len(pieces) == 0 {
-		pieces = []fzPiece{{addr: fzPattern}} // a chain has a descriptor
-	}
-	switch mal {
-	case fzMalNested, fzMalTableLen, fzMalIndirectNext, fzMalTableOutside, fzMalTooLong:
-		indirect = true
-	}
-	nd := len(pieces)
-	if indirect {
-		nd = min(direct, len(pieces)-1)
-	}
-	table := pieces[nd:]
-	if mal == fzMalTooLong {
-		table = make([]fzPiece, QueueSize+1)
-	}
-	ndesc := nd
-	if indirect {
-		ndesc++
-	}
-	if len(q.free) < ndesc {
-		return nil
-	}
-	var taddr uint64
-	if indirect {
-		var ok bool
-		if taddr, ok = q.g.alloc(&q.g.tables, fzPattern, 16*uint64(len(table)), 16); !ok {
-			return nil
-		}
-	}
-	idx := append([]uint16(nil), q.free[len(q.free)-ndesc:]...)
-	q.free = q.free[:len(q.free)-ndesc]
-	type desc struct {
-		table       uint64
-		i           uint16
-		addr        uint64
-		len         uint32
-		flags, next uint16
-	}
-	var ds []desc
-	for i := range nd {
-		p := pieces[i]
-		d := desc{table: q.desc, i: idx[i], addr: p.addr, len: p.len, flags: fzFlag(p.write)}
-		if i+1 < ndesc {
-			d.flags |= vt.FlagNext
-			d.next = idx[i+1]
-		}
-		ds = append(ds, d)
-	}
-	bufs := len(ds) // ds[:bufs] are direct buffers
-	if indirect {
-		for j, p := range table {
-			d := desc{table: taddr, i: uint16(j), addr: p.addr, len: p.len, flags: fzFlag(p.write)}
-			if j+1 < len(table) {
-				d.flags |= vt.FlagNext
-				d.next = uint16(j + 1)
-			}
-			ds = append(ds, d)
-		}
-		ds = append(ds, desc{table: q.desc, i: idx[nd], addr: taddr, len: uint32(16 * len(table)), flags: vt.FlagIndirect})
-	}
-	last := len(ds) - 1 // the chain's last buffer, and its table's first
-	first, tableLen := idx[0], uint16(QueueSize)
-	if indirect {
-		last, first, tableLen = len(ds)-2, 0, uint16(len(table))
-	}
-	ind := &ds[len(ds)-1]
-	switch mal {
-	case fzMalOutside:
-		d := &ds[int(mv)%max(1, len(ds)-btoi(indirect))]
-		d.addr = fzMem + uint64(mv)*4096
-		if mv&1 != 0 {
-			d.addr = ^uint64(0) - uint64(mv)
-		}
-	case fzMalStraddle:
-		d := &ds[int(mv)%max(1, len(ds)-btoi(indirect))]
-		d.addr, d.len = fzMem-1-uint64(mv%16), 64
-	case fzMalNext:
-		ds[last].flags |= vt.FlagNext
-		ds[last].next = tableLen + uint16(mv)
-	case fzMalLoop:
-		ds[last].flags |= vt.FlagNext
-		ds[last].next = first
-	case fzMalNested:
-		ds[bufs].flags |= vt.FlagIndirect
-	case fzMalTableLen:
-		ind.len += 1 + uint32(mv%15)
-		if mv&1 != 0 {
-			ind.len = 0
-		}
-	case fzMalIndirectNext:
-		ind.flags |= vt.FlagNext
-	case fzMalTableOutside:
-		ind.addr = fzMem - 8 + uint64(mv)*16
-	}
-	var b [16]byte
-	for _, d := range ds {
-		binary.LittleEndian.PutUint64(b[0:], d.addr)
-		binary.LittleEndian.PutUint32(b[8:], d.len)
-		binary.LittleEndian.PutUint16(b[12:], d.flags)
-		binary.LittleEndian.PutUint16(b[14:], d.next)
-		q.g.write(d.table+16*uint64(d.i), b[:])
-	}
-	c := &fzChain{head: idx[0], descs: idx, pieces: pieces,
-		malformed: mal != fzMalNone || (indirect && !virtio.HasFeature(features, virtio.FIndirectDesc))}
-	if mal == fzMalHead {
-		c.head = QueueSize + uint16(mv)
-	}
-	q.g.store16(q.avail+4+2*uint64(q.availIdx%QueueSize), c.head)
-	q.availIdx++
-	q.g.store16(q.avail+2, q.availIdx)
-	if mal == fzMalJump {
-		q.g.store16(q.avail+2, q.availIdx+QueueSize+1+uint16(mv))
-		q.dead = true
-	}
-	q.order = append(q.order, c)
-	q.malformed = q.malformed || c.malformed
-	return c
-}
-
-func btoi(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
-
-type fzDone struct {
-	c   *fzChain
-	len uint32
-}
-
-// collect returns the chains completed since the last call. Both devices
-// complete chains in the order they take them.
-func (q *fzQueue) collect() []fzDone {
-	t := q.g.t
-	idx, err := q.g.mem.LoadUint16(q.used + 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n := idx - q.usedSeen; int(n) > len(q.order) {
-		t.Fatalf("used.idx moved by %d with %d chains outstanding", n, len(q.order))
-	}
-	var done []fzDone
-	for ; q.usedSeen != idx; q.usedSeen++ {
-		var e [8]byte
-		copy(e[:], q.g.ram[q.used+4+8*uint64(q.usedSeen%QueueSize):])
-		id, n := binary.LittleEndian.Uint32(e[0:]), binary.LittleEndian.Uint32(e[4:])
-		c := q.order[0]
-		if c.malformed || id != uint32(c.head) {
-			t.Fatalf("used element %d names chain %d; the oldest outstanding chain is %d (malformed %v)", q.usedSeen, id, c.head, c.malformed)
-		}
-		q.order = q.order[1:]
-		q.free = append(q.free, c.descs...)
-		done = append(done, fzDone{c, n})
-	}
-	return done
-}
-
-// fzBroken records the Activation's Broken calls.
-type fzBroken struct {
-	mu   sync.Mutex
-	errs []error
-}
-
-func (b *fzBroken) report(err error) {
-	b.mu.Lock()
-	b.errs = append(b.errs, err)
-	b.mu.Unlock()
-}
-
-func (b *fzBroken) get() []error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return append([]error(nil), b.errs...)
-}
-
-// checkBroken checks that the device broke only on a malformed ring, with
-// errors that say so, and returns whether it broke.
-func (b *fzBroken) check(t *testing.T, qs ...*fzQueue) bool {
-	t.Helper()
-	errs := b.get()
-	if len(errs) == 0 {
-		return false
-	}
-	bad := false
-	for _, q := range qs {
-		bad = bad || q.malformed || q.dead
-	}
-	if !bad {
-		t.Fatalf("the device broke on a well-formed ring: %v", errs)
-	}
-	for _, err := range errs {
-		if !errors.Is(err, virtio.ErrBroken) {
-			t.Fatalf("Broken(%v): the error does not wrap virtio.ErrBroken", err)
-		}
-	}
-	return true
-}
-
-func fzReadable(fd int) bool {
-	p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	n, err := unix.Poll(p, 0)
-	return err == nil && n > 0
-}
-
-func fzCountFds(t *testing.T) int {
-	t.Helper()
-	d, err := os.Open("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	names, err := d.Readdirnames(-1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(names)
-}
-
-// fzWarmUp runs an event loop once, so that the runtime's own poller
-// descriptors exist before the per-input counts.
-func fzWarmUp(f *testing.F) {
-	l, err := eventloop.New("fuzz-warmup", eventloop.Poller)
-	if err != nil {
-		f.Fatal(err)
-	}
-	l.Close()
-}
-
-// fzNoLeaks fails if descriptors or goroutines outlive the input.
-func fzNoLeaks(t *testing.T, fds, goroutines int) {
-	t.Helper()
-	if n := fzCountFds(t); n > fds {
-		t.Fatalf("%d file descriptors open after teardown, %d before", n, fds)
-	}
-	deadline := time.Now().Add(fzWait)
-	for runtime.NumGoroutine() > goroutines {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d goroutines after teardown, %d before", runtime.NumGoroutine(), goroutines)
-		}
-		time.Sleep(100 * time.Microsecond)
-	}
-}
 
 // Program operations.
 const (
@@ -667,30 +166,30 @@ const (
 func (o fzTxOp) bytes() []byte {
 	b := []byte{fzOpTx}
 	b = append(b, o.Hdr[:]...)
-	b = append(b, o.Len, byte(o.Val), byte(o.Val>>8), byte(o.Off), byte(o.Off>>8), o.Layout, o.Split, o.Mal, o.MV, byte(btoi(o.NoKick)))
+	b = append(b, o.Len, byte(o.Val), byte(o.Val>>8), byte(o.Off), byte(o.Off>>8), o.Layout, o.Split, o.Mal, o.MV, byte(vt.Bit(o.NoKick)))
 	return b
 }
 
-func fzDecodeTx(in *fzIn) fzTxOp {
+func fzDecodeTx(in *vt.Input) fzTxOp {
 	var o fzTxOp
 	for i := range o.Hdr {
-		o.Hdr[i] = in.u8()
+		o.Hdr[i] = in.U8()
 	}
-	o.Len, o.Val, o.Off = in.u8(), in.u16(), in.u16()
-	o.Layout, o.Split, o.Mal, o.MV = in.u8(), in.u8(), in.u8(), in.u8()
-	o.NoKick = in.u8()&1 != 0
+	o.Len, o.Val, o.Off = in.U8(), in.U16(), in.U16()
+	o.Layout, o.Split, o.Mal, o.MV = in.U8(), in.U8(), in.U8(), in.U8()
+	o.NoKick = in.U8()&1 != 0
 	return o
 }
 
 func (o fzRxOp) bytes() []byte {
-	return []byte{fzOpRx, o.Count, o.Size, byte(o.Val), byte(o.Val >> 8), o.Layout, o.Gap, o.Mal, o.MV, byte(btoi(o.NoKick))}
+	return []byte{fzOpRx, o.Count, o.Size, byte(o.Val), byte(o.Val >> 8), o.Layout, o.Gap, o.Mal, o.MV, byte(vt.Bit(o.NoKick))}
 }
 
-func fzDecodeRx(in *fzIn) fzRxOp {
+func fzDecodeRx(in *vt.Input) fzRxOp {
 	var o fzRxOp
-	o.Count, o.Size, o.Val = in.u8(), in.u8(), in.u16()
-	o.Layout, o.Gap, o.Mal, o.MV = in.u8(), in.u8(), in.u8(), in.u8()
-	o.NoKick = in.u8()&1 != 0
+	o.Count, o.Size, o.Val = in.U8(), in.U8(), in.U16()
+	o.Layout, o.Gap, o.Mal, o.MV = in.U8(), in.U8(), in.U8(), in.U8()
+	o.NoKick = in.U8()&1 != 0
 	return o
 }
 
@@ -698,9 +197,9 @@ func (o fzHostOp) bytes() []byte {
 	return []byte{fzOpHost, o.Len, byte(o.Val), byte(o.Val >> 8), o.Flags, o.GSO, byte(o.Off), byte(o.Off >> 8), o.Count}
 }
 
-func fzDecodeHost(in *fzIn) fzHostOp {
+func fzDecodeHost(in *vt.Input) fzHostOp {
 	var o fzHostOp
-	o.Len, o.Val, o.Flags, o.GSO, o.Off, o.Count = in.u8(), in.u16(), in.u8(), in.u8(), in.u16(), in.u8()
+	o.Len, o.Val, o.Flags, o.GSO, o.Off, o.Count = in.U8(), in.U16(), in.U8(), in.U8(), in.U16(), in.U8()
 	return o
 }
 
@@ -711,16 +210,16 @@ func fzResetOp(features uint16) []byte { return []byte{fzOpReset, byte(features)
 // netFuzz is one input's rig.
 type netFuzz struct {
 	t        *testing.T
-	g        *fzGuest
+	g        *vt.Shadow
 	loop     *eventloop.Loop
 	dev      *Net
 	peer     int
 	kicks    [2]int
-	rx, tx   *fzQueue
+	rx, tx   *vt.Ring
 	vq       []*virtio.Queue // the device's view of rx and tx
 	features uint64
 	mrg      bool
-	broken   *fzBroken
+	broken   *vt.BrokenLog
 	// brokenSeen: the harness has seen Broken in this activation, taken
 	// RAM as it was and lets the device write nothing more.
 	brokenSeen bool
@@ -728,7 +227,7 @@ type netFuzz struct {
 	// dropped yet (shorter than the header ones are left out: the device
 	// drops them on read), and receive completions not matched yet.
 	frames [][]byte
-	rxDone []fzDone
+	rxDone []vt.Done
 	// want are the expected counters; a device that broke may have
 	// counted work it never published (everBroken).
 	want       Stats
@@ -737,8 +236,8 @@ type netFuzz struct {
 }
 
 func fzRunNet(t *testing.T, prog []byte) {
-	in := &fzIn{b: prog}
-	h := &netFuzz{t: t, g: newFzGuest(t), peer: -1, kicks: [2]int{-1, -1}, buf: make([]byte, 2*MaxFrame)}
+	in := &vt.Input{B: prog}
+	h := &netFuzz{t: t, g: vt.NewShadow(t), peer: -1, kicks: [2]int{-1, -1}, buf: make([]byte, 2*MaxFrame)}
 	defer h.close()
 	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -763,12 +262,12 @@ func fzRunNet(t *testing.T, prog []byte) {
 			t.Fatalf("the device does not offer feature %d any more; update fzNetFeatures", b)
 		}
 	}
-	h.activate(fzNetFeatureBits(in.u16()))
+	h.activate(fzNetFeatureBits(in.U16()))
 	for range fzMaxOps {
-		if len(in.b) == 0 {
+		if len(in.B) == 0 {
 			break
 		}
-		switch in.u8() % fzNetOps {
+		switch in.U8() % fzNetOps {
 		case fzOpTx:
 			h.transmit(fzDecodeTx(in))
 		case fzOpRx:
@@ -776,9 +275,9 @@ func fzRunNet(t *testing.T, prog []byte) {
 		case fzOpHost:
 			h.hostFrames(fzDecodeHost(in))
 		case fzOpKick:
-			h.kick(int(in.u8() % 2))
+			h.kick(int(in.U8() % 2))
 		case fzOpReset:
-			h.reactivate(fzNetFeatureBits(in.u16()))
+			h.reactivate(fzNetFeatureBits(in.U16()))
 		}
 		h.sync()
 	}
@@ -788,20 +287,20 @@ func fzRunNet(t *testing.T, prog []byte) {
 func (h *netFuzz) activate(features uint64) {
 	t := h.t
 	h.features, h.mrg = features, virtio.HasFeature(features, FMrgRxbuf)
-	h.rx, h.tx = newFzQueue(h.g, fzRxRing), newFzQueue(h.g, fzTxRing)
+	h.rx, h.tx = vt.NewRing(h.g, vt.FuzzRxRing), vt.NewRing(h.g, vt.FuzzTxRing)
 	var qs []*virtio.Queue
-	for i, q := range []*fzQueue{h.rx, h.tx} {
-		qs = append(qs, q.activate(features))
+	for i, q := range []*vt.Ring{h.rx, h.tx} {
+		qs = append(qs, q.Activate(features))
 		fd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
 		if err != nil {
 			t.Fatal(err)
 		}
 		h.kicks[i] = fd
-		h.g.allow(q.used, q.usedLen())
+		h.g.Allow(q.Used, q.UsedLen())
 	}
-	h.broken, h.brokenSeen, h.vq = &fzBroken{}, false, qs
-	err := h.dev.Activate(virtio.Activation{Mem: h.g.mem, Features: features, Queues: qs, Kicks: h.kicks[:],
-		Interrupt: vt.NoIRQ{}, Broken: h.broken.report})
+	h.broken, h.brokenSeen, h.vq = &vt.BrokenLog{}, false, qs
+	err := h.dev.Activate(virtio.Activation{Mem: h.g.Mem, Features: features, Queues: qs, Kicks: h.kicks[:],
+		Interrupt: vt.NoIRQ{}, Broken: h.broken.Report})
 	if err != nil {
 		t.Fatalf("Activate: %v", err)
 	}
@@ -812,9 +311,9 @@ func (h *netFuzz) activate(features uint64) {
 
 func (h *netFuzz) kick(q int) {
 	if q == RxQueue {
-		h.rx.kick()
+		h.rx.Kick()
 	} else {
-		h.tx.kick()
+		h.tx.Kick()
 	}
 	if _, err := unix.Write(h.kicks[q], []byte{1, 0, 0, 0, 0, 0, 0, 0}); err != nil {
 		h.t.Fatal(err)
@@ -865,20 +364,20 @@ func (h *netFuzz) transmit(o fzTxOp) {
 	case fzTxShort:
 		hdr = hdr[:o.Val%HeaderSize]
 	}
-	poff := int(o.Off) % (fzPatternLen - payloadLen + 1)
-	payload := fzPatternBytes[poff : poff+payloadLen]
+	poff := int(o.Off) % (vt.FuzzPatternLen - payloadLen + 1)
+	payload := vt.PatternBytes[poff : poff+payloadLen]
 	data = append(append(data, hdr...), payload...)
 	if !h.brokenSeen && h.pendingTx()+len(data) > fzTxPending {
 		h.kick(TxQueue) // let the device send what is queued first
 		h.sync()
 	}
 
-	var pieces []fzPiece
+	var pieces []vt.Piece
 	scratch := func(b []byte) bool {
-		a, ok := h.g.alloc(&h.g.scratch, fzRxHeap, uint64(len(b)), 1)
+		a, ok := h.g.Alloc(&h.g.Scratch, vt.FuzzRxHeap, uint64(len(b)), 1)
 		if ok {
-			h.g.write(a, b)
-			pieces = append(pieces, fzPiece{addr: a, len: uint32(len(b))})
+			h.g.Write(a, b)
+			pieces = append(pieces, vt.Piece{Addr: a, Len: uint32(len(b))})
 		}
 		return ok
 	}
@@ -903,25 +402,25 @@ func (h *netFuzz) transmit(o fzTxOp) {
 	}
 	cuts := fzCut(payloadLen-rest, 1+int(o.Layout>>2)&7, uint32(o.Split)<<16|uint32(o.Off))
 	for i := 1; i < len(cuts); i++ {
-		pieces = append(pieces, fzPiece{addr: uint64(fzPattern + poff + rest + cuts[i-1]), len: uint32(cuts[i] - cuts[i-1])})
+		pieces = append(pieces, vt.Piece{Addr: uint64(vt.FuzzPattern + poff + rest + cuts[i-1]), Len: uint32(cuts[i] - cuts[i-1])})
 	}
 	if o.Layout&(1<<5) != 0 { // the device must neither read nor write it
-		a, ok := h.g.alloc(&h.g.scratch, fzRxHeap, 256, 1)
+		a, ok := h.g.Alloc(&h.g.Scratch, vt.FuzzRxHeap, 256, 1)
 		if !ok {
 			return
 		}
 		at := int(o.Split) % (len(pieces) + 1)
-		pieces = append(pieces[:at], append([]fzPiece{{addr: a, len: 1 + uint32(o.MV), write: true}}, pieces[at:]...)...)
+		pieces = append(pieces[:at], append([]vt.Piece{{Addr: a, Len: 1 + uint32(o.MV), Write: true}}, pieces[at:]...)...)
 	}
 	if o.Layout&(1<<6) != 0 {
 		at := int(o.Off) % (len(pieces) + 1)
-		pieces = append(pieces[:at], append([]fzPiece{{addr: fzPattern}}, pieces[at:]...)...)
+		pieces = append(pieces[:at], append([]vt.Piece{{Addr: vt.FuzzPattern}}, pieces[at:]...)...)
 	}
-	c := h.tx.post(pieces, o.Layout&(1<<7) != 0, int(o.Split>>4), fzMalKind(o.Mal), o.MV, h.features)
+	c := h.tx.Post(pieces, o.Layout&(1<<7) != 0, int(o.Split>>4), vt.MalKind(o.Mal), o.MV, h.features)
 	if c == nil {
 		return
 	}
-	c.data = data
+	c.Data = data
 	if !o.NoKick {
 		h.kick(TxQueue)
 	}
@@ -930,9 +429,9 @@ func (h *netFuzz) transmit(o fzTxOp) {
 // pendingTx is the bytes of the well-formed chains on the transmit ring.
 func (h *netFuzz) pendingTx() int {
 	n := 0
-	for _, c := range h.tx.order {
-		if !c.malformed {
-			n += len(c.data)
+	for _, c := range h.tx.Order {
+		if !c.Malformed {
+			n += len(c.Data)
 		}
 	}
 	return n
@@ -956,37 +455,37 @@ func (h *netFuzz) postRx(o fzRxOp) {
 	}
 	count := 1 + int(o.Count%16)
 	for i := range count {
-		var pieces []fzPiece
+		var pieces []vt.Piece
 		cuts := fzCut(size, 1+int(o.Layout&3), uint32(o.Gap)<<8|uint32(i))
 		for j := 1; j < len(cuts); j++ {
 			n := uint64(cuts[j] - cuts[j-1])
-			a, ok := h.g.alloc(&h.g.heap, fzMem, uint64(o.Gap&7)+n, 1)
+			a, ok := h.g.Alloc(&h.g.Heap, vt.FuzzRAM, uint64(o.Gap&7)+n, 1)
 			if !ok {
 				return // receive heap used up
 			}
-			pieces = append(pieces, fzPiece{addr: a + uint64(o.Gap&7), len: uint32(n), write: true})
+			pieces = append(pieces, vt.Piece{Addr: a + uint64(o.Gap&7), Len: uint32(n), Write: true})
 		}
 		if o.Layout&(1<<2) != 0 { // the device must not write it
 			at := int(o.Gap) % (len(pieces) + 1)
-			pieces = append(pieces[:at], append([]fzPiece{{addr: fzPattern, len: 1 + 3*uint32(o.Gap)}}, pieces[at:]...)...)
+			pieces = append(pieces[:at], append([]vt.Piece{{Addr: vt.FuzzPattern, Len: 1 + 3*uint32(o.Gap)}}, pieces[at:]...)...)
 		}
 		if o.Layout&(1<<4) != 0 {
 			at := int(o.MV) % (len(pieces) + 1)
-			pieces = append(pieces[:at], append([]fzPiece{{addr: fzRxHeap, write: true}}, pieces[at:]...)...)
+			pieces = append(pieces[:at], append([]vt.Piece{{Addr: vt.FuzzRxHeap, Write: true}}, pieces[at:]...)...)
 		}
-		mal := fzMalNone
+		mal := vt.MalNone
 		if i == count-1 {
-			mal = fzMalKind(o.Mal)
+			mal = vt.MalKind(o.Mal)
 		}
-		c := h.rx.post(pieces, o.Layout&(1<<3) != 0, int(o.Gap>>4), mal, o.MV, h.features)
+		c := h.rx.Post(pieces, o.Layout&(1<<3) != 0, int(o.Gap>>4), mal, o.MV, h.features)
 		if c == nil {
 			break
 		}
-		for _, p := range c.pieces {
-			if p.write && !c.malformed {
-				c.cap += uint64(p.len)
+		for _, p := range c.Pieces {
+			if p.Write && !c.Malformed {
+				c.Cap += uint64(p.Len)
 				if !h.brokenSeen {
-					h.g.allow(p.addr, uint64(p.len))
+					h.g.Allow(p.Addr, uint64(p.Len))
 				}
 			}
 		}
@@ -1015,8 +514,8 @@ func (h *netFuzz) hostFrames(o fzHostOp) {
 		n = len(h.dev.rxBuf) + 1 + int(o.Val%4096)
 	}
 	for i := range 1 + int(o.Count%4) {
-		off := (int(o.Off) + 977*i) % (fzPatternLen - n + 1)
-		f := append([]byte(nil), fzPatternBytes[off:off+n]...)
+		off := (int(o.Off) + 977*i) % (vt.FuzzPatternLen - n + 1)
+		f := append([]byte(nil), vt.PatternBytes[off:off+n]...)
 		if n >= 2 {
 			f[0], f[1] = o.Flags, o.GSO
 		}
@@ -1045,8 +544,8 @@ func (h *netFuzz) quiesce() {
 			if d.act == nil {
 				return
 			}
-			tap := d.tapInLoop && fzReadable(d.tap.Fd())
-			busy = tap || fzReadable(d.rxKick) || fzReadable(d.txKick)
+			tap := d.tapInLoop && vt.Readable(d.tap.Fd())
+			busy = tap || vt.Readable(d.rxKick) || vt.Readable(d.txKick)
 			spin = tap && d.stopped
 		})
 		if spin {
@@ -1065,11 +564,11 @@ func (h *netFuzz) quiesce() {
 func (h *netFuzz) sync() {
 	t := h.t
 	h.quiesce()
-	for _, d := range h.tx.collect() {
-		if d.len != 0 {
-			t.Fatalf("transmit chain %d completed with %d bytes written, want 0", d.c.head, d.len)
+	for _, d := range h.tx.Collect() {
+		if d.Len != 0 {
+			t.Fatalf("transmit chain %d completed with %d bytes written, want 0", d.C.Head, d.Len)
 		}
-		h.expectTx(d.c)
+		h.expectTx(d.C)
 	}
 	for i := 0; ; i++ {
 		n, err := unix.Read(h.peer, h.buf)
@@ -1078,48 +577,48 @@ func (h *netFuzz) sync() {
 		}
 		// A device that breaks stops before publishing what it already
 		// sent: those frames belong to the next chains.
-		if h.broken.get() == nil || i >= len(h.tx.order) || !bytes.Equal(h.buf[:n], h.tx.order[i].data) {
+		if h.broken.Get() == nil || i >= len(h.tx.Order) || !bytes.Equal(h.buf[:n], h.tx.Order[i].Data) {
 			t.Fatalf("the backend got an unexpected %d-byte frame", n)
 		}
 	}
-	for _, d := range h.rx.collect() {
-		if uint64(d.len) > d.c.cap {
-			t.Fatalf("receive chain %d completed with %d bytes, but it holds %d", d.c.head, d.len, d.c.cap)
+	for _, d := range h.rx.Collect() {
+		if uint64(d.Len) > d.C.Cap {
+			t.Fatalf("receive chain %d completed with %d bytes, but it holds %d", d.C.Head, d.Len, d.C.Cap)
 		}
 		h.rxDone = append(h.rxDone, d)
 	}
 	h.matchRx()
-	broken := h.broken.check(t, h.rx, h.tx)
+	broken := h.broken.Check(t, h.rx, h.tx)
 	if broken && !h.brokenSeen {
 		// From now on the device may not touch guest memory at all.
 		h.brokenSeen, h.everBroken = true, true
-		h.g.checkpoint("after Broken")
+		h.g.Checkpoint("after Broken")
 	}
-	if !broken && h.tx.kickedBad {
+	if !broken && h.tx.KickedBad {
 		t.Fatal("a kicked malformed transmit ring did not break the device")
 	}
 }
 
 // expectTx checks what the backend got for completed chain c.
-func (h *netFuzz) expectTx(c *fzChain) {
+func (h *netFuzz) expectTx(c *vt.RingChain) {
 	t := h.t
-	drop := len(c.data) > MaxFrame || len(c.data) < HeaderSize
+	drop := len(c.Data) > MaxFrame || len(c.Data) < HeaderSize
 	if !drop {
-		hd, _ := ParseHeader(c.data)
-		drop = hd.CheckTx(h.features, len(c.data)-HeaderSize) != nil
+		hd, _ := ParseHeader(c.Data)
+		drop = hd.CheckTx(h.features, len(c.Data)-HeaderSize) != nil
 	}
 	if drop {
 		h.want.TxDropped++
 		return
 	}
 	h.want.TxFrames++
-	h.want.TxBytes += uint64(len(c.data) - HeaderSize)
+	h.want.TxBytes += uint64(len(c.Data) - HeaderSize)
 	n, err := unix.Read(h.peer, h.buf)
 	if err != nil {
-		t.Fatalf("transmit chain %d (%d bytes) completed, but the backend got nothing: %v", c.head, len(c.data), err)
+		t.Fatalf("transmit chain %d (%d bytes) completed, but the backend got nothing: %v", c.Head, len(c.Data), err)
 	}
-	if !bytes.Equal(h.buf[:n], c.data) {
-		t.Fatalf("transmit chain %d: the backend got %d bytes, want the chain's %d readable bytes (header % x)", c.head, n, len(c.data), c.data[:HeaderSize])
+	if !bytes.Equal(h.buf[:n], c.Data) {
+		t.Fatalf("transmit chain %d: the backend got %d bytes, want the chain's %d readable bytes (header % x)", c.Head, n, len(c.Data), c.Data[:HeaderSize])
 	}
 }
 
@@ -1137,39 +636,39 @@ func (h *netFuzz) matchRx() {
 	for len(h.rxDone) > 0 {
 		d := h.rxDone[0]
 		if len(h.frames) == 0 {
-			t.Fatalf("receive chain %d completed with %d bytes, but no frame was sent", d.c.head, d.len)
+			t.Fatalf("receive chain %d completed with %d bytes, but no frame was sent", d.C.Head, d.Len)
 		}
 		f := h.frames[0]
 		nb := 1
 		switch {
-		case !h.mrg && d.len == 0:
-			if uint64(len(f)) <= d.c.cap {
-				t.Fatalf("a %d-byte frame was dropped though the %d-byte receive chain %d holds it", len(f), d.c.cap, d.c.head)
+		case !h.mrg && d.Len == 0:
+			if uint64(len(f)) <= d.C.Cap {
+				t.Fatalf("a %d-byte frame was dropped though the %d-byte receive chain %d holds it", len(f), d.C.Cap, d.C.Head)
 			}
 			h.want.RxDropped++
 		case !h.mrg:
-			if got := h.g.written(d.c, d.len); !bytes.Equal(got, fzWithBuffers(f, 1)) {
-				t.Fatalf("receive chain %d got %d bytes, want the %d-byte frame with num_buffers 1", d.c.head, d.len, len(f))
+			if got := h.g.Written(d.C, d.Len); !bytes.Equal(got, fzWithBuffers(f, 1)) {
+				t.Fatalf("receive chain %d got %d bytes, want the %d-byte frame with num_buffers 1", d.C.Head, d.Len, len(f))
 			}
 			h.want.RxFrames++
 			h.want.RxBytes += uint64(len(f) - HeaderSize)
-		case d.c.cap < HeaderSize:
-			if d.len != 0 {
-				t.Fatalf("receive chain %d of %d bytes, too small for the header, completed with %d", d.c.head, d.c.cap, d.len)
+		case d.C.Cap < HeaderSize:
+			if d.Len != 0 {
+				t.Fatalf("receive chain %d of %d bytes, too small for the header, completed with %d", d.C.Head, d.C.Cap, d.Len)
 			}
 			h.want.RxDropped++
 		default:
-			if d.len < HeaderSize {
-				t.Fatalf("receive chain %d starts a frame with %d bytes, less than the header", d.c.head, d.len)
+			if d.Len < HeaderSize {
+				t.Fatalf("receive chain %d starts a frame with %d bytes, less than the header", d.C.Head, d.Len)
 			}
-			first := h.g.written(d.c, d.len)
+			first := h.g.Written(d.C, d.Len)
 			nb = int(binary.LittleEndian.Uint16(first[10:]))
 			if nb == 0 || nb > len(h.rxDone) {
 				t.Fatalf("num_buffers %d with %d receive chains completed", nb, len(h.rxDone))
 			}
 			var got []byte
 			for _, e := range h.rxDone[:nb] {
-				got = append(got, h.g.written(e.c, e.len)...)
+				got = append(got, h.g.Written(e.C, e.Len)...)
 			}
 			if !bytes.Equal(got, fzWithBuffers(f, uint16(nb))) {
 				t.Fatalf("a %d-byte frame over %d receive chains (%d bytes) differs from the one sent", len(f), nb, len(got))
@@ -1178,9 +677,9 @@ func (h *netFuzz) matchRx() {
 			h.want.RxBytes += uint64(len(f) - HeaderSize)
 		}
 		for _, e := range h.rxDone[:nb] {
-			for _, p := range e.c.pieces {
-				if p.write {
-					h.g.settle(p.addr, uint64(p.len))
+			for _, p := range e.C.Pieces {
+				if p.Write {
+					h.g.Settle(p.Addr, uint64(p.Len))
 				}
 			}
 		}
@@ -1206,10 +705,10 @@ func (h *netFuzz) reset() {
 	if h.dev.tap.offload != 0 {
 		t.Fatalf("tap offloads %#x after Reset, want 0", h.dev.tap.offload)
 	}
-	h.g.checkpoint("after Reset")
-	broken := len(h.broken.get()) > 0
-	for i, q := range []*fzQueue{h.rx, h.tx} {
-		if k := h.vq[i].NextAvail() - q.usedSeen; k != 0 && !broken {
+	h.g.Checkpoint("after Reset")
+	broken := len(h.broken.Get()) > 0
+	for i, q := range []*vt.Ring{h.rx, h.tx} {
+		if k := h.vq[i].NextAvail() - q.UsedSeen; k != 0 && !broken {
 			t.Fatalf("the device took %d chains of queue %d it never completed", k, i)
 		}
 	}
@@ -1263,8 +762,8 @@ func (h *netFuzz) reset() {
 func (h *netFuzz) reactivate(features uint64) {
 	h.reset()
 	zero := make([]byte, 0x3000)
-	h.g.write(fzRxRing, zero)
-	h.g.write(fzTxRing, zero)
+	h.g.Write(vt.FuzzRxRing, zero)
+	h.g.Write(vt.FuzzTxRing, zero)
 	h.activate(features)
 }
 
@@ -1277,8 +776,8 @@ func (h *netFuzz) finish() {
 	h.kick(TxQueue)
 	h.sync()
 	if !h.brokenSeen {
-		if len(h.tx.order) > 0 {
-			t.Fatalf("%d transmit chains left after a kick", len(h.tx.order))
+		if len(h.tx.Order) > 0 {
+			t.Fatalf("%d transmit chains left after a kick", len(h.tx.Order))
 		}
 		if len(h.frames) > 0 {
 			h.checkWaiting(len(h.frames[0]))
@@ -1295,20 +794,20 @@ func (h *netFuzz) finish() {
 // drop it into or deliver it to the receive chains posted.
 func (h *netFuzz) checkWaiting(n int) {
 	t := h.t
-	if h.rx.dead {
+	if h.rx.Dead {
 		t.Fatalf("a %d-byte frame waits on a receive ring whose avail.idx is corrupt: taking a buffer must break the device", n)
 	}
 	sum := uint64(0)
-	for i, c := range h.rx.order {
+	for i, c := range h.rx.Order {
 		switch {
-		case c.malformed:
+		case c.Malformed:
 			t.Fatalf("a %d-byte frame waits with malformed receive chain %d next in line: taking it must break the device", n, i)
 		case !h.mrg:
-			t.Fatalf("a %d-byte frame waits with receive chain %d (%d bytes) posted", n, c.head, c.cap)
-		case i == 0 && c.cap < HeaderSize:
-			t.Fatalf("a %d-byte frame waits with a %d-byte receive chain first, which the device drops it into", n, c.cap)
+			t.Fatalf("a %d-byte frame waits with receive chain %d (%d bytes) posted", n, c.Head, c.Cap)
+		case i == 0 && c.Cap < HeaderSize:
+			t.Fatalf("a %d-byte frame waits with a %d-byte receive chain first, which the device drops it into", n, c.Cap)
 		}
-		if sum += c.cap; sum >= uint64(n) {
+		if sum += c.Cap; sum >= uint64(n) {
 			t.Fatalf("a %d-byte frame waits with %d bytes in %d receive chains posted", n, sum, i+1)
 		}
 	}
@@ -1328,7 +827,7 @@ func (h *netFuzz) close() {
 			unix.Close(fd)
 		}
 	}
-	h.g.release()
+	h.g.Release()
 }
 
 // fzHdr encodes a transmit header for the seeds.
@@ -1341,7 +840,7 @@ func fzHdr(h Header) [HeaderSize]byte {
 // fzMal returns a malformation byte that decodes to kind k.
 func fzMal(k int) byte {
 	for m := 0x80; m <= 0xff; m++ {
-		if fzMalKind(byte(m)) == k {
+		if vt.MalKind(byte(m)) == k {
 			return byte(m)
 		}
 	}
@@ -1457,7 +956,7 @@ func fzNetSeeds() [][]byte {
 		// TestBrokenRing: a receive buffer outside RAM breaks the device
 		// on the first frame; frames keep arriving.
 		fzProg(fzAllFeatures,
-			fzRxOp{Size: fzRxMTU, Mal: fzMal(fzMalOutside)}.bytes(),
+			fzRxOp{Size: fzRxMTU, Mal: fzMal(vt.MalOutside)}.bytes(),
 			fzHostOp{Len: fzHostMTU, Val: 100, Count: 2}.bytes(),
 			fzRxOp{Size: fzRxMTU}.bytes(),
 			fzHostOp{Len: fzHostMTU, Val: 100}.bytes()),
@@ -1465,23 +964,23 @@ func fzNetSeeds() [][]byte {
 		// completes; it is reset and used again.
 		fzProg(fzAllFeatures,
 			fzHostOp{Len: fzHostMTU, Val: 1000, Count: 3}.bytes(),
-			fzRxOp{Count: 2, Size: fzRxMTU, Mal: fzMal(fzMalHead)}.bytes(),
+			fzRxOp{Count: 2, Size: fzRxMTU, Mal: fzMal(vt.MalHead)}.bytes(),
 			fzResetOp(fzAllFeatures),
 			fzRxOp{Count: 3, Size: fzRxMTU}.bytes()),
 		// Malformed transmit rings, one class each.
-		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Layout: 2 << 2, Mal: fzMal(fzMalLoop)}.bytes()),
-		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Layout: 2 << 2, Mal: fzMal(fzMalNested)}.bytes()),
-		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(fzMalStraddle), MV: 1}.bytes()),
-		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(fzMalNext)}.bytes()),
-		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(fzMalTableLen)}.bytes()),
-		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(fzMalIndirectNext)}.bytes()),
-		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(fzMalTableOutside)}.bytes()),
-		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(fzMalTooLong)}.bytes()),
-		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60}.bytes(), fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(fzMalHead), NoKick: true}.bytes(), fzKickOp(TxQueue)),
-		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(fzMalJump)}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Layout: 2 << 2, Mal: fzMal(vt.MalLoop)}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Layout: 2 << 2, Mal: fzMal(vt.MalNested)}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(vt.MalStraddle), MV: 1}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(vt.MalNext)}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(vt.MalTableLen)}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(vt.MalIndirectNext)}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(vt.MalTableOutside)}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(vt.MalTooLong)}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60}.bytes(), fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(vt.MalHead), NoKick: true}.bytes(), fzKickOp(TxQueue)),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(vt.MalJump)}.bytes()),
 		fzProg(plainRing, fzTxOp{Len: fzTxMTU, Val: 60, Layout: 1 << 7}.bytes()), // indirect not negotiated
 		fzProg(fzAllFeatures,
-			fzRxOp{Count: 2, Size: fzRxOdd, Val: 700, Mal: fzMal(fzMalLoop), Layout: 1}.bytes(),
+			fzRxOp{Count: 2, Size: fzRxOdd, Val: 700, Mal: fzMal(vt.MalLoop), Layout: 1}.bytes(),
 			fzHostOp{Len: fzHostMTU, Val: 1400, Count: 1}.bytes()),
 	}
 }
