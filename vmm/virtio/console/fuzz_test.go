@@ -329,9 +329,9 @@ func (h *conFuzz) transmit(o fzTxOp) {
 		}
 		// Buffers alias the pattern, at most 64 KiB each.
 		k := max(1+int(o.Layout&7), (size+0xffff)/0x10000)
-		cuts := fzCut(size, k, uint32(o.Split)<<16|uint32(o.Off)+uint32(i))
+		cuts := vt.Cut(size, k, uint32(o.Split)<<16|uint32(o.Off)+uint32(i))
 		if size > 0xffff {
-			cuts = fzCut(size, k, 0)
+			cuts = vt.Cut(size, k, 0)
 		}
 		var pieces []vt.Piece
 		data := make([]byte, 0, size)
@@ -384,7 +384,7 @@ func (h *conFuzz) postRx(o fzRxOp) {
 	count := 1 + int(o.Count%16)
 	for i := range count {
 		var pieces []vt.Piece
-		cuts := fzCut(size, 1+int(o.Layout&3), uint32(o.Gap)<<8|uint32(i))
+		cuts := vt.Cut(size, 1+int(o.Layout&3), uint32(o.Gap)<<8|uint32(i))
 		full := false
 		for j := 1; j < len(cuts); j++ {
 			n := uint64(cuts[j] - cuts[j-1])
@@ -825,40 +825,6 @@ func (h *conFuzz) close() {
 	h.g.Release()
 }
 
-// fzCut splits n bytes into k pieces at points derived from seed; pieces
-// may be empty.
-func fzCut(n, k int, seed uint32) []int {
-	cuts := []int{0}
-	x := seed*2654435761 + 1
-	for i := 1; i < k; i++ {
-		x ^= x << 13
-		x ^= x >> 17
-		x ^= x << 5
-		c := i * n / k
-		if seed&1 != 0 && n > 0 {
-			c = int(x % uint32(n+1))
-		}
-		cuts = append(cuts, c)
-	}
-	cuts = append(cuts, n)
-	for i := 1; i < len(cuts); i++ { // sorted, so pieces are in order
-		for j := i; j > 0 && cuts[j] < cuts[j-1]; j-- {
-			cuts[j], cuts[j-1] = cuts[j-1], cuts[j]
-		}
-	}
-	return cuts
-}
-
-// fzMal returns a malformation byte that decodes to kind k.
-func fzMal(k int) byte {
-	for m := 0x80; m <= 0xff; m++ {
-		if vt.MalKind(byte(m)) == k {
-			return byte(m)
-		}
-	}
-	panic("no malformation byte for the kind") // seeds only
-}
-
 func fzProg(ops ...[]byte) []byte {
 	var b []byte
 	for _, o := range ops {
@@ -963,25 +929,25 @@ func fzConsoleSeeds() [][]byte {
 		// one transmit chain of each class.
 		fzProg(
 			fzConnectOp(),
-			fzRxOp{Size: fzRxOdd, Val: 10, Mal: fzMal(vt.MalOutside)}.bytes(),
+			fzRxOp{Size: fzRxOdd, Val: 10, Mal: vt.MalByte(vt.MalOutside)}.bytes(),
 			fzWriteOp{Len: fzWrTiny, Val: 5}.bytes(),
 			fzWriteOp{Len: fzWrTiny, Val: 5}.bytes(),
 			fzTxOp{Size: fzTxTiny, Val: 5}.bytes()),
-		fzProg(fzTxOp{Size: fzTxTiny, Layout: 2, Mal: fzMal(vt.MalLoop)}.bytes()),
-		fzProg(fzTxOp{Size: fzTxTiny, Layout: 2, Mal: fzMal(vt.MalNested)}.bytes()),
-		fzProg(fzTxOp{Size: fzTxTiny, Mal: fzMal(vt.MalStraddle), MV: 1}.bytes()),
-		fzProg(fzTxOp{Size: fzTxTiny, Mal: fzMal(vt.MalNext)}.bytes()),
-		fzProg(fzTxOp{Size: fzTxTiny, Mal: fzMal(vt.MalTableLen)}.bytes()),
-		fzProg(fzTxOp{Size: fzTxTiny, Mal: fzMal(vt.MalIndirectNext)}.bytes()),
-		fzProg(fzTxOp{Size: fzTxTiny, Mal: fzMal(vt.MalTableOutside)}.bytes()),
-		fzProg(fzTxOp{Size: fzTxTiny, Mal: fzMal(vt.MalTooLong)}.bytes()),
-		fzProg(fzConnectOp(), fzTxOp{Count: 2, Size: fzTxTiny, Mal: fzMal(vt.MalHead)}.bytes(), fzDisconnectOp(fzDisGraceful)),
-		fzProg(fzTxOp{Size: fzTxTiny, Mal: fzMal(vt.MalJump)}.bytes()),
+		fzProg(fzTxOp{Size: fzTxTiny, Layout: 2, Mal: vt.MalByte(vt.MalLoop)}.bytes()),
+		fzProg(fzTxOp{Size: fzTxTiny, Layout: 2, Mal: vt.MalByte(vt.MalNested)}.bytes()),
+		fzProg(fzTxOp{Size: fzTxTiny, Mal: vt.MalByte(vt.MalStraddle), MV: 1}.bytes()),
+		fzProg(fzTxOp{Size: fzTxTiny, Mal: vt.MalByte(vt.MalNext)}.bytes()),
+		fzProg(fzTxOp{Size: fzTxTiny, Mal: vt.MalByte(vt.MalTableLen)}.bytes()),
+		fzProg(fzTxOp{Size: fzTxTiny, Mal: vt.MalByte(vt.MalIndirectNext)}.bytes()),
+		fzProg(fzTxOp{Size: fzTxTiny, Mal: vt.MalByte(vt.MalTableOutside)}.bytes()),
+		fzProg(fzTxOp{Size: fzTxTiny, Mal: vt.MalByte(vt.MalTooLong)}.bytes()),
+		fzProg(fzConnectOp(), fzTxOp{Count: 2, Size: fzTxTiny, Mal: vt.MalByte(vt.MalHead)}.bytes(), fzDisconnectOp(fzDisGraceful)),
+		fzProg(fzTxOp{Size: fzTxTiny, Mal: vt.MalByte(vt.MalJump)}.bytes()),
 		// A device that breaks mid-batch sent chains it never completes;
 		// it is reset and used again.
 		fzProg(
 			fzConnectOp(),
-			fzTxOp{Count: 1, Size: fzTxTiny, Val: 48, Mal: fzMal(vt.MalNext)}.bytes(),
+			fzTxOp{Count: 1, Size: fzTxTiny, Val: 48, Mal: vt.MalByte(vt.MalNext)}.bytes(),
 			fzResetOp(),
 			fzTxOp{Size: fzTxTiny, Val: 7}.bytes(),
 			fzWriteOp{Len: fzWrTiny, Val: 3}.bytes(),
@@ -990,7 +956,7 @@ func fzConsoleSeeds() [][]byte {
 		fzProg(
 			fzConnectOp(),
 			fzWriteOp{Len: fzWrPage, Val: 3000}.bytes(),
-			fzRxOp{Count: 2, Size: fzRxOdd, Val: 1000, Mal: fzMal(vt.MalHead)}.bytes(),
+			fzRxOp{Count: 2, Size: fzRxOdd, Val: 1000, Mal: vt.MalByte(vt.MalHead)}.bytes(),
 			fzResetOp(),
 			fzRxOp{Count: 1, Size: fzRxPage}.bytes()),
 	}

@@ -320,30 +320,6 @@ func (h *netFuzz) kick(q int) {
 	}
 }
 
-// fzCut splits n bytes into k pieces at points derived from seed; pieces
-// may be empty.
-func fzCut(n, k int, seed uint32) []int {
-	cuts := []int{0}
-	x := seed*2654435761 + 1
-	for i := 1; i < k; i++ {
-		x ^= x << 13
-		x ^= x >> 17
-		x ^= x << 5
-		c := i * n / k
-		if seed&1 != 0 && n > 0 {
-			c = int(x % uint32(n+1))
-		}
-		cuts = append(cuts, c)
-	}
-	cuts = append(cuts, n)
-	for i := 1; i < len(cuts); i++ { // sorted, so pieces are in order
-		for j := i; j > 0 && cuts[j] < cuts[j-1]; j-- {
-			cuts[j], cuts[j-1] = cuts[j-1], cuts[j]
-		}
-	}
-	return cuts
-}
-
 // transmit posts one transmit chain (and kicks unless told not to).
 func (h *netFuzz) transmit(o fzTxOp) {
 	var data []byte
@@ -400,7 +376,7 @@ func (h *netFuzz) transmit(o fzTxOp) {
 	if !ok {
 		return // scratch area used up
 	}
-	cuts := fzCut(payloadLen-rest, 1+int(o.Layout>>2)&7, uint32(o.Split)<<16|uint32(o.Off))
+	cuts := vt.Cut(payloadLen-rest, 1+int(o.Layout>>2)&7, uint32(o.Split)<<16|uint32(o.Off))
 	for i := 1; i < len(cuts); i++ {
 		pieces = append(pieces, vt.Piece{Addr: uint64(vt.FuzzPattern + poff + rest + cuts[i-1]), Len: uint32(cuts[i] - cuts[i-1])})
 	}
@@ -456,7 +432,7 @@ func (h *netFuzz) postRx(o fzRxOp) {
 	count := 1 + int(o.Count%16)
 	for i := range count {
 		var pieces []vt.Piece
-		cuts := fzCut(size, 1+int(o.Layout&3), uint32(o.Gap)<<8|uint32(i))
+		cuts := vt.Cut(size, 1+int(o.Layout&3), uint32(o.Gap)<<8|uint32(i))
 		for j := 1; j < len(cuts); j++ {
 			n := uint64(cuts[j] - cuts[j-1])
 			a, ok := h.g.Alloc(&h.g.Heap, vt.FuzzRAM, uint64(o.Gap&7)+n, 1)
@@ -837,16 +813,6 @@ func fzHdr(h Header) [HeaderSize]byte {
 	return b
 }
 
-// fzMal returns a malformation byte that decodes to kind k.
-func fzMal(k int) byte {
-	for m := 0x80; m <= 0xff; m++ {
-		if vt.MalKind(byte(m)) == k {
-			return byte(m)
-		}
-	}
-	panic("no malformation byte for the kind") // seeds only
-}
-
 func fzProg(features uint16, ops ...[]byte) []byte {
 	b := []byte{byte(features), byte(features >> 8)}
 	for _, o := range ops {
@@ -956,7 +922,7 @@ func fzNetSeeds() [][]byte {
 		// TestBrokenRing: a receive buffer outside RAM breaks the device
 		// on the first frame; frames keep arriving.
 		fzProg(fzAllFeatures,
-			fzRxOp{Size: fzRxMTU, Mal: fzMal(vt.MalOutside)}.bytes(),
+			fzRxOp{Size: fzRxMTU, Mal: vt.MalByte(vt.MalOutside)}.bytes(),
 			fzHostOp{Len: fzHostMTU, Val: 100, Count: 2}.bytes(),
 			fzRxOp{Size: fzRxMTU}.bytes(),
 			fzHostOp{Len: fzHostMTU, Val: 100}.bytes()),
@@ -964,23 +930,23 @@ func fzNetSeeds() [][]byte {
 		// completes; it is reset and used again.
 		fzProg(fzAllFeatures,
 			fzHostOp{Len: fzHostMTU, Val: 1000, Count: 3}.bytes(),
-			fzRxOp{Count: 2, Size: fzRxMTU, Mal: fzMal(vt.MalHead)}.bytes(),
+			fzRxOp{Count: 2, Size: fzRxMTU, Mal: vt.MalByte(vt.MalHead)}.bytes(),
 			fzResetOp(fzAllFeatures),
 			fzRxOp{Count: 3, Size: fzRxMTU}.bytes()),
 		// Malformed transmit rings, one class each.
-		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Layout: 2 << 2, Mal: fzMal(vt.MalLoop)}.bytes()),
-		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Layout: 2 << 2, Mal: fzMal(vt.MalNested)}.bytes()),
-		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(vt.MalStraddle), MV: 1}.bytes()),
-		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(vt.MalNext)}.bytes()),
-		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(vt.MalTableLen)}.bytes()),
-		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(vt.MalIndirectNext)}.bytes()),
-		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(vt.MalTableOutside)}.bytes()),
-		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(vt.MalTooLong)}.bytes()),
-		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60}.bytes(), fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(vt.MalHead), NoKick: true}.bytes(), fzKickOp(TxQueue)),
-		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: fzMal(vt.MalJump)}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Layout: 2 << 2, Mal: vt.MalByte(vt.MalLoop)}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Layout: 2 << 2, Mal: vt.MalByte(vt.MalNested)}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: vt.MalByte(vt.MalStraddle), MV: 1}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: vt.MalByte(vt.MalNext)}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: vt.MalByte(vt.MalTableLen)}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: vt.MalByte(vt.MalIndirectNext)}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: vt.MalByte(vt.MalTableOutside)}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: vt.MalByte(vt.MalTooLong)}.bytes()),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60}.bytes(), fzTxOp{Len: fzTxMTU, Val: 60, Mal: vt.MalByte(vt.MalHead), NoKick: true}.bytes(), fzKickOp(TxQueue)),
+		fzProg(fzAllFeatures, fzTxOp{Len: fzTxMTU, Val: 60, Mal: vt.MalByte(vt.MalJump)}.bytes()),
 		fzProg(plainRing, fzTxOp{Len: fzTxMTU, Val: 60, Layout: 1 << 7}.bytes()), // indirect not negotiated
 		fzProg(fzAllFeatures,
-			fzRxOp{Count: 2, Size: fzRxOdd, Val: 700, Mal: fzMal(vt.MalLoop), Layout: 1}.bytes(),
+			fzRxOp{Count: 2, Size: fzRxOdd, Val: 700, Mal: vt.MalByte(vt.MalLoop), Layout: 1}.bytes(),
 			fzHostOp{Len: fzHostMTU, Val: 1400, Count: 1}.bytes()),
 	}
 }

@@ -528,3 +528,37 @@ func NoLeaks(t *testing.T, fds, goroutines int) {
 		time.Sleep(100 * time.Microsecond)
 	}
 }
+
+// Cut splits n bytes into k pieces at points derived from seed; pieces
+// may be empty.
+func Cut(n, k int, seed uint32) []int {
+	cuts := []int{0}
+	x := seed*2654435761 + 1
+	for i := 1; i < k; i++ {
+		x ^= x << 13
+		x ^= x >> 17
+		x ^= x << 5
+		c := i * n / k
+		if seed&1 != 0 && n > 0 {
+			c = int(x % uint32(n+1))
+		}
+		cuts = append(cuts, c)
+	}
+	cuts = append(cuts, n)
+	for i := 1; i < len(cuts); i++ { // sorted, so pieces are in order
+		for j := i; j > 0 && cuts[j] < cuts[j-1]; j-- {
+			cuts[j], cuts[j-1] = cuts[j-1], cuts[j]
+		}
+	}
+	return cuts
+}
+
+// MalByte returns a malformation byte that decodes to kind k.
+func MalByte(k int) byte {
+	for m := 0x80; m <= 0xff; m++ {
+		if MalKind(byte(m)) == k {
+			return byte(m)
+		}
+	}
+	panic("no malformation byte for the kind") // k out of range: a bug in the caller's seeds
+}
