@@ -171,7 +171,7 @@ func (d *Unix) closeHost(c *conn) {
 	delete(d.fds, int32(c.fd))
 	unix.Close(c.fd)
 	c.fd = -1
-	c.txBuf = nil
+	c.txBuf, c.readable = nil, false
 }
 
 // forget drops c entirely (after the last packet, or an RST from the
@@ -182,6 +182,16 @@ func (d *Unix) forget(c *conn) {
 		delete(d.conns, c.key)
 	}
 	c.needRst, c.needRequest, c.needResponse, c.needCredit, c.shutdownOwed = false, false, false, false, 0
+	// Off the rx list too: a new connection may take the same ports.
+	if c.inRx {
+		c.inRx = false
+		for i, o := range d.rxList {
+			if o == c {
+				d.rxList = append(d.rxList[:i], d.rxList[i+1:]...)
+				break
+			}
+		}
+	}
 }
 
 // processTx handles the guest's packets on the tx queue.
@@ -278,7 +288,12 @@ func (d *Unix) handleTx(ch *virtio.Chain) {
 	h, err := ParseHeader(d.hdr[:])
 	if err != nil {
 		log.L.Debugf("vsock %s: %v", d.cfg.ID, err)
-		if h.Op != OpRst && h.Type == TypeStream {
+		// A malformed packet on a live connection ends it on both sides;
+		// an RST alone would leave the host socket open.
+		if c := d.conns[connKey{hostPort: h.DstPort, guestPort: h.SrcPort}]; c != nil && !c.needRst &&
+			h.SrcCID == uint64(d.cfg.GuestCID) && h.DstCID == HostCID {
+			d.reset(c)
+		} else if h.Op != OpRst && h.Type == TypeStream {
 			d.orphanRst(h)
 		}
 		return
@@ -312,7 +327,7 @@ func (d *Unix) handleTx(ch *virtio.Chain) {
 	switch h.Op {
 	case OpResponse:
 		if c.state != stateConnecting {
-			log.L.Warnf("vsock %s: guest port %d: RESPONSE on an established connection; reset", d.cfg.ID, c.key.guestPort)
+			d.guestWarn("guest port %d: RESPONSE on an established connection; reset", c.key.guestPort)
 			d.reset(c)
 			break
 		}
@@ -325,7 +340,7 @@ func (d *Unix) handleTx(ch *virtio.Chain) {
 		d.armTimer()
 	case OpRW:
 		if c.state != stateEstablished || c.guestShut&ShutdownSend != 0 {
-			log.L.Warnf("vsock %s: guest port %d: data before RESPONSE or after SHUTDOWN; reset", d.cfg.ID, c.key.guestPort)
+			d.guestWarn("guest port %d: data before RESPONSE or after SHUTDOWN; reset", c.key.guestPort)
 			d.reset(c)
 			break
 		}
@@ -340,7 +355,7 @@ func (d *Unix) handleTx(ch *virtio.Chain) {
 	case OpCreditRequest:
 		c.needCredit = true
 	default: // REQUEST on a live connection, or a bad RW
-		log.L.Warnf("vsock %s: guest port %d: unexpected op %d (len %d); reset", d.cfg.ID, c.key.guestPort, h.Op, h.Len)
+		d.guestWarn("guest port %d: unexpected op %d (len %d); reset", c.key.guestPort, h.Op, h.Len)
 		d.reset(c)
 	}
 	if c.fd >= 0 {
@@ -360,7 +375,7 @@ func (d *Unix) orphanRst(h Header) {
 
 // guestConnect handles a guest REQUEST: connect to <uds_path>_<port>.
 func (d *Unix) guestConnect(h Header, key connKey) {
-	if len(d.fds) >= MaxConns {
+	if d.full() {
 		d.orphanRst(h)
 		return
 	}
@@ -389,7 +404,7 @@ func (d *Unix) guestConnect(h Header, key connKey) {
 // does not take. A guest that sends beyond the credit we gave is reset.
 func (d *Unix) guestData(c *conn, payload [][]byte, n uint32) {
 	if uint64(len(c.txBuf))+uint64(n) > ConnBufSize {
-		log.L.Warnf("vsock %s: guest port %d overran its credit (%d buffered + %d); reset", d.cfg.ID, c.key.guestPort, len(c.txBuf), n)
+		d.guestWarn("guest port %d overran its credit (%d buffered + %d); reset", c.key.guestPort, len(c.txBuf), n)
 		d.reset(c)
 		return
 	}

@@ -84,6 +84,10 @@ func (d *Unix) fillRx() (uint32, bool, error) {
 	if ok {
 		d.writeHeader(segs, &h)
 	}
+	// Data is owed but the buffer has room for a header only: complete
+	// it empty (the guest drops it) rather than hand it back and take it
+	// again forever; the data waits for the next buffer.
+	noRoom := !ok && room == HeaderSize && c.readable && c.wantRead()
 	if ok && h.Op == OpRst {
 		d.forget(c)
 	} else {
@@ -91,6 +95,10 @@ func (d *Unix) fillRx() (uint32, bool, error) {
 			d.updateInterest(c)
 		}
 		d.schedule(c)
+	}
+	if noRoom {
+		log.L.Debugf("vsock %s: rx buffer without room for data", d.cfg.ID)
+		return 0, true, nil
 	}
 	if !ok {
 		return 0, false, nil
@@ -112,7 +120,7 @@ func (d *Unix) nextPacket(c *conn, segs [][]byte, room uint64) (Header, uint64, 
 		c.needResponse = false
 		return d.header(c, OpResponse), 0, true
 	}
-	if c.readable && c.wantRead() {
+	if c.readable && c.wantRead() && room > 0 {
 		limit := min(room, uint64(c.peerCredit()), MaxPayload)
 		data, _ := Segments(d.act.Mem, &d.chain, true, HeaderSize, limit, d.data[:0])
 		d.data = data[:0]

@@ -55,6 +55,7 @@ type Unix struct {
 	kicks      []int
 	stopped    bool
 	conns      map[connKey]*conn
+	handshakes int           // accepted sockets still in their handshake
 	fds        map[int32]any // *conn or *handshake, by socket
 	rxList     []*conn       // connections with something for the guest
 	orphanRsts []Header
@@ -65,6 +66,9 @@ type Unix struct {
 	data       [][]byte
 	hdr        [HeaderSize]byte
 	events     []unix.EpollEvent
+	batches    uint64 // epoll batches served: a socket left ready shows as a count that keeps growing
+	lastWarn   time.Time
+	quietWarns int // guest protocol errors logged at debug level since lastWarn
 }
 
 // handshake is an accepted host connection that has not sent its
@@ -241,6 +245,7 @@ func (d *Unix) resetLocked() {
 	}
 	d.fds = map[int32]any{}
 	d.conns = map[connKey]*conn{}
+	d.handshakes = 0
 	d.rxList, d.orphanRsts = nil, nil
 	_ = unix.TimerfdSettime(d.timer, 0, &unix.ItimerSpec{}, nil)
 }
@@ -260,6 +265,23 @@ func (d *Unix) onTxKick() {
 // (it sends no events: there is no migration or snapshot restore).
 func (d *Unix) onEventKick() { _ = rawsys.Drain(d.kicks[eventQueue]) }
 
+// guestWarn logs a protocol error of the guest's at warning level at most
+// once a second, and the others at debug level: a guest must not be able
+// to flood the host's log.
+func (d *Unix) guestWarn(format string, args ...any) {
+	msg := fmt.Sprintf("vsock %s: "+format, append([]any{d.cfg.ID}, args...)...)
+	if now := time.Now(); now.Sub(d.lastWarn) >= time.Second {
+		if d.quietWarns > 0 {
+			msg += fmt.Sprintf(" (and %d more protocol errors since the last warning)", d.quietWarns)
+		}
+		d.lastWarn, d.quietWarns = now, 0
+		log.L.Warn(msg)
+		return
+	}
+	d.quietWarns++
+	log.L.Debug(msg)
+}
+
 func (d *Unix) fail(err error) {
 	if d.stopped || d.act == nil {
 		return
@@ -272,6 +294,7 @@ func (d *Unix) fail(err error) {
 // sockets and the timer. It handles one batch; the loop calls it again
 // while more is ready (level triggered).
 func (d *Unix) onEvents() {
+	d.batches++
 	n, err := rawsys.EpollWaitNow(d.epfd, d.events)
 	if err != nil {
 		if !errors.Is(err, unix.EINTR) {
@@ -298,7 +321,7 @@ func (d *Unix) dispatch(ev unix.EpollEvent) {
 		switch o := d.fds[ev.Fd].(type) {
 		case *handshake:
 			if o.gen == ev.Pad {
-				d.readHandshake(o)
+				d.readHandshake(o, ev.Events)
 			}
 		case *conn:
 			if o.gen == ev.Pad {
@@ -319,23 +342,33 @@ func (d *Unix) accept() {
 			}
 			return
 		}
-		if d.act == nil || d.stopped || len(d.fds) >= MaxConns {
+		if d.act == nil || d.stopped || d.full() {
 			unix.Close(fd)
 			continue
 		}
 		h := &handshake{fd: fd, gen: d.newGen(), deadline: time.Now().Add(connectTimeout)}
-		if err := unix.EpollCtl(d.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd), Pad: h.gen}); err != nil {
+		// Edge triggered: a partial CONNECT line stays unread (it is only
+		// peeked at) and would keep a level-triggered socket ready.
+		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd), Pad: h.gen}
+		if err := unix.EpollCtl(d.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 			unix.Close(fd)
 			continue
 		}
 		d.fds[int32(fd)] = h
+		d.handshakes++
 		d.armTimer()
 	}
 }
 
+// full says whether the connection limit is reached. It counts every
+// connection the guest may still hear of (one reset and waiting to send
+// its RST too) and every handshake, so that a guest that posts no rx
+// buffers cannot make them pile up.
+func (d *Unix) full() bool { return len(d.conns)+d.handshakes >= MaxConns }
+
 // readHandshake reads "CONNECT <port>\n" without consuming anything after
 // the newline (the client may send data right behind it).
-func (d *Unix) readHandshake(h *handshake) {
+func (d *Unix) readHandshake(h *handshake, events uint32) {
 	var b [MaxConnectLine + 1]byte
 	n, _, err := unix.Recvfrom(h.fd, b[:], unix.MSG_PEEK)
 	if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
@@ -353,9 +386,12 @@ func (d *Unix) readHandshake(h *handshake) {
 		}
 	}
 	if nl < 0 {
-		if n == len(b) {
+		switch {
+		case n == len(b):
 			log.L.Debugf("vsock %s: handshake line too long", d.cfg.ID)
 			d.dropHandshake(h)
+		case events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0:
+			d.dropHandshake(h) // the rest of the line will not come
 		}
 		return // wait for the rest of the line
 	}
@@ -375,6 +411,7 @@ func (d *Unix) readHandshake(h *handshake) {
 		return
 	}
 	_ = unix.EpollCtl(d.epfd, unix.EPOLL_CTL_DEL, h.fd, nil)
+	d.handshakes--
 	c := &conn{key: connKey{hostPort: hostPort, guestPort: port}, fd: h.fd, gen: d.newGen(), state: stateConnecting,
 		hostInitiated: true, deadline: time.Now().Add(connectTimeout), needRequest: true}
 	d.fds[int32(h.fd)] = c
@@ -387,6 +424,7 @@ func (d *Unix) dropHandshake(h *handshake) {
 	_ = unix.EpollCtl(d.epfd, unix.EPOLL_CTL_DEL, h.fd, nil)
 	delete(d.fds, int32(h.fd))
 	unix.Close(h.fd)
+	d.handshakes--
 }
 
 // allocPort picks the next free host-side port for a connection to

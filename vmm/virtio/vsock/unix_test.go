@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
 	"github.com/stratovirt-go/stratovirt/vmm/guestmem"
@@ -38,18 +39,28 @@ func (r *irqs) Signal(uint32) error { r.mu.Lock(); r.n++; r.mu.Unlock(); return 
 
 // guest is a fake vsock driver over the three queues.
 type guest struct {
-	t       *testing.T
-	mem     *guestmem.Memory
-	rx, tx  *vt.Driver
-	kicks   []int
-	rxBufs  map[uint32]uint64 // head -> buffer address
-	pending []Header          // packets received, not yet taken
-	data    map[uint32][]byte // RW payloads by guest port, in order
-	dev     *Unix
-	irq     *irqs
+	t        *testing.T
+	mem      *guestmem.Memory
+	rx, tx   *vt.Driver
+	kicks    []int
+	rxBufs   map[uint32]uint64 // head -> buffer address
+	pending  []Header          // packets received, not yet taken
+	data     map[uint32][]byte // RW payloads by guest port, in order
+	dev      *Unix
+	irq      *irqs
+	noRepost bool // collect does not post a new buffer for each one used
+	empty    int  // rx buffers completed with nothing written
+	txSent   int  // tx chains posted
+	txDone   int  // tx chains completed
 }
 
 func newGuest(t *testing.T) (*guest, string) {
+	t.Helper()
+	return newGuestRx(t, 64)
+}
+
+// newGuestRx is newGuest with rxBufs receive buffers posted.
+func newGuestRx(t *testing.T, rxBufs int) (*guest, string) {
 	t.Helper()
 	dir := t.TempDir()
 	uds := filepath.Join(dir, "v.sock")
@@ -88,7 +99,7 @@ func newGuest(t *testing.T) (*guest, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(dev.Reset)
-	g.postRx(64)
+	g.postRx(rxBufs)
 	return g, uds
 }
 
@@ -98,10 +109,13 @@ func (g *guest) kick(q int) {
 	}
 }
 
-func (g *guest) postRx(n int) {
+func (g *guest) postRx(n int) { g.postRxSize(n, rxBufSize) }
+
+// postRxSize posts n receive buffers of size bytes.
+func (g *guest) postRxSize(n int, size uint32) {
 	for range n {
-		a := g.rx.Alloc(rxBufSize, 8)
-		head := g.rx.AddChain(vt.Buf{Addr: a, Len: rxBufSize, Write: true})
+		a := g.rx.Alloc(uint64(size), 8)
+		head := g.rx.AddChain(vt.Buf{Addr: a, Len: size, Write: true})
 		g.rxBufs[uint32(head)] = a
 	}
 	g.kick(rxQueue)
@@ -124,7 +138,22 @@ func (g *guest) send(h Header, payload []byte) {
 		bufs = append(bufs, vt.Buf{Addr: pa, Len: uint32(len(payload))})
 	}
 	g.tx.AddChain(bufs...)
+	g.txSent++
 	g.kick(txQueue)
+}
+
+// waitTx waits until the device completed every tx chain posted, so that
+// more can be posted without overrunning the ring.
+func (g *guest) waitTx() {
+	g.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for g.txDone < g.txSent {
+		g.txDone += len(g.tx.TakeUsed())
+		if time.Now().After(deadline) {
+			g.t.Fatalf("the device completed %d of %d tx chains", g.txDone, g.txSent)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
 }
 
 // collect takes the completed rx buffers and reposts as many.
@@ -133,6 +162,10 @@ func (g *guest) collect() {
 	for _, u := range used {
 		a := g.rxBufs[u.ID]
 		delete(g.rxBufs, u.ID)
+		if u.Len == 0 { // a buffer the device could not use
+			g.empty++
+			continue
+		}
 		if u.Len < HeaderSize {
 			g.t.Fatalf("rx buffer completed with %d bytes", u.Len)
 		}
@@ -150,7 +183,7 @@ func (g *guest) collect() {
 		}
 		g.pending = append(g.pending, h)
 	}
-	if len(used) > 0 {
+	if len(used) > 0 && !g.noRepost {
 		g.postRx(len(used))
 	}
 }
@@ -462,4 +495,228 @@ func TestSocketMode(t *testing.T) {
 	if m := st.Mode().Perm(); m != 0o600 {
 		t.Fatalf("socket mode %o, want 600", m)
 	}
+}
+
+// batches returns how many epoll batches the device has served.
+func (g *guest) batches() uint64 {
+	var n uint64
+	g.dev.loop.Call(func() { n = g.dev.batches })
+	return n
+}
+
+// TestPartialConnectLine: a handshake socket holding part of its CONNECT
+// line does not keep the device's loop busy, the rest of the line
+// completes it, and a client that leaves mid-line is dropped at once.
+func TestPartialConnectLine(t *testing.T) {
+	g, uds := newGuest(t)
+	c, err := net.Dial("unix", uds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("CONNECT 12")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	before := g.batches()
+	time.Sleep(200 * time.Millisecond)
+	if n := g.batches() - before; n > 2 {
+		t.Fatalf("the device's loop ran %d batches in 200 ms on a partial handshake line", n)
+	}
+	if _, err := c.Write([]byte("34\n")); err != nil {
+		t.Fatal(err)
+	}
+	g.expect(1234, OpRequest)
+
+	// A client that half-closes with a partial line hears EOF long
+	// before the handshake deadline.
+	c2, err := net.Dial("unix", uds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	c2.Write([]byte("CONN"))
+	c2.(*net.UnixConn).CloseWrite()
+	c2.SetReadDeadline(time.Now().Add(connectTimeout / 2))
+	if n, err := c2.Read(make([]byte, 8)); err != io.EOF && !errors.Is(err, unix.ECONNRESET) {
+		t.Fatalf("read after leaving mid-handshake: %d, %v; want EOF before the deadline", n, err)
+	}
+	g.noBroken()
+}
+
+// TestHeaderOnlyRxBuffer: an rx buffer with room for the header only is
+// completed empty while host data waits; the data is not mistaken for
+// the host's EOF and arrives in the next real buffer.
+func TestHeaderOnlyRxBuffer(t *testing.T) {
+	g, uds := newGuestRx(t, 4)
+	c, r, req := hostConnect(t, g, uds, 1500)
+	g.noRepost = true
+	// Four buffers' worth, and 100 bytes that find no buffer.
+	msg := bytes.Repeat([]byte("0123456789abcdef"), (4*4096+100)/16)
+	msg = append(msg, "tail"...)
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	g.waitData(1500, 4*4096)
+	time.Sleep(20 * time.Millisecond)
+	g.postRxSize(3, HeaderSize)
+	deadline := time.Now().Add(3 * time.Second)
+	for g.collect(); g.empty < 3; g.collect() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 3 header-only buffers completed empty; pending %+v", g.empty, g.pending)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for _, h := range g.pending {
+		if h.DstPort == 1500 && h.Op != OpRequest && h.Op != OpRW {
+			t.Fatalf("the guest got %s while the host connection is open", OpName(h.Op))
+		}
+	}
+	g.postRx(4)
+	if got := g.waitData(1500, len(msg)); !bytes.Equal(got, msg) {
+		t.Fatalf("guest got %d bytes, want %d", len(got), len(msg))
+	}
+	g.send(Header{SrcPort: 1500, DstPort: req.SrcPort, Op: OpRW}, []byte("still\n"))
+	if line, err := r.ReadString('\n'); err != nil || line != "still\n" {
+		t.Fatalf("host read %q, %v", line, err)
+	}
+	g.noBroken()
+}
+
+// TestGuestRstThenSamePorts: a connection the guest resets while it has
+// data queued for the guest leaves nothing behind that could reach a new
+// connection on the same ports.
+func TestGuestRstThenSamePorts(t *testing.T) {
+	g, uds := newGuestRx(t, 1)
+	g.noRepost = true
+	l, err := net.Listen("unix", uds+"_1025")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	g.send(Header{SrcPort: 5000, DstPort: 1025, Op: OpRequest}, nil)
+	g.expect(5000, OpResponse) // the only rx buffer
+	c1, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	c1.Write([]byte("for the first connection"))
+	time.Sleep(20 * time.Millisecond) // queued: no rx buffer
+	g.send(Header{SrcPort: 5000, DstPort: 1025, Op: OpRst}, nil)
+	g.waitTx()
+	g.send(Header{SrcPort: 5000, DstPort: 1025, Op: OpRequest}, nil)
+	c2, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	c2.Write([]byte("second"))
+	g.postRx(4)
+	g.expect(5000, OpResponse)
+	if got := g.waitData(5000, 6); string(got) != "second" {
+		t.Fatalf("guest got %q on the new connection", got)
+	}
+	time.Sleep(20 * time.Millisecond)
+	g.collect()
+	for _, h := range g.pending {
+		if h.DstPort == 5000 && (h.Op == OpRst || h.Op == OpShutdown) {
+			t.Fatalf("the new connection got %s", OpName(h.Op))
+		}
+	}
+	if got := g.data[5000]; string(got) != "second" {
+		t.Fatalf("guest got %q on the new connection", got)
+	}
+	g.noBroken()
+}
+
+// lockedBuffer collects log output written from the device's loop.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (w *lockedBuffer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *lockedBuffer) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
+
+// TestConnLimitCountsResetConns: connections reset by the device and
+// waiting for an rx buffer to carry their RST count against MaxConns, so
+// a guest that posts no rx buffers cannot make them pile up. The guest's
+// thousand protocol errors make a warning a second, not a thousand.
+func TestConnLimitCountsResetConns(t *testing.T) {
+	logs := &lockedBuffer{}
+	out, level := logrus.StandardLogger().Out, logrus.GetLevel()
+	logrus.SetOutput(logs)
+	logrus.SetLevel(logrus.InfoLevel)
+	t.Cleanup(func() { logrus.SetOutput(out); logrus.SetLevel(level) })
+	start := time.Now()
+	g, uds := newGuestRx(t, 0)
+	l, err := net.Listen("unix", uds+"_1025")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	for i := range MaxConns + 20 {
+		port := uint32(10000 + i)
+		g.send(Header{SrcPort: port, DstPort: 1025, Op: OpRequest}, nil)
+		// RESPONSE from the guest's side is a protocol error: reset.
+		g.send(Header{SrcPort: port, DstPort: 1025, Op: OpResponse}, nil)
+		if i%64 == 63 {
+			g.waitTx()
+		}
+	}
+	g.waitTx()
+	var conns, fds int
+	g.dev.loop.Call(func() { conns, fds = len(g.dev.conns), len(g.dev.fds) })
+	if conns > MaxConns {
+		t.Fatalf("%d connections held (%d with a host socket), limit %d", conns, fds, MaxConns)
+	}
+	warnings := strings.Count(logs.String(), "level=warning")
+	if limit := 1 + int(time.Since(start)/time.Second); warnings > limit {
+		t.Fatalf("%d warnings logged in %v for the guest's protocol errors; want at most one a second", warnings, time.Since(start))
+	}
+	if warnings == 0 {
+		t.Fatal("no warning logged for the guest's protocol errors")
+	}
+	g.noBroken()
+}
+
+// TestMalformedHeaderResetsConn: a malformed packet on a live connection
+// closes its host socket too, not just the guest's side.
+func TestMalformedHeaderResetsConn(t *testing.T) {
+	g, uds := newGuest(t)
+	c, r, req := hostConnect(t, g, uds, 1600)
+	var b [HeaderSize]byte
+	h := Header{SrcCID: testCID, DstCID: HostCID, SrcPort: 1600, DstPort: req.SrcPort, Type: TypeStream,
+		Op: OpCreditUpdate, Len: 5, BufAlloc: 1 << 20}
+	h.Encode(b[:])
+	a := g.tx.Alloc(HeaderSize+5, 8)
+	g.mem.WriteAt(b[:], a)
+	g.tx.AddChain(vt.Buf{Addr: a, Len: HeaderSize + 5})
+	g.txSent++
+	g.kick(txQueue)
+	g.expect(1600, OpRst)
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if n, err := r.Read(make([]byte, 8)); err != io.EOF {
+		t.Fatalf("host read after a malformed packet: %d, %v; want EOF", n, err)
+	}
+	g.noBroken()
 }
