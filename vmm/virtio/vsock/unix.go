@@ -32,6 +32,10 @@ const (
 	// maxOrphanRsts bounds RSTs queued for packets of unknown
 	// connections; beyond it they are dropped.
 	maxOrphanRsts = 256
+	// acceptPause is how long the listener is left alone after accept
+	// failed for want of descriptors or memory: it stays readable, and
+	// retrying at once would only spin.
+	acceptPause = 100 * time.Millisecond
 	// Host-initiated connections get local ports in [1<<30, 1<<31).
 	firstHostPort = 1 << 30
 	lastHostPort  = 1<<31 - 1
@@ -67,8 +71,12 @@ type Unix struct {
 	hdr        [HeaderSize]byte
 	events     []unix.EpollEvent
 	batches    uint64 // epoll batches served: a socket left ready shows as a count that keeps growing
-	lastWarn   time.Time
-	quietWarns int // guest protocol errors logged at debug level since lastWarn
+	// acceptResume is when a listener paused by a failed accept is
+	// watched again (zero: it is watched).
+	acceptResume   time.Time
+	lastAcceptWarn time.Time
+	lastWarn       time.Time
+	quietWarns     int // guest protocol errors logged at debug level since lastWarn
 }
 
 // handshake is an accepted host connection that has not sent its
@@ -248,6 +256,7 @@ func (d *Unix) resetLocked() {
 	d.handshakes = 0
 	d.rxList, d.orphanRsts = nil, nil
 	_ = unix.TimerfdSettime(d.timer, 0, &unix.ItimerSpec{}, nil)
+	d.resumeAccept() // the timer that would have is disarmed
 }
 
 func (d *Unix) onRxKick() {
@@ -336,10 +345,19 @@ func (d *Unix) dispatch(ev unix.EpollEvent) {
 func (d *Unix) accept() {
 	for range 64 {
 		fd, _, err := unix.Accept4(d.listener, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) || errors.Is(err, unix.ECONNABORTED) {
+			return // the loop calls again while the listener is ready
+		}
 		if err != nil {
-			if !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EINTR) {
-				log.L.Warnf("vsock %s: accept: %v", d.cfg.ID, err)
+			// Out of descriptors or memory: retry now and then, with one
+			// warning a minute while it lasts.
+			if now := time.Now(); now.Sub(d.lastAcceptWarn) >= time.Minute {
+				d.lastAcceptWarn = now
+				log.L.Warnf("vsock %s: accept: %v; host connections wait in the backlog", d.cfg.ID, err)
+			} else {
+				log.L.Debugf("vsock %s: accept: %v", d.cfg.ID, err)
 			}
+			d.pauseAccept()
 			return
 		}
 		if d.act == nil || d.stopped || d.full() {
@@ -357,6 +375,28 @@ func (d *Unix) accept() {
 		d.fds[int32(fd)] = h
 		d.handshakes++
 		d.armTimer()
+	}
+}
+
+// pauseAccept stops watching the listener until acceptPause has passed
+// (expire watches it again); pending clients wait in its backlog.
+func (d *Unix) pauseAccept() {
+	if err := unix.EpollCtl(d.epfd, unix.EPOLL_CTL_DEL, d.listener, nil); err != nil {
+		log.L.Errorf("vsock %s: pause the listener: %v", d.cfg.ID, err)
+		return
+	}
+	d.acceptResume = time.Now().Add(acceptPause)
+	d.armTimer()
+}
+
+// resumeAccept watches a paused listener again.
+func (d *Unix) resumeAccept() {
+	if d.acceptResume.IsZero() {
+		return
+	}
+	d.acceptResume = time.Time{}
+	if err := unix.EpollCtl(d.epfd, unix.EPOLL_CTL_ADD, d.listener, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(d.listener)}); err != nil {
+		log.L.Errorf("vsock %s: watch the listener again: %v", d.cfg.ID, err)
 	}
 }
 
@@ -445,6 +485,9 @@ func (d *Unix) allocPort(guestPort uint32) (uint32, bool) {
 // expire ends handshakes and guest requests past their deadline, then
 // re-arms the timer for the next one.
 func (d *Unix) expire(now time.Time) {
+	if !d.acceptResume.IsZero() && !now.Before(d.acceptResume) {
+		d.resumeAccept()
+	}
 	for _, o := range d.fds {
 		switch o := o.(type) {
 		case *handshake:
@@ -464,7 +507,7 @@ func (d *Unix) expire(now time.Time) {
 
 // armTimer sets the timer to the earliest deadline, or disarms it.
 func (d *Unix) armTimer() {
-	var first time.Time
+	first := d.acceptResume
 	for _, o := range d.fds {
 		var t time.Time
 		switch o := o.(type) {

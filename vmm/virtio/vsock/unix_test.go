@@ -720,3 +720,53 @@ func TestMalformedHeaderResetsConn(t *testing.T) {
 	}
 	g.noBroken()
 }
+
+// TestAcceptOutOfDescriptors: when accept fails for want of descriptors
+// the device leaves its listener alone for a while instead of spinning
+// on it, and takes the waiting client once descriptors are free again.
+func TestAcceptOutOfDescriptors(t *testing.T) {
+	g, uds := newGuest(t)
+	var saved unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &saved); err != nil {
+		t.Fatal(err)
+	}
+	lowest, err := unix.Dup(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(lowest)
+	// The client's socket takes the last descriptor the limit allows.
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: uint64(lowest) + 1, Max: saved.Max}); err != nil {
+		t.Fatal(err)
+	}
+	restored := false
+	restore := func() {
+		if !restored {
+			restored = true
+			if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &saved); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	defer restore()
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: uds}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	before := g.batches()
+	time.Sleep(300 * time.Millisecond)
+	if n := g.batches() - before; n > 20 {
+		t.Fatalf("the device's loop ran %d batches in 300 ms with accept failing", n)
+	}
+	restore()
+	if _, err := unix.Write(fd, []byte("CONNECT 88\n")); err != nil {
+		t.Fatal(err)
+	}
+	g.expect(88, OpRequest)
+	g.noBroken()
+}
