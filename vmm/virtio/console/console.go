@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
@@ -46,6 +47,9 @@ const (
 	maxChain = 1 << 20
 	// MaxPathLen is the longest socket path (sun_path less the NUL).
 	MaxPathLen = 107
+	// acceptPause is the wait before accept is retried after it failed
+	// for want of descriptors or memory.
+	acceptPause = 100 * time.Millisecond
 )
 
 // Console is a virtio-console device.
@@ -166,6 +170,7 @@ func (c *Console) acceptLoop() {
 		log.L.Errorf("virtio-console %s: %v", c.id, err)
 		return
 	}
+	var lastWarn time.Time
 	for {
 		var nfd int
 		var aerr error
@@ -180,8 +185,14 @@ func (c *Console) acceptLoop() {
 			continue
 		}
 		if aerr != nil {
-			log.L.Warnf("virtio-console %s: accept: %v", c.id, aerr)
-			return
+			// Out of descriptors or memory: the client waits in the
+			// backlog and accept is retried, with one warning a minute.
+			if now := time.Now(); now.Sub(lastWarn) >= time.Minute {
+				lastWarn = now
+				log.L.Warnf("virtio-console %s: accept: %v; retrying", c.id, aerr)
+			}
+			time.Sleep(acceptPause)
+			continue
 		}
 		f := os.NewFile(uintptr(nfd), c.path+" client")
 		c.mu.Lock()

@@ -329,3 +329,63 @@ func TestBrokenTransmitSendsOutput(t *testing.T) {
 		t.Errorf("client read %q", got)
 	}
 }
+
+// TestAcceptOutOfDescriptors: a client that arrives while the process is
+// out of descriptors gets the console once descriptors are free again.
+func TestAcceptOutOfDescriptors(t *testing.T) {
+	r := newRig(t)
+	var saved unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &saved); err != nil {
+		t.Fatal(err)
+	}
+	lowest, err := unix.Dup(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(lowest)
+	// The client's socket takes the last descriptor the limit allows.
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: uint64(lowest) + 1, Max: saved.Max}); err != nil {
+		t.Fatal(err)
+	}
+	restored := false
+	restore := func() {
+		if !restored {
+			restored = true
+			if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &saved); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	defer restore()
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: r.path}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(150 * time.Millisecond) // accept fails at least once
+	restore()
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		r.dev.mu.Lock()
+		connected := r.dev.client != nil
+		r.dev.mu.Unlock()
+		if connected {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the console did not take the client once descriptors were free")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	r.guestWrite("after\n")
+	b := make([]byte, 6)
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := unix.Read(fd, b); err != nil || string(b[:n]) != "after\n" {
+		t.Fatalf("client read %q, %v", b[:max(n, 0)], err)
+	}
+}
