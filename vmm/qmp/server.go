@@ -183,6 +183,7 @@ func (s *Server) Serve() {
 }
 
 func (s *Server) acceptLoop() {
+	var lastWarn time.Time
 	for {
 		uc, err := s.ln.accept()
 		if err != nil {
@@ -192,7 +193,11 @@ func (s *Server) acceptLoop() {
 			if closed || errors.Is(err, os.ErrClosed) {
 				return
 			}
-			log.L.WithError(err).Warn("qmp: accept")
+			// Out of descriptors, say: retry, warning once a minute.
+			if now := time.Now(); now.Sub(lastWarn) >= time.Minute {
+				lastWarn = now
+				log.L.WithError(err).Warn("qmp: accept; retrying")
+			}
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
