@@ -3,11 +3,7 @@ package console
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"os"
-	"path/filepath"
-	"runtime"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -47,18 +43,7 @@ import (
 //     chain taken and not completed; Close removes the socket file and
 //     leaves no file descriptor and no goroutine behind.
 func FuzzConsoleDevice(f *testing.F) {
-	for _, s := range fzConsoleSeeds() {
-		f.Add(s)
-	}
-	vt.WarmUp(f)
-	dir := f.TempDir()
-	var n atomic.Int64
-	f.Fuzz(func(t *testing.T, prog []byte) {
-		path := filepath.Join(dir, fmt.Sprintf("c%d.sock", n.Add(1)))
-		fds, gs := vt.CountFds(t), runtime.NumGoroutine()
-		fzRunConsole(t, path, prog)
-		vt.NoLeaks(t, fds, gs)
-	})
+	vt.FuzzDevice(f, fzConsoleSeeds(), "c", fzRunConsole)
 }
 
 // Harness limits (the guest-physical layout is virtiotest's).
@@ -441,35 +426,11 @@ func (h *conFuzz) poll(what string, done func() bool) {
 		if time.Now().After(deadline) {
 			h.t.Fatalf("%s: nothing after %v", what, fzWait)
 		}
-		fzPause(i)
+		vt.Pause(i)
 	}
 }
 
-// fzPause yields between polls of other goroutines' progress, briefly
-// sleeping once yielding has not been enough.
-func fzPause(i int) {
-	if i < 4 {
-		runtime.Gosched()
-	} else {
-		time.Sleep(50 * time.Microsecond)
-	}
-}
-
-func (h *conFuzz) dial() int {
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	h.poll("connect to the console", func() bool {
-		err = unix.Connect(fd, &unix.SockaddrUnix{Name: h.path})
-		return !errors.Is(err, unix.EAGAIN) // the backlog is full until the acceptor runs
-	})
-	if err != nil {
-		unix.Close(fd)
-		h.t.Fatalf("connect to the console: %v", err)
-	}
-	return fd
-}
+func (h *conFuzz) dial() int { return vt.DialUnix(h.t, h.path, fzWait) }
 
 // hungUp reports whether the peer of client socket fd has closed it.
 func (h *conFuzz) hungUp(fd int) bool {
@@ -696,7 +657,7 @@ func (h *conFuzz) settle() {
 			h.t.Fatalf("the console did not settle in %v: %d transmit chains left (malformed kicked %v), %d receive chains left, client %v (it left: %v), %d bytes buffered in, %d out, broken %v",
 				fzWait, len(h.tx.Order), h.tx.KickedBad, len(h.rx.Order), c != nil, left, in, out, h.broken.Get())
 		}
-		fzPause(i)
+		vt.Pause(i)
 	}
 	h.observeBroken()
 	if s := h.sess; s != nil && !bytes.HasPrefix(s.want, s.got) {
@@ -825,14 +786,6 @@ func (h *conFuzz) close() {
 	h.g.Release()
 }
 
-func fzProg(ops ...[]byte) []byte {
-	var b []byte
-	for _, o := range ops {
-		b = append(b, o...)
-	}
-	return b
-}
-
 // fzConsoleSeeds are the corpus' starting programs: the unit tests'
 // scenarios, back-pressure both ways, the client's ways to leave, odd
 // layouts and one of each malformation class.
@@ -840,7 +793,7 @@ func fzConsoleSeeds() [][]byte {
 	return [][]byte{
 		// TestRoundTripAndReconnect: output without a client is lost; a
 		// round trip; a second client refused; reconnect.
-		fzProg(
+		vt.Prog(
 			fzTxOp{Size: fzTxTiny, Val: 4}.bytes(),
 			fzConnectOp(),
 			fzTxOp{Size: fzTxTiny, Val: 20}.bytes(),
@@ -856,7 +809,7 @@ func fzConsoleSeeds() [][]byte {
 			fzRxOp{Size: fzRxOdd, Val: 8}.bytes()),
 		// TestLargeTransfer: more input than the 64 KiB buffer read in
 		// 4 KiB buffers, output in pages, read to the end.
-		fzProg(
+		vt.Prog(
 			fzConnectOp(),
 			fzWriteOp{Len: fzWrOver, Val: 30000}.bytes(),
 			fzRxOp{Count: 15, Size: fzRxPage}.bytes(),
@@ -869,7 +822,7 @@ func fzConsoleSeeds() [][]byte {
 		// Output back-pressure: a client that does not read stalls the
 		// transmit queue; a partial read, then all of it. A chain past
 		// maxChain is dropped.
-		fzProg(
+		vt.Prog(
 			fzConnectOp(),
 			fzTxOp{Count: 1, Size: fzTxOverBuf, Val: 100, Layout: 3}.bytes(),
 			fzTxOp{Count: 3, Size: fzTxAny, Val: 40000}.bytes(),
@@ -884,7 +837,7 @@ func fzConsoleSeeds() [][]byte {
 		// Input back-pressure: the client fills the input buffer with no
 		// receive buffers, leaves, a new client is refused while the
 		// device still holds the first; the guest reads; reconnect.
-		fzProg(
+		vt.Prog(
 			fzConnectOp(),
 			fzWriteOp{Len: fzWrOver, Val: 32767}.bytes(),
 			fzWriteOp{Len: fzWrAny, Val: 20000}.bytes(),
@@ -897,7 +850,7 @@ func fzConsoleSeeds() [][]byte {
 			fzRxOp{Count: 1, Size: fzRxAny, Val: 60}.bytes()),
 		// Input left over from a client is dropped when the next one
 		// connects; a half-closed client with output pending.
-		fzProg(
+		vt.Prog(
 			fzConnectOp(),
 			fzWriteOp{Len: fzWrPage, Val: 500}.bytes(),
 			fzRxOp{Size: fzRxTiny, Val: 9}.bytes(),
@@ -913,7 +866,7 @@ func fzConsoleSeeds() [][]byte {
 		// zero-length buffer; receive chains with gaps, a readable and a
 		// zero-length buffer, too small and empty ones; a reset with
 		// input buffered.
-		fzProg(
+		vt.Prog(
 			fzConnectOp(),
 			fzTxOp{Count: 2, Size: fzTxPage, Val: 2000, Layout: 7 | 1<<3 | 1<<4 | 1<<5, Split: 0x31, MV: 9}.bytes(),
 			fzTxOp{Size: fzTxEmpty, Layout: 1 << 5}.bytes(),
@@ -927,25 +880,25 @@ func fzConsoleSeeds() [][]byte {
 			fzKickOp(TxQueue)),
 		// Malformed rings: a receive chain taken with input pending, and
 		// one transmit chain of each class.
-		fzProg(
+		vt.Prog(
 			fzConnectOp(),
 			fzRxOp{Size: fzRxOdd, Val: 10, Mal: vt.MalByte(vt.MalOutside)}.bytes(),
 			fzWriteOp{Len: fzWrTiny, Val: 5}.bytes(),
 			fzWriteOp{Len: fzWrTiny, Val: 5}.bytes(),
 			fzTxOp{Size: fzTxTiny, Val: 5}.bytes()),
-		fzProg(fzTxOp{Size: fzTxTiny, Layout: 2, Mal: vt.MalByte(vt.MalLoop)}.bytes()),
-		fzProg(fzTxOp{Size: fzTxTiny, Layout: 2, Mal: vt.MalByte(vt.MalNested)}.bytes()),
-		fzProg(fzTxOp{Size: fzTxTiny, Mal: vt.MalByte(vt.MalStraddle), MV: 1}.bytes()),
-		fzProg(fzTxOp{Size: fzTxTiny, Mal: vt.MalByte(vt.MalNext)}.bytes()),
-		fzProg(fzTxOp{Size: fzTxTiny, Mal: vt.MalByte(vt.MalTableLen)}.bytes()),
-		fzProg(fzTxOp{Size: fzTxTiny, Mal: vt.MalByte(vt.MalIndirectNext)}.bytes()),
-		fzProg(fzTxOp{Size: fzTxTiny, Mal: vt.MalByte(vt.MalTableOutside)}.bytes()),
-		fzProg(fzTxOp{Size: fzTxTiny, Mal: vt.MalByte(vt.MalTooLong)}.bytes()),
-		fzProg(fzConnectOp(), fzTxOp{Count: 2, Size: fzTxTiny, Mal: vt.MalByte(vt.MalHead)}.bytes(), fzDisconnectOp(fzDisGraceful)),
-		fzProg(fzTxOp{Size: fzTxTiny, Mal: vt.MalByte(vt.MalJump)}.bytes()),
+		vt.Prog(fzTxOp{Size: fzTxTiny, Layout: 2, Mal: vt.MalByte(vt.MalLoop)}.bytes()),
+		vt.Prog(fzTxOp{Size: fzTxTiny, Layout: 2, Mal: vt.MalByte(vt.MalNested)}.bytes()),
+		vt.Prog(fzTxOp{Size: fzTxTiny, Mal: vt.MalByte(vt.MalStraddle), MV: 1}.bytes()),
+		vt.Prog(fzTxOp{Size: fzTxTiny, Mal: vt.MalByte(vt.MalNext)}.bytes()),
+		vt.Prog(fzTxOp{Size: fzTxTiny, Mal: vt.MalByte(vt.MalTableLen)}.bytes()),
+		vt.Prog(fzTxOp{Size: fzTxTiny, Mal: vt.MalByte(vt.MalIndirectNext)}.bytes()),
+		vt.Prog(fzTxOp{Size: fzTxTiny, Mal: vt.MalByte(vt.MalTableOutside)}.bytes()),
+		vt.Prog(fzTxOp{Size: fzTxTiny, Mal: vt.MalByte(vt.MalTooLong)}.bytes()),
+		vt.Prog(fzConnectOp(), fzTxOp{Count: 2, Size: fzTxTiny, Mal: vt.MalByte(vt.MalHead)}.bytes(), fzDisconnectOp(fzDisGraceful)),
+		vt.Prog(fzTxOp{Size: fzTxTiny, Mal: vt.MalByte(vt.MalJump)}.bytes()),
 		// A device that breaks mid-batch sent chains it never completes;
 		// it is reset and used again.
-		fzProg(
+		vt.Prog(
 			fzConnectOp(),
 			fzTxOp{Count: 1, Size: fzTxTiny, Val: 48, Mal: vt.MalByte(vt.MalNext)}.bytes(),
 			fzResetOp(),
@@ -953,7 +906,7 @@ func fzConsoleSeeds() [][]byte {
 			fzWriteOp{Len: fzWrTiny, Val: 3}.bytes(),
 			fzRxOp{Size: fzRxTiny, Val: 14}.bytes()),
 		// The same on receive: input taken into chains never completed.
-		fzProg(
+		vt.Prog(
 			fzConnectOp(),
 			fzWriteOp{Len: fzWrPage, Val: 3000}.bytes(),
 			fzRxOp{Count: 2, Size: fzRxOdd, Val: 1000, Mal: vt.MalByte(vt.MalHead)}.bytes(),

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"runtime"
 	"testing"
 	"time"
 
@@ -40,15 +39,7 @@ import (
 //     has not taken in the backend; Close and the rig's teardown leave no
 //     file descriptor and no goroutine behind.
 func FuzzNetDevice(f *testing.F) {
-	for _, s := range fzNetSeeds() {
-		f.Add(s)
-	}
-	vt.WarmUp(f)
-	f.Fuzz(func(t *testing.T, prog []byte) {
-		fds, gs := vt.CountFds(t), runtime.NumGoroutine()
-		fzRunNet(t, prog)
-		vt.NoLeaks(t, fds, gs)
-	})
+	vt.FuzzDevice(f, fzNetSeeds(), "", func(t *testing.T, _ string, prog []byte) { fzRunNet(t, prog) })
 }
 
 // Harness limits (the guest-physical layout is virtiotest's).

@@ -5,10 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"runtime"
 	"strconv"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -59,18 +56,7 @@ import (
 //     socket file, every host client reads EOF, and no file descriptor
 //     or goroutine is left behind.
 func FuzzUnixDevice(f *testing.F) {
-	for _, s := range fzSeeds() {
-		f.Add(s)
-	}
-	vt.WarmUp(f)
-	dir := f.TempDir()
-	var n atomic.Int64
-	f.Fuzz(func(t *testing.T, prog []byte) {
-		uds := filepath.Join(dir, fmt.Sprintf("v%d.sock", n.Add(1)))
-		fds, gs := vt.CountFds(t), runtime.NumGoroutine()
-		fzRunUnix(t, uds, prog)
-		vt.NoLeaks(t, fds, gs)
-	})
+	vt.FuzzDevice(f, fzSeeds(), "v", fzRunUnix)
 }
 
 // Harness limits and the ports it uses.
@@ -774,25 +760,7 @@ func (h *unixFuzz) postRx(o fzRxOp, end uint64) int {
 	return posted
 }
 
-func (h *unixFuzz) dial() int {
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	deadline := time.Now().Add(fzWait)
-	for i := 0; ; i++ {
-		err = unix.Connect(fd, &unix.SockaddrUnix{Name: h.uds})
-		if !errors.Is(err, unix.EAGAIN) || time.Now().After(deadline) {
-			break
-		}
-		fzPause(i) // the backlog is full until the device accepts
-	}
-	if err != nil {
-		unix.Close(fd)
-		h.t.Fatalf("connect to the device: %v", err)
-	}
-	return fd
-}
+func (h *unixFuzz) dial() int { return vt.DialUnix(h.t, h.uds, fzWait) }
 
 // connect dials the device and sends a handshake.
 func (h *unixFuzz) connect(o fzConnectOp) {
@@ -1038,16 +1006,6 @@ func (h *unixFuzz) runs() uint64 {
 	return n
 }
 
-// fzPause yields between polls of the loop's progress, briefly sleeping
-// once yielding has not been enough.
-func fzPause(i int) {
-	if i < 4 {
-		runtime.Gosched()
-	} else {
-		time.Sleep(50 * time.Microsecond)
-	}
-}
-
 // quiesce returns once the device has nothing left to do on the loop:
 // neither its epoll descriptor nor a kick is ready. An epoll handler that
 // keeps running meanwhile, with nothing new coming in, spins.
@@ -1072,7 +1030,7 @@ func (h *unixFuzz) quiesce() {
 		if time.Now().After(deadline) {
 			t.Fatalf("the device still has work on the event loop after %v (%s)", fzWait, h.ready())
 		}
-		fzPause(i)
+		vt.Pause(i)
 	}
 }
 
@@ -1350,7 +1308,7 @@ func (h *unixFuzz) waitEOF(c *fzConn, why string) {
 		if time.Now().After(deadline) {
 			h.t.Fatalf("%v: %s, but its client does not read EOF", c, why)
 		}
-		fzPause(i)
+		vt.Pause(i)
 	}
 }
 
@@ -1475,21 +1433,13 @@ func (h *unixFuzz) close() {
 	h.g.Release()
 }
 
-func fzProg(ops ...[]byte) []byte {
-	var b []byte
-	for _, o := range ops {
-		b = append(b, o...)
-	}
-	return b
-}
-
 // fzSeeds are the corpus' starting programs: the unit tests' scenarios,
 // credit, odd buffers, handshakes, port reuse and one of each
 // malformation class.
 func fzSeeds() [][]byte {
 	rx := fzRxOp{Count: 7, Size: fzRxPage}.bytes()
 	// Host-initiated connection 0 on guest port 1000.
-	hostConn := fzProg(
+	hostConn := vt.Prog(
 		rx,
 		fzConnectOp{Port: 0}.bytes(),
 		fzTxOp{Target: fzConnTarget(0), Op: fzResponse}.bytes(),
@@ -1503,14 +1453,14 @@ func fzSeeds() [][]byte {
 	seeds := [][]byte{
 		// TestHostToGuest: data both ways, the guest shuts down both
 		// ways, the device answers RST and the client reads EOF.
-		fzProg(hostConn,
+		vt.Prog(hostConn,
 			fzWriteOp{Conn: 0, Len: 1, Val: 1200}.bytes(),
 			rw(fzConnTarget(0), 11),
 			fzReadOp(0, 0),
 			fzTxOp{Target: fzConnTarget(0), Op: fzShutdown, Flags: 3}.bytes(),
 			fzReadOp(0, 0)),
 		// The client half-closes, then closes.
-		fzProg(hostConn,
+		vt.Prog(hostConn,
 			fzWriteOp{Conn: 0, Len: 0, Val: 9}.bytes(),
 			fzShutOp(0),
 			rw(fzConnTarget(0), 100),
@@ -1519,7 +1469,7 @@ func fzSeeds() [][]byte {
 			fzTxOp{Target: fzConnTarget(0), Op: fzRst}.bytes()),
 		// TestGuestToHost: a listener, data both ways, the guest
 		// half-closes, the host closes, the guest answers RST.
-		fzProg(rx, fzListenOp(1), guestConn(1, 0),
+		vt.Prog(rx, fzListenOp(1), guestConn(1, 0),
 			rw(fzConnTarget(0), 4),
 			fzReadOp(0, 0),
 			fzWriteOp{Conn: 0, Len: 0, Val: 3}.bytes(),
@@ -1532,13 +1482,13 @@ func fzSeeds() [][]byte {
 			fzKickOp(eventQueue)),
 		// TestNoListenerGetsRst: refused, then a packet for no
 		// connection; a listener that went away.
-		fzProg(rx, guestConn(3, 2),
+		vt.Prog(rx, guestConn(3, 2),
 			fzTxOp{Target: fzUnusedTarget(1, 1), Op: fzRW, Len: 0}.bytes(),
 			fzListenOp(0), fzUnlistenOp(0), guestConn(0, 1),
 			fzTxOp{Target: fzUnusedTarget(2, 0), Op: fzRequest}.bytes()),
 		// TestCredit: 100 bytes of credit, more data pending; the guest
 		// consumes and asks for credit.
-		fzProg(
+		vt.Prog(
 			fzConnectOp{Port: 1}.bytes(),
 			fzRxOp{Count: 2, Size: fzRxPage}.bytes(),
 			fzTxOp{Target: fzConnTarget(0), Op: fzResponse, Credit: fzCredit(2, false)}.bytes(),
@@ -1550,7 +1500,7 @@ func fzSeeds() [][]byte {
 			fzTxOp{Target: fzConnTarget(0), Op: fzCreditUpdate, Credit: fzCredit(1, true)}.bytes()),
 		// Header-only and too small receive buffers while host data is
 		// pending (known bug 2: a spurious SHUTDOWN).
-		fzProg(fzRxOp{Count: 0, Size: fzRxPage}.bytes(),
+		vt.Prog(fzRxOp{Count: 0, Size: fzRxPage}.bytes(),
 			fzConnectOp{Port: 0}.bytes(),
 			fzTxOp{Target: fzConnTarget(0), Op: fzResponse}.bytes(),
 			fzReadOp(0, 0),
@@ -1562,7 +1512,7 @@ func fzSeeds() [][]byte {
 		// A CONNECT line in two writes (known bug 1: the loop spins on
 		// the partial line), one never finished, garbage, too long, data
 		// behind the newline.
-		fzProg(rx,
+		vt.Prog(rx,
 			fzConnectOp{Port: 2, Mode: fzConSplit, Cut: 4}.bytes(),
 			fzConnectOp{Port: 3, Mode: fzConPartial, Cut: 6}.bytes(),
 			fzConnectOp{Mode: fzConGarbage, Cut: 1}.bytes(),
@@ -1574,7 +1524,7 @@ func fzSeeds() [][]byte {
 		// RST from the guest with host data pending and no receive
 		// buffers, then a new connection on the same ports (known bug 3:
 		// the stale connection's RST resets the new one).
-		fzProg(fzListenOp(0),
+		vt.Prog(fzListenOp(0),
 			fzRxOp{Count: 1, Size: fzRxPage}.bytes(),
 			guestConn(0, 0),
 			fzWriteOp{Conn: 0, Len: 0, Val: 7}.bytes(),
@@ -1584,14 +1534,14 @@ func fzSeeds() [][]byte {
 			fzWriteOp{Conn: 0, Len: 0, Val: 7}.bytes()),
 		// Misbehaviour: RW before RESPONSE, RESPONSE twice, REQUEST on a
 		// live connection, RW after SHUTDOWN(send).
-		fzProg(rx, fzConnectOp{}.bytes(), rw(fzConnTarget(0), 5)),
-		fzProg(hostConn, fzTxOp{Target: fzConnTarget(0), Op: fzResponse}.bytes()),
-		fzProg(rx, fzListenOp(2), guestConn(2, 3), guestConn(2, 3)),
-		fzProg(rx, fzListenOp(2), guestConn(2, 3),
+		vt.Prog(rx, fzConnectOp{}.bytes(), rw(fzConnTarget(0), 5)),
+		vt.Prog(hostConn, fzTxOp{Target: fzConnTarget(0), Op: fzResponse}.bytes()),
+		vt.Prog(rx, fzListenOp(2), guestConn(2, 3), guestConn(2, 3)),
+		vt.Prog(rx, fzListenOp(2), guestConn(2, 3),
 			fzTxOp{Target: fzConnTarget(0), Op: fzShutdown, Flags: ShutdownSend}.bytes(),
 			rw(fzConnTarget(0), 3)),
 		// Reset with connections, handshakes and data, then use again.
-		fzProg(hostConn, fzListenOp(0), guestConn(0, 1),
+		vt.Prog(hostConn, fzListenOp(0), guestConn(0, 1),
 			fzConnectOp{Port: 2}.bytes(),
 			fzWriteOp{Conn: 0, Len: 1, Val: 300}.bytes(),
 			fzResetOp(),
@@ -1601,7 +1551,7 @@ func fzSeeds() [][]byte {
 		// Odd transmit layouts: header merged with the payload, split in
 		// two and three, indirect with a writable and a zero-length
 		// buffer.
-		fzProg(hostConn,
+		vt.Prog(hostConn,
 			fzTxOp{Target: fzConnTarget(0), Op: fzRW, Len: 1, Val: 1500, Layout: 1 | 3<<2, Split: 9}.bytes(),
 			fzTxOp{Target: fzConnTarget(0), Op: fzRW, Len: 1, Val: 700, Layout: 2 | 2<<2 | 1<<5, Split: 0x35, MV: 8}.bytes(),
 			fzTxOp{Target: fzConnTarget(0), Op: fzRW, Len: 3, Val: 4000, Layout: 3 | 5<<2 | 1<<6 | 1<<7, Split: 0x27}.bytes(),
@@ -1611,16 +1561,16 @@ func fzSeeds() [][]byte {
 	// Each header malformation on a live connection (known bug 5 for
 	// the ones that must reset it).
 	for k := 1; k < fzBadKinds; k++ {
-		seeds = append(seeds, fzProg(hostConn,
+		seeds = append(seeds, vt.Prog(hostConn,
 			fzTxOp{Target: fzConnTarget(0), Op: fzCreditUpdate, Len: 0, Val: 3, Bad: fzBadByte(k), MV: 5}.bytes(),
 			fzWriteOp{Conn: 0, Len: 0, Val: 3}.bytes()))
 	}
 	// Each chain malformation.
 	for k := 1; k <= vt.MalJump; k++ {
-		seeds = append(seeds, fzProg(hostConn, fzTxOp{Target: fzConnTarget(0), Op: fzRW, Len: 0, Val: 4, Layout: 2 << 2, Mal: vt.MalByte(k), MV: 1}.bytes(),
+		seeds = append(seeds, vt.Prog(hostConn, fzTxOp{Target: fzConnTarget(0), Op: fzRW, Len: 0, Val: 4, Layout: 2 << 2, Mal: vt.MalByte(k), MV: 1}.bytes(),
 			fzWriteOp{Conn: 0, Len: 0, Val: 3}.bytes()))
 	}
-	seeds = append(seeds, fzProg(hostConn, fzWriteOp{Conn: 0, Len: 0, Val: 3}.bytes(),
+	seeds = append(seeds, vt.Prog(hostConn, fzWriteOp{Conn: 0, Len: 0, Val: 3}.bytes(),
 		fzRxOp{Count: 1, Size: fzRxPage, Mal: vt.MalByte(vt.MalOutside)}.bytes(), fzResetOp(), rx))
 	return seeds
 }

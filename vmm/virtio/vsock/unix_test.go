@@ -726,29 +726,8 @@ func TestMalformedHeaderResetsConn(t *testing.T) {
 // on it, and takes the waiting client once descriptors are free again.
 func TestAcceptOutOfDescriptors(t *testing.T) {
 	g, uds := newGuest(t)
-	var saved unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &saved); err != nil {
-		t.Fatal(err)
-	}
-	lowest, err := unix.Dup(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	unix.Close(lowest)
 	// The client's socket takes the last descriptor the limit allows.
-	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: uint64(lowest) + 1, Max: saved.Max}); err != nil {
-		t.Fatal(err)
-	}
-	restored := false
-	restore := func() {
-		if !restored {
-			restored = true
-			if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &saved); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	defer restore()
+	restore := vt.LastFd(t)
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
