@@ -367,47 +367,7 @@ func (h *conFuzz) postRx(o fzRxOp) {
 		size = 4096
 	}
 	count := 1 + int(o.Count%16)
-	for i := range count {
-		var pieces []vt.Piece
-		cuts := vt.Cut(size, 1+int(o.Layout&3), uint32(o.Gap)<<8|uint32(i))
-		full := false
-		for j := 1; j < len(cuts); j++ {
-			n := uint64(cuts[j] - cuts[j-1])
-			a, ok := h.g.Alloc(&h.g.Heap, vt.FuzzRAM, uint64(o.Gap&7)+n, 1)
-			if !ok {
-				full = true // receive heap used up
-				break
-			}
-			pieces = append(pieces, vt.Piece{Addr: a + uint64(o.Gap&7), Len: uint32(n), Write: true})
-		}
-		if full {
-			break
-		}
-		if o.Layout&(1<<2) != 0 { // the device must not write it
-			at := int(o.Gap) % (len(pieces) + 1)
-			pieces = append(pieces[:at], append([]vt.Piece{{Addr: vt.FuzzPattern, Len: 1 + 3*uint32(o.Gap)}}, pieces[at:]...)...)
-		}
-		if o.Layout&(1<<4) != 0 {
-			at := int(o.MV) % (len(pieces) + 1)
-			pieces = append(pieces[:at], append([]vt.Piece{{Addr: vt.FuzzRxHeap, Write: true}}, pieces[at:]...)...)
-		}
-		mal := vt.MalNone
-		if i == count-1 {
-			mal = vt.MalKind(o.Mal)
-		}
-		c := h.rx.Post(pieces, o.Layout&(1<<3) != 0, int(o.Gap>>4), mal, o.MV, h.features)
-		if c == nil {
-			break
-		}
-		for _, p := range c.Pieces {
-			if p.Write && !c.Malformed {
-				c.Cap += uint64(p.Len)
-				if !h.brokenSeen {
-					h.g.Allow(p.Addr, uint64(p.Len))
-				}
-			}
-		}
-	}
+	h.rx.PostRx(size, count, vt.FuzzRAM, vt.RxLayout{Layout: o.Layout, Gap: o.Gap, Mal: o.Mal, MV: o.MV}, h.features, h.brokenSeen)
 	h.kick(RxQueue)
 }
 

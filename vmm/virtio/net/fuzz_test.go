@@ -313,7 +313,6 @@ func (h *netFuzz) kick(q int) {
 
 // transmit posts one transmit chain (and kicks unless told not to).
 func (h *netFuzz) transmit(o fzTxOp) {
-	var data []byte
 	hdr := o.Hdr[:]
 	payloadLen := 0
 	switch o.Len % fzTxLens {
@@ -333,61 +332,14 @@ func (h *netFuzz) transmit(o fzTxOp) {
 	}
 	poff := int(o.Off) % (vt.FuzzPatternLen - payloadLen + 1)
 	payload := vt.PatternBytes[poff : poff+payloadLen]
-	data = append(append(data, hdr...), payload...)
-	if !h.brokenSeen && h.pendingTx()+len(data) > fzTxPending {
+	if !h.brokenSeen && h.pendingTx()+len(hdr)+len(payload) > fzTxPending {
 		h.kick(TxQueue) // let the device send what is queued first
 		h.sync()
 	}
-
-	var pieces []vt.Piece
-	scratch := func(b []byte) bool {
-		a, ok := h.g.Alloc(&h.g.Scratch, vt.FuzzRxHeap, uint64(len(b)), 1)
-		if ok {
-			h.g.Write(a, b)
-			pieces = append(pieces, vt.Piece{Addr: a, Len: uint32(len(b))})
-		}
-		return ok
+	l := vt.TxLayout{Layout: o.Layout, Split: o.Split, Off: o.Off, MV: o.MV}
+	if h.tx.PostPacket(hdr, payload, poff, l, vt.MalKind(o.Mal), h.features) == nil {
+		return // the ring or the scratch area is full
 	}
-	rest := 0 // payload bytes already in a scratch piece
-	ok := true
-	switch o.Layout & 3 {
-	case 0:
-		ok = scratch(hdr)
-	case 1: // the header and the start of the payload in one buffer
-		rest = min(payloadLen, int(o.Split)*8)
-		ok = scratch(append(append([]byte(nil), hdr...), payload[:rest]...))
-	case 2:
-		p := min(len(hdr), 1+int(o.Split)%HeaderSize)
-		ok = scratch(hdr[:p]) && scratch(hdr[p:])
-	case 3:
-		a := min(len(hdr), 1+int(o.Split)%10)
-		b := min(len(hdr), a+1+int(o.Split>>4)%5)
-		ok = scratch(hdr[:a]) && scratch(hdr[a:b]) && scratch(hdr[b:])
-	}
-	if !ok {
-		return // scratch area used up
-	}
-	cuts := vt.Cut(payloadLen-rest, 1+int(o.Layout>>2)&7, uint32(o.Split)<<16|uint32(o.Off))
-	for i := 1; i < len(cuts); i++ {
-		pieces = append(pieces, vt.Piece{Addr: uint64(vt.FuzzPattern + poff + rest + cuts[i-1]), Len: uint32(cuts[i] - cuts[i-1])})
-	}
-	if o.Layout&(1<<5) != 0 { // the device must neither read nor write it
-		a, ok := h.g.Alloc(&h.g.Scratch, vt.FuzzRxHeap, 256, 1)
-		if !ok {
-			return
-		}
-		at := int(o.Split) % (len(pieces) + 1)
-		pieces = append(pieces[:at], append([]vt.Piece{{Addr: a, Len: 1 + uint32(o.MV), Write: true}}, pieces[at:]...)...)
-	}
-	if o.Layout&(1<<6) != 0 {
-		at := int(o.Off) % (len(pieces) + 1)
-		pieces = append(pieces[:at], append([]vt.Piece{{Addr: vt.FuzzPattern}}, pieces[at:]...)...)
-	}
-	c := h.tx.Post(pieces, o.Layout&(1<<7) != 0, int(o.Split>>4), vt.MalKind(o.Mal), o.MV, h.features)
-	if c == nil {
-		return
-	}
-	c.Data = data
 	if !o.NoKick {
 		h.kick(TxQueue)
 	}
@@ -421,42 +373,7 @@ func (h *netFuzz) postRx(o fzRxOp) {
 		size = len(h.dev.rxBuf)
 	}
 	count := 1 + int(o.Count%16)
-	for i := range count {
-		var pieces []vt.Piece
-		cuts := vt.Cut(size, 1+int(o.Layout&3), uint32(o.Gap)<<8|uint32(i))
-		for j := 1; j < len(cuts); j++ {
-			n := uint64(cuts[j] - cuts[j-1])
-			a, ok := h.g.Alloc(&h.g.Heap, vt.FuzzRAM, uint64(o.Gap&7)+n, 1)
-			if !ok {
-				return // receive heap used up
-			}
-			pieces = append(pieces, vt.Piece{Addr: a + uint64(o.Gap&7), Len: uint32(n), Write: true})
-		}
-		if o.Layout&(1<<2) != 0 { // the device must not write it
-			at := int(o.Gap) % (len(pieces) + 1)
-			pieces = append(pieces[:at], append([]vt.Piece{{Addr: vt.FuzzPattern, Len: 1 + 3*uint32(o.Gap)}}, pieces[at:]...)...)
-		}
-		if o.Layout&(1<<4) != 0 {
-			at := int(o.MV) % (len(pieces) + 1)
-			pieces = append(pieces[:at], append([]vt.Piece{{Addr: vt.FuzzRxHeap, Write: true}}, pieces[at:]...)...)
-		}
-		mal := vt.MalNone
-		if i == count-1 {
-			mal = vt.MalKind(o.Mal)
-		}
-		c := h.rx.Post(pieces, o.Layout&(1<<3) != 0, int(o.Gap>>4), mal, o.MV, h.features)
-		if c == nil {
-			break
-		}
-		for _, p := range c.Pieces {
-			if p.Write && !c.Malformed {
-				c.Cap += uint64(p.Len)
-				if !h.brokenSeen {
-					h.g.Allow(p.Addr, uint64(p.Len))
-				}
-			}
-		}
-	}
+	h.rx.PostRx(size, count, vt.FuzzRAM, vt.RxLayout{Layout: o.Layout, Gap: o.Gap, Mal: o.Mal, MV: o.MV}, h.features, h.brokenSeen)
 	if !o.NoKick {
 		h.kick(RxQueue)
 	}

@@ -562,3 +562,136 @@ func MalByte(k int) byte {
 	}
 	panic("no malformation byte for the kind") // k out of range: a bug in the caller's seeds
 }
+
+// RxLayout is how a program lays out receive chains.
+type RxLayout struct {
+	// Layout: bits 0–1 the pieces a chain's bytes are cut into, less
+	// one; bit 2 a readable piece among them (which the device must not
+	// write); bit 3 indirect; bit 4 an empty writable piece.
+	Layout byte
+	// Gap: the low 3 bits skip bytes before each piece, the high 4 are
+	// how many descriptors stay direct in an indirect chain; it also
+	// seeds the cuts and places the readable piece.
+	Gap byte
+	// Mal: the malformation of the last chain (MalKind); MV its
+	// parameter, which also places the empty piece.
+	Mal, MV byte
+}
+
+// PostRx posts count receive chains of size writable bytes each, from
+// the receive heap below end, laid out as l says, and lets the device
+// write their buffers unless broken (a broken device may write nothing).
+// It stops early when the heap or the ring is full.
+func (q *Ring) PostRx(size, count int, end uint64, l RxLayout, features uint64, broken bool) {
+	g := q.G
+	for i := range count {
+		var pieces []Piece
+		cuts := Cut(size, 1+int(l.Layout&3), uint32(l.Gap)<<8|uint32(i))
+		for j := 1; j < len(cuts); j++ {
+			n := uint64(cuts[j] - cuts[j-1])
+			a, ok := g.Alloc(&g.Heap, end, uint64(l.Gap&7)+n, 1)
+			if !ok {
+				return
+			}
+			pieces = append(pieces, Piece{Addr: a + uint64(l.Gap&7), Len: uint32(n), Write: true})
+		}
+		if l.Layout&(1<<2) != 0 {
+			at := int(l.Gap) % (len(pieces) + 1)
+			pieces = append(pieces[:at], append([]Piece{{Addr: FuzzPattern, Len: 1 + 3*uint32(l.Gap)}}, pieces[at:]...)...)
+		}
+		if l.Layout&(1<<4) != 0 {
+			at := int(l.MV) % (len(pieces) + 1)
+			pieces = append(pieces[:at], append([]Piece{{Addr: FuzzRxHeap, Write: true}}, pieces[at:]...)...)
+		}
+		mal := MalNone
+		if i == count-1 {
+			mal = MalKind(l.Mal)
+		}
+		c := q.Post(pieces, l.Layout&(1<<3) != 0, int(l.Gap>>4), mal, l.MV, features)
+		if c == nil {
+			return
+		}
+		for _, p := range c.Pieces {
+			if p.Write && !c.Malformed {
+				c.Cap += uint64(p.Len)
+				if !broken {
+					g.Allow(p.Addr, uint64(p.Len))
+				}
+			}
+		}
+	}
+}
+
+// TxLayout is how a program lays out a transmit chain of a header and
+// a payload.
+type TxLayout struct {
+	// Layout: bits 0–1 how the header is cut (whole; with the start of
+	// the payload; in two; in three), bits 2–4 the pieces the rest of
+	// the payload is cut into, less one; bit 5 a writable piece among
+	// them (which the device must neither read nor write); bit 6 an
+	// empty readable piece; bit 7 indirect.
+	Layout byte
+	// Split places the cuts, the writable piece and (high 4 bits) how
+	// many descriptors stay direct in an indirect chain; Off seeds the
+	// payload's cuts and places the empty piece; MV is the
+	// malformation's parameter and the writable piece's length.
+	Split, MV byte
+	Off       uint16
+}
+
+// PostPacket posts a transmit chain of hdr (copied into the scratch
+// area) and payload (pattern bytes from poff), laid out as l says and
+// malformed as mal, and returns it with its Data set, or nil when the
+// ring or the scratch area is full.
+func (q *Ring) PostPacket(hdr, payload []byte, poff int, l TxLayout, mal int, features uint64) *RingChain {
+	g := q.G
+	var pieces []Piece
+	scratch := func(b []byte) bool {
+		a, ok := g.Alloc(&g.Scratch, FuzzRxHeap, uint64(len(b)), 1)
+		if ok {
+			g.Write(a, b)
+			pieces = append(pieces, Piece{Addr: a, Len: uint32(len(b))})
+		}
+		return ok
+	}
+	rest := 0 // payload bytes already in a scratch piece
+	ok := true
+	switch l.Layout & 3 {
+	case 0:
+		ok = scratch(hdr)
+	case 1:
+		rest = min(len(payload), int(l.Split)*8)
+		ok = scratch(append(append([]byte(nil), hdr...), payload[:rest]...))
+	case 2:
+		p := min(len(hdr), 1+int(l.Split)%max(1, len(hdr)))
+		ok = scratch(hdr[:p]) && scratch(hdr[p:])
+	case 3:
+		a := min(len(hdr), 1+int(l.Split)%10)
+		b := min(len(hdr), a+1+int(l.Split>>4)%20)
+		ok = scratch(hdr[:a]) && scratch(hdr[a:b]) && scratch(hdr[b:])
+	}
+	if !ok {
+		return nil
+	}
+	cuts := Cut(len(payload)-rest, 1+int(l.Layout>>2)&7, uint32(l.Split)<<16|uint32(l.Off))
+	for i := 1; i < len(cuts); i++ {
+		pieces = append(pieces, Piece{Addr: uint64(FuzzPattern + poff + rest + cuts[i-1]), Len: uint32(cuts[i] - cuts[i-1])})
+	}
+	if l.Layout&(1<<5) != 0 {
+		a, ok := g.Alloc(&g.Scratch, FuzzRxHeap, 256, 1)
+		if !ok {
+			return nil
+		}
+		at := int(l.Split) % (len(pieces) + 1)
+		pieces = append(pieces[:at], append([]Piece{{Addr: a, Len: 1 + uint32(l.MV), Write: true}}, pieces[at:]...)...)
+	}
+	if l.Layout&(1<<6) != 0 {
+		at := int(l.Off) % (len(pieces) + 1)
+		pieces = append(pieces[:at], append([]Piece{{Addr: FuzzPattern}}, pieces[at:]...)...)
+	}
+	c := q.Post(pieces, l.Layout&(1<<7) != 0, int(l.Split>>4), mal, l.MV, features)
+	if c != nil {
+		c.Data = append(append([]byte(nil), hdr...), payload...)
+	}
+	return c
+}

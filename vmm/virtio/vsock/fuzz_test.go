@@ -549,59 +549,8 @@ func (h *unixFuzz) guestPacket(o fzTxOp) {
 // postTx lays out a transmit chain of hdr and payload (pattern bytes
 // from poff); false when the ring or the scratch area is full.
 func (h *unixFuzz) postTx(hdr, payload []byte, poff int, o fzTxOp, mal int) bool {
-	var pieces []vt.Piece
-	scratch := func(b []byte) bool {
-		a, ok := h.g.Alloc(&h.g.Scratch, vt.FuzzRxHeap, uint64(len(b)), 1)
-		if ok {
-			h.g.Write(a, b)
-			pieces = append(pieces, vt.Piece{Addr: a, Len: uint32(len(b))})
-		}
-		return ok
-	}
-	rest := 0 // payload bytes in the header's buffer
-	ok := true
-	switch o.Layout & 3 {
-	case 0:
-		ok = scratch(hdr)
-	case 1:
-		rest = min(len(payload), int(o.Split)*8)
-		ok = scratch(append(append([]byte(nil), hdr...), payload[:rest]...))
-	case 2:
-		p := min(len(hdr), 1+int(o.Split)%HeaderSize)
-		ok = scratch(hdr[:p]) && scratch(hdr[p:])
-	case 3:
-		a := min(len(hdr), 1+int(o.Split)%10)
-		b := min(len(hdr), a+1+int(o.Split>>4)%20)
-		ok = scratch(hdr[:a]) && scratch(hdr[a:b]) && scratch(hdr[b:])
-	}
-	if !ok {
-		return false
-	}
-	cuts := vt.Cut(len(payload)-rest, 1+int(o.Layout>>2)&7, uint32(o.Split)<<16|uint32(o.Off))
-	for i := 1; i < len(cuts); i++ {
-		if len(payload) == rest {
-			break
-		}
-		pieces = append(pieces, vt.Piece{Addr: uint64(vt.FuzzPattern + poff + rest + cuts[i-1]), Len: uint32(cuts[i] - cuts[i-1])})
-	}
-	if o.Layout&(1<<5) != 0 { // the device must neither read nor write it
-		a, ok := h.g.Alloc(&h.g.Scratch, vt.FuzzRxHeap, 256, 1)
-		if !ok {
-			return false
-		}
-		at := int(o.Split) % (len(pieces) + 1)
-		pieces = append(pieces[:at], append([]vt.Piece{{Addr: a, Len: 1 + uint32(o.MV), Write: true}}, pieces[at:]...)...)
-	}
-	if o.Layout&(1<<6) != 0 {
-		at := int(o.Off) % (len(pieces) + 1)
-		pieces = append(pieces[:at], append([]vt.Piece{{Addr: vt.FuzzPattern}}, pieces[at:]...)...)
-	}
-	c := h.tx.Post(pieces, o.Layout&(1<<7) != 0, int(o.Split>>4), mal, o.MV, h.features)
-	if c == nil {
-		return false
-	}
-	c.Data = append(append([]byte(nil), hdr...), payload...)
-	return true
+	l := vt.TxLayout{Layout: o.Layout, Split: o.Split, Off: o.Off, MV: o.MV}
+	return h.tx.PostPacket(hdr, payload, poff, l, mal, h.features) != nil
 }
 
 // model applies a well-formed transmit chain's packet (header hd, Bad
@@ -693,7 +642,7 @@ func (h *unixFuzz) guestConnect(k connKey, hd Header) {
 }
 
 // postRx posts receive chains below heap address end and kicks.
-func (h *unixFuzz) postRx(o fzRxOp, end uint64) int {
+func (h *unixFuzz) postRx(o fzRxOp, end uint64) {
 	var size int
 	switch o.Size % fzRxSizes {
 	case fzRxZero:
@@ -713,51 +662,8 @@ func (h *unixFuzz) postRx(o fzRxOp, end uint64) int {
 		size = int(o.Val)
 	}
 	count := 1 + int(o.Count%8)
-	posted := 0
-	for i := range count {
-		var pieces []vt.Piece
-		cuts := vt.Cut(size, 1+int(o.Layout&3), uint32(o.Gap)<<8|uint32(i))
-		full := false
-		for j := 1; j < len(cuts); j++ {
-			n := uint64(cuts[j] - cuts[j-1])
-			a, ok := h.g.Alloc(&h.g.Heap, end, uint64(o.Gap&7)+n, 1)
-			if !ok {
-				full = true
-				break
-			}
-			pieces = append(pieces, vt.Piece{Addr: a + uint64(o.Gap&7), Len: uint32(n), Write: true})
-		}
-		if full {
-			break
-		}
-		if o.Layout&(1<<2) != 0 { // the device must not write it
-			at := int(o.Gap) % (len(pieces) + 1)
-			pieces = append(pieces[:at], append([]vt.Piece{{Addr: vt.FuzzPattern, Len: 1 + 3*uint32(o.Gap)}}, pieces[at:]...)...)
-		}
-		if o.Layout&(1<<4) != 0 {
-			at := int(o.MV) % (len(pieces) + 1)
-			pieces = append(pieces[:at], append([]vt.Piece{{Addr: vt.FuzzRxHeap, Write: true}}, pieces[at:]...)...)
-		}
-		mal := vt.MalNone
-		if i == count-1 {
-			mal = vt.MalKind(o.Mal)
-		}
-		c := h.rx.Post(pieces, o.Layout&(1<<3) != 0, int(o.Gap>>4), mal, o.MV, h.features)
-		if c == nil {
-			break
-		}
-		posted++
-		for _, p := range c.Pieces {
-			if p.Write && !c.Malformed {
-				c.Cap += uint64(p.Len)
-				if !h.brokenSeen {
-					h.g.Allow(p.Addr, uint64(p.Len))
-				}
-			}
-		}
-	}
+	h.rx.PostRx(size, count, end, vt.RxLayout{Layout: o.Layout, Gap: o.Gap, Mal: o.Mal, MV: o.MV}, h.features, h.brokenSeen)
 	h.kick(rxQueue)
-	return posted
 }
 
 func (h *unixFuzz) dial() int { return vt.DialUnix(h.t, h.uds, fzWait) }
