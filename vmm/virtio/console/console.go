@@ -50,6 +50,11 @@ const (
 	// acceptPause is the wait before accept is retried after it failed
 	// for want of descriptors or memory.
 	acceptPause = 100 * time.Millisecond
+	// hupPoll is how often a reader that waits for the guest to take
+	// input checks whether its client left: it does not read meanwhile,
+	// so it would not see the end of the stream, and new clients would
+	// be refused until the guest reads.
+	hupPoll = 250 * time.Millisecond
 )
 
 // Console is a virtio-console device.
@@ -236,7 +241,11 @@ func (c *Console) reader(f *os.File) {
 		if n > 0 {
 			c.mu.Lock()
 			for len(c.in) >= bufMax && c.client == f {
-				c.cond.Wait()
+				if !c.waitRoom(f) {
+					c.mu.Unlock()
+					c.dropClient(f)
+					return
+				}
 			}
 			if c.client != f {
 				c.mu.Unlock()
@@ -251,6 +260,46 @@ func (c *Console) reader(f *os.File) {
 			return
 		}
 	}
+}
+
+// waitRoom waits, with mu held, until the guest takes input or hupPoll
+// passes. It reports false when client f has hung up meanwhile.
+func (c *Console) waitRoom(f *os.File) bool {
+	t := time.AfterFunc(hupPoll, func() {
+		c.mu.Lock()
+		c.cond.Broadcast()
+		c.mu.Unlock()
+	})
+	c.cond.Wait()
+	t.Stop()
+	return c.client != f || !hungUp(f)
+}
+
+// hungUp reports whether the peer of socket f has shut down its sending
+// side (or gone), without reading what it sent: a private epoll set
+// asked for EPOLLRDHUP (the calls the VMM's seccomp lists already allow;
+// poll(2) is not among them).
+func hungUp(f *os.File) bool {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return true
+	}
+	gone := false
+	err = rc.Control(func(fd uintptr) {
+		epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+		if err != nil {
+			return // cannot tell: the guest's reading still frees the reader
+		}
+		defer unix.Close(epfd)
+		if rawsys.EpollCtl(epfd, unix.EPOLL_CTL_ADD, int(fd), &unix.EpollEvent{Events: unix.EPOLLRDHUP}) != nil {
+			return
+		}
+		var ev [1]unix.EpollEvent
+		if n, err := rawsys.EpollWaitNow(epfd, ev[:]); err == nil && n > 0 {
+			gone = ev[0].Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
+		}
+	})
+	return err != nil || gone
 }
 
 func (c *Console) writer(f *os.File) {

@@ -368,3 +368,40 @@ func TestAcceptOutOfDescriptors(t *testing.T) {
 		t.Fatalf("client read %q, %v", b[:max(n, 0)], err)
 	}
 }
+
+// TestDepartedClientNoticed: a client that leaves while its input waits
+// for the guest to make room is noticed without the guest reading, and
+// the next client gets the console.
+func TestDepartedClientNoticed(t *testing.T) {
+	r := newRig(t)
+	c := r.dial()
+	deadline := time.Now().Add(3 * time.Second)
+	waitClient := func(want bool, what string) {
+		t.Helper()
+		for {
+			r.dev.mu.Lock()
+			connected, in := r.dev.client != nil, len(r.dev.in)
+			r.dev.mu.Unlock()
+			if connected == want && (!want || in >= bufMax) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: client connected %v, %d bytes of input buffered", what, connected, in)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	// More input than the device buffers; the guest reads none of it.
+	if _, err := c.Write(make([]byte, bufMax+8192)); err != nil {
+		t.Fatal(err)
+	}
+	waitClient(true, "the input buffer fills")
+	c.Close()
+	waitClient(false, "the client left")
+	c2 := r.dial()
+	time.Sleep(20 * time.Millisecond) // let the acceptor take it
+	r.guestWrite("next\n")
+	if got := readN(t, c2, 5); got != "next\n" {
+		t.Fatalf("the next client read %q", got)
+	}
+}

@@ -35,7 +35,7 @@ import (
 //   - what a client reads is a prefix of what the guest transmitted while
 //     it was connected, and all of it once the client reads to the end;
 //   - a second client is refused, a connected one never dropped, one that
-//     left noticed (unless its input waits for the guest to make room);
+//     left noticed, even while its input waits for the guest to make room;
 //   - Broken is called only for a malformed ring, with an ErrBroken error,
 //     a kicked malformed transmit chain always breaks the device, and
 //     after Broken guest memory is not touched;
@@ -498,15 +498,9 @@ func (h *conFuzz) disconnect(mode byte) {
 			t.Fatal(err)
 		}
 		s.half = true
-		// The device hangs up on end of input, unless its reader waits
-		// for the guest to make room; then the rest stays unread.
-		h.poll("the console hangs up on a half-closed client", func() bool {
-			if h.read(0) {
-				return true
-			}
-			_, in, _ := h.client()
-			return in >= bufMax
-		})
+		// The device hangs up on end of input, within hupPoll when its
+		// reader waits for the guest to make room (the rest stays unread).
+		h.poll("the console hangs up on a half-closed client", func() bool { return h.read(0) })
 		h.settle()
 	}
 	unix.Close(s.fd)
@@ -598,9 +592,9 @@ func (h *conFuzz) settled() bool {
 	// Receive: the client's bytes all in the guest, or no buffers left,
 	// or the client gone and nothing buffered from it.
 	rxDone := got == sent || (len(h.rx.Order) == 0 && !h.rx.Dead) || (c.client != srv && in == 0)
-	// A closed client is dropped, unless the device's reader holds its
-	// input until the guest makes room.
-	hungUp := s == nil || (s.fd >= 0 && !s.half) || c.client != srv || (in >= bufMax && sent-got-in > 0)
+	// A closed client is dropped, also while the device's reader holds
+	// its input until the guest makes room.
+	hungUp := s == nil || (s.fd >= 0 && !s.half) || c.client != srv
 	// A broken device processes nothing more; its clients come and go.
 	broken := len(h.broken.Get()) > 0
 	return (broken || txDone && rxDone) && hungUp
