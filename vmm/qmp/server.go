@@ -38,8 +38,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
+
+	"github.com/stratovirt-go/stratovirt/vmm/internal/lograte"
 )
 
 // Error classes used in replies (QEMU's names).
@@ -183,7 +184,7 @@ func (s *Server) Serve() {
 }
 
 func (s *Server) acceptLoop() {
-	var lastWarn time.Time
+	warns := lograte.Limiter{Every: time.Minute}
 	for {
 		uc, err := s.ln.accept()
 		if err != nil {
@@ -193,11 +194,8 @@ func (s *Server) acceptLoop() {
 			if closed || errors.Is(err, os.ErrClosed) {
 				return
 			}
-			// Out of descriptors, say: retry, warning once a minute.
-			if now := time.Now(); now.Sub(lastWarn) >= time.Minute {
-				lastWarn = now
-				log.L.WithError(err).Warn("qmp: accept; retrying")
-			}
+			// Out of descriptors, say: retry.
+			warns.Warn(fmt.Sprintf("qmp: accept: %v; retrying", err))
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}

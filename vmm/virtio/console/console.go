@@ -27,6 +27,7 @@ import (
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
+	"github.com/stratovirt-go/stratovirt/vmm/internal/lograte"
 	"github.com/stratovirt-go/stratovirt/vmm/internal/rawsys"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio/eventloop"
@@ -175,7 +176,7 @@ func (c *Console) acceptLoop() {
 		log.L.Errorf("virtio-console %s: %v", c.id, err)
 		return
 	}
-	var lastWarn time.Time
+	warns := lograte.Limiter{Every: time.Minute}
 	for {
 		var nfd int
 		var aerr error
@@ -191,11 +192,8 @@ func (c *Console) acceptLoop() {
 		}
 		if aerr != nil {
 			// Out of descriptors or memory: the client waits in the
-			// backlog and accept is retried, with one warning a minute.
-			if now := time.Now(); now.Sub(lastWarn) >= time.Minute {
-				lastWarn = now
-				log.L.Warnf("virtio-console %s: accept: %v; retrying", c.id, aerr)
-			}
+			// backlog and accept is retried.
+			warns.Warn(fmt.Sprintf("virtio-console %s: accept: %v; retrying", c.id, aerr))
 			time.Sleep(acceptPause)
 			continue
 		}

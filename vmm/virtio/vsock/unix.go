@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
+	"github.com/stratovirt-go/stratovirt/vmm/internal/lograte"
 	"github.com/stratovirt-go/stratovirt/vmm/internal/rawsys"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio"
 	"github.com/stratovirt-go/stratovirt/vmm/virtio/eventloop"
@@ -73,10 +74,10 @@ type Unix struct {
 	batches    uint64 // epoll batches served: a socket left ready shows as a count that keeps growing
 	// acceptResume is when a listener paused by a failed accept is
 	// watched again (zero: it is watched).
-	acceptResume   time.Time
-	lastAcceptWarn time.Time
-	lastWarn       time.Time
-	quietWarns     int // guest protocol errors logged at debug level since lastWarn
+	acceptResume time.Time
+	// Warnings the guest can provoke, one a second; failed accepts, one a
+	// minute.
+	guestWarns, acceptWarns lograte.Limiter
 }
 
 // handshake is an accepted host connection that has not sent its
@@ -113,6 +114,7 @@ func NewUnix(cfg Config, loop *eventloop.Loop) (_ *Unix, err error) {
 	}
 	d := &Unix{cfg: cfg, loop: loop, listener: -1, epfd: -1, timer: -1,
 		conns: map[connKey]*conn{}, fds: map[int32]any{}, nextPort: firstHostPort,
+		guestWarns: lograte.Limiter{Every: time.Second}, acceptWarns: lograte.Limiter{Every: time.Minute},
 		events: make([]unix.EpollEvent, 64)}
 	defer func() {
 		if err != nil {
@@ -274,21 +276,10 @@ func (d *Unix) onTxKick() {
 // (it sends no events: there is no migration or snapshot restore).
 func (d *Unix) onEventKick() { _ = rawsys.Drain(d.kicks[eventQueue]) }
 
-// guestWarn logs a protocol error of the guest's at warning level at most
-// once a second, and the others at debug level: a guest must not be able
-// to flood the host's log.
+// guestWarn logs a protocol error of the guest's, rate limited: a guest
+// must not be able to flood the host's log.
 func (d *Unix) guestWarn(format string, args ...any) {
-	msg := fmt.Sprintf("vsock %s: "+format, append([]any{d.cfg.ID}, args...)...)
-	if now := time.Now(); now.Sub(d.lastWarn) >= time.Second {
-		if d.quietWarns > 0 {
-			msg += fmt.Sprintf(" (and %d more protocol errors since the last warning)", d.quietWarns)
-		}
-		d.lastWarn, d.quietWarns = now, 0
-		log.L.Warn(msg)
-		return
-	}
-	d.quietWarns++
-	log.L.Debug(msg)
+	d.guestWarns.Warn(fmt.Sprintf("vsock %s: "+format, append([]any{d.cfg.ID}, args...)...))
 }
 
 func (d *Unix) fail(err error) {
@@ -349,14 +340,8 @@ func (d *Unix) accept() {
 			return // the loop calls again while the listener is ready
 		}
 		if err != nil {
-			// Out of descriptors or memory: retry now and then, with one
-			// warning a minute while it lasts.
-			if now := time.Now(); now.Sub(d.lastAcceptWarn) >= time.Minute {
-				d.lastAcceptWarn = now
-				log.L.Warnf("vsock %s: accept: %v; host connections wait in the backlog", d.cfg.ID, err)
-			} else {
-				log.L.Debugf("vsock %s: accept: %v", d.cfg.ID, err)
-			}
+			// Out of descriptors or memory: retry now and then.
+			d.acceptWarns.Warn(fmt.Sprintf("vsock %s: accept: %v; host connections wait in the backlog", d.cfg.ID, err))
 			d.pauseAccept()
 			return
 		}
