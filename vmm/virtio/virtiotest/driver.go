@@ -172,6 +172,9 @@ func (d *Driver) TakeUsed() []Used {
 	return out
 }
 
+// UsedSeen is the used index up to which TakeUsed has returned elements.
+func (d *Driver) UsedSeen() uint16 { return d.usedSeen }
+
 // SetUsedEvent writes used_event (the driver's interrupt threshold).
 func (d *Driver) SetUsedEvent(v uint16) {
 	if err := d.Mem.StoreUint16(d.Avail+4+2*uint64(d.Size), v); err != nil {

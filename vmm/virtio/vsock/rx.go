@@ -7,6 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stratovirt-go/stratovirt/vmm/internal/rawsys"
+	"github.com/stratovirt-go/stratovirt/vmm/virtio"
 )
 
 // processRx fills the guest's rx buffers with what connections owe it,
@@ -52,6 +53,18 @@ func (d *Unix) processRx() {
 		if pushed++; pushed%32 == 0 {
 			d.signal(q)
 		}
+		// The buffers the same read filled after d.chain, in stream order.
+		for i := range d.extras {
+			x := &d.extras[i]
+			if err := q.Push(x.chain.Head, uint32(HeaderSize+x.n)); err != nil {
+				d.fail(err)
+				return
+			}
+			if pushed++; pushed%32 == 0 {
+				d.signal(q)
+			}
+		}
+		d.extras = d.extras[:0]
 	}
 	d.signal(q)
 }
@@ -59,6 +72,7 @@ func (d *Unix) processRx() {
 // fillRx writes one packet into d.chain. used false means nothing was
 // written (the buffer goes back to the ring).
 func (d *Unix) fillRx() (uint32, bool, error) {
+	d.extras = d.extras[:0]
 	mem := d.act.Mem
 	segs, err := Segments(mem, &d.chain, true, 0, HeaderSize+MaxPayload, d.segs[:0])
 	d.segs = segs[:0]
@@ -121,17 +135,25 @@ func (d *Unix) nextPacket(c *conn, segs [][]byte, room uint64) (Header, uint64, 
 		return d.header(c, OpResponse), 0, true
 	}
 	if c.readable && c.wantRead() && room > 0 {
-		limit := min(room, uint64(c.peerCredit()), MaxPayload)
+		credit := uint64(c.peerCredit())
+		limit := min(room, credit, MaxPayload)
 		data, _ := Segments(d.act.Mem, &d.chain, true, HeaderSize, limit, d.data[:0])
+		data = d.takeExtraRx(data, credit-limit)
 		d.data = data[:0]
+		d.hostReads++
 		n, err := rawsys.Readv(c.fd, data)
+		if err != nil || n == 0 {
+			d.undoExtraRx()
+		}
 		switch {
 		case err == nil && n > 0:
+			first := min(uint64(n), limit)
+			d.spreadExtraRx(c, uint64(n)-first)
 			h := d.header(c, OpRW)
-			h.Len = uint32(n)
+			h.Len = uint32(first)
 			c.sentCnt += uint32(n)
 			c.needCredit = false
-			return h, uint64(n), true
+			return h, first, true
 		case err == nil: // EOF: the host sends no more
 			c.readable, c.hostEOF = false, true
 			c.shutdownOwed |= ShutdownSend
@@ -170,4 +192,86 @@ func (d *Unix) writeHeader(segs [][]byte, h *Header) {
 		}
 		b = b[copy(s, b):]
 	}
+}
+
+// maxRxBatch bounds the rx buffers that one read of a host socket fills:
+// a guest posts 4 KiB buffers, and a read per buffer would make the
+// system calls, not the copies, the receive path's cost.
+const maxRxBatch = 16
+
+// rxExtra is an rx buffer taken for a batched read after d.chain.
+type rxExtra struct {
+	chain virtio.Chain
+	room  uint64 // payload bytes it can take
+	n     uint64 // payload bytes the read put in it
+}
+
+// takeExtraRx pops up to maxRxBatch-1 more rx buffers while credit (the
+// guest's window beyond the first buffer) lasts, and appends their
+// payload areas to iov. A buffer that is unusable here (broken, or
+// without room past its header) goes back to the ring for fillRx to
+// deal with on its own.
+func (d *Unix) takeExtraRx(iov [][]byte, credit uint64) [][]byte {
+	for credit > 0 && len(d.extras) < maxRxBatch-1 {
+		if len(d.extras) < cap(d.extras) {
+			d.extras = d.extras[:len(d.extras)+1]
+		} else {
+			d.extras = append(d.extras, rxExtra{})
+		}
+		x := &d.extras[len(d.extras)-1]
+		ok, err := d.rxq.Pop(&x.chain)
+		if err != nil || !ok {
+			// A broken ring is reported by processRx's next Pop.
+			d.extras = d.extras[:len(d.extras)-1]
+			break
+		}
+		more, err := Segments(d.act.Mem, &x.chain, true, HeaderSize, min(credit, MaxPayload), iov)
+		if err != nil || len(more) == len(iov) || len(more) > maxIovs {
+			d.rxq.Undo()
+			d.extras = d.extras[:len(d.extras)-1]
+			break
+		}
+		x.room, x.n = total(more[len(iov):]), 0
+		credit -= x.room
+		iov = more
+	}
+	return iov
+}
+
+// maxIovs is the kernel's limit on the buffers of one readv (UIO_MAXIOV).
+const maxIovs = 1024
+
+// spreadExtraRx gives the rest bytes a batched read put past d.chain
+// to the extra buffers in order, writes their headers and returns the
+// buffers the read did not reach to the ring.
+func (d *Unix) spreadExtraRx(c *conn, rest uint64) {
+	filled := 0
+	for i := range d.extras {
+		x := &d.extras[i]
+		if rest == 0 {
+			break
+		}
+		x.n = min(rest, x.room)
+		rest -= x.n
+		h := d.header(c, OpRW)
+		h.Len = uint32(x.n)
+		// Not d.segs: fillRx still holds d.chain's buffers there.
+		segs, _ := Segments(d.act.Mem, &x.chain, true, 0, HeaderSize, d.hdrSegs[:0])
+		d.hdrSegs = segs[:0]
+		d.writeHeader(segs, &h)
+		filled++
+	}
+	for range len(d.extras) - filled {
+		d.rxq.Undo()
+	}
+	d.extras = d.extras[:filled]
+}
+
+// undoExtraRx returns every extra buffer to the ring (the read brought
+// nothing).
+func (d *Unix) undoExtraRx() {
+	for range d.extras {
+		d.rxq.Undo()
+	}
+	d.extras = d.extras[:0]
 }

@@ -69,9 +69,12 @@ type Unix struct {
 	chain      virtio.Chain
 	segs       [][]byte
 	data       [][]byte
+	extras     []rxExtra // rx buffers filled by the read into chain, after it
+	hdrSegs    [][]byte
 	hdr        [HeaderSize]byte
 	events     []unix.EpollEvent
 	batches    uint64 // epoll batches served: a socket left ready shows as a count that keeps growing
+	hostReads  uint64 // reads of connections' host sockets (each may fill several rx buffers)
 	// acceptResume is when a listener paused by a failed accept is
 	// watched again (zero: it is watched).
 	acceptResume time.Time
