@@ -176,7 +176,9 @@ func (c *Console) acceptLoop() {
 		log.L.Errorf("virtio-console %s: %v", c.id, err)
 		return
 	}
-	warns := lograte.Limiter{Every: time.Minute}
+	// Failed accepts and refused clients are logged once a minute: a
+	// client retrying in a loop must not flood the log.
+	warns, refusals := lograte.Limiter{Every: time.Minute}, lograte.Limiter{Every: time.Minute}
 	for {
 		var nfd int
 		var aerr error
@@ -206,7 +208,7 @@ func (c *Console) acceptLoop() {
 		}
 		c.mu.Unlock()
 		if busy {
-			log.L.Infof("virtio-console %s: refusing a second client (one connection at a time)", c.id)
+			refusals.Warn(fmt.Sprintf("virtio-console %s: refusing a second client (one connection at a time)", c.id))
 			f.Close()
 			continue
 		}
