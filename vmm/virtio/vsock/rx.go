@@ -11,9 +11,10 @@ import (
 )
 
 // processRx fills the guest's rx buffers with what connections owe it,
-// one packet per buffer, round robin over the connections. It stops when
-// the guest has no buffers left (its next rx kick resumes) or nothing is
-// owed.
+// one packet per buffer, round robin over the connections; a
+// connection's turn takes what one read of its host socket brings (up
+// to maxRxBatch buffers). It stops when the guest has no buffers left
+// (its next rx kick resumes) or nothing is owed.
 func (d *Unix) processRx() {
 	if d.act == nil || d.stopped {
 		return
@@ -69,8 +70,9 @@ func (d *Unix) processRx() {
 	d.signal(q)
 }
 
-// fillRx writes one packet into d.chain. used false means nothing was
-// written (the buffer goes back to the ring).
+// fillRx writes one packet into d.chain, and for data the packets that
+// the same read put into d.extras. used false means nothing was written
+// (the buffer goes back to the ring).
 func (d *Unix) fillRx() (uint32, bool, error) {
 	d.extras = d.extras[:0]
 	mem := d.act.Mem
