@@ -47,27 +47,31 @@ func (d *Unix) processRx() {
 			q.Undo()
 			continue
 		}
-		if err := q.Push(d.chain.Head, written); err != nil {
-			d.fail(err)
+		if !d.pushRx(d.chain.Head, written, &pushed) {
 			return
-		}
-		if pushed++; pushed%32 == 0 {
-			d.signal(q)
 		}
 		// The buffers the same read filled after d.chain, in stream order.
 		for i := range d.extras {
-			x := &d.extras[i]
-			if err := q.Push(x.chain.Head, uint32(HeaderSize+x.n)); err != nil {
-				d.fail(err)
+			if !d.pushRx(d.extras[i].chain.Head, uint32(HeaderSize+d.extras[i].n), &pushed) {
 				return
-			}
-			if pushed++; pushed%32 == 0 {
-				d.signal(q)
 			}
 		}
 		d.extras = d.extras[:0]
 	}
 	d.signal(q)
+}
+
+// pushRx completes one rx buffer, interrupting the guest every 32; false
+// means the device failed.
+func (d *Unix) pushRx(head uint16, written uint32, pushed *int) bool {
+	if err := d.rxq.Push(head, written); err != nil {
+		d.fail(err)
+		return false
+	}
+	if *pushed++; *pushed%32 == 0 {
+		d.signal(d.rxq)
+	}
+	return true
 }
 
 // fillRx writes one packet into d.chain, and for data the packets that
@@ -145,7 +149,7 @@ func (d *Unix) nextPacket(c *conn, segs [][]byte, room uint64) (Header, uint64, 
 		d.hostReads++
 		n, err := rawsys.Readv(c.fd, data)
 		if err != nil || n == 0 {
-			d.undoExtraRx()
+			d.keepExtraRx(0)
 		}
 		switch {
 		case err == nil && n > 0:
@@ -263,17 +267,14 @@ func (d *Unix) spreadExtraRx(c *conn, rest uint64) {
 		d.writeHeader(segs, &h)
 		filled++
 	}
-	for range len(d.extras) - filled {
-		d.rxq.Undo()
-	}
-	d.extras = d.extras[:filled]
+	d.keepExtraRx(filled)
 }
 
-// undoExtraRx returns every extra buffer to the ring (the read brought
-// nothing).
-func (d *Unix) undoExtraRx() {
-	for range d.extras {
+// keepExtraRx keeps the first n extra buffers and returns the others to
+// the ring (they were popped last, so they go back last first).
+func (d *Unix) keepExtraRx(n int) {
+	for range len(d.extras) - n {
 		d.rxq.Undo()
 	}
-	d.extras = d.extras[:0]
+	d.extras = d.extras[:n]
 }

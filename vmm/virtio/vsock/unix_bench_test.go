@@ -31,7 +31,9 @@ func BenchmarkUnixHostToGuest(b *testing.B) {
 		werr <- err
 	}()
 	var got, credited int64
+	g.irq.mu.Lock()
 	irqs0 := g.irq.n
+	g.irq.mu.Unlock()
 	for got < total {
 		select {
 		case <-g.irq.notify:
