@@ -82,6 +82,25 @@ func TestHotplugSlotsLayout(t *testing.T) {
 	}
 }
 
+func TestVirtioCmdline(t *testing.T) {
+	v := newHotplugVM(t, &config.Hotplug{Drives: 1})
+	devs := v.virtio.cmdline()
+	if strings.Count(devs, " virtio_mmio.device=") != 2 {
+		t.Fatalf("cmdline entries %q, want 2", devs)
+	}
+	for _, tc := range []struct{ base, want string }{
+		{"console=ttyS0", "console=ttyS0" + devs},
+		{"", devs},
+		// Everything after " -- " is init's: the entries go before it.
+		{"console=ttyS0 -- -log-level debug", "console=ttyS0" + devs + " -- -log-level debug"},
+		{"quiet -- a -- b", "quiet" + devs + " -- a -- b"},
+	} {
+		if got := v.virtio.withCmdline(tc.base); got != tc.want {
+			t.Errorf("withCmdline(%q) = %q, want %q", tc.base, got, tc.want)
+		}
+	}
+}
+
 func TestNoSlotsByDefaultWithoutQMP(t *testing.T) {
 	v := newHotplugVM(t, nil)
 	if s := v.Slots(); len(s) != 1 || s[0].ID != "root" {

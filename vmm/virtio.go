@@ -240,8 +240,20 @@ func (d *virtioDevices) acpiDevices() []acpi.MMIODevice {
 	return out
 }
 
-// cmdline returns the virtio_mmio.device= entries for kernels built with
-// VIRTIO_MMIO_CMDLINE_DEVICES (others ignore them), each with a leading
+// withCmdline returns the kernel command line base with the
+// virtio_mmio.device= entries for kernels built with
+// VIRTIO_MMIO_CMDLINE_DEVICES (others ignore them). They go before a
+// " -- ", since the kernel hands everything after it to init.
+func (d *virtioDevices) withCmdline(base string) string {
+	kernel, initArgs, ok := strings.Cut(base, " -- ")
+	kernel += d.cmdline()
+	if ok {
+		return kernel + " -- " + initArgs
+	}
+	return kernel
+}
+
+// cmdline returns the virtio_mmio.device= entries, each with a leading
 // space.
 func (d *virtioDevices) cmdline() string {
 	var b strings.Builder

@@ -213,7 +213,7 @@ func (v *VM) setupPlatform() error {
 	b := v.cfg.Boot
 	v.boot, err = loader.LoadFiles(v.mem, b.Kernel, b.Initrd, loader.Options{
 		KernelName: b.Kernel,
-		Cmdline:    b.Cmdline + v.virtio.cmdline(),
+		Cmdline:    v.virtio.withCmdline(b.Cmdline),
 		RSDPAddr:   amd64.RSDPAddr,
 	})
 	if err != nil {

@@ -47,6 +47,19 @@ const (
 // host still treats a failed dial as "not yet" and keeps trying.
 const ReadyLine = "stratovirt-agent: ready"
 
+// MarkerPort is the I/O port of the VMM's boot-marker device (Firecracker's
+// boot-timer port, vmm/devices/legacy.PortBootMarker). ReadyMarker is what
+// the agent writes there once both ports listen, just before ReadyLine:
+// the VMM sees the one-byte write at once, in a single exit, where the
+// console line costs the guest two exits a byte (about 150 exits, tens of
+// milliseconds in a nested lab). Like the line, it is a hint: the host
+// still treats a failed dial as "not yet". A guest kernel without ioperm
+// (X86_IOPL_IOPERM) gives only the line.
+const (
+	MarkerPort  = 0x3f0
+	ReadyMarker = 0xa9
+)
+
 // Magic starts every stream header.
 const Magic = "SVS1"
 

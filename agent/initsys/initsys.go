@@ -142,10 +142,18 @@ func loadModule(path, params string) error {
 	return nil
 }
 
-// PowerOff syncs and powers the machine off.
+// PowerOff syncs and ends the machine: powers it off through ACPI, or
+// without ACPI (the microVM kernel) resets it, which ends the VM in a
+// microVM VMM (reboot=k: the i8042 reset line). A kernel without a way
+// to power off would halt instead, leaving the VM running with nothing
+// in it.
 func PowerOff() {
 	unix.Sync()
-	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
+	cmd := unix.LINUX_REBOOT_CMD_POWER_OFF
+	if _, err := os.Stat("/sys/firmware/acpi"); err != nil {
+		cmd = unix.LINUX_REBOOT_CMD_RESTART
+	}
+	if err := unix.Reboot(cmd); err != nil {
 		log.L.Errorf("power off: %v", err)
 	}
 	select {}

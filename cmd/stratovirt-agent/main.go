@@ -213,6 +213,13 @@ func run(o options, pid1 bool, logs *stdio.LogHub) error {
 	// without a verbose console. One write, so that no concurrent log
 	// line splits it.
 	now := bootClock()
+	if pid1 {
+		// The host dials on this one port write, before the console
+		// line (stream.MarkerPort).
+		if err := initsys.Mark(stream.MarkerPort, stream.ReadyMarker); err != nil {
+			log.L.Debugf("%v: the host waits for the console line", err)
+		}
+	}
 	fmt.Fprintf(os.Stderr, "%s (kernel clock at start %d ms, now %d ms)\n", stream.ReadyLine, started.Milliseconds(), now.Milliseconds())
 	log.L.Infof("stratovirt-agent %s serving on %s and %s (pid %d; kernel clock at start %d ms, now %d ms)",
 		server.Version, o.listen, o.streamListen, os.Getpid(), started.Milliseconds(), now.Milliseconds())

@@ -25,19 +25,27 @@ type ConsoleRing struct {
 	full  bool
 	cur   []byte // the line being written
 
-	watch     string        // a line containing this closes seen
-	seen      chan struct{} // nil when nothing is watched
-	seenClose bool
+	watch  string // a line containing this calls onSeen
+	onSeen func() // nil when nothing is watched or it was called
 }
 
 // Watch returns a channel closed once a complete line containing s has
 // been written (from now on; earlier lines do not count). One watch at a
-// time: a second call replaces the first.
+// time: a second call (or WatchFunc) replaces the first.
 func (r *ConsoleRing) Watch(s string) <-chan struct{} {
+	seen := make(chan struct{})
+	r.WatchFunc(s, func() { close(seen) })
+	return seen
+}
+
+// WatchFunc calls f once a complete line containing s has been written,
+// as Watch closes its channel. f runs on the writer's thread (a vCPU's,
+// under its seccomp filter) with the ring's lock held: it must not block
+// or call back into the ring.
+func (r *ConsoleRing) WatchFunc(s string, f func()) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.watch, r.seen, r.seenClose = s, make(chan struct{}), false
-	return r.seen
+	r.watch, r.onSeen = s, f
 }
 
 // NewConsoleRing keeps the last n lines (at least 1).
@@ -65,9 +73,9 @@ func (r *ConsoleRing) Write(p []byte) (int, error) {
 
 // push ends the current line. Called with r.mu held.
 func (r *ConsoleRing) push() {
-	if r.seen != nil && !r.seenClose && bytes.Contains(r.cur, []byte(r.watch)) {
-		close(r.seen)
-		r.seenClose = true
+	if r.onSeen != nil && bytes.Contains(r.cur, []byte(r.watch)) {
+		r.onSeen()
+		r.onSeen = nil
 	}
 	r.lines[r.next] = strings.ToValidUTF8(string(r.cur), "?")
 	r.cur = r.cur[:0]

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/stratovirt-go/stratovirt/agent-proto/stream"
 	"github.com/stratovirt-go/stratovirt/vmm"
@@ -36,7 +37,6 @@ type VM struct {
 // kept (ConsoleTail) even where opts.SerialOut is io.Discard.
 func NewVM(cfg *vmconfig.VMConfig, opts vmm.Options) (*VM, error) {
 	ring := NewConsoleRing(ConsoleLines)
-	var ready <-chan struct{}
 	switch opts.SerialOut {
 	case nil: // no serial device
 	case io.Discard:
@@ -44,9 +44,7 @@ func NewVM(cfg *vmconfig.VMConfig, opts vmm.Options) (*VM, error) {
 	default:
 		opts.SerialOut = io.MultiWriter(ring, opts.SerialOut)
 	}
-	if opts.SerialOut != nil {
-		ready = ring.Watch(stream.ReadyLine)
-	}
+	ready := watchAgentReady(&opts, ring)
 	v, err := vmm.New(cfg, opts)
 	if err != nil {
 		return nil, err
@@ -62,8 +60,31 @@ func NewVM(cfg *vmconfig.VMConfig, opts vmm.Options) (*VM, error) {
 	}}, nil
 }
 
-// AgentReady is closed when the guest console shows the agent's
-// stream.ReadyLine (nil without a serial device).
+// watchAgentReady returns a channel closed when the agent writes
+// stream.ReadyMarker to the boot-marker port (opts.OnBootMarker, which it
+// wraps) or, with a serial device, when ring sees its stream.ReadyLine.
+// The marker is one port exit; the console line behind it costs the
+// guest two exits a byte. Either one will do.
+func watchAgentReady(opts *vmm.Options, ring *ConsoleRing) <-chan struct{} {
+	ready := make(chan struct{})
+	signal := sync.OnceFunc(func() { close(ready) })
+	onMark := opts.OnBootMarker
+	opts.OnBootMarker = func(value uint8, since time.Duration) {
+		if onMark != nil {
+			onMark(value, since)
+		}
+		if value == stream.ReadyMarker {
+			signal()
+		}
+	}
+	if opts.SerialOut != nil {
+		ring.WatchFunc(stream.ReadyLine, signal)
+	}
+	return ready
+}
+
+// AgentReady is closed when the agent writes stream.ReadyMarker to the
+// boot-marker port or the guest console shows its stream.ReadyLine.
 func (v *VM) AgentReady() <-chan struct{} { return v.ready }
 
 // ConsoleTail returns the last lines of the guest's serial console.

@@ -191,16 +191,18 @@ func trunc(s string) string {
 }
 
 // AgentReadier is a Machine that tells when its agent says it listens
-// (VM: the agent's stream.ReadyLine on the console).
+// (VM: the agent's stream.ReadyMarker on the boot-marker port or its
+// stream.ReadyLine on the console).
 type AgentReadier interface {
 	AgentReady() <-chan struct{}
 }
 
 // Dial pacing while the agent boots. Without a ready signal the machine
 // is polled every dialPoll. With one, the first dial waits for the
-// signal, or for readyFallback in case the console line never comes (a
-// guest image whose agent does not print it); after a dial that failed
-// despite the signal, polling goes on every dialPoll.
+// signal, or for readyFallback in case the signal never comes (a guest
+// image whose agent gives neither the marker nor the console line);
+// after a dial that failed despite the signal, polling goes on every
+// dialPoll.
 const (
 	dialPoll      = 10 * time.Millisecond
 	readyFallback = 250 * time.Millisecond

@@ -5,10 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stratovirt-go/stratovirt/agent-proto/stream"
+	"github.com/stratovirt-go/stratovirt/vmm"
+	"github.com/stratovirt-go/stratovirt/vmm/devices/legacy"
 )
 
 func TestConsoleRing(t *testing.T) {
@@ -178,6 +183,55 @@ func TestConsoleRingWatch(t *testing.T) {
 				t.Fatalf("watch fired: %v, want %v", got, tc.want)
 			}
 			r.Write([]byte(marker + " again\n")) // a second match must not close twice
+		})
+	}
+}
+
+func TestWatchAgentReady(t *testing.T) {
+	if stream.MarkerPort != legacy.PortBootMarker {
+		t.Fatalf("the agent writes its marker to port %#x, the VMM's boot marker is at %#x", stream.MarkerPort, legacy.PortBootMarker)
+	}
+	for _, tc := range []struct {
+		name    string
+		serial  bool
+		marks   []uint8
+		console string
+		want    bool
+	}{
+		{"marker", true, []uint8{stream.ReadyMarker}, "", true},
+		{"marker without a serial device", false, []uint8{stream.ReadyMarker}, "", true},
+		{"console line", true, nil, stream.ReadyLine + " (kernel clock at start 1 ms, now 2 ms)\n", true},
+		{"marker and line", true, []uint8{stream.ReadyMarker}, stream.ReadyLine + "\n", true},
+		{"other markers", true, []uint8{legacy.BootCompleteMarker, 0}, "stratovirt-agent: starting\n", false},
+		{"line without a serial device", false, nil, stream.ReadyLine + "\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ring := NewConsoleRing(4)
+			var marked []uint8
+			opts := vmm.Options{OnBootMarker: func(v uint8, _ time.Duration) { marked = append(marked, v) }}
+			if tc.serial {
+				opts.SerialOut = ring
+			}
+			ready := watchAgentReady(&opts, ring)
+			for _, m := range tc.marks {
+				opts.OnBootMarker(m, time.Millisecond)
+			}
+			if tc.serial {
+				opts.SerialOut.Write([]byte(tc.console))
+			}
+			select {
+			case <-ready:
+				if !tc.want {
+					t.Fatal("ready without the agent's marker or line")
+				}
+			default:
+				if tc.want {
+					t.Fatal("not ready")
+				}
+			}
+			if !reflect.DeepEqual(marked, tc.marks) {
+				t.Errorf("the caller's OnBootMarker saw %v, want %v", marked, tc.marks)
+			}
 		})
 	}
 }

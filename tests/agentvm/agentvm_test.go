@@ -91,6 +91,12 @@ func runBackend(t *testing.T, backend string, rootImage bool) {
 	t.Logf("%s: agent %s serving after %v (kernel %s, %d CPU, %d MiB, %s)", backend, d.AgentVersion,
 		sb.BootTime.Round(time.Millisecond), d.KernelRelease, d.OnlineCpus, d.MemTotalBytes>>20, d.RuncVersion)
 
+	// The agent said it was ready with one port write (the microVM
+	// kernel has /dev/port), not only with its console line.
+	if want := fmt.Sprintf("guest boot marker %d after", stream.ReadyMarker); !strings.Contains(vm.out.String(), want) {
+		t.Errorf("the VMM's log has no %q: the agent did not write its ready marker", want)
+	}
+
 	// sandbox.Start checked Health on its connection; a second control
 	// connection, as a health prober would open, must be served too.
 	hctx, cancel := context.WithTimeout(ctx, rpcTimeout)

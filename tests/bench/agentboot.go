@@ -32,6 +32,10 @@ type GuestImage struct {
 // AgentCmdline is the shim's kernel command line.
 const AgentCmdline = translate.BaseCmdline
 
+// readyMarkerRE is the VMM's info line (vmm/vm.go) for the agent's ready
+// marker.
+var readyMarkerRE = regexp.MustCompile(fmt.Sprintf(`guest boot marker %d after`, stream.ReadyMarker))
+
 // consoleLine is one console line and when the host read it.
 type consoleLine struct {
 	at   time.Duration // since the VMM was spawned
@@ -65,40 +69,63 @@ func agentBoot(vmm string, img GuestImage, cid uint32, dir, cmdline string) (tim
 	args := append([]string{"-name", "bench-agent", "-kernel", img.Kernel, "-append", cmdline,
 		"-smp", "1", "-m", "256M", "-serial", "stdio", "-device", dev}, boot...)
 	cmd := exec.Command(vmm, args...)
+	// At info level the VMM logs the guest's boot-marker writes.
+	cmd.Env = append(os.Environ(), "STRATOVIRT_LOG_LEVEL=info")
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return 0, nil, err
 	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
+	errOut, err := cmd.StderrPipe()
+	if err != nil {
+		return 0, nil, err
+	}
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		return 0, nil, err
 	}
 	var (
-		mu    sync.Mutex
-		lines []consoleLine
-		done  = make(chan struct{})
-		ready = make(chan struct{})
+		mu     sync.Mutex
+		lines  []consoleLine
+		stderr strings.Builder
+		done   = make(chan struct{})
+		logged = make(chan struct{})
+		ready  = make(chan struct{})
+		signal = sync.OnceFunc(func() { close(ready) })
 	)
+	// The agent's ready marker or its console line, whichever comes
+	// first, as the shim waits (runtime/sandbox).
 	go func() {
 		defer close(done)
 		sc := bufio.NewScanner(out)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		said := false
 		for sc.Scan() {
 			mu.Lock()
 			lines = append(lines, consoleLine{time.Since(start), sc.Text()})
 			mu.Unlock()
-			if !said && strings.Contains(sc.Text(), stream.ReadyLine) {
-				said = true
-				close(ready)
+			if strings.Contains(sc.Text(), stream.ReadyLine) {
+				signal()
 			}
 		}
 		io.Copy(io.Discard, out)
 	}()
+	go func() {
+		defer close(logged)
+		sc := bufio.NewScanner(errOut)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			if readyMarkerRE.MatchString(sc.Text()) {
+				signal()
+			}
+			mu.Lock()
+			if stderr.Len() < 64<<10 {
+				stderr.WriteString(sc.Text() + "\n")
+			}
+			mu.Unlock()
+		}
+		io.Copy(io.Discard, errOut)
+	}()
 	exited := make(chan struct{})
-	go func() { <-done; cmd.Wait(); close(exited) }()
+	go func() { <-done; <-logged; cmd.Wait(); close(exited) }()
 	defer func() {
 		cmd.Process.Kill()
 		<-exited
@@ -112,6 +139,8 @@ func agentBoot(vmm string, img GuestImage, cid uint32, dir, cmdline string) (tim
 	})
 	switch {
 	case errors.Is(err, sandbox.ErrVMGone):
+		mu.Lock()
+		defer mu.Unlock()
 		return 0, nil, fmt.Errorf("VMM exited before the agent listened: %s", strings.TrimSpace(stderr.String()))
 	case err != nil:
 		return 0, nil, fmt.Errorf("agent not listening after 3 minutes: %v", err)
