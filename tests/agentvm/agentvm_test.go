@@ -92,7 +92,7 @@ func runBackend(t *testing.T, backend string, rootImage bool) {
 		sb.BootTime.Round(time.Millisecond), d.KernelRelease, d.OnlineCpus, d.MemTotalBytes>>20, d.RuncVersion)
 
 	// The agent said it was ready with one port write (the microVM
-	// kernel has /dev/port), not only with its console line.
+	// kernel has ioperm), not only with its console line.
 	if want := fmt.Sprintf("guest boot marker %d after", stream.ReadyMarker); !strings.Contains(vm.out.String(), want) {
 		t.Errorf("the VMM's log has no %q: the agent did not write its ready marker", want)
 	}
