@@ -29,17 +29,9 @@ type ConsoleRing struct {
 	onSeen func() // nil when nothing is watched or it was called
 }
 
-// Watch returns a channel closed once a complete line containing s has
-// been written (from now on; earlier lines do not count). One watch at a
-// time: a second call (or WatchFunc) replaces the first.
-func (r *ConsoleRing) Watch(s string) <-chan struct{} {
-	seen := make(chan struct{})
-	r.WatchFunc(s, func() { close(seen) })
-	return seen
-}
-
-// WatchFunc calls f once a complete line containing s has been written,
-// as Watch closes its channel. f runs on the writer's thread (a vCPU's,
+// WatchFunc calls f once a complete line containing s has been written
+// (from now on; earlier lines do not count). One watch at a time: a
+// second call replaces the first. f runs on the writer's thread (a vCPU's,
 // under its seccomp filter) with the ring's lock held: it must not block
 // or call back into the ring.
 func (r *ConsoleRing) WatchFunc(s string, f func()) {

@@ -169,7 +169,8 @@ func TestConsoleRingWatch(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			r := NewConsoleRing(4)
 			r.Write([]byte(tc.before))
-			seen := r.Watch(marker)
+			seen := make(chan struct{})
+			r.WatchFunc(marker, func() { close(seen) })
 			for _, w := range tc.after {
 				r.Write([]byte(w))
 			}

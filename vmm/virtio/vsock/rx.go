@@ -219,11 +219,7 @@ type rxExtra struct {
 // deal with on its own.
 func (d *Unix) takeExtraRx(iov [][]byte, credit uint64) [][]byte {
 	for credit > 0 && len(d.extras) < maxRxBatch-1 {
-		if len(d.extras) < cap(d.extras) {
-			d.extras = d.extras[:len(d.extras)+1]
-		} else {
-			d.extras = append(d.extras, rxExtra{})
-		}
+		d.extras = append(d.extras, rxExtra{}) // reuses the slice's room
 		x := &d.extras[len(d.extras)-1]
 		ok, err := d.rxq.Pop(&x.chain)
 		if err != nil || !ok {
