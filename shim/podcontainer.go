@@ -134,7 +134,7 @@ func (s *Service) createPodContainer(ctx context.Context, req *taskAPI.CreateTas
 		c.hostBind = true
 	} else {
 		d := vmconfig.DefaultDrive(c.serial, disk.Path)
-		d.ReadOnly, d.Direct, d.Serial, d.IOPS = disk.ReadOnly, disk.Direct, c.serial, pod.cfg.Hypervisor.DiskIOPS
+		d.ReadOnly, d.Direct, d.Serial, d.IOPS, d.Backing = disk.ReadOnly, disk.Direct, c.serial, pod.cfg.Hypervisor.DiskIOPS, disk.Backing
 		slot, err := pod.plug.PlugDrive(d)
 		if err != nil {
 			return nil, fmt.Errorf("hot-plug the rootfs of %q: %w", req.ID, err)

@@ -364,7 +364,8 @@ func (s *Service) Create(ctx context.Context, req *taskAPI.CreateTaskRequest) (_
 				disk.Remove()
 			}
 		}()
-		drives = []translate.Drive{{ID: "rootfs", Serial: serial(req.ID), Path: disk.Path, ReadOnly: disk.ReadOnly, Direct: disk.Direct}}
+		drives = []translate.Drive{{ID: "rootfs", Serial: serial(req.ID), Path: disk.Path, ReadOnly: disk.ReadOnly, Direct: disk.Direct,
+			Backing: disk.Backing}}
 	}
 	tDisk := time.Since(t0)
 
@@ -482,6 +483,7 @@ func prepareRootfs(ctx context.Context, cfg *shimconfig.Config, req *taskAPI.Cre
 	disk, err := rootfs.Prepare(ctx, mounts, rootfs.Options{
 		Target: filepath.Join(req.Bundle, "rootfs"), ImageDir: imageDir, Name: "rootfs-" + req.ID,
 		Format: rootfsFormat(cfg, readOnly), ReadOnly: readOnly, MountPoints: translate.MountPoints(spec),
+		CacheDir: cfg.Runtime.RootfsCacheDir,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("rootfs: %w", err)

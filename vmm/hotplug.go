@@ -224,12 +224,16 @@ func (v *VM) PlugDriveAt(d config.Drive, slot int) (int, error) {
 	if err != nil {
 		return -1, fmt.Errorf("drive %q: %w", d.ID, err)
 	}
-	err = s.dev.Plug(blk.Config{ID: d.ID, Path: d.File, ReadOnly: d.ReadOnly, Direct: d.Direct, Serial: d.Serial, IOPS: d.IOPS})
+	err = s.dev.Plug(blk.Config{ID: d.ID, Path: d.File, Backing: d.Backing, ReadOnly: d.ReadOnly, Direct: d.Direct, Serial: d.Serial, IOPS: d.IOPS})
 	if err != nil {
 		return -1, fmt.Errorf("drive %q: %w", d.ID, err)
 	}
 	s.drive = &d
-	log.L.Infof("hot-plug: drive %q (%s, serial %q) in disk slot %d", d.ID, d.File, d.Serial, i)
+	if d.Backing != "" {
+		log.L.Infof("hot-plug: drive %q (%s over %s, serial %q) in disk slot %d", d.ID, d.File, d.Backing, d.Serial, i)
+	} else {
+		log.L.Infof("hot-plug: drive %q (%s, serial %q) in disk slot %d", d.ID, d.File, d.Serial, i)
+	}
 	return i, nil
 }
 
@@ -390,6 +394,10 @@ func checkDrive(d config.Drive) error {
 		return fmt.Errorf("drive %q: %w: iops %d out of range [0, %d]", d.ID, ErrInvalid, d.IOPS, config.MaxIOPS)
 	case d.IOThread != "":
 		return fmt.Errorf("drive %q: %w: iothread %q: hot-plugged disks run on their slot's event loop", d.ID, ErrInvalid, d.IOThread)
+	case len(d.Backing) > config.MaxPathLen:
+		return fmt.Errorf("drive %q: %w: backing image path length %d out of range [0, %d]", d.ID, ErrInvalid, len(d.Backing), config.MaxPathLen)
+	case d.Backing != "" && (d.ReadOnly || d.Direct):
+		return fmt.Errorf("drive %q: %w: a backing image needs a writable, buffered drive (readonly=off, direct=off)", d.ID, ErrInvalid)
 	}
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/stratovirt-go/stratovirt/tests/payload"
 	"github.com/stratovirt-go/stratovirt/vmm/acpi"
 	"github.com/stratovirt-go/stratovirt/vmm/config"
+	"github.com/stratovirt-go/stratovirt/vmm/virtio/blk"
 )
 
 func diskFile(t *testing.T, size int) string {
@@ -133,6 +134,8 @@ func TestPlugDriveAPI(t *testing.T) {
 		{"no id", config.Drive{File: img}, -1, -1, ErrInvalid},
 		{"no file", config.Drive{ID: "b"}, -1, -1, ErrInvalid},
 		{"missing file", config.Drive{ID: "b", File: img + ".nope"}, -1, -1, os.ErrNotExist},
+		{"backing read-only", config.Drive{ID: "b", File: img, Backing: img, ReadOnly: true}, -1, -1, ErrInvalid},
+		{"backing missing", config.Drive{ID: "b", File: diskFile(t, 64<<10), Backing: img + ".nope"}, -1, -1, os.ErrNotExist},
 		{"explicit slot", config.Drive{ID: "b", File: img, ReadOnly: true, Serial: "ser-b"}, 2, 2, nil},
 		{"full", config.Drive{ID: "c", File: img}, -1, -1, ErrNoFreeSlot},
 	}
@@ -191,6 +194,70 @@ func TestPlugDriveAPI(t *testing.T) {
 	v.Close()
 	if _, err := v.PlugDrive(config.Drive{ID: "z", File: img}); err == nil {
 		t.Error("plug after Close succeeded")
+	}
+}
+
+func TestCheckDriveBacking(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		d    config.Drive
+		want string // "" for valid
+	}{
+		{"backed", config.Drive{ID: "x", File: "/o", Backing: "/b"}, ""},
+		{"read-only", config.Drive{ID: "x", File: "/o", Backing: "/b", ReadOnly: true},
+			`drive "x": invalid setting: a backing image needs a writable, buffered drive (readonly=off, direct=off)`},
+		{"direct", config.DefaultDrive("x", "/o"), ""},
+		{"direct backed", func() config.Drive { d := config.DefaultDrive("x", "/o"); d.Backing = "/b"; return d }(),
+			`drive "x": invalid setting: a backing image needs a writable, buffered drive (readonly=off, direct=off)`},
+		{"long backing path", config.Drive{ID: "x", File: "/o", Backing: "/" + strings.Repeat("b", config.MaxPathLen)},
+			fmt.Sprintf(`drive "x": invalid setting: backing image path length %d out of range [0, %d]`, config.MaxPathLen+1, config.MaxPathLen)},
+	} {
+		err := checkDrive(tc.d)
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || err.Error() != tc.want || !errors.Is(err, ErrInvalid)) {
+			t.Errorf("%s: checkDrive = %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+// TestBackedDrives boots a VM's devices with a copy-on-write drive and
+// plugs another: both reach the disk with their backing image.
+func TestBackedDrives(t *testing.T) {
+	needKVM(t)
+	base := diskFile(t, 1<<20)
+	overlay := func() string {
+		p := filepath.Join(t.TempDir(), "overlay.img")
+		if err := os.WriteFile(p, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(p, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	cfg := payloadConfig(t, payload.Spin(), 1, 256<<20)
+	cfg.Drives = []config.Drive{{ID: "root", File: overlay(), Backing: base}}
+	cfg.Hotplug = &config.Hotplug{Drives: 1}
+	v, err := New(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { v.Close() })
+	if f := v.hot.disks[0].dev.Features(); f&(1<<blk.FDiscard|1<<blk.FWriteZeroes) != 0 {
+		t.Errorf("backed boot drive offers discard or write-zeroes: features %#x", f)
+	}
+	d := config.Drive{ID: "c1", File: overlay(), Backing: base, Serial: "c1"}
+	if i, err := v.PlugDrive(d); i != 1 || err != nil {
+		t.Fatalf("plug backed drive: %d, %v", i, err)
+	}
+	if s := v.Slots(); s[1].Drive.Backing != base || v.hot.disks[1].dev.Capacity() != 1<<20/blk.SectorSize {
+		t.Errorf("slot %+v, capacity %d", s[1], v.hot.disks[1].dev.Capacity())
+	}
+	if err := v.UnplugDrive("c1"); err != nil {
+		t.Fatal(err)
+	}
+	small := diskFile(t, 4096)
+	if _, err := v.PlugDrive(config.Drive{ID: "c2", File: small, Backing: base}); err == nil || !strings.Contains(err.Error(), "same size") {
+		t.Errorf("plug over a backing image of another size: %v", err)
 	}
 }
 

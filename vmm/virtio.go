@@ -80,7 +80,7 @@ func (v *VM) setupVirtio() error {
 			return err
 		}
 		dev, err := blk.New(blk.Config{
-			ID: d.ID, Path: d.File, ReadOnly: d.ReadOnly, Direct: d.Direct, Serial: d.Serial, IOPS: d.IOPS,
+			ID: d.ID, Path: d.File, Backing: d.Backing, ReadOnly: d.ReadOnly, Direct: d.Direct, Serial: d.Serial, IOPS: d.IOPS,
 		}, loop)
 		if err != nil {
 			return fmt.Errorf("drive %q: %w", d.ID, err)

@@ -111,6 +111,12 @@ type Runtime struct {
 	LogLevel string `toml:"log_level"`
 	// RootfsFormat picks the image built from a directory rootfs.
 	RootfsFormat string `toml:"rootfs_format"`
+	// RootfsCacheDir keeps one ext4 image per set of image layers, shared
+	// by every container of that image on the host: a writable root
+	// from the overlayfs snapshotter gets a sparse copy-on-write overlay
+	// of it instead of an image of its own. Empty: every container's
+	// root is packed into its own image.
+	RootfsCacheDir string `toml:"rootfs_cache_dir"`
 	// WorkDir holds per-VM state (images, sockets), one directory per
 	// shim; "delete" removes it.
 	WorkDir string `toml:"work_dir"`
@@ -147,6 +153,7 @@ func Default() Config {
 		Runtime: Runtime{
 			LogLevel:          "info",
 			RootfsFormat:      FormatAuto,
+			RootfsCacheDir:    "/var/lib/stratovirt/rootfs-cache",
 			WorkDir:           "/run/stratovirt",
 			SandboxCgroupOnly: true,
 		},
@@ -265,6 +272,9 @@ func (c *Config) Validate() error {
 	}
 	if !filepath.IsAbs(c.Runtime.WorkDir) {
 		errs = append(errs, fmt.Errorf("runtime.work_dir: %q is not absolute", c.Runtime.WorkDir))
+	}
+	if c.Runtime.RootfsCacheDir != "" && !filepath.IsAbs(c.Runtime.RootfsCacheDir) {
+		errs = append(errs, fmt.Errorf("runtime.rootfs_cache_dir: %q is not absolute", c.Runtime.RootfsCacheDir))
 	}
 	return errors.Join(errs...)
 }

@@ -42,6 +42,9 @@ func TestParse(t *testing.T) {
 		{"format", "[runtime]\nrootfs_format='xfs'\n", "rootfs_format", nil},
 		{"level", "[runtime]\nlog_level='loud'\n", "log_level", nil},
 		{"workdir", "[runtime]\nwork_dir='run'\n", "work_dir", nil},
+		{"rootfs cache relative", "[runtime]\nrootfs_cache_dir='cache'\n", "rootfs_cache_dir", nil},
+		{"rootfs cache off", "[runtime]\nrootfs_cache_dir=''\n", "", func(c *Config) bool { return c.Runtime.RootfsCacheDir == "" }},
+		{"rootfs cache default", "", "", func(c *Config) bool { return c.Runtime.RootfsCacheDir == "/var/lib/stratovirt/rootfs-cache" }},
 		{"syntax", "[hypervisor\n", "", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -16,7 +16,8 @@ func TestShippedConfiguration(t *testing.T) {
 	}
 	d := Default()
 	if c.Hypervisor.Kernel != d.Hypervisor.Kernel || c.Hypervisor.DefaultMemoryMiB != d.Hypervisor.DefaultMemoryMiB ||
-		c.Runtime.RootfsFormat != d.Runtime.RootfsFormat || c.Runtime.WorkDir != d.Runtime.WorkDir {
+		c.Runtime.RootfsFormat != d.Runtime.RootfsFormat || c.Runtime.WorkDir != d.Runtime.WorkDir ||
+		c.Runtime.RootfsCacheDir != d.Runtime.RootfsCacheDir {
 		t.Fatalf("shipped config differs from defaults: %+v", c)
 	}
 }

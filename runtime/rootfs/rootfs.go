@@ -5,6 +5,16 @@
 // overlayfs or native snapshotter, or a bundle's rootfs/) is packed into a
 // new ext4 or erofs image with mkfs.ext4 -d or mkfs.erofs, and the cost
 // is measured. It owns the images it builds (Disk.Owned) and nothing else.
+//
+// With a cache (Options.CacheDir), a writable root on one overlay mount
+// whose upper dir is still empty (a new container of the overlayfs
+// snapshotter) is built only once per set of lower dirs: the ext4 image of
+// the lower dirs goes into the cache, shared by all containers and all
+// processes on the host, and the container gets a hard link to it
+// (Disk.Backing) and an empty sparse copy-on-write overlay of the same
+// size (Disk.Path). The package owns the cache too: it builds its base
+// images under a lock file each, and removes the bases no container links
+// once they have been idle for a while (cacheIdle), after each use.
 package rootfs
 
 import (
@@ -47,11 +57,18 @@ type Disk struct {
 	ReadOnly bool
 	// Direct: open with O_DIRECT (block devices; files use the page cache).
 	Direct bool
-	// Owned: Path is an image this package built; Remove deletes it.
+	// Owned: Path (and Backing) are files this package made; Remove
+	// deletes them.
 	Owned bool
+	// Backing, when set, is the container's hard link to a cached
+	// read-only base image, and Path a sparse copy-on-write overlay of the
+	// same size: clusters the guest never wrote read from Backing.
+	Backing string
 	// How says which path was taken ("block device", "image file",
-	// "ext4 image", "erofs image"); Cost is the time to build the image and
-	// Bytes its size (0 when attached directly).
+	// "ext4 image", "erofs image", "ext4 overlay on a cached image",
+	// "ext4 overlay on a new cached image"); Cost is the time to build the
+	// image (or the overlay, with the base when this call built it) and
+	// Bytes its size (the base's with Backing; 0 when attached directly).
 	How   string
 	Cost  time.Duration
 	Bytes int64
@@ -74,6 +91,10 @@ type Options struct {
 	// from a directory before it is packed, as runc would create them
 	// in a writable one.
 	MountPoints []MountPoint
+	// CacheDir, when set, holds the base images shared by containers (see
+	// the package comment); it must be on ImageDir's filesystem (hard
+	// links). Empty: every container gets an image of its own.
+	CacheDir string
 }
 
 // MountPoint is a path (absolute, inside the container's root) a mount
@@ -98,6 +119,13 @@ func Prepare(ctx context.Context, mounts []Mount, opts Options) (*Disk, error) {
 	}
 	if opts.Format == Erofs && !opts.ReadOnly {
 		return nil, errors.New("rootfs: an erofs image is read-only but the container's root is writable (use ext4)")
+	}
+	if opts.CacheDir != "" {
+		d, why, err := prepareCached(ctx, mounts, opts)
+		if d != nil || err != nil {
+			return d, err
+		}
+		log.G(ctx).Debugf("rootfs: no cached image for %s: %s", opts.Name, why)
 	}
 	if len(mounts) > 0 {
 		cm := make([]mount.Mount, len(mounts))
@@ -130,7 +158,7 @@ func Prepare(ctx context.Context, mounts []Mount, opts Options) (*Disk, error) {
 	start := time.Now()
 	var err error
 	if opts.Format == Ext4 {
-		err = BuildExt4(ctx, opts.Target, img)
+		err = buildExt4(ctx, opts.Target, img)
 	} else {
 		err = BuildErofs(ctx, opts.Target, img)
 	}
@@ -262,15 +290,25 @@ func run(ctx context.Context, name string, args ...string) error {
 	return nil
 }
 
-// Remove deletes an owned image; it is a no-op for direct disks.
+// Remove deletes an owned image (the overlay and the link to its base,
+// whose use time it sets to now: a base stays cached for cacheIdle after
+// its last container); it is a no-op for direct disks.
 func (d *Disk) Remove() error {
 	if d == nil || !d.Owned {
 		return nil
 	}
+	var errs []error
 	if err := os.Remove(d.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
+		errs = append(errs, err)
 	}
-	return nil
+	if d.Backing != "" {
+		now := time.Now()
+		os.Chtimes(d.Backing, now, now)
+		if err := os.Remove(d.Backing); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Unmount undoes any mounts left on target (after a crash); a target that

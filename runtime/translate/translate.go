@@ -76,6 +76,9 @@ type Drive struct {
 	// Direct opens with O_DIRECT (block devices); image files in the
 	// page cache are faster without.
 	Direct bool
+	// Backing is the shared base image under Path, a copy-on-write
+	// overlay (rootfs.Disk.Backing).
+	Backing string
 }
 
 // VMConfig builds the VM for a sandbox or standalone container: the
@@ -141,7 +144,7 @@ func VMConfig(cfg *shimconfig.Config, spec *specs.Spec, name string, drives []Dr
 	}
 	for i, d := range drives {
 		vd := vmconfig.DefaultDrive(d.ID, d.Path)
-		vd.ReadOnly, vd.Direct, vd.Serial, vd.IOPS = d.ReadOnly, d.Direct, d.Serial, h.DiskIOPS
+		vd.ReadOnly, vd.Direct, vd.Serial, vd.IOPS, vd.Backing = d.ReadOnly, d.Direct, d.Serial, h.DiskIOPS, d.Backing
 		if h.IOThreads > 0 {
 			vd.IOThread = c.IOThreads[i%h.IOThreads].ID
 		}

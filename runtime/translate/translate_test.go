@@ -95,6 +95,11 @@ func TestVMConfigSizing(t *testing.T) {
 	if err != nil || !strings.HasSuffix(c.Boot.Cmdline, " loglevel=7") || c.Drives[0].IOPS != 100 {
 		t.Fatalf("%v %q %+v", err, c.Boot.Cmdline, c.Drives)
 	}
+	// A copy-on-write root keeps its backing image and stays buffered.
+	if c, err := VMConfig(cfg, spec(nil), "vm", []Drive{{ID: "d", Path: cfg.Hypervisor.Kernel, Backing: cfg.Hypervisor.Kernel}}); err != nil ||
+		c.Drives[0].Backing != cfg.Hypervisor.Kernel || c.Drives[0].Direct {
+		t.Fatalf("backed drive: %v %+v", err, c.Drives)
+	}
 	// The root image: root= before kernel_params (which may end with
 	// "-- agent flags"), no initrd.
 	if c.Boot.Initrd != "" || !strings.Contains(c.Boot.Cmdline, BaseCmdline+" "+RootCmdline+" loglevel=7") {

@@ -3,11 +3,14 @@ package bench
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/stratovirt-go/stratovirt/tests/ctrd"
@@ -102,6 +105,9 @@ func treeMemory(pid int, guestBytes uint64) (memUse, error) {
 	var m memUse
 	for _, p := range tree(pid) {
 		u, err := smaps(p, guestBytes)
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
+			continue // exited since tree listed it (runc's dd, say): it holds nothing now
+		}
 		if err != nil {
 			return memUse{}, err
 		}

@@ -102,7 +102,9 @@ enable_annotations = ["default_vcpus", "default_memory"]
 [runtime]
 log_level = "debug"
 work_dir = %q
-`, filepath.Join(shimDir, "guest/vmlinux"), filepath.Join(shimDir, "guest/root.erofs"), filepath.Join(shimDir, "guest/runc.erofs"), filepath.Join(dir, "work"))
+rootfs_cache_dir = %q
+`, filepath.Join(shimDir, "guest/vmlinux"), filepath.Join(shimDir, "guest/root.erofs"), filepath.Join(shimDir, "guest/runc.erofs"), filepath.Join(dir, "work"),
+		filepath.Join(dir, ctrd.ImageCache))
 	must(t, os.WriteFile(filepath.Join(dir, "configuration.toml"), []byte(conf), 0o644))
 	must(t, os.MkdirAll(filepath.Join(dir, "net.d"), 0o755))
 	must(t, os.WriteFile(filepath.Join(dir, "net.d/10-svcri.conflist"), []byte(cniConfig()), 0o644))

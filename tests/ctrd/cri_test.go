@@ -2,6 +2,9 @@ package ctrd
 
 import (
 	"archive/tar"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"io"
 	"os"
@@ -144,6 +147,7 @@ func TestImages(t *testing.T) {
 		want  map[string][]string
 	}{
 		{OCIImage, map[string][]string{"Env": {"PATH=/bin"}, "Cmd": {"sh"}}},
+		{BigOCIImage, map[string][]string{"Env": {"PATH=/bin"}, "Cmd": {"sh"}}},
 		{PauseOCIImage, map[string][]string{"Env": {"PATH=/bin"},
 			"Entrypoint": {"/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"}}},
 	} {
@@ -153,6 +157,70 @@ func TestImages(t *testing.T) {
 		}
 		if got := imageConfig(t, p); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("image config %v, want %v", got, tc.want)
+		}
+	}
+}
+
+// TestBigImageLayers checks BigOCIImage's layout: every blob is named by
+// its digest, and the manifest lists busybox's layer and the data layer,
+// which holds /data/blob of BigImageMiB.
+func TestBigImageLayers(t *testing.T) {
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("needs busybox-static")
+	}
+	p := filepath.Join(t.TempDir(), "big.tar")
+	if err := BigOCIImage(p, BigImage); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	blobs := map[string][]byte{}
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d, ok := strings.CutPrefix(h.Name, "blobs/sha256/"); ok {
+			if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != d {
+				t.Fatalf("blob %s holds another digest", d)
+			}
+			blobs[d] = b
+		}
+	}
+	var layers []struct{ Digest string }
+	for _, b := range blobs {
+		var m struct {
+			Layers []struct{ Digest string }
+		}
+		if json.Unmarshal(b, &m) == nil && len(m.Layers) > 0 {
+			layers = m.Layers
+		}
+	}
+	if len(layers) != 2 {
+		t.Fatalf("manifest layers %v, want busybox's and the data layer", layers)
+	}
+	lt := tar.NewReader(bytes.NewReader(blobs[strings.TrimPrefix(layers[1].Digest, "sha256:")]))
+	for {
+		h, err := lt.Next()
+		if err != nil {
+			t.Fatalf("no data/blob in the data layer: %v", err)
+		}
+		if h.Name == "data/blob" {
+			if h.Size != BigImageMiB<<20 {
+				t.Fatalf("data/blob is %d bytes, want %d", h.Size, BigImageMiB<<20)
+			}
+			return
 		}
 	}
 }

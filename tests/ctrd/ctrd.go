@@ -144,8 +144,10 @@ console_log = %v
 %s%s[runtime]
 log_level = %q
 work_dir = %q
+rootfs_cache_dir = %q
 `, filepath.Join(o.ShimDir, "guest/vmlinux"), filepath.Join(o.ShimDir, "guest/root.erofs"), filepath.Join(o.ShimDir, "guest/runc.erofs"),
-		o.VCPUs, o.MemoryMiB, o.BootTimeout.String(), o.Debug, agentParams, enableAnnotations(o.EnableAnnotations), level, filepath.Join(dir, "work"))
+		o.VCPUs, o.MemoryMiB, o.BootTimeout.String(), o.Debug, agentParams, enableAnnotations(o.EnableAnnotations), level, filepath.Join(dir, "work"),
+		filepath.Join(dir, ImageCache))
 	if err := os.WriteFile(filepath.Join(dir, "configuration.toml"), []byte(conf), 0o644); err != nil {
 		return nil, err
 	}
@@ -200,6 +202,38 @@ func (d *Daemon) Import() error {
 		return fmt.Errorf("ctr images import: %v\n%s", err, out)
 	}
 	return nil
+}
+
+// ImportBig writes BigOCIImage's image and imports it as BigImage.
+func (d *Daemon) ImportBig() error {
+	img := filepath.Join(d.Dir, "big.tar")
+	if err := BigOCIImage(img, BigImage); err != nil {
+		return err
+	}
+	defer os.Remove(img)
+	if out, err := d.Ctr(5*time.Minute, "", "images", "import", img); err != nil {
+		return fmt.Errorf("ctr images import %s: %v\n%s", BigImage, err, out)
+	}
+	return nil
+}
+
+// ShimConfigWithoutCache writes the shim's configuration with
+// rootfs_cache_dir off (every container's root packed into an image of
+// its own) and returns its path, for `ctr run --runtime-config-path`.
+func (d *Daemon) ShimConfigWithoutCache() (string, error) {
+	b, err := os.ReadFile(filepath.Join(d.Dir, "configuration.toml"))
+	if err != nil {
+		return "", err
+	}
+	var lines []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "rootfs_cache_dir") {
+			l = `rootfs_cache_dir = ""`
+		}
+		lines = append(lines, l)
+	}
+	p := filepath.Join(d.Dir, "configuration-nocache.toml")
+	return p, os.WriteFile(p, []byte(strings.Join(lines, "\n")), 0o644)
 }
 
 // Ctr runs ctr (in Namespace) with stdin and returns its combined output.
@@ -258,4 +292,33 @@ func ExitCode(err error) int {
 		return -1
 	}
 	return 0
+}
+
+// ImageCache is the shim's rootfs_cache_dir under a Daemon's Dir.
+const ImageCache = "image-cache"
+
+// CacheLeftovers lists what the shared image cache in dir must not keep
+// once no container runs: a build's mount or half-built file, or a
+// container's link to a cached image (its link count above 1). The
+// images themselves stay for the next container.
+func CacheLeftovers(dir string) []string {
+	var l []string
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(mi), "\n") {
+		if strings.Contains(line, dir+"/") {
+			l = append(l, "cache mount: "+line)
+		}
+	}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		var st syscall.Stat_t
+		switch {
+		case strings.Contains(e.Name(), ".tmp-"):
+			l = append(l, "cache: half-built "+p)
+		case strings.HasSuffix(e.Name(), ".ext4") && syscall.Stat(p, &st) == nil && st.Nlink > 1:
+			l = append(l, fmt.Sprintf("cache: %s still has %d links", p, st.Nlink))
+		}
+	}
+	return l
 }

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -29,9 +30,42 @@ func PauseOCIImage(path, ref string) error {
 // and sleep).
 var PauseEntrypoint = []string{"/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"}
 
+// BigImage is OCIImage's busybox with a second layer that holds
+// /data/blob, BigImageMiB of incompressible bytes: an image whose size,
+// not its program, sets what preparing a container's root costs.
+const (
+	BigImage    = "docker.io/library/e2e-big:1"
+	BigImageMiB = 64
+)
+
+// BigOCIImage writes BigImage's layout tarball (see OCIImage).
+func BigOCIImage(path, ref string) error {
+	var layer bytes.Buffer
+	lt := tar.NewWriter(&layer)
+	mt := time.Unix(0, 0)
+	lt.WriteHeader(&tar.Header{Name: "data/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mt})
+	lt.WriteHeader(&tar.Header{Name: "data/blob", Typeflag: tar.TypeReg, Mode: 0o644, Size: BigImageMiB << 20, ModTime: mt})
+	// xorshift64: incompressible and the same in every run.
+	x := uint64(0x9e3779b97f4a7c15)
+	buf := make([]byte, 1<<20)
+	for range BigImageMiB {
+		for i := 0; i < len(buf); i += 8 {
+			x ^= x << 13
+			x ^= x >> 7
+			x ^= x << 17
+			binary.LittleEndian.PutUint64(buf[i:], x)
+		}
+		lt.Write(buf)
+	}
+	if err := lt.Close(); err != nil {
+		return err
+	}
+	return ociImage(path, ref, map[string]any{"Env": []string{"PATH=/bin"}, "Cmd": []string{"sh"}}, layer.Bytes())
+}
+
 // ociImage writes the busybox image with imgConfig as its config's
-// "config" (Env, Cmd, Entrypoint).
-func ociImage(path, ref string, imgConfig map[string]any) error {
+// "config" (Env, Cmd, Entrypoint), and the extra layers on top.
+func ociImage(path, ref string, imgConfig map[string]any, extra ...[]byte) error {
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
 		return fmt.Errorf("busybox-static: %w", err)
@@ -70,17 +104,23 @@ func ociImage(path, ref string, imgConfig map[string]any) error {
 		blobs["blobs/sha256/"+hex.EncodeToString(s[:])] = b
 		return d
 	}
-	layerDigest := add(layer.Bytes())
+	var diffIDs []string
+	var layers []desc
+	for _, l := range append([][]byte{layer.Bytes()}, extra...) {
+		d := add(l)
+		diffIDs = append(diffIDs, d)
+		layers = append(layers, desc{MediaType: "application/vnd.oci.image.layer.v1.tar", Digest: d, Size: len(l)})
+	}
 	cfg, _ := json.Marshal(map[string]any{
 		"architecture": "amd64", "os": "linux",
 		"config": imgConfig,
-		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},
+		"rootfs": map[string]any{"type": "layers", "diff_ids": diffIDs},
 	})
 	cfgDigest := add(cfg)
 	man, _ := json.Marshal(map[string]any{
 		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
 		"config": desc{MediaType: "application/vnd.oci.image.config.v1+json", Digest: cfgDigest, Size: len(cfg)},
-		"layers": []desc{{MediaType: "application/vnd.oci.image.layer.v1.tar", Digest: layerDigest, Size: layer.Len()}},
+		"layers": layers,
 	})
 	manDigest := add(man)
 	index, _ := json.Marshal(map[string]any{

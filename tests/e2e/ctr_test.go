@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stratovirt-go/stratovirt/tests/ctrd"
 	"github.com/stratovirt-go/stratovirt/tests/lab"
 )
 
@@ -47,6 +48,24 @@ func suite(t *testing.T, d *daemon, loop, hostname bool) {
 		if code != 0 || out != "hello\n" {
 			t.Fatalf("exit %d output %q", code, out)
 		}
+	})
+	t.Run("sharedImage", func(t *testing.T) {
+		// Every container of the image gets a copy-on-write overlay of one
+		// cached ext4 image of its layers (runtime.rootfs_cache_dir): what
+		// one container writes or deletes, the next one does not see.
+		out, code := d.ctrRun(t, "", image, "cow1", "sh", "-c", "echo one > /etc/marker && rm /bin/true && cat /etc/marker && ! ls /bin/true 2>/dev/null")
+		if code != 0 || out != "one\n" {
+			t.Fatalf("first container: exit %d output %q", code, out)
+		}
+		out, code = d.ctrRun(t, "", image, "cow2", "sh", "-c", "cat /etc/marker 2>/dev/null; ls /bin/true")
+		if code != 0 || out != "/bin/true\n" {
+			t.Fatalf("second container: exit %d output %q, want only /bin/true", code, out)
+		}
+		bases, _ := filepath.Glob(filepath.Join(d.dir, ctrd.ImageCache, "*.ext4"))
+		if len(bases) != 1 {
+			t.Fatalf("cached images %v, want one for %s", bases, image)
+		}
+		d.checkClean(t)
 	})
 	t.Run("freePageReporting", func(t *testing.T) {
 		// The pod's annotation gives its VM a balloon, which the guest's

@@ -135,9 +135,10 @@ func (d *daemon) leftovers() []string {
 	if s := strings.TrimSpace(string(links)); s != "" {
 		l = append(l, "tap: "+s)
 	}
-	return l
+	return append(l, ctrd.CacheLeftovers(filepath.Join(d.dir, ctrd.ImageCache))...)
 }
 
+// checkClean fails the test if anything is left behind 5 s after the end.
 func (d *daemon) checkClean(t *testing.T) {
 	t.Helper()
 	var l []string

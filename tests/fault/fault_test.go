@@ -220,7 +220,7 @@ func (d *daemon) leftovers() []string {
 	if s := losetup(); s != d.loops {
 		l = append(l, "loop devices: "+s)
 	}
-	return l
+	return append(l, ctrd.CacheLeftovers(filepath.Join(d.Dir, ctrd.ImageCache))...)
 }
 
 // checkClean fails the test if anything is left 5 s after the end.

@@ -35,6 +35,14 @@ type Drive struct {
 	IOThread string `json:"iothread,omitempty"`
 	// IOPS limits the average request rate; 0 means unlimited.
 	IOPS uint64 `json:"iops,omitempty"`
+	// Backing makes File a sparse overlay of the same size as the
+	// read-only image Backing: the guest's writes go to File in 4 KiB
+	// clusters, and clusters the guest never wrote read from Backing.
+	// File must hold no data when the disk is opened (the record of
+	// written clusters lives in the VMM's memory only), and the drive
+	// must be writable and buffered (ReadOnly and Direct false). Go API
+	// only: StratoVirt's command line and JSON have no such key.
+	Backing string `json:"-"`
 }
 
 // DefaultDrive returns a Drive with StratoVirt's defaults (read-write,
@@ -128,11 +136,46 @@ func (c *VMConfig) validateDrives() []error {
 		if d.IOThread != "" && !threads[d.IOThread] {
 			add(errorf("-drive", f("iothread"), "drive %q: iothread %q is not configured (add -iothread id=%s)", d.ID, d.IOThread, d.IOThread))
 		}
+		if d.Backing != "" {
+			if d.ReadOnly || d.Direct {
+				add(errorf("-drive", f("backing"), "drive %q: a backing image needs a writable, buffered drive (readonly=off, direct=off)", d.ID))
+			}
+			if e := checkBacking(f("backing"), d); e != nil {
+				add(e)
+			}
+		}
 	}
 	if n := c.mmioDeviceCount(); n > MaxMMIODevices {
 		add(errorf("-drive", "", "%d virtio-mmio devices out of range [0, %d] on x86_64", n, MaxMMIODevices))
 	}
 	return errs
+}
+
+// checkBacking verifies that a drive's backing image is a readable
+// regular file of the same size as the drive's file, which must be a
+// regular file too.
+func checkBacking(field string, d Drive) *Error {
+	path := d.Backing
+	if e := checkFile("-drive", field, "backing image", path); e != nil {
+		e.Msg = fmt.Sprintf("drive %q: %s", d.ID, e.Msg)
+		return e
+	}
+	base, err := os.Stat(path)
+	if err != nil {
+		return errorf("-drive", field, "drive %q: backing image %q: %v", d.ID, path, unwrapPath(err))
+	}
+	overlay, err := os.Stat(d.File)
+	if err != nil {
+		return nil // checkDisk reports it
+	}
+	if !overlay.Mode().IsRegular() {
+		return errorf("-drive", field, "drive %q: file %q is not a regular file, so it cannot overlay backing image %q", d.ID, d.File, path)
+	}
+	if overlay.Size() != base.Size() {
+		return errorf("-drive", field, "drive %q: file %q is %d bytes, backing image %q is %d bytes: they must be the same size",
+			d.ID, d.File, overlay.Size(), path, base.Size())
+	}
+	return nil
 }
 
 // checkDisk verifies that a drive's file is a regular file or a block

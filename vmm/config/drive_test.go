@@ -18,6 +18,12 @@ func TestValidateDrives(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
+	base := tempFile(t, "base.img")
+	overlay := tempFile(t, "overlay.img")
+	bigBase := filepath.Join(dir, "big.img")
+	if err := os.WriteFile(bigBase, []byte("xy"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	drives := func(n int) []Drive {
 		var ds []Drive
 		for i := 0; i < n; i++ {
@@ -63,6 +69,23 @@ func TestValidateDrives(t *testing.T) {
 		{"char device", func(c *VMConfig) { c.Drives = []Drive{{ID: "a", File: "/dev/null"}} },
 			`-drive: drive "a": file "/dev/null" is neither a regular file nor a block device`},
 		{"readonly file readonly drive", func(c *VMConfig) { c.Drives = []Drive{{ID: "a", File: ro, ReadOnly: true}} }, ""},
+		{"backing", func(c *VMConfig) { c.Drives = []Drive{{ID: "a", File: overlay, Backing: base}} }, ""},
+		{"backing readonly", func(c *VMConfig) { c.Drives = []Drive{{ID: "a", File: overlay, Backing: base, ReadOnly: true}} },
+			`-drive: drive "a": a backing image needs a writable, buffered drive (readonly=off, direct=off)`},
+		{"backing direct", func(c *VMConfig) {
+			d := DefaultDrive("a", overlay)
+			d.Backing = base
+			c.Drives = []Drive{d}
+		}, `-drive: drive "a": a backing image needs a writable, buffered drive (readonly=off, direct=off)`},
+		{"backing absent", func(c *VMConfig) { c.Drives = []Drive{{ID: "a", File: overlay, Backing: filepath.Join(dir, "nope")}} },
+			fmt.Sprintf(`-drive: drive "a": backing image %q: no such file or directory`, filepath.Join(dir, "nope"))},
+		{"backing directory", func(c *VMConfig) { c.Drives = []Drive{{ID: "a", File: overlay, Backing: dir}} },
+			fmt.Sprintf(`-drive: drive "a": backing image %q is not a regular file`, dir)},
+		{"backing size differs", func(c *VMConfig) { c.Drives = []Drive{{ID: "a", File: overlay, Backing: bigBase}} },
+			fmt.Sprintf(`-drive: drive "a": file %q is 1 bytes, backing image %q is 2 bytes: they must be the same size`, overlay, bigBase)},
+		{"backing under a device", func(c *VMConfig) { c.Drives = []Drive{{ID: "a", File: "/dev/null", Backing: base}} },
+			`-drive: drive "a": file "/dev/null" is neither a regular file nor a block device` + "\n" +
+				fmt.Sprintf(`-drive: drive "a": file "/dev/null" is not a regular file, so it cannot overlay backing image %q`, base)},
 	}
 	if os.Geteuid() != 0 {
 		tests = append(tests, struct {
@@ -110,5 +133,14 @@ func TestDriveJSON(t *testing.T) {
 	}
 	if !reflect.DeepEqual(c.IOThreads, []IOThread{{"iothread1"}, {"iothread2"}}) {
 		t.Errorf("iothreads %+v", c.IOThreads)
+	}
+	// Backing is Go API only: JSON neither shows nor sets it.
+	b, err := json.Marshal(Drive{ID: "a", File: "/a", Backing: "/base"})
+	if err != nil || strings.Contains(string(b), "/base") {
+		t.Errorf("marshalled drive %s (%v) shows the backing image", b, err)
+	}
+	var d Drive
+	if err := json.Unmarshal([]byte(`{"drive_id": "a", "path_on_host": "/a", "Backing": "/b", "backing": "/b"}`), &d); err != nil || d.Backing != "" {
+		t.Errorf("JSON set Backing: %+v (%v)", d, err)
 	}
 }

@@ -36,6 +36,7 @@ func TestParseDrives(t *testing.T) {
 		{"bad bool", []string{"-drive", "id=a,file=/a,readonly=maybe"}, nil, nil, "-drive: unable to parse 'maybe' for 'readonly' (on|off)"},
 		{"bad iops", []string{"-drive", "id=a,file=/a,iops=-1"}, nil, nil, "-drive: unable to parse '-1' for 'iops'"},
 		{"unknown key", []string{"-drive", "id=a,file=/a,cache=none"}, nil, nil, "-drive: invalid parameter 'cache'"},
+		{"backing is Go API only", []string{"-drive", "id=a,file=/a,backing=/b"}, nil, nil, "-drive: invalid parameter 'backing'"},
 		{"positional", []string{"-drive", "/a"}, nil, nil, "-drive: invalid parameter '/a'"},
 		{"dup key", []string{"-drive", "id=a,file=/a,id=b"}, nil, nil, "-drive: parameter 'id' is given more than once"},
 		{"two values", []string{"-drive", "id=a,file=/a", "id=b,file=/b"}, nil, nil, `-drive: only one value expected, got 2: ["id=a,file=/a" "id=b,file=/b"]`},

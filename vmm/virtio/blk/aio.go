@@ -48,6 +48,12 @@ func (b *Block) openRing(be *backend) {
 	if !useRing {
 		return
 	}
+	if be.cow != nil {
+		// A request may read the base, copy a cluster up and set the
+		// cluster map: it runs whole, in order, on the loop.
+		log.L.Debugf("virtio-blk %s: synchronous I/O: copy-on-write over %s", b.cfg.ID, b.cfg.Backing)
+		return
+	}
 	if be.inMemory {
 		// Every request is a memory copy, done at once (tmpfs cannot even
 		// read without blocking when asked, so the ring would hand its

@@ -35,12 +35,21 @@ type backend struct {
 	// request; a file a device backs keeps ordinary calls, so that a hung
 	// disk cannot stall the process's stop-the-world pauses.
 	inMemory bool
+	// cow, when set, makes f a copy-on-write overlay of a read-only base
+	// image (cow.go); such a backend is buffered and synchronous.
+	cow *cowLayer
 }
 
 // maxBounce is the largest bounce buffer kept between requests.
 const maxBounce = 4 << 20
 
-func openBackend(path string, readOnly, direct bool) (*backend, error) {
+// openBackend opens cfg.Path (over cfg.Backing when set) with the access
+// cfg asks for.
+func openBackend(cfg Config) (*backend, error) {
+	if cfg.Backing != "" {
+		return openBacked(cfg)
+	}
+	path, readOnly, direct := cfg.Path, cfg.ReadOnly, cfg.Direct
 	flag := unix.O_RDWR
 	if readOnly {
 		flag = unix.O_RDONLY
@@ -136,6 +145,10 @@ func (b *backend) blockSize() uint64 {
 }
 
 func (b *backend) close() error {
+	var baseErr error
+	if b.cow != nil {
+		baseErr = b.cow.close()
+	}
 	if b.bounce != nil {
 		_ = unix.Munmap(b.bounce)
 		b.bounce = nil
@@ -144,7 +157,7 @@ func (b *backend) close() error {
 		_ = b.ring.Close()
 		b.ring = nil
 	}
-	return b.f.Close()
+	return errors.Join(b.f.Close(), baseErr)
 }
 
 // aligned reports whether bufs can go to an O_DIRECT file as they are.
@@ -202,6 +215,9 @@ var preadvNowait = rawsys.PreadvNowait
 // readAt fills bufs from offset off; bytes past the end of the file read
 // as zero.
 func (b *backend) readAt(bufs [][]byte, off uint64, total uint64) error {
+	if b.cow != nil {
+		return b.cow.read(bufs, off, total)
+	}
 	if !b.direct || b.aligned(bufs) {
 		return b.rw(bufs, off, false)
 	}
@@ -221,6 +237,9 @@ func (b *backend) readAt(bufs [][]byte, off uint64, total uint64) error {
 
 // writeAt writes bufs at offset off.
 func (b *backend) writeAt(bufs [][]byte, off uint64, total uint64) error {
+	if b.cow != nil {
+		return b.cow.write(bufs, off, total)
+	}
 	if !b.direct || b.aligned(bufs) {
 		return b.rw(bufs, off, true)
 	}
@@ -242,19 +261,31 @@ const iovMax = 1024
 // rw transfers all of bufs at off, retrying short transfers. A read that
 // reaches end of file zero-fills the rest.
 func (b *backend) rw(bufs [][]byte, off uint64, write bool) error {
+	return fileIO{fd: b.fd, inMemory: b.inMemory}.rw(bufs, off, write)
+}
+
+// fileIO is a descriptor and how to call it: raw calls (rawsys) for a
+// file in memory (see backend.inMemory).
+type fileIO struct {
+	fd       int
+	inMemory bool
+}
+
+// rw is backend.rw on f.
+func (f fileIO) rw(bufs [][]byte, off uint64, write bool) error {
 	for len(bufs) > 0 {
 		batch := bufs[:min(len(bufs), iovMax)]
 		var n int
 		var err error
 		switch {
-		case write && b.inMemory:
-			n, err = rawsys.Pwritev(b.fd, batch, int64(off))
-		case b.inMemory:
-			n, err = rawsys.Preadv(b.fd, batch, int64(off))
+		case write && f.inMemory:
+			n, err = rawsys.Pwritev(f.fd, batch, int64(off))
+		case f.inMemory:
+			n, err = rawsys.Preadv(f.fd, batch, int64(off))
 		case write:
-			n, err = unix.Pwritev(b.fd, batch, int64(off))
+			n, err = unix.Pwritev(f.fd, batch, int64(off))
 		default:
-			n, err = unix.Preadv(b.fd, batch, int64(off))
+			n, err = unix.Preadv(f.fd, batch, int64(off))
 		}
 		if errors.Is(err, unix.EINTR) {
 			continue
@@ -290,6 +321,8 @@ func skip(bufs [][]byte, n uint64) [][]byte {
 	return bufs
 }
 
+// flush syncs the file (a copy-on-write backend's overlay; its base is
+// read-only).
 func (b *backend) flush() error {
 	if b.inMemory {
 		return rawsys.Fdatasync(b.fd)
@@ -313,6 +346,10 @@ func (b *backend) discardRange(off, n uint64) error {
 // zeroRange makes [off, off+n) read as zeroes: fallocate where the backend
 // supports it, else by writing zeroes.
 func (b *backend) zeroRange(off, n uint64, unmap bool) error {
+	if b.cow != nil {
+		// A hole in the overlay alone would read the base again.
+		return b.cow.zero(off, n)
+	}
 	modes := []uint32{unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_KEEP_SIZE}
 	if unmap {
 		modes = append([]uint32{unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE}, modes...)

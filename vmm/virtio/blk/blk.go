@@ -2,8 +2,9 @@
 // event loop (an iothread or the VMM's default loop) from a raw file or a
 // host block device, with read, write, flush, GET_ID (the drive serial),
 // read-only disks, O_DIRECT with aligned bounce buffers, multi-segment
-// requests (SEG_MAX), discard and write-zeroes, the iops token bucket, and
-// hot replacement of the file behind a device (replace.go).
+// requests (SEG_MAX), discard and write-zeroes, the iops token bucket,
+// copy-on-write overlays of a shared read-only image (cow.go), and hot
+// replacement of the file behind a device (replace.go).
 //
 // Concurrency: Activate and Reset are called by the transport (vCPU
 // threads, under the transport's lock); queue processing runs only on the
@@ -55,8 +56,13 @@ const (
 
 // Config describes one disk.
 type Config struct {
-	ID       string
-	Path     string
+	ID   string
+	Path string
+	// Backing, when set, is a read-only image Path overlays copy-on-write
+	// (cow.go): Path is a sparse file of the same size that holds no data
+	// yet, and clusters the guest never wrote read from Backing. It needs
+	// ReadOnly and Direct false.
+	Backing  string
 	ReadOnly bool
 	Direct   bool
 	// Serial is returned by GET_ID (at most IDBytes are used).
@@ -98,7 +104,7 @@ type Block struct {
 // New opens the disk and builds the device; its queue will be served on
 // loop.
 func New(cfg Config, loop *eventloop.Loop) (*Block, error) {
-	be, err := openBackend(cfg.Path, cfg.ReadOnly, cfg.Direct)
+	be, err := openBackend(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -118,16 +124,22 @@ func New(cfg Config, loop *eventloop.Loop) (*Block, error) {
 	b.capacity = be.size / SectorSize
 	b.blkSize = be.blockSize()
 	b.features = 1<<virtio.FIndirectDesc | 1<<virtio.FEventIdx | 1<<FSegMax | 1<<FFlush | 1<<FBlkSize
-	if cfg.ReadOnly {
+	switch {
+	case cfg.ReadOnly:
 		b.features |= 1 << FRO
-	} else {
+	case be.cow != nil:
+		// No discard (a hole in the overlay would show the base again) and
+		// no write-zeroes (it would be a plain write). A slot that offered
+		// them at probe still gets both right (backend.zeroRange; a
+		// discard does nothing).
+	default:
 		b.features |= 1 << FWriteZeroes
 		if be.discard {
 			b.features |= 1 << FDiscard
 		}
 	}
-	log.L.Debugf("virtio-blk %s: %s, %d sectors, block %d, direct %v, ro %v, iops %d, loop %s, io_uring %v",
-		cfg.ID, cfg.Path, b.capacity, be.blockSize(), cfg.Direct, cfg.ReadOnly, cfg.IOPS, loop.Name(), be.ring != nil)
+	log.L.Debugf("virtio-blk %s: %s, backing %q, %d sectors, block %d, direct %v, ro %v, iops %d, loop %s, io_uring %v",
+		cfg.ID, cfg.Path, cfg.Backing, b.capacity, be.blockSize(), cfg.Direct, cfg.ReadOnly, cfg.IOPS, loop.Name(), be.ring != nil)
 	return b, nil
 }
 

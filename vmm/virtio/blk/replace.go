@@ -87,7 +87,7 @@ func (b *Block) Plug(cfg Config) error {
 	if b.Plugged() {
 		return ErrPlugged
 	}
-	be, err := openBackend(cfg.Path, cfg.ReadOnly, cfg.Direct)
+	be, err := openBackend(cfg)
 	if err != nil {
 		return err
 	}
@@ -97,7 +97,7 @@ func (b *Block) Plug(cfg Config) error {
 			cfg.ID, cfg.Path, be.offAlign, b.blkSize)
 		be.close()
 		cfg.Direct = false
-		if be, err = openBackend(cfg.Path, cfg.ReadOnly, false); err != nil {
+		if be, err = openBackend(cfg); err != nil {
 			return err
 		}
 	}
@@ -120,8 +120,8 @@ func (b *Block) Plug(cfg Config) error {
 		be.close()
 		return ErrPlugged
 	}
-	log.L.Debugf("virtio-blk %s: plugged %s, %d sectors, direct %v, ro %v, iops %d", cfg.ID, cfg.Path, be.size/SectorSize,
-		cfg.Direct, cfg.ReadOnly, cfg.IOPS)
+	log.L.Debugf("virtio-blk %s: plugged %s, backing %q, %d sectors, direct %v, ro %v, iops %d", cfg.ID, cfg.Path, cfg.Backing,
+		be.size/SectorSize, cfg.Direct, cfg.ReadOnly, cfg.IOPS)
 	return b.configChanged()
 }
 
