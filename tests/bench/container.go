@@ -50,7 +50,7 @@ func bigImageRows(d *ctrd.Daemon, runs int) ([]Row, error) {
 	if err := d.ImportBig(); err != nil {
 		return nil, err
 	}
-	noCache, err := d.ShimConfigWithoutCache()
+	noCache, err := d.ShimConfigWithCache("nocache", "")
 	if err != nil {
 		return nil, err
 	}

@@ -217,10 +217,11 @@ func (d *Daemon) ImportBig() error {
 	return nil
 }
 
-// ShimConfigWithoutCache writes the shim's configuration with
-// rootfs_cache_dir off (every container's root packed into an image of
-// its own) and returns its path, for `ctr run --runtime-config-path`.
-func (d *Daemon) ShimConfigWithoutCache() (string, error) {
+// ShimConfigWithCache writes the shim's configuration with
+// rootfs_cache_dir set to cacheDir ("": off, every container's root
+// packed into an image of its own) as configuration-NAME.toml and
+// returns its path, for `ctr run --runtime-config-path`.
+func (d *Daemon) ShimConfigWithCache(name, cacheDir string) (string, error) {
 	b, err := os.ReadFile(filepath.Join(d.Dir, "configuration.toml"))
 	if err != nil {
 		return "", err
@@ -228,11 +229,11 @@ func (d *Daemon) ShimConfigWithoutCache() (string, error) {
 	var lines []string
 	for _, l := range strings.Split(string(b), "\n") {
 		if strings.HasPrefix(l, "rootfs_cache_dir") {
-			l = `rootfs_cache_dir = ""`
+			l = fmt.Sprintf("rootfs_cache_dir = %q", cacheDir)
 		}
 		lines = append(lines, l)
 	}
-	p := filepath.Join(d.Dir, "configuration-nocache.toml")
+	p := filepath.Join(d.Dir, "configuration-"+name+".toml")
 	return p, os.WriteFile(p, []byte(strings.Join(lines, "\n")), 0o644)
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -104,38 +105,20 @@ func TestFaults(t *testing.T) {
 
 	// The disk holding containerd's root (and so the bundle's rootfs
 	// image) is full: the create fails with ENOSPC, the half-built image
-	// and the rootfs mount are removed, the shim exits.
-	t.Run("fulldisk", func(t *testing.T) {
-		var st syscall.Statfs_t
-		if err := syscall.Statfs(d.Dir, &st); err != nil {
+	// and the rootfs mount are removed, the shim exits. Both ways to the
+	// image: the shared cache building the image's base (a cache of its
+	// own, so that the base is not there yet), and an image of the
+	// container's own (the cache off).
+	for _, c := range []struct{ name, cache string }{
+		{"fulldisk", filepath.Join(d.Dir, "image-cache-fulldisk")},
+		{"fulldisk-nocache", ""},
+	} {
+		conf, err := d.ShimConfigWithCache(c.name, c.cache)
+		if err != nil {
 			t.Fatal(err)
 		}
-		total := st.Blocks * uint64(st.Bsize)
-		used := (st.Blocks - st.Bfree) * uint64(st.Bsize)
-		if err := syscall.Mount("", d.Dir, "", syscall.MS_REMOUNT, fmt.Sprintf("size=%d", used+512<<10)); err != nil {
-			t.Fatalf("shrink the tmpfs: %v", err)
-		}
-		restored := false
-		restore := func() {
-			if !restored {
-				restored = true
-				if err := syscall.Mount("", d.Dir, "", syscall.MS_REMOUNT, fmt.Sprintf("size=%d", total)); err != nil {
-					t.Errorf("restore the tmpfs size: %v", err)
-				}
-			}
-		}
-		defer restore()
-		r := wait(t, d.runAsync(nil, "fulldisk", "echo", "never"), 3*time.Minute)
-		restore()
-		t.Logf("ctr run on a full disk: exit %d: %s", r.code, strings.TrimSpace(r.out))
-		// The shim's rootfs build must be what failed (not containerd's
-		// own metadata, which the 512 KiB of room leaves alone).
-		if r.code == 0 || !strings.Contains(strings.ToLower(r.out), "no space left on device") || !strings.Contains(r.out, "rootfs:") {
-			t.Errorf("ctr run on a full disk: exit %d %q, want an ENOSPC error", r.code, r.out)
-		}
-		d.remove("fulldisk")
-		d.checkClean(t)
-	})
+		t.Run(c.name, func(t *testing.T) { fullDisk(t, d, conf, c.cache) })
+	}
 
 	// containerd restarts while a container runs: the new containerd
 	// reconnects to the shim, exec works. The running shim also shows the
@@ -169,9 +152,13 @@ func TestFaults(t *testing.T) {
 			t.Skip("restart failed")
 		}
 		defer d.remove(survivor)
-		imgs, _ := filepath.Glob(filepath.Join(d.Dir, "root/io.containerd.runtime.v2.task", ctrd.Namespace, survivor, "rootfs-*"))
+		// The container's own disk file: with the image cache, its
+		// copy-on-write overlay (beside its link to the shared base,
+		// which other containers read too).
+		all, _ := filepath.Glob(filepath.Join(d.Dir, "root/io.containerd.runtime.v2.task", ctrd.Namespace, survivor, "rootfs-*"))
+		imgs := slices.DeleteFunc(all, func(p string) bool { return strings.HasSuffix(p, ".base.ext4") })
 		if len(imgs) != 1 {
-			t.Fatalf("rootfs images %v", imgs)
+			t.Fatalf("rootfs images %v", all)
 		}
 		f, err := os.OpenFile(imgs[0], os.O_RDWR, 0)
 		if err != nil {
@@ -259,4 +246,44 @@ func newSecret() string {
 	b := make([]byte, 12)
 	rand.Read(b)
 	return "s3cr3t-" + hex.EncodeToString(b)
+}
+
+// fullDisk runs a container with the shim configuration conf on a full
+// containerd tmpfs (see TestFaults/fulldisk); cache is conf's
+// rootfs_cache_dir, which must keep no build's leftovers.
+func fullDisk(t *testing.T, d *daemon, conf, cache string) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(d.Dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	total := st.Blocks * uint64(st.Bsize)
+	used := (st.Blocks - st.Bfree) * uint64(st.Bsize)
+	if err := syscall.Mount("", d.Dir, "", syscall.MS_REMOUNT, fmt.Sprintf("size=%d", used+512<<10)); err != nil {
+		t.Fatalf("shrink the tmpfs: %v", err)
+	}
+	restored := false
+	restore := func() {
+		if !restored {
+			restored = true
+			if err := syscall.Mount("", d.Dir, "", syscall.MS_REMOUNT, fmt.Sprintf("size=%d", total)); err != nil {
+				t.Errorf("restore the tmpfs size: %v", err)
+			}
+		}
+	}
+	defer restore()
+	r := wait(t, d.runAsync([]string{"--runtime-config-path", conf}, "fulldisk", "echo", "never"), 3*time.Minute)
+	restore()
+	t.Logf("ctr run on a full disk: exit %d: %s", r.code, strings.TrimSpace(r.out))
+	// The shim's rootfs build must be what failed (not containerd's
+	// own metadata, which the 512 KiB of room leaves alone).
+	if r.code == 0 || !strings.Contains(strings.ToLower(r.out), "no space left on device") || !strings.Contains(r.out, "rootfs:") {
+		t.Errorf("ctr run on a full disk: exit %d %q, want an ENOSPC error", r.code, r.out)
+	}
+	d.remove("fulldisk")
+	d.checkClean(t)
+	if cache != "" {
+		if l := ctrd.CacheLeftovers(cache); len(l) > 0 {
+			t.Errorf("the image cache kept:\n%s", strings.Join(l, "\n"))
+		}
+	}
 }
