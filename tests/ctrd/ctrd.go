@@ -192,27 +192,21 @@ rootfs_cache_dir = %q
 }
 
 // Import writes OCIImage's image and imports it as Image.
-func (d *Daemon) Import() error {
-	img := filepath.Join(d.Dir, "image.tar")
-	if err := OCIImage(img, Image); err != nil {
-		return err
-	}
-	defer os.Remove(img)
-	if out, err := d.Ctr(60*time.Second, "", "images", "import", img); err != nil {
-		return fmt.Errorf("ctr images import: %v\n%s", err, out)
-	}
-	return nil
-}
+func (d *Daemon) Import() error { return d.importImage(OCIImage, Image, 60*time.Second) }
 
 // ImportBig writes BigOCIImage's image and imports it as BigImage.
-func (d *Daemon) ImportBig() error {
-	img := filepath.Join(d.Dir, "big.tar")
-	if err := BigOCIImage(img, BigImage); err != nil {
+func (d *Daemon) ImportBig() error { return d.importImage(BigOCIImage, BigImage, 5*time.Minute) }
+
+// importImage writes an image layout tarball with write and imports it
+// as ref.
+func (d *Daemon) importImage(write func(path, ref string) error, ref string, timeout time.Duration) error {
+	img := filepath.Join(d.Dir, "image.tar")
+	if err := write(img, ref); err != nil {
 		return err
 	}
 	defer os.Remove(img)
-	if out, err := d.Ctr(5*time.Minute, "", "images", "import", img); err != nil {
-		return fmt.Errorf("ctr images import %s: %v\n%s", BigImage, err, out)
+	if out, err := d.Ctr(timeout, "", "images", "import", img); err != nil {
+		return fmt.Errorf("ctr images import %s: %v\n%s", ref, err, out)
 	}
 	return nil
 }
