@@ -251,7 +251,10 @@ func prepareCached(ctx context.Context, mounts []Mount, opts Options) (*Disk, st
 		return nil, "", fmt.Errorf("image dir: %w", err)
 	}
 	if cst.Dev != ist.Dev {
-		return nil, fmt.Sprintf("the image dir %s and the cache %s are on different filesystems", opts.ImageDir, opts.CacheDir), nil
+		// A placement the operator can fix: said where it is seen.
+		why := fmt.Sprintf("the image dir %s and the cache %s are on different filesystems", opts.ImageDir, opts.CacheDir)
+		log.G(ctx).Infof("rootfs: %s: %s gets an image of its own (put rootfs_cache_dir on the bundles' file system)", why, opts.Name)
+		return nil, why, nil
 	}
 
 	base := filepath.Join(opts.CacheDir, key+".ext4")
