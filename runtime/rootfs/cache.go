@@ -86,7 +86,7 @@ func cacheable(mounts []Mount, opts Options) (lowerOpt string, lowers, replay []
 		case k == "workdir" && strings.HasPrefix(o, "workdir="):
 			work = v
 		case slices.Contains(overlayIgnored, o):
-		case slices.Contains(overlayReplayed, o) || hasAnyPrefix(o, overlayReplayedPrefixes):
+		case slices.Contains(overlayReplayed, o) || slices.ContainsFunc(overlayReplayedPrefixes, func(p string) bool { return strings.HasPrefix(o, p) }):
 			replay = append(replay, o)
 		default:
 			return "", nil, nil, "overlay option " + o
@@ -115,15 +115,6 @@ func cacheable(mounts []Mount, opts Options) (lowerOpt string, lowers, replay []
 		}
 	}
 	return lowerOpt, lowers, replay, ""
-}
-
-func hasAnyPrefix(s string, prefixes []string) bool {
-	for _, p := range prefixes {
-		if strings.HasPrefix(s, p) {
-			return true
-		}
-	}
-	return false
 }
 
 // emptyDir says whether dir is a directory with no entries.

@@ -13,22 +13,13 @@ import (
 // on the same containerd d (with ctrd.Image imported).
 func ContainerRows(d *ctrd.Daemon, runs int) ([]Row, error) {
 	var ours, peer []float64
-	run := func(runtime, id string) (float64, error) {
-		t0 := time.Now()
-		out, err := d.Ctr(5*time.Minute, "", "run", "--rm", "--runtime", runtime, ctrd.Image, id, "true")
-		ms := float64(time.Since(t0).Microseconds()) / 1000
-		if err != nil {
-			return 0, fmt.Errorf("ctr run --runtime %s: %v: %s", runtime, err, out)
-		}
-		return ms, nil
-	}
 	for i := 0; i < runs; i++ {
-		ms, err := run(ctrd.Runtime, fmt.Sprintf("bench-sv-%d", i))
+		ms, err := timeRun(d, ctrd.Image, fmt.Sprintf("bench-sv-%d", i), "--runtime", ctrd.Runtime)
 		if err != nil {
 			return nil, err
 		}
 		ours = append(ours, ms)
-		if ms, err = run("io.containerd.runc.v2", fmt.Sprintf("bench-runc-%d", i)); err != nil {
+		if ms, err = timeRun(d, ctrd.Image, fmt.Sprintf("bench-runc-%d", i), "--runtime", runcRuntime); err != nil {
 			return nil, err
 		}
 		peer = append(peer, ms)
@@ -54,15 +45,6 @@ func bigImageRows(d *ctrd.Daemon, runs int) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
-	run := func(id string, args ...string) (float64, error) {
-		t0 := time.Now()
-		out, err := d.Ctr(5*time.Minute, "", append(append([]string{"run", "--rm"}, args...), ctrd.BigImage, id, "true")...)
-		ms := float64(time.Since(t0).Microseconds()) / 1000
-		if err != nil {
-			return 0, fmt.Errorf("ctr run %v: %v: %s", args, err, out)
-		}
-		return ms, nil
-	}
 	var cached, uncached, peer []float64
 	for i := 0; i < runs; i++ {
 		for _, s := range []struct {
@@ -74,7 +56,7 @@ func bigImageRows(d *ctrd.Daemon, runs int) ([]Row, error) {
 			{&uncached, "big-svnc-%d", []string{"--runtime", ctrd.Runtime, "--runtime-config-path", noCache}},
 			{&peer, "big-runc-%d", []string{"--runtime", runcRuntime}},
 		} {
-			ms, err := run(fmt.Sprintf(s.id, i), s.args...)
+			ms, err := timeRun(d, ctrd.BigImage, fmt.Sprintf(s.id, i), s.args...)
 			if err != nil {
 				return nil, err
 			}
@@ -86,4 +68,16 @@ func bigImageRows(d *ctrd.Daemon, runs int) ([]Row, error) {
 	r.Note = "busybox and a second layer of incompressible data; ours: the root is a copy-on-write overlay of one cached image of the layers (our first run builds it)"
 	b := NewRow(what+", ours against ours without the image cache", "ms", cached, "ours, rootfs_cache_dir off: each root packed into an image of its own (before)", uncached)
 	return []Row{r, b}, nil
+}
+
+// timeRun runs `ctr run --rm <flags> image id true` on d and returns its
+// wall time in milliseconds.
+func timeRun(d *ctrd.Daemon, image, id string, flags ...string) (float64, error) {
+	t0 := time.Now()
+	out, err := d.Ctr(5*time.Minute, "", append(append([]string{"run", "--rm"}, flags...), image, id, "true")...)
+	ms := float64(time.Since(t0).Microseconds()) / 1000
+	if err != nil {
+		return 0, fmt.Errorf("ctr run %v %s: %v: %s", flags, image, err, out)
+	}
+	return ms, nil
 }
