@@ -11,6 +11,7 @@ import (
 	"html"
 	"io"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sort"
@@ -38,7 +39,69 @@ type Row struct {
 	Peer           *Series `json:"peer,omitempty"`
 	// Ratio is ours/peer of the medians (0 without a peer).
 	Ratio float64 `json:"ratio"`
-	Note  string  `json:"note,omitempty"`
+	// RatioCI90 is a 90% bootstrap interval of Ratio (ratioCI), when both
+	// sides have at least ciMinRuns samples: a ratio whose interval holds
+	// 1 is one the run cannot tell from parity.
+	RatioCI90 *[2]float64 `json:"ratio_ci90,omitempty"`
+	Note      string      `json:"note,omitempty"`
+}
+
+// Bootstrap parameters of ratioCI: resamples, the fewest samples a side
+// needs, and a fixed seed, so that a report's intervals follow from its
+// samples alone.
+const (
+	ciResamples = 4000
+	ciMinRuns   = 3
+	ciSeed      = 0x5eed
+)
+
+// ratioCI is a 90% percentile-bootstrap interval of median(ours) /
+// median(peer). With as many samples on each side, sample i of each is
+// taken as one round (the groups interleave their runs) and rounds are
+// resampled whole, so that a lab that slows down for a while moves both
+// sides of a round together; otherwise each side is resampled on its
+// own. ok is false with fewer than ciMinRuns samples a side, or where a
+// resampled peer median is 0.
+func ratioCI(ours, peer []float64) (lo, hi float64, ok bool) {
+	if len(ours) < ciMinRuns || len(peer) < ciMinRuns {
+		return 0, 0, false
+	}
+	rng := rand.New(rand.NewPCG(ciSeed, uint64(len(ours))<<32|uint64(len(peer))))
+	paired := len(ours) == len(peer)
+	o, p := make([]float64, len(ours)), make([]float64, len(peer))
+	ratios := make([]float64, 0, ciResamples)
+	for range ciResamples {
+		if paired {
+			for i := range o {
+				j := rng.IntN(len(ours))
+				o[i], p[i] = ours[j], peer[j]
+			}
+		} else {
+			for i := range o {
+				o[i] = ours[rng.IntN(len(ours))]
+			}
+			for i := range p {
+				p[i] = peer[rng.IntN(len(peer))]
+			}
+		}
+		pm := median(p)
+		if pm == 0 {
+			return 0, 0, false
+		}
+		ratios = append(ratios, median(o)/pm)
+	}
+	sort.Float64s(ratios)
+	return ratios[len(ratios)*5/100], ratios[len(ratios)*95/100-1], true
+}
+
+// median sorts v in place and returns its median.
+func median(v []float64) float64 {
+	sort.Float64s(v)
+	n := len(v)
+	if n%2 == 1 {
+		return v[n/2]
+	}
+	return (v[n/2-1] + v[n/2]) / 2
 }
 
 // Summarize fills the summary fields of s from its samples.
@@ -48,13 +111,8 @@ func Summarize(name string, samples []float64) Series {
 		return s
 	}
 	sorted := append([]float64(nil), samples...)
-	sort.Float64s(sorted)
+	s.Median = median(sorted)
 	s.Min, s.Max = sorted[0], sorted[len(sorted)-1]
-	if n := len(sorted); n%2 == 1 {
-		s.Median = sorted[n/2]
-	} else {
-		s.Median = (sorted[n/2-1] + sorted[n/2]) / 2
-	}
 	return s
 }
 
@@ -66,6 +124,9 @@ func NewRow(name, unit string, ours []float64, peerName string, peer []float64) 
 		r.Peer = &p
 		if p.Median != 0 {
 			r.Ratio = r.Ours.Median / p.Median
+			if lo, hi, ok := ratioCI(ours, peer); ok {
+				r.RatioCI90 = &[2]float64{lo, hi}
+			}
 		}
 	}
 	return r
@@ -94,6 +155,19 @@ func ReadReport(dir string) (*Report, error) {
 	return &r, nil
 }
 
+// Resummarize recomputes every row's summaries, ratio and interval from
+// its samples (a report written before the intervals existed gets them).
+func (r *Report) Resummarize() {
+	for i, row := range r.Rows {
+		n := NewRow(row.Name, row.Unit, row.Ours.Samples, "", nil)
+		if row.Peer != nil {
+			n = NewRow(row.Name, row.Unit, row.Ours.Samples, row.Peer.Name, row.Peer.Samples)
+		}
+		n.Ours.Name, n.HigherIsBetter, n.Note = row.Ours.Name, row.HigherIsBetter, row.Note
+		r.Rows[i] = n
+	}
+}
+
 // belowShown is the smallest magnitude num prints as other than 0.
 const belowShown = 0.005
 
@@ -114,16 +188,19 @@ func num(v float64) string {
 func (r *Report) Markdown(w io.Writer) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Benchmarks, %s, %s\n\n", r.Where, r.Generated.UTC().Format(time.RFC3339))
-	b.WriteString("| benchmark | unit | ours (median) | peer | peer (median) | ratio | runs | ours min/max | peer min/max |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| benchmark | unit | ours (median) | peer | peer (median) | ratio | ratio, 90% interval | runs | ours min/max | peer min/max |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, row := range r.Rows {
-		peer, pm, ratio, pmm := "—", "—", "—", "—"
+		peer, pm, ratio, ci, pmm := "—", "—", "—", "—", "—"
 		if row.Peer != nil {
 			peer, pm = row.Peer.Name, num(row.Peer.Median)
 			// No ratio to a peer median that prints as 0 (runc's idle
 			// CPU): it would only say how small the peer's noise was.
 			if row.Ratio != 0 && math.Abs(row.Peer.Median) >= belowShown {
 				ratio = fmt.Sprintf("%.2f×", row.Ratio)
+				if c := row.RatioCI90; c != nil {
+					ci = fmt.Sprintf("%.2f–%.2f", c[0], c[1])
+				}
 			}
 			pmm = num(row.Peer.Min) + " / " + num(row.Peer.Max)
 		}
@@ -131,8 +208,8 @@ func (r *Report) Markdown(w io.Writer) error {
 		if row.Peer != nil {
 			runs += " / " + fmt.Sprint(row.Peer.Runs)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", row.Name, row.Unit, num(row.Ours.Median),
-			peer, pm, ratio, runs, num(row.Ours.Min)+" / "+num(row.Ours.Max), pmm)
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", row.Name, row.Unit, num(row.Ours.Median),
+			peer, pm, ratio, ci, runs, num(row.Ours.Min)+" / "+num(row.Ours.Max), pmm)
 	}
 	for _, row := range r.Rows {
 		if row.Note != "" {

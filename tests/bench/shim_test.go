@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -81,5 +82,58 @@ func TestMarkdownZeroPeer(t *testing.T) {
 	if !strings.Contains(out, "| idle cpu | % of a CPU | 5.90 | runc | 0 | — |") || !strings.Contains(out, "| 0.50× |") ||
 		!strings.Contains(out, "| idle cpu, tiny peer | % of a CPU | 0.44 | runc | 0 | — |") {
 		t.Errorf("markdown:\n%s", out)
+	}
+}
+
+// TestRatioCI: the interval holds the ratio, excludes 1 where the sides
+// are far apart, holds it where they are drawn alike, pairs rounds when
+// both sides have one sample each, and is the same on every call.
+func TestRatioCI(t *testing.T) {
+	slow := []float64{10, 11, 9, 10.5, 9.5, 10.2, 9.8, 10.1}
+	fast := []float64{20, 22, 18, 21, 19, 20.4, 19.6, 20.2}
+	lo, hi, ok := ratioCI(fast, slow)
+	if !ok || lo > 2 || hi < 2 || lo <= 1 {
+		t.Errorf("fast/slow: [%v, %v] %v, want around 2 and above 1", lo, hi, ok)
+	}
+	if lo2, hi2, _ := ratioCI(fast, slow); lo2 != lo || hi2 != hi {
+		t.Errorf("not reproducible: [%v, %v] then [%v, %v]", lo, hi, lo2, hi2)
+	}
+	// Both sides from the same spread: parity cannot be ruled out.
+	a := []float64{5, 9, 14, 7, 11, 6, 13, 8}
+	b := []float64{12, 6, 8, 13, 5, 10, 7, 9}
+	if lo, hi, ok := ratioCI(a, b); !ok || lo > 1 || hi < 1 {
+		t.Errorf("alike: [%v, %v] %v, want an interval holding 1", lo, hi, ok)
+	}
+	// A lab whose speed drifts: each round's pair moves together, ours
+	// 10% ahead in every round. Paired, the interval stays near 1.1 and
+	// above 1; the medians alone could not tell.
+	var ours, peer []float64
+	for i, speed := range []float64{3, 9, 5, 14, 7, 4, 11, 6} {
+		ours, peer = append(ours, speed*1.1+float64(i%2)*0.01), append(peer, speed)
+	}
+	if lo, hi, ok := ratioCI(ours, peer); !ok || lo <= 1 || hi < 1.1 || lo > 1.1 {
+		t.Errorf("drifting lab, paired: [%v, %v] %v, want above 1 around 1.1", lo, hi, ok)
+	}
+	if lo, hi, ok := ratioCI(ours, peer[:7]); !ok || lo > 1 {
+		t.Errorf("drifting lab, unpaired: [%v, %v] %v, want an interval holding 1", lo, hi, ok)
+	}
+	for _, tc := range []struct{ ours, peer []float64 }{
+		{[]float64{1, 2}, []float64{1, 2, 3}},
+		{[]float64{1, 2, 3}, []float64{0, 0, 0}},
+	} {
+		if _, _, ok := ratioCI(tc.ours, tc.peer); ok {
+			t.Errorf("ratioCI(%v, %v) gave an interval", tc.ours, tc.peer)
+		}
+	}
+	r := NewRow("x", "MB/s", fast, "peer", slow)
+	if r.RatioCI90 == nil || r.RatioCI90[0] != lo {
+		t.Errorf("NewRow: interval %v", r.RatioCI90)
+	}
+	var md strings.Builder
+	if err := (&Report{Rows: []Row{r}}).Markdown(&md); err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("| %.2f× | %.2f–%.2f |", r.Ratio, lo, hi); !strings.Contains(md.String(), want) {
+		t.Errorf("markdown lacks %q:\n%s", want, md.String())
 	}
 }

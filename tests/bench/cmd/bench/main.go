@@ -69,7 +69,20 @@ func main() {
 	vmm := flag.String("vmm", "bin/stratovirt", "our VMM binary")
 	shimDir := flag.String("shim-dir", "", "(internal) prepared shim and guest image")
 	resume := flag.Bool("resume", false, "(internal) keep the groups -out's results.json already has and run the others")
+	summarize := flag.String("summarize", "", "print the table of the results.json in this directory, summaries and intervals recomputed from its samples, and run nothing")
 	flag.Parse()
+	if *summarize != "" {
+		rep, err := bench.ReadReport(*summarize)
+		if err == nil {
+			rep.Resummarize()
+			err = rep.Markdown(os.Stdout)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(*runs, *memRuns, *out, *rows, *vmm, *shimDir, *resume); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
