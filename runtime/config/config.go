@@ -109,13 +109,14 @@ type Hypervisor struct {
 // Runtime is the [runtime] table: the shim itself.
 type Runtime struct {
 	LogLevel string `toml:"log_level"`
-	// RootfsFormat picks the image built from a directory rootfs.
+	// RootfsFormat picks the image a directory rootfs is packed into
+	// when it does not use the cache.
 	RootfsFormat string `toml:"rootfs_format"`
 	// RootfsCacheDir keeps one ext4 image per set of image layers, shared
-	// by every container of that image on the host: a writable root
-	// from the overlayfs snapshotter gets a sparse copy-on-write overlay
-	// of it instead of an image of its own. Empty: every container's
-	// root is packed into its own image.
+	// by every container of that image on the host: a root from the
+	// overlayfs snapshotter, writable or read-only, gets a sparse
+	// copy-on-write overlay of it instead of an image of its own. Empty:
+	// every container's root is packed into its own image.
 	RootfsCacheDir string `toml:"rootfs_cache_dir"`
 	// WorkDir holds per-VM state (images, sockets), one directory per
 	// shim; "delete" removes it.

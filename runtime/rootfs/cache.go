@@ -58,13 +58,16 @@ var overlayReplayedPrefixes = []string{"index=", "redirect_dir=", "metacopy=", "
 
 // cacheable says whether mounts can use a cached base: a single overlay
 // mount with an empty upper dir and only options that a read-only overlay
-// of its lower dirs can replay. It returns the lowerdir option's value,
-// the lower dirs, the options to replay, or why not.
+// of its lower dirs can replay. A read-only root may also come without an
+// upper and a work dir (a view snapshot's overlay), and takes the cache
+// whatever opts.Format says (the format of an image of its own): its
+// disk is the same writable overlay on the base, where runc creates the
+// mount points before it makes the root read-only in the guest, as it
+// does on a host. It returns the lowerdir option's value, the lower dirs,
+// the options to replay, or why not.
 func cacheable(mounts []Mount, opts Options) (lowerOpt string, lowers, replay []string, why string) {
 	switch {
-	case opts.ReadOnly:
-		return "", nil, nil, "the root is read-only"
-	case opts.Format != Ext4:
+	case opts.Format != Ext4 && !opts.ReadOnly:
 		return "", nil, nil, "format " + opts.Format
 	case len(mounts) != 1:
 		return "", nil, nil, fmt.Sprintf("%d mounts", len(mounts))
@@ -92,21 +95,24 @@ func cacheable(mounts []Mount, opts Options) (lowerOpt string, lowers, replay []
 			return "", nil, nil, "overlay option " + o
 		}
 	}
+	view := opts.ReadOnly && upper == "" && work == ""
 	switch {
 	case !haveLower || lowerOpt == "":
 		return "", nil, nil, "no lowerdir="
-	case upper == "":
+	case upper == "" && !view:
 		return "", nil, nil, "no upperdir="
-	case work == "":
+	case work == "" && !view:
 		return "", nil, nil, "no workdir="
 	case strings.Contains(lowerOpt, `\`):
 		return "", nil, nil, "an escaped character in lowerdir="
 	}
-	if empty, err := emptyDir(upper); err != nil || !empty {
-		if err == nil {
-			err = errors.New("not empty")
+	if !view {
+		if empty, err := emptyDir(upper); err != nil || !empty {
+			if err == nil {
+				err = errors.New("not empty")
+			}
+			return "", nil, nil, fmt.Sprintf("upperdir %s: %v", upper, err)
 		}
-		return "", nil, nil, fmt.Sprintf("upperdir %s: %v", upper, err)
 	}
 	lowers = strings.Split(lowerOpt, ":")
 	for _, l := range lowers {

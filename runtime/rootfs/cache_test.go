@@ -203,8 +203,12 @@ func TestCacheable(t *testing.T) {
 		{name: "two mounts", mounts: append(ov(), ov()...), opts: rw, why: "2 mounts"},
 		{name: "no mounts", opts: rw, why: "0 mounts"},
 		{name: "bind", mounts: []Mount{{Type: "bind", Source: lower, Options: []string{"rbind"}}}, opts: rw, why: "type bind"},
-		{name: "read-only root", mounts: ov(), opts: Options{Format: Ext4, ReadOnly: true}, why: "read-only"},
-		{name: "erofs", mounts: ov(), opts: Options{Format: Erofs, ReadOnly: true}, why: "read-only"},
+		{name: "read-only root", mounts: ov(), opts: Options{Format: Ext4, ReadOnly: true}},
+		{name: "read-only root, erofs", mounts: ov(), opts: Options{Format: Erofs, ReadOnly: true}},
+		{name: "read-only view", mounts: []Mount{{Type: "overlay", Options: []string{"ro", "lowerdir=" + lower + ":" + d}}}, opts: Options{Format: Erofs, ReadOnly: true}},
+		{name: "view of a writable root", mounts: []Mount{{Type: "overlay", Options: []string{"ro", "lowerdir=" + lower + ":" + d}}}, opts: rw, why: "upperdir"},
+		{name: "read-only, upper without work", mounts: []Mount{{Type: "overlay", Options: []string{"lowerdir=" + lower + ":" + d, "upperdir=" + upper}}}, opts: Options{Format: Ext4, ReadOnly: true}, why: "workdir"},
+		{name: "read-only, upper not empty", mounts: []Mount{{Type: "overlay", Options: []string{"lowerdir=" + lower + ":" + d, "upperdir=" + full, "workdir=" + work}}}, opts: Options{Format: Ext4, ReadOnly: true}, why: "not empty"},
 		{name: "erofs writable", mounts: ov(), opts: Options{Format: Erofs}, why: "format erofs"},
 	}
 	for _, tc := range tests {
@@ -257,6 +261,55 @@ func TestCacheKey(t *testing.T) {
 	}
 	if _, why := key([]string{file}); !strings.Contains(why, "not a directory") {
 		t.Fatalf("lower file: %q", why)
+	}
+}
+
+// TestCachedReadOnly: a read-only root (writable snapshot or view) shares
+// the base of a writable root of the same layers, on a writable overlay
+// (runc makes the root read-only in the guest), whatever the packing
+// format says; its mount points are left to runc, never put in the base.
+func TestCachedReadOnly(t *testing.T) {
+	needOverlay(t)
+	builds := countBuilds(t, 0)
+	e := newEnv(t)
+	lower := layer(t, map[string]string{"etc/hello": "hello\n"})
+	ctx := context.Background()
+	ro := func(o Options) Options {
+		o.ReadOnly, o.Format = true, Erofs
+		o.MountPoints = []MountPoint{{Path: "/etc/hostname", File: true}, {Path: "/data"}}
+		return o
+	}
+	view := []Mount{{Type: "overlay", Source: "overlay", Options: []string{"ro", "index=off", "lowerdir=" + lower}}}
+	for _, c := range []struct {
+		name   string
+		mounts []Mount
+		opts   Options
+	}{
+		{"rw", snapshot(t, lower), e.opts("rw")},
+		{"ro", snapshot(t, lower), ro(e.opts("ro"))},
+		{"view", view, ro(e.opts("view"))},
+	} {
+		d, err := Prepare(ctx, c.mounts, c.opts)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		defer d.Remove()
+		if d.Backing == "" || d.ReadOnly || d.FSType != Ext4 || d.Path != filepath.Join(e.images, c.name+".ext4") {
+			t.Fatalf("%s: disk %+v", c.name, d)
+		}
+	}
+	if n := builds.Load(); n != 1 {
+		t.Fatalf("%d builds, want 1", n)
+	}
+	bases := e.bases(t)
+	if len(bases) != 1 || stat(t, bases[0]).Nlink != 4 {
+		t.Fatalf("bases %v", bases)
+	}
+	if got := imageNames(t, bases[0], "/"); slices.Contains(got, "data") {
+		t.Fatalf("a mount point in the shared base: %v", got)
+	}
+	if got := imageNames(t, bases[0], "/etc"); !slices.Equal(got, []string{"hello"}) {
+		t.Fatalf("/etc of the base: %v", got)
 	}
 }
 
@@ -413,9 +466,7 @@ func TestCachedFallback(t *testing.T) {
 			m[0].Options = append(m[0].Options, "uidmap=0:0:65536")
 			return m
 		}, how: "ext4 image"},
-		{name: "read-only root", mounts: func() []Mount { return snapshot(t, lower) },
-			opts: func(o Options) Options { o.ReadOnly = true; return o }, how: "ext4 image"},
-		{name: "erofs", mounts: func() []Mount { return snapshot(t, lower) },
+		{name: "read-only bind", mounts: func() []Mount { return []Mount{{Type: "bind", Source: lower, Options: []string{"rbind", "ro"}}} },
 			opts: func(o Options) Options { o.ReadOnly, o.Format = true, Erofs; return o }, how: "erofs image", tool: "mkfs.erofs"},
 		{name: "no cache", mounts: func() []Mount { return snapshot(t, lower) },
 			opts: func(o Options) Options { o.CacheDir = ""; return o }, how: "ext4 image"},

@@ -6,9 +6,10 @@
 // new ext4 or erofs image with mkfs.ext4 -d or mkfs.erofs, and the cost
 // is measured. It owns the images it builds (Disk.Owned) and nothing else.
 //
-// With a cache (Options.CacheDir), a writable root on one overlay mount
-// whose upper dir is still empty (a new container of the overlayfs
-// snapshotter) is built only once per set of lower dirs: the ext4 image of
+// With a cache (Options.CacheDir), a root on one overlay mount whose
+// upper dir is still empty (a new container of the overlayfs snapshotter;
+// for a read-only root also a view, without an upper dir) is built only
+// once per set of lower dirs: the ext4 image of
 // the lower dirs goes into the cache, shared by all containers and all
 // processes on the host, and the container gets a hard link to it
 // (Disk.Backing) and an empty sparse copy-on-write overlay of the same
@@ -83,13 +84,15 @@ type Options struct {
 	ImageDir string
 	// Name is the image file's base name (without extension).
 	Name string
-	// Format is Ext4 or Erofs for directory rootfs; erofs is read-only.
+	// Format is Ext4 or Erofs for a directory rootfs packed into an image
+	// of its own; erofs is read-only. A cached root is ext4 either way.
 	Format string
 	// ReadOnly: the container's root is read-only.
 	ReadOnly bool
 	// MountPoints are created (when missing) in a read-only root built
 	// from a directory before it is packed, as runc would create them
-	// in a writable one.
+	// in a writable one. A cached root's disk is writable under runc,
+	// which creates them itself.
 	MountPoints []MountPoint
 	// CacheDir, when set, holds the base images shared by containers (see
 	// the package comment); it must be on ImageDir's filesystem (hard
