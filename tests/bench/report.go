@@ -159,10 +159,12 @@ func ReadReport(dir string) (*Report, error) {
 // its samples (a report written before the intervals existed gets them).
 func (r *Report) Resummarize() {
 	for i, row := range r.Rows {
-		n := NewRow(row.Name, row.Unit, row.Ours.Samples, "", nil)
+		var peerName string
+		var peer []float64
 		if row.Peer != nil {
-			n = NewRow(row.Name, row.Unit, row.Ours.Samples, row.Peer.Name, row.Peer.Samples)
+			peerName, peer = row.Peer.Name, row.Peer.Samples
 		}
+		n := NewRow(row.Name, row.Unit, row.Ours.Samples, peerName, peer)
 		n.Ours.Name, n.HigherIsBetter, n.Note = row.Ours.Name, row.HigherIsBetter, row.Note
 		r.Rows[i] = n
 	}
