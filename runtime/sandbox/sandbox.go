@@ -51,7 +51,6 @@ type Sandbox struct {
 	m      Machine
 	client *ttrpc.Client
 	agent  agentv1.AgentService
-	health agentv1.HealthService
 
 	done     chan struct{}
 	stopOnce sync.Once
@@ -110,23 +109,16 @@ func Start(ctx context.Context, m Machine, timeout time.Duration) (_ *Sandbox, e
 	default:
 	}
 	s.agent = agentv1.NewAgentClient(s.client)
-	s.health = agentv1.NewHealthClient(s.client)
-	r, err := s.health.Check(bctx, &agentv1.CheckRequest{})
-	if err != nil {
-		return nil, fmt.Errorf("agent health check: %w", err)
-	}
-	if r.Status != agentv1.CheckResponse_SERVING {
-		return nil, fmt.Errorf("agent health check: status %v", r.Status)
-	}
-	tHealth := time.Now()
+	// The first call proves the agent serves; a separate health check
+	// would only add a round trip to every boot.
 	d, err := s.agent.GetGuestDetails(bctx, &agentv1.GetGuestDetailsRequest{})
 	if err != nil {
 		return nil, fmt.Errorf("agent guest details: %w", err)
 	}
 	s.Details = d
 	s.BootTime = time.Since(t0)
-	log.G(ctx).Debugf("sandbox: agent connected after %v, health check %v, guest details %v",
-		tConn.Sub(t0).Round(time.Millisecond), tHealth.Sub(tConn).Round(time.Millisecond), time.Since(tHealth).Round(time.Millisecond))
+	log.G(ctx).Debugf("sandbox: agent connected after %v, guest details %v",
+		tConn.Sub(t0).Round(time.Millisecond), time.Since(tConn).Round(time.Millisecond))
 	log.G(ctx).Infof("sandbox: agent %s on kernel %s (%d CPUs, %d MiB) after %v",
 		trunc(d.AgentVersion), trunc(d.KernelRelease), d.OnlineCpus, d.MemTotalBytes>>20, s.BootTime.Round(time.Millisecond))
 	return s, nil
