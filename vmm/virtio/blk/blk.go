@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/log"
@@ -99,6 +100,36 @@ type Block struct {
 	stopped   bool
 	chain     virtio.Chain
 	data      [][]byte
+
+	stats stats
+}
+
+// stats counts what the guest asked of the device, for the debug line
+// at Close: where a boot or a container start spends its disk I/O. The
+// loop writes them; Close reads them.
+type stats struct {
+	reads, readBytes, writes, writeBytes, flushes, other, interrupts atomic.Uint64
+}
+
+// count adds the parsed request r.
+func (s *stats) count(r *Request) {
+	switch r.Type {
+	case TypeIn:
+		s.reads.Add(1)
+		s.readBytes.Add(r.Len)
+	case TypeOut:
+		s.writes.Add(1)
+		s.writeBytes.Add(r.Len)
+	case TypeFlush:
+		s.flushes.Add(1)
+	default:
+		s.other.Add(1)
+	}
+}
+
+func (s *stats) String() string {
+	return fmt.Sprintf("%d reads (%d KiB), %d writes (%d KiB), %d flushes, %d other requests, %d interrupts",
+		s.reads.Load(), s.readBytes.Load()>>10, s.writes.Load(), s.writeBytes.Load()>>10, s.flushes.Load(), s.other.Load(), s.interrupts.Load())
 }
 
 // New opens the disk and builds the device; its queue will be served on
@@ -162,6 +193,7 @@ func (b *Block) Close() error {
 	b.Reset()
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	log.L.Debugf("virtio-blk %s: served %v", b.cfg.ID, &b.stats)
 	var err error
 	if b.be != nil {
 		err = b.be.close()
@@ -347,6 +379,7 @@ func (b *Block) signal() {
 		return
 	}
 	if need {
+		b.stats.interrupts.Add(1)
 		if err := b.act.Interrupt.Signal(virtio.InterruptVring); err != nil {
 			log.L.Errorf("virtio-blk %s: %v", b.cfg.ID, err)
 		}
@@ -362,6 +395,9 @@ func (b *Block) handle(c *virtio.Chain) (written uint32, done bool) {
 		scratch = b.reqs[s].data
 	}
 	r, err := ParseRequest(b.act.Mem, c, scratch[:0])
+	if err == nil {
+		b.stats.count(&r)
+	}
 	if s >= 0 {
 		b.reqs[s].data = r.Data
 	} else {

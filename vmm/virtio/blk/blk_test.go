@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -196,6 +197,21 @@ func testReadWrite(t *testing.T) {
 			f, _ := os.ReadFile(r.path)
 			if !bytes.Equal(f[100*512:100*512+len(w)], w) || !bytes.Equal(f[:100*512], disk[:100*512]) {
 				t.Fatal("file does not hold the written data")
+			}
+			if st, _ := r.request(TypeGetID, 0, make([]byte, 20), 20, false); st != StatusOK {
+				t.Fatalf("get id: status %d", st)
+			}
+			// The interrupts are those the transport got (the test driver
+			// leaves used_event alone: with EVENT_IDX, the first only).
+			r.irq.mu.Lock()
+			irqs := r.irq.n
+			r.irq.mu.Unlock()
+			want := fmt.Sprintf("1 reads (64 KiB), 1 writes (32 KiB), 1 flushes, 1 other requests, %d interrupts", irqs)
+			if irqs == 0 {
+				t.Error("no interrupt")
+			}
+			if got := r.dev.stats.String(); got != want {
+				t.Errorf("stats: %s, want %s", got, want)
 			}
 		})
 	}
