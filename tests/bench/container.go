@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/stratovirt-go/stratovirt/tests/ctrd"
@@ -10,9 +11,34 @@ import (
 // ContainerRows measures container start and teardown end to end: the wall
 // time of `ctr run --rm <image> <id> true` through the stratovirt shim (a
 // microVM per container) and through io.containerd.runc.v2, alternating,
-// on the same containerd d (with ctrd.Image imported).
-func ContainerRows(d *ctrd.Daemon, runs int) ([]Row, error) {
-	var ours, peer []float64
+// on the same containerd d (with ctrd.Image imported). With ab set
+// (BENCH_AB, development: "SECTION.KEY=VALUE" of the shim's configuration,
+// e.g. "hypervisor.kernel=/tmp/k/vmlinux") each round also runs ours with
+// that one setting changed, and a row compares it with ours as
+// configured: an A/B in one lab.
+func ContainerRows(d *ctrd.Daemon, runs int, ab string) ([]Row, error) {
+	var abConf string
+	if ab != "" {
+		section, key, value, err := ParseSetting(ab)
+		if err != nil {
+			return nil, fmt.Errorf("BENCH_AB: %w", err)
+		}
+		if abConf, err = d.ShimConfigWith("ab", section, key, value); err != nil {
+			return nil, err
+		}
+	}
+	// The first container on a fresh containerd pays cold caches on both
+	// sides and, on ours, the build of the image's cached base: a row of
+	// its own, kept out of the steady-state runs.
+	firstOurs, err := timeRun(d, ctrd.Image, "bench-sv-first", "--runtime", ctrd.Runtime)
+	if err != nil {
+		return nil, err
+	}
+	firstPeer, err := timeRun(d, ctrd.Image, "bench-runc-first", "--runtime", runcRuntime)
+	if err != nil {
+		return nil, err
+	}
+	var ours, peer, oursB []float64
 	for i := 0; i < runs; i++ {
 		ms, err := timeRun(d, ctrd.Image, fmt.Sprintf("bench-sv-%d", i), "--runtime", ctrd.Runtime)
 		if err != nil {
@@ -23,14 +49,42 @@ func ContainerRows(d *ctrd.Daemon, runs int) ([]Row, error) {
 			return nil, err
 		}
 		peer = append(peer, ms)
+		if abConf == "" {
+			continue
+		}
+		if ms, err = timeRun(d, ctrd.Image, fmt.Sprintf("bench-svb-%d", i), "--runtime", ctrd.Runtime, "--runtime-config-path", abConf); err != nil {
+			return nil, err
+		}
+		oursB = append(oursB, ms)
 	}
-	r := NewRow("container start+stop: ctr run --rm true (wall), 1 vCPU, 256 MiB", "ms", ours, "runc (io.containerd.runc.v2)", peer)
-	r.Note = "containerd 2.4.2; ours boots a microVM per container"
+	const what = "container start+stop: ctr run --rm true (wall), 1 vCPU, 256 MiB"
+	r := NewRow(what, "ms", ours, "runc (io.containerd.runc.v2)", peer)
+	r.Note = "containerd 2.4.2; ours boots a microVM per container; after one run a side on the fresh containerd (the next row)"
+	f := NewRow("container start+stop, the first on a fresh containerd: ctr run --rm true (wall), 1 vCPU, 256 MiB", "ms",
+		[]float64{firstOurs}, "runc (io.containerd.runc.v2)", []float64{firstPeer})
+	f.Note = "cold caches on both sides; ours also builds the image's cached base"
+	rows := []Row{r, f}
+	if abConf != "" {
+		b := NewRow(fmt.Sprintf("%s, ours with %s against ours", what, ab), "ms", oursB, "ours as configured", ours)
+		b.Note = "BENCH_AB: each round runs ours, runc, then ours with this setting"
+		rows = append(rows, b)
+	}
 	big, err := bigImageRows(d, runs)
 	if err != nil {
 		return nil, err
 	}
-	return append([]Row{r}, big...), nil
+	return append(rows, big...), nil
+}
+
+// ParseSetting splits "SECTION.KEY=VALUE" (a setting of the shim's
+// configuration file).
+func ParseSetting(s string) (section, key, value string, err error) {
+	name, value, ok := strings.Cut(s, "=")
+	section, key, ok2 := strings.Cut(name, ".")
+	if !ok || !ok2 || section == "" || key == "" || strings.ContainsAny(name, " \t[]\"") {
+		return "", "", "", fmt.Errorf("%q: want SECTION.KEY=VALUE, as hypervisor.kernel_params=-- -log-level debug", s)
+	}
+	return section, key, value, nil
 }
 
 // bigImageRows times `ctr run --rm` of ctrd.BigImage: ours (each root a

@@ -137,3 +137,32 @@ func TestRatioCI(t *testing.T) {
 		t.Errorf("markdown lacks %q:\n%s", want, md.String())
 	}
 }
+
+func TestParseSetting(t *testing.T) {
+	for _, c := range []struct {
+		in, section, key, value string
+		err                     bool
+	}{
+		{in: "hypervisor.kernel_params=-- -prefault=false", section: "hypervisor", key: "kernel_params", value: "-- -prefault=false"},
+		{in: "hypervisor.kernel=/tmp/k/vmlinux", section: "hypervisor", key: "kernel", value: "/tmp/k/vmlinux"},
+		{in: "runtime.rootfs_cache_dir=", section: "runtime", key: "rootfs_cache_dir", value: ""},
+		{in: "hypervisor.kernel_params=a=b", section: "hypervisor", key: "kernel_params", value: "a=b"},
+		{in: "kernel=/k", err: true},
+		{in: "hypervisor.kernel", err: true},
+		{in: ".kernel=/k", err: true},
+		{in: "hypervisor.=/k", err: true},
+		{in: "hyper visor.kernel=/k", err: true},
+		{in: "[hypervisor].kernel=/k", err: true},
+	} {
+		section, key, value, err := ParseSetting(c.in)
+		if c.err {
+			if err == nil {
+				t.Errorf("%q: got %q %q %q, want an error", c.in, section, key, value)
+			}
+			continue
+		}
+		if err != nil || section != c.section || key != c.key || value != c.value {
+			t.Errorf("%q: got %q %q %q %v, want %q %q %q", c.in, section, key, value, err, c.section, c.key, c.value)
+		}
+	}
+}

@@ -216,19 +216,64 @@ func (d *Daemon) importImage(write func(path, ref string) error, ref string, tim
 // packed into an image of its own) as configuration-NAME.toml and
 // returns its path, for `ctr run --runtime-config-path`.
 func (d *Daemon) ShimConfigWithCache(name, cacheDir string) (string, error) {
+	return d.ShimConfigWith(name, "runtime", "rootfs_cache_dir", cacheDir)
+}
+
+// ShimConfigWith writes the shim's configuration with key in section
+// ("hypervisor", "runtime") set to the string value, replacing the line
+// the daemon's configuration has or adding one, as
+// configuration-NAME.toml, and returns its path, for `ctr run
+// --runtime-config-path`.
+func (d *Daemon) ShimConfigWith(name, section, key, value string) (string, error) {
 	b, err := os.ReadFile(filepath.Join(d.Dir, "configuration.toml"))
 	if err != nil {
 		return "", err
 	}
-	var lines []string
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "rootfs_cache_dir") {
-			l = fmt.Sprintf("rootfs_cache_dir = %q", cacheDir)
-		}
-		lines = append(lines, l)
+	conf, err := setTOMLString(string(b), section, key, value)
+	if err != nil {
+		return "", err
 	}
 	p := filepath.Join(d.Dir, "configuration-"+name+".toml")
-	return p, os.WriteFile(p, []byte(strings.Join(lines, "\n")), 0o644)
+	return p, os.WriteFile(p, []byte(conf), 0o644)
+}
+
+// setTOMLString sets key = "value" in section of conf, a flat TOML file
+// of [section] headers and one key a line, as the daemon writes it.
+func setTOMLString(conf, section, key, value string) (string, error) {
+	line := fmt.Sprintf("%s = %q", key, value)
+	var out []string
+	in, found, done := false, false, false
+	for _, l := range strings.Split(conf, "\n") {
+		t := strings.TrimSpace(l)
+		if strings.HasPrefix(t, "[") {
+			if in && !done {
+				out = append(out, line)
+				done = true
+			}
+			in = t == "["+section+"]"
+			found = found || in
+		} else if in && !done {
+			if k, _, ok := strings.Cut(t, "="); ok && strings.TrimSpace(k) == key {
+				out = append(out, line)
+				done = true
+				continue
+			}
+		}
+		out = append(out, l)
+	}
+	if !found {
+		return "", fmt.Errorf("configuration has no [%s] section", section)
+	}
+	if !done {
+		// The section is the last one: end it with the line, before the
+		// file's final newline.
+		if n := len(out); n > 0 && out[n-1] == "" {
+			out = append(out[:n-1], line, "")
+		} else {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n"), nil
 }
 
 // Ctr runs ctr (in Namespace) with stdin and returns its combined output.

@@ -332,7 +332,7 @@ func containerRows(group, shimDir, out string, runs, memRuns int) ([]bench.Row, 
 	case "density":
 		return bench.DensityRows(d, densitySteps)
 	}
-	return bench.ContainerRows(d, runs)
+	return bench.ContainerRows(d, runs, os.Getenv("BENCH_AB"))
 }
 
 // podRows runs the pod group on a private containerd 2.4.2 with CRI.
