@@ -130,7 +130,9 @@ demo: deps
 # groups: boot,mem,agent,container,shimmem,freemem,density,pod,blk,net,vsock).
 # BENCH_BREAKDOWN=1 adds verbose-console boots to the agent group.
 # BENCH_CTRD_LOG=1 keeps the container, shimmem, freemem, density and pod groups'
-# containerd logs (with the shims') in BENCH_OUT.
+# containerd logs (with the shims') in BENCH_OUT. BENCH_AB=SECTION.KEY=VALUE
+# (e.g. hypervisor.kernel=/tmp/k/vmlinux) adds ours with that shim setting
+# to every round of the container group: an A/B in one lab.
 BENCH_OUT ?= bench/results
 BENCH_RUNS ?= 10
 BENCH_ROWS ?= all
