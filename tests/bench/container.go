@@ -74,9 +74,9 @@ func ContainerRows(d *ctrd.Daemon, runs int, ab string) ([]Row, error) {
 	f.Note = "cold caches on both sides; ours also builds the image's cached base"
 	rows := []Row{r, f}
 	if abConf != "" {
-		b := NewRow(fmt.Sprintf("%s, ours with %s against ours", what, ab), "ms", oursB, "ours as configured", ours)
-		b.Note = "BENCH_AB: each round runs ours and ours with this setting, taking turns going first, then runc"
-		rows = append(rows, b)
+		abRow := NewRow(fmt.Sprintf("%s, ours with %s against ours", what, ab), "ms", oursB, "ours as configured", ours)
+		abRow.Note = "BENCH_AB: each round runs ours and ours with this setting, taking turns going first, then runc"
+		rows = append(rows, abRow)
 	}
 	big, err := bigImageRows(d, runs)
 	if err != nil {
