@@ -290,15 +290,28 @@ func guestImages(shimDir string) []bench.GuestImage {
 		{Name: "microVM kernel, PVH vmlinux, initramfs", Kernel: filepath.Join(g, "vmlinux"), Initrd: filepath.Join(g, "initramfs.cpio")},
 		{Name: "microVM kernel, PVH vmlinux, root image (the shim's default)", Kernel: filepath.Join(g, "vmlinux"), Image: filepath.Join(g, "root.erofs")},
 	}
-	// BENCH_GUEST_IMAGES adds NAME=KERNEL:INITRD,... (development).
+	// BENCH_GUEST_IMAGES adds NAME=KERNEL:INITRD,... (development); an
+	// INITRD ending in .erofs is a root image, booted as the shim boots
+	// root.erofs.
 	for _, e := range strings.Split(os.Getenv("BENCH_GUEST_IMAGES"), ",") {
-		name, files, ok := strings.Cut(e, "=")
-		k, i, ok2 := strings.Cut(files, ":")
-		if ok && ok2 {
-			imgs = append(imgs, bench.GuestImage{Name: name, Kernel: k, Initrd: i})
+		if img, ok := parseGuestImage(e); ok {
+			imgs = append(imgs, img)
 		}
 	}
 	return imgs
+}
+
+// parseGuestImage reads one NAME=KERNEL:INITRD entry of BENCH_GUEST_IMAGES.
+func parseGuestImage(e string) (bench.GuestImage, bool) {
+	name, files, ok := strings.Cut(e, "=")
+	k, i, ok2 := strings.Cut(files, ":")
+	if !ok || !ok2 || name == "" || k == "" || i == "" {
+		return bench.GuestImage{}, false
+	}
+	if strings.HasSuffix(i, ".erofs") {
+		return bench.GuestImage{Name: name, Kernel: k, Image: i}, true
+	}
+	return bench.GuestImage{Name: name, Kernel: k, Initrd: i}, true
 }
 
 // containerRows runs a container group on a private containerd 2.4.2.
