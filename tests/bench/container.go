@@ -38,32 +38,23 @@ func ContainerRows(d *ctrd.Daemon, runs int, ab string) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
-	type side struct {
-		to   *[]float64
-		id   string
-		args []string
-	}
 	var ours, peer, oursB []float64
-	a := side{&ours, "bench-sv-%d", []string{"--runtime", ctrd.Runtime}}
-	b := side{&oursB, "bench-svb-%d", []string{"--runtime", ctrd.Runtime, "--runtime-config-path", abConf}}
-	p := side{&peer, "bench-runc-%d", []string{"--runtime", runcRuntime}}
+	a := ctrRun{&ours, "bench-sv-%d", []string{"--runtime", ctrd.Runtime}}
+	b := ctrRun{&oursB, "bench-svb-%d", []string{"--runtime", ctrd.Runtime, "--runtime-config-path", abConf}}
+	p := ctrRun{&peer, "bench-runc-%d", []string{"--runtime", runcRuntime}}
 	for i := 0; i < runs; i++ {
 		// A microVM started right after another one finds the host still
 		// tearing the last one down: A and B take turns going first, and
 		// runc's run ends each round.
-		order := []side{a, p}
+		order := []ctrRun{a, p}
 		switch {
 		case abConf != "" && i%2 == 0:
-			order = []side{a, b, p}
+			order = []ctrRun{a, b, p}
 		case abConf != "":
-			order = []side{b, a, p}
+			order = []ctrRun{b, a, p}
 		}
-		for _, s := range order {
-			ms, err := timeRun(d, ctrd.Image, fmt.Sprintf(s.id, i), s.args...)
-			if err != nil {
-				return nil, err
-			}
-			*s.to = append(*s.to, ms)
+		if err := runRound(d, ctrd.Image, i, order); err != nil {
+			return nil, err
 		}
 	}
 	const what = "container start+stop: ctr run --rm true (wall), 1 vCPU, 256 MiB"
@@ -104,26 +95,18 @@ func bigImageRows(d *ctrd.Daemon, runs int) ([]Row, error) {
 	if err := d.ImportBig(); err != nil {
 		return nil, err
 	}
-	noCache, err := d.ShimConfigWithCache("nocache", "")
+	noCache, err := d.ShimConfigWith("nocache", "runtime", "rootfs_cache_dir", "")
 	if err != nil {
 		return nil, err
 	}
 	var cached, uncached, peer []float64
 	for i := 0; i < runs; i++ {
-		for _, s := range []struct {
-			to   *[]float64
-			id   string
-			args []string
-		}{
+		if err := runRound(d, ctrd.BigImage, i, []ctrRun{
 			{&cached, "big-sv-%d", []string{"--runtime", ctrd.Runtime}},
 			{&uncached, "big-svnc-%d", []string{"--runtime", ctrd.Runtime, "--runtime-config-path", noCache}},
 			{&peer, "big-runc-%d", []string{"--runtime", runcRuntime}},
-		} {
-			ms, err := timeRun(d, ctrd.BigImage, fmt.Sprintf(s.id, i), s.args...)
-			if err != nil {
-				return nil, err
-			}
-			*s.to = append(*s.to, ms)
+		}); err != nil {
+			return nil, err
 		}
 	}
 	what := fmt.Sprintf("container start+stop, %d MiB image: ctr run --rm true (wall), 1 vCPU, 256 MiB", ctrd.BigImageMiB)
@@ -131,6 +114,26 @@ func bigImageRows(d *ctrd.Daemon, runs int) ([]Row, error) {
 	r.Note = "busybox and a second layer of incompressible data; ours: the root is a copy-on-write overlay of one cached image of the layers (our first run builds it)"
 	b := NewRow(what+", ours against ours without the image cache", "ms", cached, "ours, rootfs_cache_dir off: each root packed into an image of its own (before)", uncached)
 	return []Row{r, b}, nil
+}
+
+// ctrRun is one side of a round: `ctr run` flags, the container id
+// (with %d for the round) and where its times go.
+type ctrRun struct {
+	to   *[]float64
+	id   string
+	args []string
+}
+
+// runRound times round i of image on d: each of runs in order.
+func runRound(d *ctrd.Daemon, image string, i int, runs []ctrRun) error {
+	for _, r := range runs {
+		ms, err := timeRun(d, image, fmt.Sprintf(r.id, i), r.args...)
+		if err != nil {
+			return err
+		}
+		*r.to = append(*r.to, ms)
+	}
+	return nil
 }
 
 // timeRun runs `ctr run --rm <flags> image id true` on d and returns its

@@ -211,14 +211,6 @@ func (d *Daemon) importImage(write func(path, ref string) error, ref string, tim
 	return nil
 }
 
-// ShimConfigWithCache writes the shim's configuration with
-// rootfs_cache_dir set to cacheDir ("": off, every container's root
-// packed into an image of its own) as configuration-NAME.toml and
-// returns its path, for `ctr run --runtime-config-path`.
-func (d *Daemon) ShimConfigWithCache(name, cacheDir string) (string, error) {
-	return d.ShimConfigWith(name, "runtime", "rootfs_cache_dir", cacheDir)
-}
-
 // ShimConfigWith writes the shim's configuration with key in section
 // ("hypervisor", "runtime") set to the string value, replacing the line
 // the daemon's configuration has or adding one, as

@@ -113,7 +113,7 @@ func TestFaults(t *testing.T) {
 		{"fulldisk", filepath.Join(d.Dir, "image-cache-fulldisk")},
 		{"fulldisk-nocache", ""},
 	} {
-		conf, err := d.ShimConfigWithCache(c.name, c.cache)
+		conf, err := d.ShimConfigWith(c.name, "runtime", "rootfs_cache_dir", c.cache)
 		if err != nil {
 			t.Fatal(err)
 		}
