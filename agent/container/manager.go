@@ -204,6 +204,10 @@ func (m *Manager) Create(ctx context.Context, req *agentv1.CreateContainerReques
 	if err := m.joinSandboxNamespaces(id, &spec); err != nil {
 		return 0, err
 	}
+	var counters guestCounters
+	if log.GetLevel() >= log.DebugLevel {
+		counters = readGuestCounters()
+	}
 	t0 := time.Now()
 	rootfs := filepath.Join(c.dir, "rootfs")
 	if err := m.mountStorage(ctx, c, req.GetRootfs(), rootfs); err != nil {
@@ -262,6 +266,9 @@ func (m *Manager) Create(ctx context.Context, req *agentv1.CreateContainerReques
 	log.G(ctx).Debugf("container %s created in %v: rootfs mounted in %v, volumes and bundle %v, runc create with stdio %v",
 		id, end.Sub(t0).Round(time.Millisecond), tRootfs.Sub(t0).Round(time.Millisecond),
 		tSpec.Sub(tRootfs).Round(time.Millisecond), end.Sub(tSpec).Round(time.Millisecond))
+	if counters != nil {
+		log.G(ctx).Debugf("container %s create moved: %s", id, counters.diff(readGuestCounters()))
+	}
 	return p.pid, nil
 }
 
