@@ -224,8 +224,9 @@ func run(o options, pid1 bool, logs *stdio.LogHub) error {
 	log.L.Infof("stratovirt-agent %s serving on %s and %s (pid %d; kernel clock at start %d ms, now %d ms)",
 		server.Version, o.listen, o.streamListen, os.Getpid(), started.Milliseconds(), now.Milliseconds())
 	if pid1 && log.GetLevel() >= log.DebugLevel {
-		// With initcall_debug on the command line: the slowest initcalls,
-		// from the kernel log, without a verbose console.
+		// Where the boot went, from the kernel log, without a verbose
+		// console: its longest gaps, and with initcall_debug on the
+		// command line the slowest initcalls.
 		if p := initsys.BootProfile(12); p != "" {
 			log.L.Debugf("kernel boot: %s", p)
 		}
