@@ -41,6 +41,10 @@ type virtioDevices struct {
 	// virtio_balloon.go).
 	vsock   vsock.Device
 	balloon *virtioBalloon
+	// ackSink is the eventfd every window's InterruptACK ioeventfd
+	// signals (ackSinkOpen: created); nothing reads it.
+	ackSink     int
+	ackSinkOpen bool
 }
 
 // virtioSlot is one virtio-mmio window with its device.
@@ -147,10 +151,13 @@ func (v *VM) attachVirtio(dev virtio.Device, closer io.Closer) (err error) {
 		events = append(events, kvm.IOEvent{Fd: fd, Addr: base + mmio.NotifyOffset, Len: 4, MatchData: true, DataMatch: uint64(q)})
 	}
 	// The driver's acknowledgement of the vring bit alone changes nothing
-	// but the transport's count of acknowledgements (mmio.VringAlwaysSet):
-	// the kernel takes it, an exit fewer on every interrupt. Other values
-	// reach the vCPU's fast path.
-	events = append(events, kvm.IOEvent{Fd: s.transport.AckEventFd(), Addr: base + mmio.RegInterruptACK, Len: 4, MatchData: true, DataMatch: mmio.VringAlwaysSet})
+	// (mmio.VringAlwaysSet): the kernel takes it, an exit fewer on every
+	// interrupt. Other values reach the vCPU's fast path.
+	sink, err := v.virtio.ackSinkFd()
+	if err != nil {
+		return err
+	}
+	events = append(events, kvm.IOEvent{Fd: sink, Addr: base + mmio.RegInterruptACK, Len: 4, MatchData: true, DataMatch: mmio.VringAlwaysSet})
 	for _, e := range events {
 		if err = v.vm.AssignIOEventFD(e); err != nil {
 			return err
@@ -160,16 +167,29 @@ func (v *VM) attachVirtio(dev virtio.Device, closer io.Closer) (err error) {
 	if err = v.mmio.Insert(s.transport, base, amd64.VirtioMMIOWindowSize); err != nil {
 		return fmt.Errorf("virtio-mmio window %#x: %w", base, err)
 	}
-	status, latched, acks := s.transport.InterruptWords()
+	status, latched := s.transport.InterruptWords()
 	if err = v.fastMMIO.Add(
 		kvm.FastReg{Addr: base + mmio.RegInterruptStatus, Value: status, Or: latched},
-		kvm.FastReg{Addr: base + mmio.RegInterruptACK, Write: true, Value: status, Writes: acks},
+		kvm.FastReg{Addr: base + mmio.RegInterruptACK, Write: true, Value: status},
 	); err != nil {
 		return fmt.Errorf("virtio-mmio window %#x: %w", base, err)
 	}
 	s.dev = closer
 	v.virtio.slots = append(v.virtio.slots, s)
 	return nil
+}
+
+// ackSinkFd returns the eventfd the InterruptACK ioeventfds signal,
+// creating it on first use.
+func (d *virtioDevices) ackSinkFd() (int, error) {
+	if !d.ackSinkOpen {
+		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+		if err != nil {
+			return -1, fmt.Errorf("virtio-mmio ack eventfd: %w", err)
+		}
+		d.ackSink, d.ackSinkOpen = fd, true
+	}
+	return d.ackSink, nil
 }
 
 // close detaches a slot: off the bus, device reset, eventfds released.
@@ -200,6 +220,10 @@ func (v *VM) closeVirtio() error {
 		errs = append(errs, s.close(v))
 	}
 	v.virtio.slots = nil
+	if v.virtio.ackSinkOpen {
+		errs = append(errs, unix.Close(v.virtio.ackSink))
+		v.virtio.ackSinkOpen = false
+	}
 	for _, l := range v.virtio.loops {
 		errs = append(errs, l.Close())
 	}

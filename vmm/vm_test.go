@@ -255,7 +255,7 @@ func TestInterruptACKInKernel(t *testing.T) {
 		}
 		// Both bits pending, as if signalled before the driver started:
 		// only a write that reaches the VMM clears one.
-		status, _, _ = s.transport.InterruptWords()
+		status, _ = s.transport.InterruptWords()
 		atomic.StoreUint32(status, virtio.InterruptVring|virtio.InterruptConfig)
 	})
 	if err != nil || reason != PowerOff {

@@ -22,9 +22,6 @@ type FastReg struct {
 	Write bool
 	Value *uint32
 	Or    *uint32
-	// Writes, if not nil, counts the writes served (atomically), so that
-	// the owner of Value learns that the driver acknowledged.
-	Writes *uint32
 }
 
 // FastMMIO is the set of registers the vCPU threads serve themselves
@@ -50,19 +47,17 @@ type FastMMIO struct {
 }
 
 type fastReg struct {
-	addr   uint64
-	write  bool
-	value  *uint32
-	or     *uint32
-	writes *uint32
+	addr  uint64
+	write bool
+	value *uint32
+	or    *uint32
 }
 
 // fastTable is immutable once published.
 type fastTable struct{ regs []fastReg }
 
-// zeroWord stands in for a nil FastReg.Or, discardCount for a nil
-// FastReg.Writes.
-var zeroWord, discardCount uint32
+// zeroWord stands in for a nil FastReg.Or.
+var zeroWord uint32
 
 // Add serves regs from now on. A register needs a Value and must not
 // repeat the address and direction of one already served.
@@ -79,14 +74,11 @@ func (f *FastMMIO) Add(regs ...FastReg) error {
 				return fmt.Errorf("fast MMIO register %#x (write %v) already served", r.Addr, r.Write)
 			}
 		}
-		or, writes := r.Or, r.Writes
+		or := r.Or
 		if or == nil || r.Write {
 			or = &zeroWord
 		}
-		if writes == nil || !r.Write {
-			writes = &discardCount
-		}
-		next = append(next, fastReg{addr: r.Addr, write: r.Write, value: r.Value, or: or, writes: writes})
+		next = append(next, fastReg{addr: r.Addr, write: r.Write, value: r.Value, or: or})
 	}
 	if len(next) > maxFastRegs {
 		return fmt.Errorf("fast MMIO: %d registers, at most %d", len(next), maxFastRegs)

@@ -67,7 +67,6 @@ func serveFast(run *runHeader, t *fastTable) bool {
 		}
 		if write {
 			atomic.AndUint32(r.value, ^*data)
-			atomic.AddUint32(r.writes, 1)
 		} else {
 			*data = atomic.LoadUint32(r.value) | atomic.LoadUint32(r.or)
 		}

@@ -12,13 +12,6 @@
 // swallow the driver's acknowledgement of it too. Every other register
 // access arrives through the MMIO bus (bus.Device) on a vCPU thread.
 //
-// Interrupts coalesce as a level-triggered line's would: while the
-// driver has not acknowledged an interrupt, a vring interrupt raises no
-// new edge (Signal). The driver's handler acknowledges first and then
-// looks at every queue, so it sees the work either way; an edge raised
-// while the handler runs only brings the handler back to queues it has
-// already emptied, and in a nested guest each interrupt is dear.
-//
 // Concurrency: register accesses are serialised by the Transport's
 // mutex. The device runs on its own event loop and only touches the
 // transport through Signal (lock-free) and Broken. Lock order:
@@ -86,15 +79,6 @@ type Transport struct {
 	kicks  []int // one eventfd per queue
 	queues []*virtio.Queue
 
-	// ackFd is the eventfd the caller binds to an InterruptACK write of
-	// VringAlwaysSet (AckEventFd); acks counts the acknowledgements that
-	// reach the transport (Write) or a vCPU's fast path instead. raised
-	// is set once an interrupt was raised since the last reset: Signal
-	// raises a vring interrupt only if the driver acknowledged one since.
-	ackFd  int
-	acks   uint32
-	raised atomic.Bool
-
 	// isr holds the InterruptStatus bits the driver acknowledges (the
 	// config bit); latched holds the vring bit from DRIVER_OK until reset
 	// (VringAlwaysSet). A read returns both. They are only accessed
@@ -121,12 +105,7 @@ type Transport struct {
 // KVM_IOEVENTFD. Close releases the queue eventfds, not irqFd.
 func New(dev virtio.Device, mem *guestmem.Memory, irqFd int) (*Transport, error) {
 	sizes := dev.QueueMaxSizes()
-	t := &Transport{dev: dev, mem: mem, irq: irqFd, ackFd: -1}
-	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		return nil, fmt.Errorf("virtio-mmio: acknowledgement eventfd: %w", err)
-	}
-	t.ackFd = fd
+	t := &Transport{dev: dev, mem: mem, irq: irqFd}
 	for i, n := range sizes {
 		if n == 0 || n&(n-1) != 0 || n > virtio.MaxQueueSize {
 			t.Close()
@@ -146,16 +125,10 @@ func New(dev virtio.Device, mem *guestmem.Memory, irqFd int) (*Transport, error)
 // QueueEventFds returns the queue notification eventfds, index = queue.
 func (t *Transport) QueueEventFds() []int { return t.kicks }
 
-// AckEventFd returns the eventfd for the caller to bind with
-// KVM_IOEVENTFD to InterruptACK writes of VringAlwaysSet: the kernel then
-// takes them without an exit, and Signal still learns of them.
-func (t *Transport) AckEventFd() int { return t.ackFd }
-
 // Device returns the device behind the transport.
 func (t *Transport) Device() virtio.Device { return t.dev }
 
-// Close resets the device and releases the queue and acknowledgement
-// eventfds.
+// Close resets the device and releases the queue eventfds.
 func (t *Transport) Close() error {
 	t.mu.Lock()
 	if t.active {
@@ -168,44 +141,18 @@ func (t *Transport) Close() error {
 		errs = append(errs, unix.Close(fd))
 	}
 	t.kicks = nil
-	if t.ackFd >= 0 {
-		errs = append(errs, unix.Close(t.ackFd))
-		t.ackFd = -1
-	}
 	return errors.Join(errs...)
 }
 
-// Signal sets bits in InterruptStatus and pulses the interrupt line,
-// unless bits is the vring bit alone and the driver has not acknowledged
-// the last interrupt yet (see the package comment). It implements
-// virtio.Interrupt and is safe from any goroutine.
+// Signal sets bits in InterruptStatus and pulses the interrupt line. It
+// implements virtio.Interrupt and is safe from any goroutine.
 func (t *Transport) Signal(bits uint32) error {
 	// The vring bit of a running device is latched already.
 	atomic.OrUint32(&t.isr, bits&^atomic.LoadUint32(&t.latched))
-	if bits == virtio.InterruptVring && t.raised.Load() && !t.acknowledged() {
-		// The caller published its used entries before this check, and
-		// the driver reads them after its acknowledgement, which comes
-		// after the check (none was counted): it sees them.
-		return nil
-	}
-	t.raised.Store(true)
 	if err := rawsys.Signal(t.irq); err != nil {
 		return fmt.Errorf("virtio-mmio: raise interrupt: %w", err)
 	}
 	return nil
-}
-
-// acknowledged reports, and forgets, whether the driver acknowledged an
-// interrupt since the last call: through the fast path or Write (acks),
-// or through the kernel (ackFd). A stale acknowledgement costs at most
-// one edge the driver did not need.
-func (t *Transport) acknowledged() bool {
-	if atomic.SwapUint32(&t.acks, 0) != 0 {
-		return true
-	}
-	var b [8]byte
-	n, err := rawsys.Read(t.ackFd, b[:])
-	return err == nil && n == 8
 }
 
 // EventFd is the eventfd bound to the window's interrupt line; it
@@ -214,12 +161,10 @@ func (t *Transport) EventFd() int { return t.irq }
 
 // InterruptWords returns the words behind the interrupt registers: a
 // read of InterruptStatus returns *status | *latched, a write to
-// InterruptACK clears its bits in *status and adds one to *acks. Access
-// them only atomically. They let a vCPU serve both registers without a
-// call into the transport (kvm.FastMMIO).
-func (t *Transport) InterruptWords() (status, latched, acks *uint32) {
-	return &t.isr, &t.latched, &t.acks
-}
+// InterruptACK clears its bits in *status. Access them only atomically.
+// They let a vCPU serve both registers without a call into the transport
+// (kvm.FastMMIO).
+func (t *Transport) InterruptWords() (status, latched *uint32) { return &t.isr, &t.latched }
 
 // VringAlwaysSet is the InterruptACK value that needs no action from the
 // transport: from DRIVER_OK until a reset the vring bit reads as set
@@ -364,7 +309,6 @@ func (t *Transport) Write(offset uint64, data []byte) {
 		}
 	case RegInterruptACK:
 		atomic.AndUint32(&t.isr, ^v)
-		atomic.AddUint32(&t.acks, 1)
 	case RegStatus:
 		t.writeStatus(v)
 	case RegQueueNum, RegQueueReady, RegQueueDescLow, RegQueueDescHigh,
@@ -489,7 +433,6 @@ func (t *Transport) activate() {
 	// Latched before the device starts: vhost may raise the line as soon
 	// as it has the queues.
 	atomic.StoreUint32(&t.latched, virtio.InterruptVring)
-	t.forgetInterrupts()
 	err := t.dev.Activate(virtio.Activation{
 		Mem: t.mem, Features: t.driverFeatures, Queues: qs, Kicks: kicks,
 		Interrupt: t, Broken: t.Broken,
@@ -504,14 +447,6 @@ func (t *Transport) activate() {
 	for _, fd := range kicks {
 		_ = rawsys.Signal(fd)
 	}
-}
-
-// forgetInterrupts starts the coalescing afresh: the next interrupt is
-// raised whatever the driver acknowledged before.
-func (t *Transport) forgetInterrupts() {
-	t.raised.Store(false)
-	atomic.StoreUint32(&t.acks, 0)
-	_ = rawsys.Drain(t.ackFd)
 }
 
 func (t *Transport) failActivation(err error) {
@@ -531,7 +466,6 @@ func (t *Transport) reset() {
 	t.devFeatSel, t.drvFeatSel, t.driverFeatures, t.queueSel = 0, 0, 0, 0
 	atomic.StoreUint32(&t.isr, 0)
 	atomic.StoreUint32(&t.latched, 0)
-	t.forgetInterrupts()
 	t.needsReset.Store(false)
 	for _, q := range t.queues {
 		q.ResetConfig()

@@ -332,7 +332,7 @@ func TestVringAlwaysSet(t *testing.T) {
 	r := newRig(t)
 	r.probe(1 << virtio.FVersion1)
 	r.setupQueue()
-	status, latched, _ := r.tr.InterruptWords()
+	status, latched := r.tr.InterruptWords()
 	if r.read(RegInterruptStatus) != 0 || atomic.LoadUint32(latched) != 0 {
 		t.Fatal("vring bit set before DRIVER_OK")
 	}
@@ -390,59 +390,6 @@ func TestVringAlwaysSet(t *testing.T) {
 	r.write(RegStatus, 0xf|virtio.StatusFailed)
 	if r.read(RegInterruptStatus) != 0 {
 		t.Error("FAILED kept the vring bit")
-	}
-}
-
-// TestSignalCoalesces: a vring interrupt raises an edge only if the
-// driver acknowledged an interrupt since the last one, through any of the
-// three ways an acknowledgement arrives; a configuration interrupt always
-// raises one, and a reset forgets what was raised.
-func TestSignalCoalesces(t *testing.T) {
-	r := newRig(t)
-	start := func() {
-		r.probe(1 << virtio.FVersion1)
-		r.setupQueue()
-		r.write(RegStatus, 0xf)
-	}
-	start()
-	_, _, acks := r.tr.InterruptWords()
-	steps := []struct {
-		name string
-		ack  func()
-		want uint64
-	}{
-		{"first interrupt", func() {}, 1},
-		{"not acknowledged", func() {}, 0},
-		{"still not acknowledged", func() {}, 0},
-		{"acknowledged through the kernel", func() { unix.Write(r.tr.AckEventFd(), []byte{1, 0, 0, 0, 0, 0, 0, 0}) }, 1},
-		{"not acknowledged again", func() {}, 0},
-		{"acknowledged through the transport", func() { r.write(RegInterruptACK, VringAlwaysSet) }, 1},
-		{"acknowledged through a vCPU's fast path", func() { atomic.AddUint32(acks, 1) }, 1},
-		{"two acknowledgements, one edge", func() { r.write(RegInterruptACK, 0); r.write(RegInterruptACK, 0) }, 1},
-		{"and none after it", func() {}, 0},
-	}
-	for _, s := range steps {
-		s.ack()
-		if err := r.tr.Signal(virtio.InterruptVring); err != nil {
-			t.Fatal(err)
-		}
-		if got := r.irqCount(); got != s.want {
-			t.Errorf("%s: %d edges, want %d", s.name, got, s.want)
-		}
-	}
-	// A configuration interrupt is raised whatever was acknowledged, and
-	// the driver still finds its work: the vring bit reads as set.
-	if err := r.tr.ConfigChanged(); err != nil || r.irqCount() != 1 {
-		t.Errorf("config change: %v, want one edge", err)
-	}
-	if got := r.read(RegInterruptStatus); got != virtio.InterruptVring|virtio.InterruptConfig {
-		t.Errorf("InterruptStatus %#x", got)
-	}
-	// After a reset the first interrupt is raised again.
-	r.write(RegStatus, 0)
-	start()
-	if err := r.tr.Signal(virtio.InterruptVring); err != nil || r.irqCount() != 1 {
-		t.Errorf("first interrupt after a reset: %v, want one edge", err)
 	}
 }
 
