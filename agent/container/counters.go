@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/stratovirt-go/stratovirt/agent/cgroups"
 )
 
 // guestCounters are guest kernel counts that tell what an operation cost
@@ -77,18 +79,9 @@ func (c guestCounters) addInterrupts(b []byte) {
 }
 
 // addVMStat adds the vmstatKeys lines, and the pgalloc_* lines as one
-// "pgalloc".
+// "pgalloc" (/proc/vmstat is flat-keyed, as cgroup stat files are).
 func (c guestCounters) addVMStat(b []byte) {
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), " ")
-		if !ok {
-			continue
-		}
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			continue
-		}
+	for k, n := range cgroups.ParseFlatKeyed(b) {
 		switch {
 		case vmstatKeys[k]:
 			c[k] += n

@@ -108,8 +108,9 @@ func bootProfile(recs []KernelRecord, n int) string {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d kernel log records, the last at %d ms", len(recs), recs[len(recs)-1].At/1000)
-	// The log's clock starts before CLOCK_BOOTTIME does: comparing the
-	// two at init shows the boot before the kernel's clocks run.
+	// Against the agent's own start (CLOCK_BOOTTIME, which x86 starts
+	// from the log's clock), init's run shows what exec and the Go
+	// runtime's start took.
 	for _, r := range recs {
 		if strings.HasPrefix(r.Text, "Run ") && strings.Contains(r.Text, " as init process") {
 			fmt.Fprintf(&b, ", init run at %d ms", r.At/1000)
