@@ -14,7 +14,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -63,11 +65,18 @@ const (
 // own. ok is false with fewer than ciMinRuns samples a side, or where a
 // resampled peer median is 0.
 func ratioCI(ours, peer []float64) (lo, hi float64, ok bool) {
+	return ratioCIOf(ours, peer, len(ours) == len(peer))
+}
+
+// ratioCIOf is ratioCI with the pairing given: rows pooled from runs
+// whose sides had unequal counts are not paired even when the totals
+// match.
+func ratioCIOf(ours, peer []float64, paired bool) (lo, hi float64, ok bool) {
 	if len(ours) < ciMinRuns || len(peer) < ciMinRuns {
 		return 0, 0, false
 	}
+	paired = paired && len(ours) == len(peer)
 	rng := rand.New(rand.NewPCG(ciSeed, uint64(len(ours))<<32|uint64(len(peer))))
-	paired := len(ours) == len(peer)
 	o, p := make([]float64, len(ours)), make([]float64, len(peer))
 	ratios := make([]float64, 0, ciResamples)
 	for range ciResamples {
@@ -118,13 +127,17 @@ func Summarize(name string, samples []float64) Series {
 
 // NewRow builds a row from our samples and the peer's (nil: no peer).
 func NewRow(name, unit string, ours []float64, peerName string, peer []float64) Row {
+	return newRow(name, unit, ours, peerName, peer, len(ours) == len(peer))
+}
+
+func newRow(name, unit string, ours []float64, peerName string, peer []float64, paired bool) Row {
 	r := Row{Name: name, Unit: unit, Ours: Summarize("stratovirt-go", ours)}
 	if peer != nil {
 		p := Summarize(peerName, peer)
 		r.Peer = &p
 		if p.Median != 0 {
 			r.Ratio = r.Ours.Median / p.Median
-			if lo, hi, ok := ratioCI(ours, peer); ok {
+			if lo, hi, ok := ratioCIOf(ours, peer, paired); ok {
 				r.RatioCI90 = &[2]float64{lo, hi}
 			}
 		}
@@ -168,6 +181,73 @@ func (r *Report) Resummarize() {
 		n.Ours.Name, n.HigherIsBetter, n.Note = row.Ours.Name, row.HigherIsBetter, row.Note
 		r.Rows[i] = n
 	}
+}
+
+// Pool merges the reports of separate runs (of the same code, say) into
+// one, so that a row the lab's spread leaves unranked in one run gets
+// the rounds of all: each row's samples are those of every report with a
+// row of that name, in the reports' order. A round's two samples stay a
+// pair where every run had as many samples on each side; otherwise the
+// pooled row's interval resamples each side on its own. Rows keep the
+// order in which they first appear. A name whose unit, direction or peer
+// differs between reports is an error: those are different measurements.
+func Pool(reps []*Report) (*Report, error) {
+	type pooled struct {
+		row        Row
+		ours, peer []float64
+		paired     bool
+		counts     []string
+	}
+	var order []string
+	rows := map[string]*pooled{}
+	out := &Report{}
+	var wheres []string
+	for _, rep := range reps {
+		if rep.Generated.After(out.Generated) {
+			out.Generated = rep.Generated
+		}
+		if !slices.Contains(wheres, rep.Where) {
+			wheres = append(wheres, rep.Where)
+		}
+		for _, r := range rep.Rows {
+			p, seen := rows[r.Name]
+			if !seen {
+				p = &pooled{row: r, paired: true}
+				rows[r.Name] = p
+				order = append(order, r.Name)
+			}
+			if r.Unit != p.row.Unit || r.HigherIsBetter != p.row.HigherIsBetter || (r.Peer == nil) != (p.row.Peer == nil) ||
+				(r.Peer != nil && r.Peer.Name != p.row.Peer.Name) {
+				return nil, fmt.Errorf("row %q: unit, direction or peer differ between the reports", r.Name)
+			}
+			p.ours = append(p.ours, r.Ours.Samples...)
+			count := strconv.Itoa(len(r.Ours.Samples))
+			if r.Peer != nil {
+				p.peer = append(p.peer, r.Peer.Samples...)
+				p.paired = p.paired && len(r.Ours.Samples) == len(r.Peer.Samples)
+				if len(r.Peer.Samples) != len(r.Ours.Samples) {
+					count += "/" + strconv.Itoa(len(r.Peer.Samples))
+				}
+			}
+			p.counts = append(p.counts, count)
+		}
+	}
+	for _, name := range order {
+		p := rows[name]
+		var peerName string
+		if p.row.Peer != nil {
+			peerName = p.row.Peer.Name
+		}
+		n := newRow(name, p.row.Unit, p.ours, peerName, p.peer, p.paired)
+		n.Ours.Name, n.HigherIsBetter = p.row.Ours.Name, p.row.HigherIsBetter
+		n.Note = fmt.Sprintf("pooled from %d of %d runs (samples %s)", len(p.counts), len(reps), strings.Join(p.counts, " + "))
+		if p.row.Peer != nil && !p.paired {
+			n.Note += "; sides not paired by round"
+		}
+		out.Rows = append(out.Rows, n)
+	}
+	out.Where = "pooled: " + strings.Join(wheres, "; ")
+	return out, nil
 }
 
 // belowShown is the smallest magnitude num prints as other than 0.

@@ -69,15 +69,10 @@ func main() {
 	vmm := flag.String("vmm", "bin/stratovirt", "our VMM binary")
 	shimDir := flag.String("shim-dir", "", "(internal) prepared shim and guest image")
 	resume := flag.Bool("resume", false, "(internal) keep the groups -out's results.json already has and run the others")
-	summarize := flag.String("summarize", "", "print the table of the results.json in this directory, summaries and intervals recomputed from its samples, and run nothing")
+	summarize := flag.String("summarize", "", "print the table of the results.json in this directory, summaries and intervals recomputed from its samples, and run nothing; several comma-separated directories pool their runs (bench.Pool)")
 	flag.Parse()
 	if *summarize != "" {
-		rep, err := bench.ReadReport(*summarize)
-		if err == nil {
-			rep.Resummarize()
-			err = rep.Markdown(os.Stdout)
-		}
-		if err != nil {
+		if err := printSummary(os.Stdout, strings.Split(*summarize, ",")); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(1)
 		}
@@ -87,6 +82,29 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+}
+
+// printSummary writes the table of the run in dirs[0], or of the runs in
+// dirs pooled.
+func printSummary(w io.Writer, dirs []string) error {
+	var reps []*bench.Report
+	for _, dir := range dirs {
+		rep, err := bench.ReadReport(dir)
+		if err != nil {
+			return err
+		}
+		reps = append(reps, rep)
+	}
+	rep := reps[0]
+	if len(reps) == 1 {
+		rep.Resummarize()
+	} else {
+		var err error
+		if rep, err = bench.Pool(reps); err != nil {
+			return err
+		}
+	}
+	return rep.Markdown(w)
 }
 
 func run(runs, memRuns int, out, rows, vmm, shimDir string, resume bool) error {
