@@ -14,15 +14,22 @@ import (
 
 // guestCounters are guest kernel counts that tell what an operation cost
 // besides its time: interrupts by source (/proc/interrupts, summed over
-// CPUs) and page events (/proc/vmstat). The agent reads them around a
-// container create at debug level only: in the nested lab an interrupt
-// or a fresh page is dear, and a create's time alone does not say which.
+// CPUs), page events (/proc/vmstat) and where kernel memory grew
+// (/proc/meminfo). The agent reads them around a container create at
+// debug level only: in the nested lab an interrupt or a fresh page is
+// dear, and a create's time alone does not say which.
 type guestCounters map[string]uint64
 
 // vmstatKeys are the /proc/vmstat lines kept; pgalloc_* are summed.
 var vmstatKeys = map[string]bool{"pgfault": true, "pgmajfault": true, "pgfree": true}
 
-// readGuestCounters reads both files; a file it cannot read is left out.
+// meminfoKeys are the /proc/meminfo lines kept: kernel memory that a
+// create can grow for good (a percpu chunk's map is vmalloc'd; thirty-
+// second session). They are levels, not counts; diff shows their growth.
+var meminfoKeys = map[string]bool{"VmallocUsed": true, "Percpu": true, "Slab": true, "KernelStack": true, "PageTables": true}
+
+// readGuestCounters reads the three files; a file it cannot read is left
+// out.
 func readGuestCounters() guestCounters {
 	c := guestCounters{}
 	if b, err := os.ReadFile("/proc/interrupts"); err == nil {
@@ -31,7 +38,25 @@ func readGuestCounters() guestCounters {
 	if b, err := os.ReadFile("/proc/vmstat"); err == nil {
 		c.addVMStat(b)
 	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		c.addMeminfo(b)
+	}
 	return c
+}
+
+// addMeminfo adds the meminfoKeys lines ("Percpu:  1234 kB") as
+// "Percpu kB"; malformed lines are skipped.
+func (c guestCounters) addMeminfo(b []byte) {
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) != 3 || f[2] != "kB" || !meminfoKeys[strings.TrimSuffix(f[0], ":")] {
+			continue
+		}
+		if v, err := strconv.ParseUint(f[1], 10, 64); err == nil {
+			c[strings.TrimSuffix(f[0], ":")+" kB"] = v
+		}
+	}
 }
 
 // addInterrupts adds each row of a /proc/interrupts listing under the

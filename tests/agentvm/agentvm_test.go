@@ -111,6 +111,12 @@ func runBackend(t *testing.T, backend string, rootImage bool) {
 	// The base command line's sysctl reached the guest kernel
 	// (translate.BaseCmdline: no proactive compaction).
 	runContainer(t, sb, "sysctl", []string{"cat", "/proc/sys/vm/compaction_proactiveness"}, "0\n", 0)
+	// The containers' cgroups grew the guest's percpu memory, and with
+	// the base command line's percpu_alloc=page no chunk came with a map
+	// of 1 MiB or more (with the default allocator and one vCPU, the
+	// first container's chunk brought a 4 MiB one).
+	runContainer(t, sb, "percpu", []string{"sh", "-c", percpuMapsCheck},
+		"vmallocinfo read; percpu maps of 1 MiB or more: none\n", 0)
 
 	// Clean shutdown: the agent tears the sandbox down (unmounts the
 	// rootfs), then the VMM gets SIGTERM and must exit with status 0.
@@ -132,6 +138,17 @@ func runBackend(t *testing.T, backend string, rootImage bool) {
 
 	checkLeftovers(t, vm, uds, socketsBefore)
 }
+
+// percpuMapsCheck lists, from /proc/vmallocinfo, the percpu allocator's
+// maps (pcpu_mem_zalloc) of 1 MiB or more, and says whether it read the
+// file at all.
+const percpuMapsCheck = `n=0; big=
+while read -r range size caller rest; do
+	n=$((n+1))
+	case $caller in pcpu_mem_zalloc*) [ "$size" -ge 1048576 ] && big="$big $size";; esac
+done < /proc/vmallocinfo
+[ "$n" -gt 10 ] && echo -n "vmallocinfo read; "
+echo "percpu maps of 1 MiB or more:${big:- none}"`
 
 // bootArgs are the VMM arguments that boot the guest image: the
 // initramfs with the runc image, or (rootImage) the root image as the
