@@ -58,20 +58,14 @@ const (
 )
 
 // ratioCI is a 90% percentile-bootstrap interval of median(ours) /
-// median(peer). With as many samples on each side, sample i of each is
-// taken as one round (the groups interleave their runs) and rounds are
-// resampled whole, so that a lab that slows down for a while moves both
-// sides of a round together; otherwise each side is resampled on its
-// own. ok is false with fewer than ciMinRuns samples a side, or where a
+// median(peer). When paired and with as many samples on each side,
+// sample i of each is taken as one round (the groups interleave their
+// runs) and rounds are resampled whole, so that a lab that slows down for
+// a while moves both sides of a round together; otherwise each side is
+// resampled on its own (rows pooled from runs whose sides had unequal
+// counts are not paired even when the totals match). ok is false with fewer than ciMinRuns samples a side, or where a
 // resampled peer median is 0.
-func ratioCI(ours, peer []float64) (lo, hi float64, ok bool) {
-	return ratioCIOf(ours, peer, len(ours) == len(peer))
-}
-
-// ratioCIOf is ratioCI with the pairing given: rows pooled from runs
-// whose sides had unequal counts are not paired even when the totals
-// match.
-func ratioCIOf(ours, peer []float64, paired bool) (lo, hi float64, ok bool) {
+func ratioCI(ours, peer []float64, paired bool) (lo, hi float64, ok bool) {
 	if len(ours) < ciMinRuns || len(peer) < ciMinRuns {
 		return 0, 0, false
 	}
@@ -137,7 +131,7 @@ func newRow(name, unit string, ours []float64, peerName string, peer []float64, 
 		r.Peer = &p
 		if p.Median != 0 {
 			r.Ratio = r.Ours.Median / p.Median
-			if lo, hi, ok := ratioCIOf(ours, peer, paired); ok {
+			if lo, hi, ok := ratioCI(ours, peer, paired); ok {
 				r.RatioCI90 = &[2]float64{lo, hi}
 			}
 		}

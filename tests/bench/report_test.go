@@ -49,7 +49,7 @@ func TestPool(t *testing.T) {
 	if !slices.Equal(echo.Ours.Samples, ours) || !slices.Equal(echo.Peer.Samples, peer) || !echo.HigherIsBetter {
 		t.Fatalf("echo: ours %v, peer %v, higher %v", echo.Ours.Samples, echo.Peer.Samples, echo.HigherIsBetter)
 	}
-	lo, hi, _ := ratioCI(ours, peer)
+	lo, hi, _ := ratioCI(ours, peer, true)
 	if echo.RatioCI90 == nil || echo.RatioCI90[0] != lo || echo.RatioCI90[1] != hi || lo <= 1 {
 		t.Errorf("echo: interval %v, want the paired [%v, %v] above 1", echo.RatioCI90, lo, hi)
 	}
@@ -59,11 +59,11 @@ func TestPool(t *testing.T) {
 
 	// 4/5 then 4/3: 8 a side in all, but no run had its rounds paired.
 	skewed := p.Rows[1]
-	lo, hi, _ = ratioCIOf(skewed.Ours.Samples, skewed.Peer.Samples, false)
+	lo, hi, _ = ratioCI(skewed.Ours.Samples, skewed.Peer.Samples, false)
 	if skewed.RatioCI90 == nil || skewed.RatioCI90[0] != lo || skewed.RatioCI90[1] != hi {
 		t.Errorf("skewed: interval %v, want the unpaired [%v, %v]", skewed.RatioCI90, lo, hi)
 	}
-	if pl, ph, _ := ratioCI(skewed.Ours.Samples, skewed.Peer.Samples); pl == lo && ph == hi {
+	if pl, ph, _ := ratioCI(skewed.Ours.Samples, skewed.Peer.Samples, true); pl == lo && ph == hi {
 		t.Errorf("skewed: the unpaired interval equals the paired one, the test tells nothing")
 	}
 	if !strings.Contains(skewed.Note, "samples 4/5 + 4/3") || !strings.Contains(skewed.Note, "not paired") {

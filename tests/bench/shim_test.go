@@ -91,17 +91,17 @@ func TestMarkdownZeroPeer(t *testing.T) {
 func TestRatioCI(t *testing.T) {
 	slow := []float64{10, 11, 9, 10.5, 9.5, 10.2, 9.8, 10.1}
 	fast := []float64{20, 22, 18, 21, 19, 20.4, 19.6, 20.2}
-	lo, hi, ok := ratioCI(fast, slow)
+	lo, hi, ok := ratioCI(fast, slow, true)
 	if !ok || lo > 2 || hi < 2 || lo <= 1 {
 		t.Errorf("fast/slow: [%v, %v] %v, want around 2 and above 1", lo, hi, ok)
 	}
-	if lo2, hi2, _ := ratioCI(fast, slow); lo2 != lo || hi2 != hi {
+	if lo2, hi2, _ := ratioCI(fast, slow, true); lo2 != lo || hi2 != hi {
 		t.Errorf("not reproducible: [%v, %v] then [%v, %v]", lo, hi, lo2, hi2)
 	}
 	// Both sides from the same spread: parity cannot be ruled out.
 	a := []float64{5, 9, 14, 7, 11, 6, 13, 8}
 	b := []float64{12, 6, 8, 13, 5, 10, 7, 9}
-	if lo, hi, ok := ratioCI(a, b); !ok || lo > 1 || hi < 1 {
+	if lo, hi, ok := ratioCI(a, b, true); !ok || lo > 1 || hi < 1 {
 		t.Errorf("alike: [%v, %v] %v, want an interval holding 1", lo, hi, ok)
 	}
 	// A lab whose speed drifts: each round's pair moves together, ours
@@ -111,17 +111,17 @@ func TestRatioCI(t *testing.T) {
 	for i, speed := range []float64{3, 9, 5, 14, 7, 4, 11, 6} {
 		ours, peer = append(ours, speed*1.1+float64(i%2)*0.01), append(peer, speed)
 	}
-	if lo, hi, ok := ratioCI(ours, peer); !ok || lo <= 1 || hi < 1.1 || lo > 1.1 {
+	if lo, hi, ok := ratioCI(ours, peer, true); !ok || lo <= 1 || hi < 1.1 || lo > 1.1 {
 		t.Errorf("drifting lab, paired: [%v, %v] %v, want above 1 around 1.1", lo, hi, ok)
 	}
-	if lo, hi, ok := ratioCI(ours, peer[:7]); !ok || lo > 1 {
+	if lo, hi, ok := ratioCI(ours, peer[:7], true); !ok || lo > 1 {
 		t.Errorf("drifting lab, unpaired: [%v, %v] %v, want an interval holding 1", lo, hi, ok)
 	}
 	for _, tc := range []struct{ ours, peer []float64 }{
 		{[]float64{1, 2}, []float64{1, 2, 3}},
 		{[]float64{1, 2, 3}, []float64{0, 0, 0}},
 	} {
-		if _, _, ok := ratioCI(tc.ours, tc.peer); ok {
+		if _, _, ok := ratioCI(tc.ours, tc.peer, true); ok {
 			t.Errorf("ratioCI(%v, %v) gave an interval", tc.ours, tc.peer)
 		}
 	}
