@@ -45,12 +45,6 @@ type Runc struct {
 	// `runc --version` for Binary, written when the guest image was
 	// built: running runc to ask costs a boot about 0.2 s in the lab.
 	VersionFile string
-	// ReadOnlyBinary says that Binary lies on a read-only filesystem (the
-	// runc image): runc then runs with _LIBCONTAINER_CLONED_BINARY=1, with
-	// which it takes a read-only binary as already cloned (a container
-	// cannot overwrite it, CVE-2019-5736) and skips copying and
-	// re-executing itself at every create and exec. See OnReadOnlyFS.
-	ReadOnlyBinary bool
 	// Sealed, when set, is the runc that runs instead of Binary. The Runc
 	// holds it so that it stays open (an unreachable os.File is closed by
 	// its finalizer).
@@ -138,9 +132,6 @@ func (r *Runc) run(ctx context.Context, stdio *Stdio, stdout io.Writer, logDir s
 	}
 	full = append(full, args...)
 	cmd := exec.Command(r.binary(), full...)
-	if r.ReadOnlyBinary && r.Sealed == nil {
-		cmd.Env = append(os.Environ(), clonedBinaryEnv+"=1")
-	}
 	if stdio != nil {
 		// A detached process keeps what runc had: never one of our pipes.
 		devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)

@@ -2,6 +2,7 @@ package runc
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -173,45 +174,125 @@ func TestSealInBackground(t *testing.T) {
 	}
 }
 
-// TestReadOnlyBinary: runc on a read-only filesystem is found as such and
-// runs with runc's cloned-binary variable; elsewhere it runs without it.
-func TestReadOnlyBinary(t *testing.T) {
+// TestOnReadOnlyFS: a file on a read-only bind mount is found read-only;
+// the same file through a writable path, or a missing one, is not.
+func TestOnReadOnlyFS(t *testing.T) {
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "runc")
-	script := "#!/bin/sh\necho \"runc version ${" + clonedBinaryEnv + ":-unset}\"\n"
-	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if OnReadOnlyFS(bin) {
 		t.Fatalf("%s is on a read-only filesystem", dir)
 	}
-	rp, err := reaper.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rp.Close()
-	for _, ro := range []bool{false, true} {
-		r := &Runc{Binary: bin, Root: dir, Reaper: rp, ReadOnlyBinary: ro}
-		got, err := r.Version(context.Background())
-		want := map[bool]string{false: "runc version unset", true: "runc version 1"}[ro]
-		if err != nil || got != want {
-			t.Errorf("ReadOnlyBinary %v: %q, %v; want %q", ro, got, err, want)
-		}
-	}
-	// A read-only bind mount of the directory, where the test may mount.
-	ro := filepath.Join(t.TempDir(), "ro")
-	os.Mkdir(ro, 0o755)
-	if err := unix.Mount(dir, ro, "", unix.MS_BIND, ""); err != nil {
-		t.Skipf("bind mount: %v", err)
-	}
-	defer unix.Unmount(ro, unix.MNT_DETACH)
-	if err := unix.Mount("", ro, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
-		t.Skipf("remount read-only: %v", err)
-	}
+	ro := readOnlyBind(t, dir)
 	if !OnReadOnlyFS(filepath.Join(ro, "runc")) {
 		t.Error("a file on a read-only bind mount is not found read-only")
 	}
 	if OnReadOnlyFS(filepath.Join(dir, "missing")) {
 		t.Error("a missing file is found read-only")
+	}
+}
+
+// readOnlyBind bind-mounts dir read-only on a new directory, where the
+// test may mount, and returns that directory.
+func readOnlyBind(t *testing.T, dir string) string {
+	t.Helper()
+	ro := filepath.Join(t.TempDir(), "ro")
+	os.Mkdir(ro, 0o755)
+	if err := unix.Mount(dir, ro, "", unix.MS_BIND, ""); err != nil {
+		t.Skipf("bind mount: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(ro, unix.MNT_DETACH) })
+	if err := unix.Mount("", ro, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+		t.Skipf("remount read-only: %v", err)
+	}
+	return ro
+}
+
+// TestReadOnlyRuncInPlace checks what the agent counts on when it leaves
+// runc on the read-only runc image instead of sealing a copy: Debian's
+// runc, run from a read-only filesystem, has its container's init run
+// from that same file, not from a copy in memory (which would put 8.7 MB
+// into guest RAM at every create). A runc that copies itself fails it.
+func TestReadOnlyRuncInPlace(t *testing.T) {
+	const system = "/usr/sbin/runc"
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	if _, err := os.Stat(system); err != nil {
+		t.Skip("needs " + system + " (apt-get install runc)")
+	}
+	busybox := mustLook(t, "busybox")
+	dir := t.TempDir()
+	data, err := os.ReadFile(system)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "runc"), data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(readOnlyBind(t, dir), "runc")
+	if !OnReadOnlyFS(bin) {
+		t.Fatalf("%s is not on a read-only filesystem", bin)
+	}
+
+	bundle := t.TempDir()
+	rootfs := filepath.Join(bundle, "rootfs")
+	os.MkdirAll(filepath.Join(rootfs, "bin"), 0o755)
+	if data, err = os.ReadFile(busybox); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(rootfs, "bin/busybox"), data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(bin, "spec", "--bundle", bundle).CombinedOutput(); err != nil {
+		t.Fatalf("runc spec: %v: %s", err, out)
+	}
+	cfg := filepath.Join(bundle, "config.json")
+	spec, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec = []byte(strings.Replace(strings.Replace(string(spec), `"terminal": true`, `"terminal": false`, 1),
+		`"sh"`, `"/bin/busybox", "sleep", "60"`, 1))
+	if err := os.WriteFile(cfg, spec, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	rp, err := reaper.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rp.Close()
+	r := &Runc{Binary: bin, Root: t.TempDir(), Reaper: rp}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	id := fmt.Sprintf("ro-runc-%d", os.Getpid())
+	pidFile := filepath.Join(bundle, "pid")
+	// Stdio: the init gets /dev/null, never runc's stderr pipe.
+	if err := r.Create(ctx, id, bundle, CreateOpts{PidFile: pidFile, Stdio: &Stdio{}}); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := r.Delete(context.Background(), id, true); err != nil {
+			t.Errorf("delete: %v", err)
+		}
+	}()
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The init waits for start: it is still runc's image.
+	var exe, want unix.Stat_t
+	if err := unix.Stat("/proc/"+strings.TrimSpace(string(b))+"/exe", &exe); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat(bin, &want); err != nil {
+		t.Fatal(err)
+	}
+	if exe.Dev != want.Dev || exe.Ino != want.Ino {
+		t.Fatalf("runc init runs from device %d inode %d, not from %s (device %d inode %d): runc copied itself",
+			exe.Dev, exe.Ino, bin, want.Dev, want.Ino)
 	}
 }

@@ -159,13 +159,13 @@ func run(o options, pid1 bool, logs *stdio.LogHub) error {
 		log.L.Info("root is the initramfs: runc create --no-pivot")
 	}
 	if pid1 {
-		// runc re-executes itself from a copy at every create and exec
-		// unless it runs from a read-only filesystem (the runc image)
-		// or from a sealed memfd. In the initramfs the file is only
-		// guest memory: it is moved, not copied.
+		// runc re-executes itself at every create and exec unless it
+		// runs from a sealed memfd. A runc in guest RAM (the initramfs)
+		// is moved into one: no more memory, one exec less each time.
+		// A runc on the read-only runc image stays there (OnReadOnlyFS).
 		if path, err := exec.LookPath(o.runcPath); err != nil {
 			log.L.Warnf("runc runs from %s: %v", o.runcPath, err)
-		} else if rc.ReadOnlyBinary = runc.OnReadOnlyFS(path); rc.ReadOnlyBinary {
+		} else if runc.OnReadOnlyFS(path) {
 			log.L.Debugf("runc runs from %s, on a read-only filesystem (DAX %v)", path, initsys.IsDAX(path))
 		} else {
 			rc.SealInBackground(func() (*runc.Sealed, error) {
