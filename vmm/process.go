@@ -62,12 +62,13 @@ func (v *VM) VCPUThreadIDs() []int {
 // touched memory, docs/performance.md); with mem-path a file (a new
 // unlinked file in a directory, or the named file, created and unlinked
 // if it did not exist) mapped shared; with mem-share and no path a memfd
-// mapped shared. On hugetlbfs the file is fully allocated up front, so a
+// mapped shared. MemMerge offers private RAM to KSM (guestmem.Options.
+// Mergeable). On hugetlbfs the file is fully allocated up front, so a
 // short huge page pool fails here rather than with SIGBUS in the guest.
 // The returned fd (if any) is for guestmem.New; the caller closes it once
 // RAM is mapped.
 func memoryOptions(m config.Machine, total uint64) (guestmem.Options, error) {
-	opts := guestmem.Options{Shared: m.MemShare, DumpGuestCore: m.DumpGuestCore, HugePages: true}
+	opts := guestmem.Options{Shared: m.MemShare, DumpGuestCore: m.DumpGuestCore, HugePages: true, Mergeable: m.MemMerge}
 	var f *os.File
 	var err error
 	switch {

@@ -93,6 +93,10 @@ type Hypervisor struct {
 	// FreePageReporting gives the VM a balloon through which the guest
 	// reports the memory it frees, and the host releases it.
 	FreePageReporting bool `toml:"free_page_reporting"`
+	// MemMerge offers guest RAM to the host kernel's same-page merging
+	// (KSM, QEMU's mem-merge): where the host runs KSM, the pages that
+	// VMs hold alike (the guest kernel's code) are kept once.
+	MemMerge bool `toml:"mem_merge"`
 	// BootTimeout bounds the wait for the guest agent, e.g. "30s".
 	BootTimeout string `toml:"boot_timeout"`
 	// ConsoleLog copies the guest console into the shim log.

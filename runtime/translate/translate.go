@@ -132,6 +132,7 @@ func VMConfig(cfg *shimconfig.Config, spec *specs.Spec, name string, drives []Dr
 	c.Machine.VCPUs = vcpus
 	c.Machine.MemSize = memMiB << 20
 	c.Machine.DumpGuestCore = false
+	c.Machine.MemMerge = h.MemMerge
 	c.Boot.Kernel = h.Kernel
 	c.Boot.Initrd = h.Initrd
 	c.Boot.Cmdline = strings.TrimSpace(BaseCmdline + " " + h.KernelParams)
@@ -238,15 +239,19 @@ func applyAnnotations(cfg *shimconfig.Config, h *shimconfig.Hypervisor, ann map[
 				continue
 			}
 			h.IOThreads = n
-		case "free_page_reporting":
+		case "free_page_reporting", "mem_merge":
 			b, err := strconv.ParseBool(v)
 			if err != nil {
 				bad("not true or false")
 				continue
 			}
-			h.FreePageReporting = b
+			if name == "mem_merge" {
+				h.MemMerge = b
+			} else {
+				h.FreePageReporting = b
+			}
 		default:
-			bad("unknown hypervisor option (default_vcpus, default_memory, kernel, initrd, kernel_params, disk_iops, iothreads, free_page_reporting)")
+			bad("unknown hypervisor option (default_vcpus, default_memory, kernel, initrd, kernel_params, disk_iops, iothreads, free_page_reporting, mem_merge)")
 		}
 	}
 	return errors.Join(errs...)

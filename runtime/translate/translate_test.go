@@ -25,7 +25,7 @@ func testConfig(t *testing.T) *shimconfig.Config {
 	c := shimconfig.Default()
 	c.Hypervisor.Kernel, c.Hypervisor.Initrd, c.Hypervisor.RuncImage, c.Hypervisor.Image = k, "", r, root
 	c.Hypervisor.MaxVCPUs, c.Hypervisor.MaxMemoryMiB = 8, 4096
-	c.Hypervisor.EnableAnnotations = []string{"default_vcpus", "default_memory", "kernel", "kernel_params", "disk_iops", "free_page_reporting"}
+	c.Hypervisor.EnableAnnotations = []string{"default_vcpus", "default_memory", "kernel", "kernel_params", "disk_iops", "free_page_reporting", "mem_merge"}
 	c.Hypervisor.ValidKernelPaths = []string{dir + "/*"}
 	return &c
 }
@@ -67,6 +67,7 @@ func TestVMConfigSizing(t *testing.T) {
 		{"kernel traversal", spec(map[string]string{"io.stratovirt.hypervisor.kernel": filepath.Dir(cfg.Hypervisor.Kernel) + "/../x"}), 0, 0, "valid_kernel_paths"},
 		{"iops", spec(map[string]string{"io.stratovirt.hypervisor.disk_iops": "-1"}), 0, 0, "IOPS"},
 		{"free page reporting not a bool", spec(map[string]string{"io.stratovirt.hypervisor.free_page_reporting": "maybe"}), 0, 0, "not true or false"},
+		{"mem merge not a bool", spec(map[string]string{"io.stratovirt.hypervisor.mem_merge": "yes please"}), 0, 0, "not true or false"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := VMConfig(cfg, tc.s, "vm", []Drive{{ID: "rootfs", Serial: "r", Path: cfg.Hypervisor.Kernel}})
@@ -136,6 +137,22 @@ func TestVMConfigSizing(t *testing.T) {
 	if c, err := VMConfig(cfg, on, "vm", nil); err != nil || c.Balloon == nil || !c.Balloon.FreePageReporting {
 		t.Fatalf("annotation true: %v %+v", err, c.Balloon)
 	}
+	// Guest RAM is offered to KSM only when asked, by the configuration
+	// or by a pod's annotation; the annotation also turns it off.
+	if c, err := VMConfig(cfg, spec(nil), "vm", nil); err != nil || c.Machine.MemMerge {
+		t.Fatalf("mem merge by default: %v %+v", err, c.Machine)
+	}
+	if c, err := VMConfig(cfg, spec(map[string]string{"io.stratovirt.hypervisor.mem_merge": "true"}), "vm", nil); err != nil || !c.Machine.MemMerge {
+		t.Fatalf("mem merge annotation: %v %+v", err, c.Machine)
+	}
+	cfg.Hypervisor.MemMerge = true
+	if c, err := VMConfig(cfg, spec(nil), "vm", nil); err != nil || !c.Machine.MemMerge {
+		t.Fatalf("mem_merge = true: %v %+v", err, c.Machine)
+	}
+	if c, err := VMConfig(cfg, spec(map[string]string{"io.stratovirt.hypervisor.mem_merge": "false"}), "vm", nil); err != nil || c.Machine.MemMerge {
+		t.Fatalf("mem merge annotation false: %v %+v", err, c.Machine)
+	}
+	cfg.Hypervisor.MemMerge = false
 	cfg.Hypervisor.RuncImage = filepath.Join(t.TempDir(), "missing.erofs")
 	if _, err := VMConfig(cfg, spec(nil), "vm", nil); err == nil || !strings.Contains(err.Error(), "missing.erofs") {
 		t.Fatalf("missing runc_image: %v", err)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/stratovirt-go/stratovirt/tests/ctrd"
+	"github.com/stratovirt-go/stratovirt/tests/ksm"
 )
 
 // runcRuntime is the peer runtime on the same containerd.
@@ -21,9 +22,10 @@ const runcRuntime = "io.containerd.runc.v2"
 
 // startIdle starts an idle container (sleep) detached and returns the
 // wall time of `ctr run -d`.
-func startIdle(d *ctrd.Daemon, runtime, id string) (float64, error) {
+func startIdle(d *ctrd.Daemon, runtime, id string, flags ...string) (float64, error) {
 	t0 := time.Now()
-	out, err := d.Ctr(5*time.Minute, "", "run", "-d", "--runtime", runtime, ctrd.Image, id, "sleep", "100000")
+	args := append(append([]string{"run", "-d", "--runtime", runtime}, flags...), ctrd.Image, id, "sleep", "100000")
+	out, err := d.Ctr(5*time.Minute, "", args...)
 	if err != nil {
 		return 0, fmt.Errorf("ctr run -d --runtime %s %s: %v: %s", runtime, id, err, out)
 	}
@@ -260,7 +262,9 @@ const idleCPUWindow = 10 * time.Second
 // through the CPU window), how many would fit
 // in what was available at the start, and the host CPU each idle
 // container takes (the host's busy share with all N idling less that
-// before the first started).
+// before the first started). Where the host has KSM, ours runs once more
+// with the mem_merge annotation and KSM on (ksm.Start), for the memory
+// that merging saves against ours without it.
 func DensityRows(d *ctrd.Daemon, steps []int) ([]Row, error) {
 	max := steps[len(steps)-1]
 	type side struct {
@@ -275,9 +279,13 @@ func DensityRows(d *ctrd.Daemon, steps []int) ([]Row, error) {
 		// of one CPU, and the part of it running guest code.
 		shimCPU, shimGuest float64
 		exits              string // KVM exits a second per container, by kind
+		merged             ksm.Stat
+		ksmTook            time.Duration
 	}
 	MountDebugfs()
-	measure := func(rt, prefix string) (side, error) {
+	// merge starts every container with the mem_merge annotation and
+	// turns the host's KSM on once they all run.
+	measure := func(rt, prefix string, merge bool) (side, error) {
 		var s side
 		var err error
 		if s.base, err = busyShare(idleCPUWindow); err != nil {
@@ -292,7 +300,11 @@ func DensityRows(d *ctrd.Daemon, steps []int) ([]Row, error) {
 		}()
 		for n := 1; n <= max; n++ {
 			id := fmt.Sprintf("%s-%d", prefix, n)
-			t, err := startIdle(d, rt, id)
+			var flags []string
+			if merge {
+				flags = []string{"--annotation", ksm.Annotation}
+			}
+			t, err := startIdle(d, rt, id, flags...)
 			if err != nil {
 				return s, fmt.Errorf("container %d: %w", n, err)
 			}
@@ -316,6 +328,14 @@ func DensityRows(d *ctrd.Daemon, steps []int) ([]Row, error) {
 				}
 			}
 			return total, guest
+		}
+		if merge {
+			st, took, stop, err := ksm.Start(3 * time.Minute)
+			if err != nil {
+				return s, err
+			}
+			defer stop()
+			s.merged, s.ksmTook = st, took
 		}
 		exits0 := make([]map[string]int64, len(pids))
 		for i, pid := range pids {
@@ -351,11 +371,17 @@ func DensityRows(d *ctrd.Daemon, steps []int) ([]Row, error) {
 		}
 		return s, nil
 	}
-	o, err := measure(ctrd.Runtime, "bench-dens-sv")
+	o, err := measure(ctrd.Runtime, "bench-dens-sv", false)
 	if err != nil {
 		return nil, err
 	}
-	p, err := measure(runcRuntime, "bench-dens-runc")
+	var k side
+	if ksm.Available() {
+		if k, err = measure(ctrd.Runtime, "bench-dens-ksm", true); err != nil {
+			return nil, fmt.Errorf("with mem_merge and KSM: %w", err)
+		}
+	}
+	p, err := measure(runcRuntime, "bench-dens-runc", false)
 	if err != nil {
 		return nil, err
 	}
@@ -376,5 +402,16 @@ func DensityRows(d *ctrd.Daemon, steps []int) ([]Row, error) {
 	c.Note = fmt.Sprintf("each idle container's shim took %.2f%% of a CPU, of which %.2f%% running guest code (ours: the VMM is in the shim), runc's %.2f%%; "+
 		"KVM exits a second per idle microVM: %s; the host's busy share (/proc/stat) was %.1f%% of a CPU before our containers started, %.1f%% before runc's",
 		o.shimCPU, o.shimGuest, p.shimCPU, o.exits, 100*o.base, 100*p.base)
-	return append(rows, m, c), nil
+	rows = append(rows, m, c)
+	if k.running > 0 {
+		km := NewRow(fmt.Sprintf("density: host memory per idle container (MemAvailable drop / %d), mem_merge, the host's KSM on", max), "MiB",
+			[]float64{k.perMiB}, "ours without mem_merge (the default)", []float64{o.perMiB})
+		saved := float64(k.merged.Sharing) * float64(os.Getpagesize()) / (1 << 20)
+		km.Note = fmt.Sprintf("%d containers with the mem_merge annotation; KSM (%s) settled %v after the last start: pages_sharing %d (%.1f MiB saved, %.1f MiB a container), pages_shared %d; "+
+			"host CPU per idle container with ksmd still scanning %.2f%% of a CPU (%.2f%% without); at this rate %.0f fit in the %.0f MiB available at the start",
+			k.running, ksm.Settings(), k.ksmTook.Round(time.Second), k.merged.Sharing, saved, saved/float64(max), k.merged.Shared,
+			k.cpu, o.cpu, k.fit, k.avail0)
+		rows = append(rows, km)
+	}
+	return rows, nil
 }

@@ -30,6 +30,10 @@ func containerd16(t *testing.T) *daemon {
 func TestCtrRun(t *testing.T) {
 	d := containerd24(t)
 	suite(t, d, true, true)
+	t.Run("memMerge", func(t *testing.T) {
+		memMerge(t, d)
+		d.checkClean(t)
+	})
 }
 
 // TestCtrRun16 runs the same cases on containerd 1.6 except the

@@ -53,7 +53,7 @@ func startContainerd(t *testing.T, binDir string, version int) *daemon {
 	}
 	d := &daemon{t: t}
 	cd, err := ctrd.Start(ctrd.Options{BinDir: binDir, ConfigVersion: version, ShimDir: os.Getenv(envShimDir), Debug: true, Log: &d.log,
-		EnableAnnotations: []string{"default_vcpus", "default_memory", "free_page_reporting"}})
+		EnableAnnotations: []string{"default_vcpus", "default_memory", "free_page_reporting", "mem_merge"}})
 	if err != nil {
 		t.Fatal(err)
 	}

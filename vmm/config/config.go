@@ -83,6 +83,10 @@ type Machine struct {
 	// MemPath backs RAM with a file: a new unlinked file in a directory
 	// (hugetlbfs typically) or the named file (-mem-path); process.go.
 	MemPath string `json:"mem_path,omitempty"`
+	// MemMerge offers guest RAM to the host's kernel same-page merging
+	// (KSM; QEMU's mem-merge). Not a StratoVirt option, so neither its
+	// command line nor its JSON sets it: the shim's mem_merge does.
+	MemMerge bool `json:"-"`
 }
 
 // Boot is the kernel, initrd and kernel command line (-kernel, -initrd,

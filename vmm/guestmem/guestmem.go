@@ -49,6 +49,11 @@ type Options struct {
 	UseFD bool
 	// HugePages asks for transparent huge pages on anonymous memory.
 	HugePages bool
+	// Mergeable offers private anonymous RAM to the host's kernel
+	// same-page merging (MADV_MERGEABLE): where the host runs KSM, pages
+	// that several VMs hold alike (the guest kernel's code) are kept
+	// once. It needs private anonymous memory (KSM merges nothing else).
+	Mergeable bool
 }
 
 // Memory is the set of guest RAM regions, sorted by address.
@@ -105,9 +110,29 @@ func New(ranges []Range, opts Options) (*Memory, error) {
 			// Best effort: THP may be disabled on the host.
 			_ = unix.Madvise(host, unix.MADV_HUGEPAGE)
 		}
+		if opts.Mergeable {
+			if err := mergeable(host, opts); err != nil {
+				unmap(host)
+				m.Close()
+				return nil, err
+			}
+		}
 		m.regions = append(m.regions, Region{GPA: r.GPA, Size: r.Size, Host: host})
 	}
 	return m, nil
+}
+
+// mergeable marks host as KSM-mergeable. The kernel takes MADV_MERGEABLE
+// on a shared mapping without complaint and never merges it, so that is
+// refused here; a host kernel without KSM refuses the advice itself.
+func mergeable(host []byte, opts Options) error {
+	if opts.Shared || opts.UseFD {
+		return errors.New("guest memory merging needs private anonymous memory (no mem-share, no mem-path)")
+	}
+	if err := unix.Madvise(host, unix.MADV_MERGEABLE); err != nil {
+		return fmt.Errorf("madvise(MERGEABLE) guest memory (does the host kernel have CONFIG_KSM?): %w", err)
+	}
+	return nil
 }
 
 // FromBytes wraps existing host buffers as guest memory, for tests and

@@ -344,8 +344,11 @@ func containerRows(group, shimDir, out string, runs, memRuns int) ([]bench.Row, 
 	}
 	defer closeLog()
 	o := ctrd.Options{BinDir: filepath.Join(root, ".cache/bin"), ConfigVersion: 3, ShimDir: shimDir, Log: logw}
-	if group == "freemem" {
+	switch group {
+	case "freemem":
 		o.EnableAnnotations = []string{"free_page_reporting"}
+	case "density":
+		o.EnableAnnotations = []string{"mem_merge"}
 	}
 	d, err := ctrd.Start(o)
 	if err != nil {
