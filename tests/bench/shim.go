@@ -407,7 +407,7 @@ func DensityRows(d *ctrd.Daemon, steps []int) ([]Row, error) {
 		km := NewRow(fmt.Sprintf("density: host memory per idle container (MemAvailable drop / %d), mem_merge, the host's KSM on", max), "MiB",
 			[]float64{k.perMiB}, "ours without mem_merge (the default)", []float64{o.perMiB})
 		saved := float64(k.merged.Sharing) * float64(os.Getpagesize()) / (1 << 20)
-		km.Note = fmt.Sprintf("%d containers with the mem_merge annotation; KSM (%s) settled %v after the last start: pages_sharing %d (%.1f MiB saved, %.1f MiB a container), pages_shared %d; "+
+		km.Note = fmt.Sprintf("%d containers with the mem_merge annotation; KSM (%s), turned on 2 s after the last start, settled in %v: pages_sharing %d (%.1f MiB saved, %.1f MiB a container), pages_shared %d; "+
 			"host CPU per idle container with ksmd still scanning %.2f%% of a CPU (%.2f%% without); at this rate %.0f fit in the %.0f MiB available at the start",
 			k.running, ksm.Settings(), k.ksmTook.Round(time.Second), k.merged.Sharing, saved, saved/float64(max), k.merged.Shared,
 			k.cpu, o.cpu, k.fit, k.avail0)
