@@ -1,12 +1,12 @@
 package guestmem
 
 import (
-	"bufio"
-	"fmt"
 	"os"
 	"strings"
 	"testing"
 	"unsafe"
+
+	"github.com/stratovirt-go/stratovirt/vmm/internal/smaps"
 )
 
 // TestMergeable: Mergeable marks every region's mapping mergeable for KSM
@@ -32,7 +32,7 @@ func TestMergeable(t *testing.T) {
 			}
 			defer m.Close()
 			for _, r := range m.Regions() {
-				flags, err := vmFlags(uintptr(unsafe.Pointer(unsafe.SliceData(r.Host))))
+				flags, err := smaps.Field(uintptr(unsafe.Pointer(unsafe.SliceData(r.Host))), "VmFlags")
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -46,28 +46,4 @@ func TestMergeable(t *testing.T) {
 		m.Close()
 		t.Error("shared memory was accepted as mergeable")
 	}
-}
-
-// vmFlags returns the VmFlags of the mapping that starts at addr, from
-// /proc/self/smaps.
-func vmFlags(addr uintptr) (string, error) {
-	f, err := os.Open("/proc/self/smaps")
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	start := fmt.Sprintf("%x-", addr)
-	in := false
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.Contains(line, ":") || strings.HasPrefix(line, start) {
-			in = strings.HasPrefix(line, start)
-			continue
-		}
-		if in && strings.HasPrefix(line, "VmFlags:") {
-			return strings.TrimSpace(strings.TrimPrefix(line, "VmFlags:")), nil
-		}
-	}
-	return "", fmt.Errorf("no mapping at %#x in /proc/self/smaps", addr)
 }

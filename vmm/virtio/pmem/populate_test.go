@@ -1,13 +1,12 @@
 package pmem
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
-	"os"
-	"strings"
 	"testing"
 	"unsafe"
+
+	"github.com/stratovirt-go/stratovirt/vmm/internal/smaps"
 )
 
 // TestReadOnlyMappingPopulated: a read-only image's pages are mapped into
@@ -25,28 +24,13 @@ func TestReadOnlyMappingPopulated(t *testing.T) {
 	}
 }
 
-// rssKiB returns the Rss of the mapping that starts at addr, from
-// /proc/self/smaps.
+// rssKiB returns the Rss of the mapping that starts at addr.
 func rssKiB(addr uintptr) (int, error) {
-	f, err := os.Open("/proc/self/smaps")
+	v, err := smaps.Field(addr, "Rss")
 	if err != nil {
 		return 0, err
 	}
-	defer f.Close()
-	start := fmt.Sprintf("%x-", addr)
-	in := false
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.Contains(line, ":") || strings.HasPrefix(line, start) {
-			in = strings.HasPrefix(line, start)
-			continue
-		}
-		if in && strings.HasPrefix(line, "Rss:") {
-			var kb int
-			_, err := fmt.Sscanf(line, "Rss: %d kB", &kb)
-			return kb, err
-		}
-	}
-	return 0, fmt.Errorf("no mapping at %#x in /proc/self/smaps", addr)
+	var kb int
+	_, err = fmt.Sscanf(v, "%d kB", &kb)
+	return kb, err
 }
