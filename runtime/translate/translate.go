@@ -192,6 +192,15 @@ func applyAnnotations(cfg *shimconfig.Config, h *shimconfig.Hypervisor, ann map[
 			continue
 		}
 		bad := func(what string) { errs = append(errs, fmt.Errorf("annotation %s=%q: %s", k, v, what)) }
+		if opt, ok := map[string]*bool{"free_page_reporting": &h.FreePageReporting, "mem_merge": &h.MemMerge}[name]; ok {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				bad("not true or false")
+				continue
+			}
+			*opt = b
+			continue
+		}
 		switch name {
 		case "default_vcpus":
 			n, err := strconv.Atoi(v)
@@ -239,17 +248,6 @@ func applyAnnotations(cfg *shimconfig.Config, h *shimconfig.Hypervisor, ann map[
 				continue
 			}
 			h.IOThreads = n
-		case "free_page_reporting", "mem_merge":
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				bad("not true or false")
-				continue
-			}
-			if name == "mem_merge" {
-				h.MemMerge = b
-			} else {
-				h.FreePageReporting = b
-			}
 		default:
 			bad("unknown hypervisor option (default_vcpus, default_memory, kernel, initrd, kernel_params, disk_iops, iothreads, free_page_reporting, mem_merge)")
 		}

@@ -63,8 +63,9 @@ const (
 // runs) and rounds are resampled whole, so that a lab that slows down for
 // a while moves both sides of a round together; otherwise each side is
 // resampled on its own (rows pooled from runs whose sides had unequal
-// counts are not paired even when the totals match). ok is false with fewer than ciMinRuns samples a side, or where a
-// resampled peer median is 0.
+// counts are not paired even when the totals match). ok is false with
+// fewer than ciMinRuns samples a side, or where a resampled peer median
+// is 0.
 func ratioCI(ours, peer []float64, paired bool) (lo, hi float64, ok bool) {
 	if len(ours) < ciMinRuns || len(peer) < ciMinRuns {
 		return 0, 0, false
