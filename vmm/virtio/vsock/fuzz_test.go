@@ -986,7 +986,9 @@ func (h *unixFuzz) learn() {
 		keys = append(keys[:m], keys[m+1:]...)
 		var c *fzConn
 		for _, x := range h.conns {
-			if x.hostInit && !x.keyOK && x.lineDone && !x.expectDrop && x.key.guestPort == k.guestPort {
+			// A client is dead before the device made its connection
+			// only through a reset, which dropped its handshake.
+			if x.hostInit && !x.keyOK && x.lineDone && !x.expectDrop && !x.dead && x.key.guestPort == k.guestPort {
 				c = x
 				break
 			}
