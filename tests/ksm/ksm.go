@@ -45,11 +45,10 @@ func Settings() string {
 // (the duplicates they replaced: the memory saved) and full_scans.
 type Stat struct{ Shared, Sharing, FullScans int64 }
 
-// Read reads KSM's counters.
+// Read reads KSM's counters (0 for one it cannot read).
 func Read() Stat {
 	n := func(k string) int64 {
-		b, _ := os.ReadFile(filepath.Join(dir, k))
-		v, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		v, _ := readInt(filepath.Join(dir, k))
 		return v
 	}
 	return Stat{n("pages_shared"), n("pages_sharing"), n("full_scans")}
@@ -58,15 +57,20 @@ func Read() Stat {
 // MergingPages is how many of process pid's pages KSM has merged
 // (/proc/PID/ksm_merging_pages, Linux 6.1 and later; -1 where missing).
 func MergingPages(pid int) int64 {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/ksm_merging_pages")
-	if err != nil {
-		return -1
-	}
-	v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	v, err := readInt("/proc/" + strconv.Itoa(pid) + "/ksm_merging_pages")
 	if err != nil {
 		return -1
 	}
 	return v
+}
+
+// readInt reads a file that holds one decimal number.
+func readInt(path string) (int64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
 }
 
 // Start turns KSM on and waits until it has merged what it will:

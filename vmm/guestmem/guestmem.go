@@ -64,6 +64,11 @@ type Memory struct {
 
 // New maps host memory for each range. Ranges must not overlap.
 func New(ranges []Range, opts Options) (*Memory, error) {
+	// The kernel takes MADV_MERGEABLE on a shared mapping without
+	// complaint and never merges it: refused before anything is mapped.
+	if opts.Mergeable && (opts.Shared || opts.UseFD) {
+		return nil, errors.New("guest memory merging needs private anonymous memory (no mem-share, no mem-path)")
+	}
 	rs := append([]Range(nil), ranges...)
 	sort.Slice(rs, func(i, j int) bool { return rs[i].GPA < rs[j].GPA })
 	m := &Memory{mapped: true}
@@ -111,28 +116,16 @@ func New(ranges []Range, opts Options) (*Memory, error) {
 			_ = unix.Madvise(host, unix.MADV_HUGEPAGE)
 		}
 		if opts.Mergeable {
-			if err := mergeable(host, opts); err != nil {
+			// A host kernel without KSM refuses the advice.
+			if err := unix.Madvise(host, unix.MADV_MERGEABLE); err != nil {
 				unmap(host)
 				m.Close()
-				return nil, err
+				return nil, fmt.Errorf("madvise(MERGEABLE) guest memory (does the host kernel have CONFIG_KSM?): %w", err)
 			}
 		}
 		m.regions = append(m.regions, Region{GPA: r.GPA, Size: r.Size, Host: host})
 	}
 	return m, nil
-}
-
-// mergeable marks host as KSM-mergeable. The kernel takes MADV_MERGEABLE
-// on a shared mapping without complaint and never merges it, so that is
-// refused here; a host kernel without KSM refuses the advice itself.
-func mergeable(host []byte, opts Options) error {
-	if opts.Shared || opts.UseFD {
-		return errors.New("guest memory merging needs private anonymous memory (no mem-share, no mem-path)")
-	}
-	if err := unix.Madvise(host, unix.MADV_MERGEABLE); err != nil {
-		return fmt.Errorf("madvise(MERGEABLE) guest memory (does the host kernel have CONFIG_KSM?): %w", err)
-	}
-	return nil
 }
 
 // FromBytes wraps existing host buffers as guest memory, for tests and
